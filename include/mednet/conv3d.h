@@ -1,0 +1,65 @@
+/* conv3d.h: 3-D convolution and transposed convolution on NCDHW float32.
+ *
+ * Forward, backward-data and backward-weights run on BLIS sgemm through vol2col/col2vol; a 1x1x1 convolution with
+ * stride 1 and no padding skips vol2col.  Every fast routine has a `_ref` twin (the direct loop nest) used by the
+ * tests.  Layers allocate nothing per call: the caller passes a workspace of mn_conv3d_workspace_floats() floats,
+ * sized once at setup (the model takes the maximum over its layers).
+ *
+ * Weights follow PyTorch's layout: conv (cout, cin, kd, kh, kw); transposed conv (cin, cout, kd, kh, kw).
+ * Parameters and gradients are views into the model's flat buffers.
+ */
+#ifndef MEDNET_CONV3D_H
+#define MEDNET_CONV3D_H
+
+#include "mednet/error.h"
+#include "mednet/tensor.h"
+
+/* A 3-D convolution: y[n,k] = b[k] + sum_c w[k,c] (*) x[n,c]. Index order of k/s/p/dil is (d, h, w). */
+typedef struct mn_conv3d {
+    int cin, cout;
+    int k[3], s[3], p[3], dil[3];  /* kernel, stride, zero padding, dilation: all >= 1 except p >= 0 */
+    float *w, *b;                  /* (cout, cin, kd, kh, kw), (cout) or NULL for no bias */
+    float *dw, *db;                /* same shapes; NULL: parameter gradients not wanted (frozen) */
+} mn_conv3d;
+
+/* Output shape for input `in`; MN_ERR_SHAPE (naming the layer geometry) if in->c != cin or the output is empty. */
+mn_err mn_conv3d_out_shape(const mn_conv3d *l, const mn_shape *in, mn_shape *out);
+
+/* Workspace (floats) needed by forward and backward for input shape `in`. */
+size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in);
+
+/* y (out shape) is overwritten.  ws: workspace of at least mn_conv3d_workspace_floats floats. Not thread-safe on
+ * one workspace; internally multi-threaded through BLIS/OpenMP. */
+mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x, float *y, float *ws);
+
+/* Backward: accumulates dx += dL/dx when dx != NULL, and dw += dL/dw, db += dL/db when l->dw / l->db != NULL.
+ * x is the forward input, dy the gradient of the output. */
+mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
+                          float *ws);
+
+/* Direct loop-nest twins with the same contracts (no workspace). */
+mn_err mn_conv3d_forward_ref(const mn_conv3d *l, const mn_shape *in, const float *x, float *y);
+mn_err mn_conv3d_backward_ref(const mn_conv3d *l, const mn_shape *in, const float *x, const float *dy, float *dx);
+
+/* Dense FLOPs of one forward pass (2 * MACs, padded taps included); backward-data and backward-weights cost the
+ * same each.  For benchmarks. */
+double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
+
+/* Transposed 3-D convolution (the adjoint of mn_conv3d with the same geometry), as torch.nn.ConvTranspose3d with
+ * output_padding `op`: out = (in - 1)*s - 2p + dil*(k - 1) + op + 1. */
+typedef struct mn_convt3d {
+    int cin, cout;
+    int k[3], s[3], p[3], dil[3], op[3];
+    float *w, *b;   /* (cin, cout, kd, kh, kw), (cout) or NULL */
+    float *dw, *db; /* same shapes or NULL */
+} mn_convt3d;
+
+mn_err mn_convt3d_out_shape(const mn_convt3d *l, const mn_shape *in, mn_shape *out);
+size_t mn_convt3d_workspace_floats(const mn_convt3d *l, const mn_shape *in);
+mn_err mn_convt3d_forward(const mn_convt3d *l, const mn_shape *in, const float *x, float *y, float *ws);
+mn_err mn_convt3d_backward(const mn_convt3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
+                           float *ws);
+mn_err mn_convt3d_forward_ref(const mn_convt3d *l, const mn_shape *in, const float *x, float *y);
+mn_err mn_convt3d_backward_ref(const mn_convt3d *l, const mn_shape *in, const float *x, const float *dy, float *dx);
+
+#endif

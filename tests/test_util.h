@@ -1,0 +1,72 @@
+/* test_util.h: tiny helpers shared by the test executables: a failure counter, relative-error comparison, a
+ * seeded RNG.  Each test prints what it checked and its worst error and exits non-zero on any failure. */
+#ifndef MN_TEST_UTIL_H
+#define MN_TEST_UTIL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int mn_test_failures = 0;
+
+#define TEST_EXPECT(cond, ...)                                                  \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fputc('\n', stderr);                                                \
+            mn_test_failures++;                                                 \
+        }                                                                       \
+    } while (0)
+
+/* Exit status for main(): prints a summary line. */
+static inline int mn_test_finish(const char *name)
+{
+    if (mn_test_failures) {
+        fprintf(stderr, "%s: %d check(s) FAILED\n", name, mn_test_failures);
+        return 1;
+    }
+    printf("%s: all checks passed\n", name);
+    return 0;
+}
+
+/* xorshift64* RNG for test data: deterministic from the seed. */
+typedef struct mn_test_rng { uint64_t s; } mn_test_rng;
+static inline uint64_t mn_test_rng_u64(mn_test_rng *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 2685821657736338717ULL;
+}
+/* Uniform in [-1, 1). */
+static inline float mn_test_rng_uniform(mn_test_rng *r)
+{
+    return (float)((double)(mn_test_rng_u64(r) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+static inline void mn_test_fill(mn_test_rng *r, float *x, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++) x[i] = scale * mn_test_rng_uniform(r);
+}
+
+/* Relative error with an absolute floor: |a-b| / max(|a|, |b|, floor). */
+static inline double mn_test_relerr(double a, double b, double floor_)
+{
+    double m = fabs(a) > fabs(b) ? fabs(a) : fabs(b);
+    if (m < floor_) m = floor_;
+    return fabs(a - b) / m;
+}
+
+/* Worst relative error over two arrays. */
+static inline double mn_test_max_relerr(const float *a, const float *b, size_t n, double floor_)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = mn_test_relerr(a[i], b[i], floor_);
+        if (e > worst || e != e) worst = e;
+    }
+    return worst;
+}
+
+#endif
