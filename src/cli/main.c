@@ -1,52 +1,50 @@
-/* main.c: the `mednet` command.  Thin: parses the sub-command, initialises MPI and threads, and hands over to
- * src/train.  Sub-commands: info (threads, BLIS kernels, MPI size), and those added by the later parts. */
+/* main.c: the `mednet` command.  Thin: finds the sub-command in the table below, initialises MPI (with
+ * MPI_ERRORS_RETURN) and hands over.  How a failed command ends the job is decided here, once (commands.h). */
+#include "commands.h"
 #include "mednet/error.h"
 #include "mednet/mpicheck.h"
-#include "mednet/threads.h"
 
 #include <stdio.h>
 #include <string.h>
 
-static void usage(void)
-{
-    printf("usage: mednet <command> [options]\n"
-           "commands:\n"
-           "  info                 print version, MPI size, threads and the BLIS kernel set\n"
-           "  version              print the version\n");
-}
+static const struct {
+    const char *name;
+    mn_cmd_fn fn;
+    const char *help;
+} commands[] = {
+    {"info", mn_cmd_info, "print version, MPI size, threads and the BLIS kernel set"},
+};
 
-static mn_err cmd_info(void)
+static void usage(FILE *f)
 {
-    int size = 0;
-    MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    MN_CALL(mn_threads_init(mn_threads_resolve(0)));
-    mn_log_info("mednet %s", MN_VERSION);
-    mn_log_info("MPI ranks: %d", size);
-    mn_log_info("threads per rank: %d", mn_threads_count());
-    mn_log_info("BLIS kernels: %s (%s)", mn_blis_arch(), mn_blis_arch_reason());
-    return MN_OK;
+    fprintf(f, "usage: mednet <command> [arguments]   (mednet <command> --help for its options)\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "  %-10s %s\n", "version", "print the version");
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        usage();
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
         printf("mednet %s\n", MN_VERSION);
         return 0;
     }
-    if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
-    mn_err err;
-    if (!strcmp(argv[1], "info")) {
-        err = cmd_info();
-    } else {
+    mn_cmd_fn fn = NULL;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) fn = commands[i].fn;
+    if (!fn) {
         fprintf(stderr, "mednet: unknown command '%s'\n", argv[1]);
-        usage();
-        err = MN_ERR_ARG;
+        usage(stderr);
+        return 2;
     }
-    if (err) mn_mpi_abort(MPI_COMM_WORLD, err);
+    if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    mn_cmd_result res = {0, 0};
+    mn_err err = fn(argc - 1, argv + 1, &res);
+    if (err && !res.agreed) mn_mpi_abort(MPI_COMM_WORLD, err);
     MPI_Finalize();
-    return 0;
+    return err ? 1 : res.exit_status;
 }
