@@ -1,0 +1,285 @@
+#!/usr/bin/python3
+"""make_fixtures.py: PyTorch reference fixtures for the mednet layer core (tests/unit/test_torch_parity.c).
+
+Usage: /usr/bin/python3 make_fixtures.py OUT.h5
+
+Writes one HDF5 group per case at the root of OUT.h5.  Every group carries the attribute `layer` (which mednet
+routine the C test runs) and the case's hyper-parameters as attributes (k, s, p, dil, op, eps, momentum, training,
+ignore_index, ...); tensor shapes are the dataset shapes, so the C test reads everything from the file.
+
+Datasets per case (float32 unless noted):
+  x            input (int32 for label resizing)
+  w, b         parameters (PyTorch layouts: conv (cout, cin, kd, kh, kw), transposed conv (cin, cout, ...))
+  y            forward output
+  r            the fixed random tensor of L = sum(r * y): the gradient dL/dy fed to backward
+  dx, dw, db   gradients of L (of the loss itself for cross_entropy)
+Batch norm adds gamma/beta/running_mean/running_var (inputs) and dgamma/dbeta/running_mean_out/running_var_out;
+max pooling adds `indices` (int32, flat index within each (n, c) slice, torch's return_indices); cross_entropy
+stores logits/labels/weight/loss (float64 scalar)/dlogits and the count of non-ignored voxels `nvalid`.
+
+Design choices: inputs are drawn in float32 (torch.manual_seed(0), one thread) and stored as float32; the reference
+outputs and gradients are computed in float64 from those exact float32 values and rounded once when stored, so the
+fixtures carry no float32 accumulation error of their own and the C test measures mednet's error alone.  Weights
+are scaled by 1/sqrt(fan_in) so outputs are O(1) and the 1e-4 relative / 1e-5 absolute tolerance is meaningful.
+The fixtures are generated at test time by ctest (tests/cmake/parity.cmake), never committed.
+"""
+import sys
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+F32 = torch.float32
+F64 = torch.float64
+
+
+def rnd(*shape, scale=1.0):
+    """Uniform [-scale, scale) float32 tensor from the global torch generator."""
+    return (torch.rand(*shape, dtype=F32) * 2.0 - 1.0) * scale
+
+
+def leaf(t):
+    """A float64 copy of a float32 tensor that records gradients."""
+    return t.detach().to(F64).requires_grad_(True)
+
+
+def f32(t):
+    return t.detach().to(F32).contiguous().numpy()
+
+
+def put(g, name, arr):
+    if isinstance(arr, torch.Tensor):
+        arr = f32(arr) if arr.is_floating_point() else arr.detach().to(torch.int32).contiguous().numpy()
+    g.create_dataset(name, data=arr)
+
+
+def new_case(h5, name, layer, **attrs):
+    g = h5.create_group(name)
+    g.attrs["layer"] = np.string_(layer)
+    for k, v in attrs.items():
+        if isinstance(v, float):
+            g.attrs[k] = np.float64(v)
+        else:
+            g.attrs[k] = np.asarray(v, dtype=np.int32)
+    return g
+
+
+def triple(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v, v, v]
+
+
+# ---- convolutions ------------------------------------------------------------------------------------------
+
+def conv_case(h5, name, n, cin, cout, size, k, s=1, p=0, dil=1, bias=True):
+    k, s, p, dil = triple(k), triple(s), triple(p), triple(dil)
+    fan_in = cin * k[0] * k[1] * k[2]
+    x32 = rnd(n, cin, *size)
+    w32 = rnd(cout, cin, *k, scale=1.0 / fan_in ** 0.5)
+    b32 = rnd(cout, scale=0.5) if bias else None
+    x, w = leaf(x32), leaf(w32)
+    b = leaf(b32) if bias else None
+    y = F.conv3d(x, w, b, stride=s, padding=p, dilation=dil)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "conv3d", k=k, s=s, p=p, dil=dil, bias=int(bias))
+    put(g, "x", x32); put(g, "w", w32); put(g, "y", y); put(g, "r", r)
+    put(g, "dx", x.grad); put(g, "dw", w.grad)
+    if bias:
+        put(g, "b", b32); put(g, "db", b.grad)
+
+
+def convt_case(h5, name, n, cin, cout, size, k, s=1, p=0, dil=1, op=0, bias=True):
+    k, s, p, dil, op = triple(k), triple(s), triple(p), triple(dil), triple(op)
+    fan_in = cin * k[0] * k[1] * k[2]
+    x32 = rnd(n, cin, *size)
+    w32 = rnd(cin, cout, *k, scale=1.0 / fan_in ** 0.5)
+    b32 = rnd(cout, scale=0.5) if bias else None
+    x, w = leaf(x32), leaf(w32)
+    b = leaf(b32) if bias else None
+    y = F.conv_transpose3d(x, w, b, stride=s, padding=p, output_padding=op, dilation=dil)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "convt3d", k=k, s=s, p=p, dil=dil, op=op, bias=int(bias))
+    put(g, "x", x32); put(g, "w", w32); put(g, "y", y); put(g, "r", r)
+    put(g, "dx", x.grad); put(g, "dw", w.grad)
+    if bias:
+        put(g, "b", b32); put(g, "db", b.grad)
+
+
+# ---- batch norm --------------------------------------------------------------------------------------------
+
+def bn_case(h5, name, n, c, size, training, eps=1e-5, momentum=0.1):
+    x32 = rnd(n, c, *size, scale=2.0) + rnd(1, c, 1, 1, 1, scale=1.5)  # per-channel offsets: a real mean to remove
+    gamma32 = 1.0 + rnd(c, scale=0.5)
+    beta32 = rnd(c, scale=0.5)
+    rm32 = rnd(c, scale=0.5)
+    rv32 = 1.0 + rnd(c, scale=0.5)
+    x, gamma, beta = leaf(x32), leaf(gamma32), leaf(beta32)
+    rm, rv = rm32.to(F64).clone(), rv32.to(F64).clone()
+    y = F.batch_norm(x, rm, rv, gamma, beta, training=training, momentum=momentum, eps=eps)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "bn3d", training=int(training), eps=float(eps), momentum=float(momentum))
+    put(g, "x", x32); put(g, "gamma", gamma32); put(g, "beta", beta32)
+    put(g, "running_mean", rm32); put(g, "running_var", rv32)
+    put(g, "y", y); put(g, "r", r)
+    put(g, "dx", x.grad); put(g, "dgamma", gamma.grad); put(g, "dbeta", beta.grad)
+    put(g, "running_mean_out", rm); put(g, "running_var_out", rv)
+
+
+# ---- pooling, activation, linear ---------------------------------------------------------------------------
+
+def maxpool_case(h5, name, n, c, size, k, s, p):
+    k, s, p = triple(k), triple(s), triple(p)
+    x32 = rnd(n, c, *size)
+    x = leaf(x32)
+    y, idx = F.max_pool3d(x, k, s, p, return_indices=True)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "maxpool3d", k=k, s=s, p=p)
+    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad); put(g, "indices", idx)
+
+
+def avgpool_case(h5, name, n, c, size, k, s, p):
+    k, s, p = triple(k), triple(s), triple(p)
+    x32 = rnd(n, c, *size)
+    x = leaf(x32)
+    y = F.avg_pool3d(x, k, s, p, count_include_pad=True)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "avgpool3d", k=k, s=s, p=p)
+    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+
+
+def gap_case(h5, name, n, c, size):
+    x32 = rnd(n, c, *size)
+    x = leaf(x32)
+    y = F.adaptive_avg_pool3d(x, 1).reshape(n, c)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "gap3d")
+    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+
+
+def relu_case(h5, name, shape):
+    x32 = rnd(*shape)
+    x = leaf(x32)
+    y = F.relu(x)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "relu")
+    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+
+
+def linear_case(h5, name, n, fin, fout, bias=True):
+    x32 = rnd(n, fin)
+    w32 = rnd(fout, fin, scale=1.0 / fin ** 0.5)
+    b32 = rnd(fout, scale=0.5) if bias else None
+    x, w = leaf(x32), leaf(w32)
+    b = leaf(b32) if bias else None
+    y = F.linear(x, w, b)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "linear", bias=int(bias))
+    put(g, "x", x32); put(g, "w", w32); put(g, "y", y); put(g, "r", r)
+    put(g, "dx", x.grad); put(g, "dw", w.grad)
+    if bias:
+        put(g, "b", b32); put(g, "db", b.grad)
+
+
+# ---- resizing ----------------------------------------------------------------------------------------------
+
+def trilinear_case(h5, name, n, c, size, out_size):
+    x32 = rnd(n, c, *size)
+    x = leaf(x32)
+    y = F.interpolate(x, size=tuple(out_size), mode="trilinear", align_corners=False)
+    r = rnd(*y.shape)
+    (y * r.to(F64)).sum().backward()
+    g = new_case(h5, name, "upsample3d")
+    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+
+
+def labels_case(h5, name, n, size, out_size, nclass):
+    lab = torch.randint(0, nclass, (n, *size), dtype=torch.int64)
+    # Nearest resizing as torch does it on a float tensor; small integers are exact in float32.
+    y = F.interpolate(lab[:, None].to(F32), size=tuple(out_size), mode="nearest")[:, 0].round().to(torch.int64)
+    g = new_case(h5, name, "labels_nearest")
+    put(g, "x", lab); put(g, "y", y)
+
+
+# ---- losses ------------------------------------------------------------------------------------------------
+
+def ce_case(h5, name, n, c, size, ignore_index, weighted, ignore_frac=0.2):
+    logits32 = rnd(n, c, *size, scale=3.0)
+    labels = torch.randint(0, c, (n, *size), dtype=torch.int64)
+    labels[torch.rand(labels.shape) < ignore_frac] = ignore_index
+    w32 = (0.25 + torch.rand(c, dtype=F32) * 2.0) if weighted else None
+    logits = leaf(logits32)
+    loss = F.cross_entropy(logits, labels, weight=w32.to(F64) if weighted else None, ignore_index=ignore_index,
+                           reduction="mean")
+    loss.backward()
+    g = new_case(h5, name, "cross_entropy", ignore_index=ignore_index, weighted=int(weighted),
+                 nvalid=int((labels != ignore_index).sum()))
+    put(g, "logits", logits32); put(g, "labels", labels)
+    if weighted:
+        put(g, "weight", w32)
+    g.create_dataset("loss", data=np.float64(loss.item()))
+    put(g, "dlogits", logits.grad)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.stderr.write("usage: make_fixtures.py OUT.h5\n")
+        return 2
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    with h5py.File(sys.argv[1], "w") as h5:
+        h5.attrs["torch_version"] = np.string_(torch.__version__)
+        # conv3d: stride 2 + padding; dilation 2 and 4; 1x1x1 (plain and strided, the type-B shortcut);
+        # channels not multiples of 8; batch 2; anisotropic geometry; with and without bias.
+        conv_case(h5, "conv3d_k3_s2_p1_bias", 1, 3, 5, (7, 8, 9), 3, s=2, p=1)
+        conv_case(h5, "conv3d_k3_p2_dil2", 1, 4, 6, (9, 8, 7), 3, p=2, dil=2, bias=False)
+        conv_case(h5, "conv3d_k3_p4_dil4_bias", 1, 2, 3, (11, 10, 9), 3, p=4, dil=4)
+        conv_case(h5, "conv3d_k1_bias_n2", 2, 12, 10, (5, 6, 7), 1)
+        conv_case(h5, "conv3d_k1_s2_n2", 2, 6, 9, (5, 6, 7), 1, s=2, bias=False)
+        conv_case(h5, "conv3d_k323_s121_p102_c5to7_n2", 2, 5, 7, (6, 7, 5), (3, 2, 3), s=(1, 2, 1),
+                  p=(1, 0, 2))
+        conv_case(h5, "conv3d_k7_s2_p3_stem", 1, 1, 4, (10, 9, 11), 7, s=2, p=3)
+        conv_case(h5, "conv3d_k3_s2_p2_dil2_c9to11_n2", 2, 9, 11, (8, 7, 9), 3, s=2, p=2, dil=2)
+        # transposed conv: the decoder's k2 s2 with bias, and a generic k3 s2 p1 output_padding 1 geometry.
+        convt_case(h5, "convt3d_k2_s2_bias_n2", 2, 6, 4, (3, 4, 5), 2, s=2)
+        convt_case(h5, "convt3d_k3_s2_p1_op1", 1, 5, 3, (4, 3, 5), 3, s=2, p=1, op=1, bias=False)
+        convt_case(h5, "convt3d_k3_s1_p1_dil2_bias", 1, 3, 2, (4, 5, 3), 3, s=1, p=1, dil=2)
+        # batch norm: training (batch statistics, running-stat update) and eval.
+        bn_case(h5, "bn3d_train_n2_c5", 2, 5, (4, 5, 3), training=True)
+        bn_case(h5, "bn3d_train_n1_c3_mom03", 1, 3, (3, 4, 5), training=True, eps=1e-3, momentum=0.3)
+        bn_case(h5, "bn3d_eval_n2_c5", 2, 5, (4, 5, 3), training=False)
+        # pooling
+        maxpool_case(h5, "maxpool3d_k3_s2_p1_n2", 2, 3, (7, 8, 9), 3, 2, 1)
+        maxpool_case(h5, "maxpool3d_k2_s2_p0", 1, 2, (6, 5, 4), 2, 2, 0)
+        avgpool_case(h5, "avgpool3d_k1_s2_n2", 2, 4, (5, 6, 7), 1, 2, 0)
+        avgpool_case(h5, "avgpool3d_k3_s2_p1", 1, 3, (6, 7, 5), 3, 2, 1)
+        gap_case(h5, "gap3d_n2_c7", 2, 7, (3, 4, 5))
+        # element-wise and dense
+        relu_case(h5, "relu_n2_c3", (2, 3, 4, 5, 6))
+        linear_case(h5, "linear_n3_10to7_bias", 3, 10, 7)
+        linear_case(h5, "linear_n2_9to4", 2, 9, 4, bias=False)
+        # trilinear resizing, align_corners=False: up (integer and fractional factors) and down.
+        trilinear_case(h5, "upsample3d_up2_n2", 2, 3, (3, 4, 5), (6, 8, 10))
+        trilinear_case(h5, "upsample3d_up_frac", 1, 2, (3, 4, 5), (7, 9, 11))
+        trilinear_case(h5, "upsample3d_down", 1, 2, (9, 8, 7), (4, 5, 3))
+        # nearest label resizing: down and up.
+        labels_case(h5, "labels_nearest_down_n2", 2, (9, 8, 7), (4, 5, 3), 6)
+        labels_case(h5, "labels_nearest_up", 1, (3, 4, 5), (7, 9, 11), 6)
+        labels_case(h5, "labels_nearest_half", 1, (8, 6, 10), (4, 3, 5), 6)
+        # cross-entropy, reduction mean, with an ignore label, with and without class weights.
+        ce_case(h5, "cross_entropy_w_ignore255_n2", 2, 4, (3, 4, 5), 255, True)
+        ce_case(h5, "cross_entropy_ignore_m1", 1, 3, (4, 3, 5), -1, False)
+        ce_case(h5, "cross_entropy_w_c5_n2", 2, 5, (3, 3, 3), 255, True, ignore_frac=0.0)
+        h5.attrs["ncases"] = np.int32(len(h5.keys()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
