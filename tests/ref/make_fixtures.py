@@ -228,6 +228,38 @@ def ce_case(h5, name, n, c, size, ignore_index, weighted, ignore_frac=0.2):
     put(g, "dlogits", logits.grad)
 
 
+def dice_case(h5, name, n, c, size, ignore_index, first_class, smooth, ignore_frac=0.2, absent_last=False):
+    """Soft Dice as documented in include/mednet/loss.h (PyTorch has no Dice loss: written here with autograd).
+    absent_last: the last class is in no label and never the argmax (its hard Dice is NaN)."""
+    logits32 = rnd(n, c, *size, scale=3.0)
+    labels = torch.randint(0, c - 1 if absent_last else c, (n, *size), dtype=torch.int64)
+    if absent_last:
+        logits32[:, c - 1] -= 8.0
+    labels[torch.rand(labels.shape) < ignore_frac] = ignore_index
+    valid = (labels != ignore_index)
+    logits = leaf(logits32)
+    prob = torch.softmax(logits, dim=1) * valid[:, None].to(F64)
+    onehot = F.one_hot(torch.where(valid, labels, torch.zeros_like(labels)), c).movedim(-1, 1).to(F64)
+    onehot = onehot * valid[:, None].to(F64)
+    dims = (0, 2, 3, 4)
+    inter, psum, gsum = (prob * onehot).sum(dims), prob.sum(dims), onehot.sum(dims)
+    dice = (2.0 * inter + smooth) / (psum + gsum + smooth)
+    loss = 1.0 - dice[first_class:].mean()
+    loss.backward()
+    # Hard Dice of argmax(logits) per class over non-ignored voxels; NaN where the class is absent from both.
+    pred = logits32.argmax(dim=1)
+    hard = []
+    for k in range(c):
+        a, b = (pred == k) & valid, (labels == k) & valid
+        den = int(a.sum()) + int(b.sum())
+        hard.append(float("nan") if den == 0 else 2.0 * int((a & b).sum()) / den)
+    g = new_case(h5, name, "dice", ignore_index=ignore_index, first_class=first_class, smooth=float(smooth))
+    put(g, "logits", logits32); put(g, "labels", labels)
+    g.create_dataset("loss", data=np.float64(loss.item()))
+    put(g, "dlogits", logits.grad)
+    g.create_dataset("dice_hard", data=np.asarray(hard, dtype=np.float64))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.stderr.write("usage: make_fixtures.py OUT.h5\n")
@@ -277,6 +309,9 @@ def main():
         ce_case(h5, "cross_entropy_w_ignore255_n2", 2, 4, (3, 4, 5), 255, True)
         ce_case(h5, "cross_entropy_ignore_m1", 1, 3, (4, 3, 5), -1, False)
         ce_case(h5, "cross_entropy_w_c5_n2", 2, 5, (3, 3, 3), 255, True, ignore_frac=0.0)
+        # soft Dice (mednet's documented formula) and hard Dice; in the first case class 4 of 5 is absent (NaN).
+        dice_case(h5, "dice_fg_smooth1_n2", 2, 5, (3, 4, 5), 255, 1, 1.0, absent_last=True)
+        dice_case(h5, "dice_all_smooth1e-5", 1, 3, (4, 3, 5), -1, 0, 1e-5, ignore_frac=0.0)
         h5.attrs["ncases"] = np.int32(len(h5.keys()))
     return 0
 

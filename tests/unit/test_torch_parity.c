@@ -633,10 +633,61 @@ static mn_err case_ce(fx *f)
     return MN_OK;
 }
 
+/* ---- soft and hard Dice (PyTorch has none: the script writes the formula of loss.h with autograd) ---- */
+
+static mn_err case_dice(fx *f)
+{
+    arr logits, labels, loss, dlogits, hard;
+    int ignore, first_class;
+    double smooth;
+    MN_CALL(fx_attr_ints(f, "ignore_index", &ignore, 1));
+    MN_CALL(fx_attr_ints(f, "first_class", &first_class, 1));
+    MN_CALL(fx_attr_double(f, "smooth", &smooth));
+    MN_CALL(fx_f32(f, "logits", &logits));
+    MN_CALL(fx_i32(f, "labels", &labels));
+    MN_CALL(fx_read(f, "loss", H5T_NATIVE_DOUBLE, sizeof(double), &loss));
+    MN_CALL(fx_f32(f, "dlogits", &dlogits));
+    MN_CALL(fx_read(f, "dice_hard", H5T_NATIVE_DOUBLE, sizeof(double), &hard));
+    mn_shape in;
+    MN_CALL(shape5(f, "logits", &logits, &in));
+    MN_CHECK(labels.n == logits.n / (size_t)in.c && loss.n == 1 && hard.n == (size_t)in.c, MN_ERR_FORMAT,
+             "case %s: label/loss/dice_hard shapes", f->name);
+    float *g;
+    double *dh;
+    MN_CALL(fbuf(f, logits.n, &g));
+    MN_CALL(fx_alloc(f, hard.n * sizeof(double), (void **)&dh));
+    double val = 0, val2 = 0;
+    RUN(f, mn_dice_loss(&in, logits.v, labels.v, ignore, first_class, (float)smooth, 1.0f, &val, g));
+    double lref = *(const double *)loss.v, d = fabs(val - lref);
+    int ok = d <= ATOL + RTOL * fabs(lref);
+    printf("  %-34s %-12s n=%-6d got=%.8f ref=%.8f abs_err=%.2e %s\n", f->name, "loss", 1, val, lref, d,
+           ok ? "ok" : "MISMATCH");
+    if (!ok) f->mismatches++;
+    TEST_EXPECT(ok, "case %s: Dice loss %.8f, reference %.8f", f->name, val, lref);
+    cmp(f, "dlogits", g, &dlogits);
+    RUN(f, mn_dice_loss(&in, logits.v, labels.v, ignore, first_class, (float)smooth, 0.5f, &val2, g));
+    cmp_scaled(f, "dlogits/x1.5", g, dlogits.v, dlogits.n, 1.5);
+
+    RUN(f, mn_dice_hard(&in, logits.v, labels.v, ignore, dh));
+    const double *hr = (const double *)hard.v;
+    int bad = 0;
+    for (int c = 0; c < in.c; c++) {
+        int same = (dh[c] != dh[c] && hr[c] != hr[c]) || fabs(dh[c] - hr[c]) <= 1e-12;
+        if (!same) {
+            bad++;
+            TEST_EXPECT(0, "case %s: hard Dice of class %d: got %.10g, expected %.10g", f->name, c, dh[c], hr[c]);
+        }
+    }
+    printf("  %-34s %-12s n=%-6d %s\n", f->name, "dice_hard", in.c, bad ? "MISMATCH" : "ok");
+    if (bad) f->mismatches++;
+    return MN_OK;
+}
+
 /* ---- driver ------------------------------------------------------------------------------------------------ */
 
-static const char *const kinds[] = {"conv3d",  "convt3d",    "bn3d",           "maxpool3d",     "avgpool3d", "gap3d",
-                                    "relu",    "linear",     "upsample3d",     "labels_nearest", "cross_entropy"};
+/* Every layer kind the file must cover at least once. */
+static const char *const kinds[] = {"conv3d", "convt3d", "bn3d",       "maxpool3d",      "avgpool3d",     "gap3d",
+                                    "relu",   "linear",  "upsample3d", "labels_nearest", "cross_entropy", "dice"};
 #define NKINDS ((int)(sizeof kinds / sizeof kinds[0]))
 
 static mn_err run_case(fx *f, const char *layer)
@@ -652,6 +703,7 @@ static mn_err run_case(fx *f, const char *layer)
     if (!strcmp(layer, "upsample3d")) return case_upsample(f);
     if (!strcmp(layer, "labels_nearest")) return case_labels(f);
     if (!strcmp(layer, "cross_entropy")) return case_ce(f);
+    if (!strcmp(layer, "dice")) return case_dice(f);
     MN_FAIL(MN_ERR_FORMAT, "case %s: unknown layer '%s' in the fixture file", f->name, layer);
 }
 
