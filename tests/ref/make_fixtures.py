@@ -200,8 +200,9 @@ def trilinear_case(h5, name, n, c, size, out_size):
     put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
 
 
-def labels_case(h5, name, n, size, out_size, nclass):
+def labels_case(h5, name, n, size, out_size, nclass, ignore=255):
     lab = torch.randint(0, nclass, (n, *size), dtype=torch.int64)
+    lab[torch.rand(lab.shape) < 0.1] = ignore  # the ignore label travels like any other value
     # Nearest resizing as torch does it on a float tensor; small integers are exact in float32.
     y = F.interpolate(lab[:, None].to(F32), size=tuple(out_size), mode="nearest")[:, 0].round().to(torch.int64)
     g = new_case(h5, name, "labels_nearest")
@@ -210,8 +211,8 @@ def labels_case(h5, name, n, size, out_size, nclass):
 
 # ---- losses ------------------------------------------------------------------------------------------------
 
-def ce_case(h5, name, n, c, size, ignore_index, weighted, ignore_frac=0.2):
-    logits32 = rnd(n, c, *size, scale=3.0)
+def ce_case(h5, name, n, c, size, ignore_index, weighted, ignore_frac=0.2, scale=3.0):
+    logits32 = rnd(n, c, *size, scale=scale)
     labels = torch.randint(0, c, (n, *size), dtype=torch.int64)
     labels[torch.rand(labels.shape) < ignore_frac] = ignore_index
     w32 = (0.25 + torch.rand(c, dtype=F32) * 2.0) if weighted else None
@@ -301,6 +302,7 @@ def main():
         trilinear_case(h5, "upsample3d_up2_n2", 2, 3, (3, 4, 5), (6, 8, 10))
         trilinear_case(h5, "upsample3d_up_frac", 1, 2, (3, 4, 5), (7, 9, 11))
         trilinear_case(h5, "upsample3d_down", 1, 2, (9, 8, 7), (4, 5, 3))
+        trilinear_case(h5, "upsample3d_mixed", 1, 2, (4, 6, 5), (4, 3, 11))
         # nearest label resizing: down and up.
         labels_case(h5, "labels_nearest_down_n2", 2, (9, 8, 7), (4, 5, 3), 6)
         labels_case(h5, "labels_nearest_up", 1, (3, 4, 5), (7, 9, 11), 6)
@@ -309,6 +311,7 @@ def main():
         ce_case(h5, "cross_entropy_w_ignore255_n2", 2, 4, (3, 4, 5), 255, True)
         ce_case(h5, "cross_entropy_ignore_m1", 1, 3, (4, 3, 5), -1, False)
         ce_case(h5, "cross_entropy_w_c5_n2", 2, 5, (3, 3, 3), 255, True, ignore_frac=0.0)
+        ce_case(h5, "cross_entropy_large_logits", 1, 6, (3, 4, 3), 255, False, scale=60.0)
         # soft Dice (mednet's documented formula) and hard Dice; in the first case class 4 of 5 is absent (NaN).
         dice_case(h5, "dice_fg_smooth1_n2", 2, 5, (3, 4, 5), 255, 1, 1.0, absent_last=True)
         dice_case(h5, "dice_all_smooth1e-5", 1, 3, (4, 3, 5), -1, 0, 1e-5, ignore_frac=0.0)

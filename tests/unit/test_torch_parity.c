@@ -172,7 +172,7 @@ static void cmp_scaled(fx *f, const char *what, const float *got, const float *r
         }
         if (!(ratio <= 1.0)) bad++;
     }
-    printf("  %-34s %-12s n=%-6zu max_abs=%.2e max_rel=%.2e tol_used=%.3f %s\n", f->name, what, n, max_abs, max_rel,
+    printf("  %-34s %-18s n=%-6zu max_abs=%.2e max_rel=%.2e tol_used=%.3f %s\n", f->name, what, n, max_abs, max_rel,
            worst_ratio, bad ? "MISMATCH" : "ok");
     if (bad) {
         f->mismatches++;
@@ -195,7 +195,7 @@ static void cmp_int(fx *f, const char *what, const int32_t *got, const arr *ref)
     for (size_t i = 0; i < ref->n; i++) {
         if (got[i] != r[i] && bad++ == 0) first = i;
     }
-    printf("  %-34s %-12s n=%-6zu exact %s\n", f->name, what, ref->n, bad ? "MISMATCH" : "ok");
+    printf("  %-34s %-18s n=%-6zu exact %s\n", f->name, what, ref->n, bad ? "MISMATCH" : "ok");
     if (bad) {
         f->mismatches++;
         TEST_EXPECT(0, "case %s: %s: %zu of %zu differ; first at flat index %zu: got %d, PyTorch %d", f->name, what,
@@ -299,12 +299,12 @@ static mn_err case_conv(fx *f, int transposed)
             else
                 RUN(f, path ? mn_convt3d_backward_ref(&t, &in, x.v, r.v, gdx)
                             : mn_convt3d_backward(&t, &in, x.v, r.v, gdx, ws));
-            snprintf(what, sizeof what, "dx/%s%s", tag, rep == 2 ? "x2" : "");
+            snprintf(what, sizeof what, "dx/%s%s", tag, rep == 2 ? "/x2" : "");
             cmp_scaled(f, what, gdx, dx.v, dx.n, rep);
-            snprintf(what, sizeof what, "dw/%s%s", tag, rep == 2 ? "x2" : "");
+            snprintf(what, sizeof what, "dw/%s%s", tag, rep == 2 ? "/x2" : "");
             cmp_scaled(f, what, gdw, dw.v, dw.n, rep);
             if (bias) {
-                snprintf(what, sizeof what, "db/%s%s", tag, rep == 2 ? "x2" : "");
+                snprintf(what, sizeof what, "db/%s%s", tag, rep == 2 ? "/x2" : "");
                 cmp_scaled(f, what, gdb, db.v, db.n, rep);
             }
         }
@@ -616,7 +616,7 @@ static mn_err case_ce(fx *f)
     RUN(f, mn_ce_loss(&in, logits.v, labels.v, ignore, weighted ? weight.v : NULL, 1.0f, &val, g, &nvalid));
     double lref = *(const double *)loss.v, d = fabs(val - lref);
     int ok = d <= ATOL + RTOL * fabs(lref);
-    printf("  %-34s %-12s n=%-6d got=%.8f PyTorch=%.8f abs_err=%.2e %s\n", f->name, "loss", 1, val, lref, d,
+    printf("  %-34s %-18s n=%-6d got=%.8f PyTorch=%.8f abs_err=%.2e %s\n", f->name, "loss", 1, val, lref, d,
            ok ? "ok" : "MISMATCH");
     if (!ok) f->mismatches++;
     TEST_EXPECT(ok, "case %s: loss %.8f, PyTorch %.8f", f->name, val, lref);
@@ -660,7 +660,7 @@ static mn_err case_dice(fx *f)
     RUN(f, mn_dice_loss(&in, logits.v, labels.v, ignore, first_class, (float)smooth, 1.0f, &val, g));
     double lref = *(const double *)loss.v, d = fabs(val - lref);
     int ok = d <= ATOL + RTOL * fabs(lref);
-    printf("  %-34s %-12s n=%-6d got=%.8f ref=%.8f abs_err=%.2e %s\n", f->name, "loss", 1, val, lref, d,
+    printf("  %-34s %-18s n=%-6d got=%.8f ref=%.8f abs_err=%.2e %s\n", f->name, "loss", 1, val, lref, d,
            ok ? "ok" : "MISMATCH");
     if (!ok) f->mismatches++;
     TEST_EXPECT(ok, "case %s: Dice loss %.8f, reference %.8f", f->name, val, lref);
@@ -678,7 +678,7 @@ static mn_err case_dice(fx *f)
             TEST_EXPECT(0, "case %s: hard Dice of class %d: got %.10g, expected %.10g", f->name, c, dh[c], hr[c]);
         }
     }
-    printf("  %-34s %-12s n=%-6d %s\n", f->name, "dice_hard", in.c, bad ? "MISMATCH" : "ok");
+    printf("  %-34s %-18s n=%-6d %s\n", f->name, "dice_hard", in.c, bad ? "MISMATCH" : "ok");
     if (bad) f->mismatches++;
     return MN_OK;
 }
@@ -755,6 +755,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s FIXTURES.h5  (written by tests/ref/make_fixtures.py)\n", argv[0]);
         return 2;
     }
+    setvbuf(stdout, NULL, _IOLBF, 0); /* keep case lines and FAIL lines (stderr) in order */
     TEST_EXPECT(mn_threads_init(1) == MN_OK, "mn_threads_init(1)");
     printf("BLIS kernels: %s (%s)\n", mn_blis_arch(), mn_blis_arch_reason());
     TEST_EXPECT(mn_h5_init() == MN_OK, "mn_h5_init");
