@@ -130,9 +130,13 @@ def bn_case(h5, name, n, c, size, training, eps=1e-5, momentum=0.1):
 
 # ---- pooling, activation, linear ---------------------------------------------------------------------------
 
-def maxpool_case(h5, name, n, c, size, k, s, p):
+def maxpool_case(h5, name, n, c, size, k, s, p, ties=False):
+    """ties: a ReLU-like input quantised to steps of 0.25 (mostly zeros), so windows hold several equal maxima and
+    the tie-break decides indices and gradients; PyTorch takes the first maximum in (d, h, w) scan order."""
     k, s, p = triple(k), triple(s), triple(p)
     x32 = rnd(n, c, *size)
+    if ties:
+        x32 = torch.clamp(torch.round((x32 - 0.6) * 4.0) / 4.0, min=0.0)
     x = leaf(x32)
     y, idx = F.max_pool3d(x, k, s, p, return_indices=True)
     r = rnd(*y.shape)
@@ -291,6 +295,7 @@ def main():
         # pooling
         maxpool_case(h5, "maxpool3d_k3_s2_p1_n2", 2, 3, (7, 8, 9), 3, 2, 1)
         maxpool_case(h5, "maxpool3d_k2_s2_p0", 1, 2, (6, 5, 4), 2, 2, 0)
+        maxpool_case(h5, "maxpool3d_k3_s2_p1_ties", 2, 3, (7, 6, 8), 3, 2, 1, ties=True)
         avgpool_case(h5, "avgpool3d_k1_s2_n2", 2, 4, (5, 6, 7), 1, 2, 0)
         avgpool_case(h5, "avgpool3d_k3_s2_p1", 1, 3, (6, 7, 5), 3, 2, 1)
         gap_case(h5, "gap3d_n2_c7", 2, 7, (3, 4, 5))
