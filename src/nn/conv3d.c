@@ -1,0 +1,359 @@
+/* conv3d.c: 3-D convolution on NCDHW float32 as vol2col + BLIS sgemm, and its direct loop-nest twin.
+ *
+ * Per group of samples (see below), with rows = cin*kvol, P = output voxels, W the (cout x rows) weight matrix
+ * and col the (rows x nb*P) unfolded input:
+ *   forward           Y  = W * col                     (cout x nb*P, k = rows)
+ *   backward-weights  dW += dY * col^T                 (cout x rows, k = nb*P)
+ *   backward-data     dcol = W^T * dY, then col2vol   (rows x nb*P, k = cout)
+ * Transposed operands are strides, not copies (nn/gemm.h).  The column buffer is reused by backward-weights and
+ * backward-data in turn, so backward needs no more workspace than forward.
+ *
+ * Batching: small volumes (the dilated stages run on 8^3 = 512 voxels) make skinny GEMMs, so several samples
+ * are unfolded side by side and share one GEMM.  The group size is the smallest count that gives about
+ * MN_CONV_GEMM_COLS columns (stem and layer1 volumes are big enough alone; layer4 takes the whole batch).  A packed
+ * group's output and output gradient go through a (cout x nb*P) staging block: one extra pass over a tensor that
+ * is rows times smaller than the GEMM work.  Rejected: one GEMM per sample everywhere (k = 512 for the
+ * backward-weights product of layer4 runs well below BLIS peak) and packing the whole batch (workspace grows with
+ * N for no gain once a GEMM has a few thousand columns).
+ *
+ * A 1x1x1 convolution with stride 1 and no padding needs no unfolding: x itself is the column matrix (one GEMM per
+ * sample, no workspace).  A strided 1x1x1 convolution goes through vol2col, which is then a cheap strided gather.
+ *
+ * The _ref twins are the direct loop nests, accumulating in double; they allocate nothing and exist for tests.
+ */
+#include "mednet/conv3d.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "nn/gemm.h"
+#include "nn/vol2col.h"
+
+/* Target columns per GEMM when several small samples are packed together (see the note above). */
+#define MN_CONV_GEMM_COLS 8192
+
+/* "3" when all three extents agree, else "3x3x1". */
+static void fmt3(char *buf, size_t n, const int v[3])
+{
+    if (v[0] == v[1] && v[1] == v[2])
+        snprintf(buf, n, "%d", v[0]);
+    else
+        snprintf(buf, n, "%dx%dx%d", v[0], v[1], v[2]);
+}
+
+/* The layer's geometry for error messages: "conv3d 64->128 k3 s2 p1 dil2". */
+static void conv_desc(const char *kind, int cin, int cout, const int k[3], const int s[3], const int p[3],
+                      const int dil[3], char *buf, size_t n)
+{
+    char ks[40], ss[40], ps[40], ds[40];
+    fmt3(ks, sizeof ks, k);
+    fmt3(ss, sizeof ss, s);
+    fmt3(ps, sizeof ps, p);
+    fmt3(ds, sizeof ds, dil);
+    snprintf(buf, n, "%s %d->%d k%s s%s p%s dil%s", kind, cin, cout, ks, ss, ps, ds);
+}
+
+/* Output extents of a convolution; 0 if some extent would be empty.  No messages. */
+static int conv_out_ext(const int ext[3], const int k[3], const int s[3], const int p[3], const int dil[3],
+                        int out[3])
+{
+    for (int i = 0; i < 3; i++) {
+        long num = (long)ext[i] + 2L * p[i] - (long)dil[i] * (k[i] - 1) - 1;
+        if (num < 0 || s[i] < 1) return 0;
+        out[i] = (int)(num / s[i] + 1);
+    }
+    return 1;
+}
+
+/* Validate the layer's hyper-parameters and the input shape; fill the output shape. */
+static mn_err conv_check(const mn_conv3d *l, const mn_shape *in, mn_shape *out)
+{
+    MN_CHECK(l != NULL && in != NULL, MN_ERR_ARG, "conv3d: NULL layer or input shape");
+    char d[256], sh[64];
+    conv_desc("conv3d", l->cin, l->cout, l->k, l->s, l->p, l->dil, d, sizeof d);
+    MN_CHECK(l->cin > 0 && l->cout > 0, MN_ERR_ARG, "%s: channel counts must be > 0", d);
+    for (int i = 0; i < 3; i++)
+        MN_CHECK(l->k[i] >= 1 && l->s[i] >= 1 && l->dil[i] >= 1 && l->p[i] >= 0, MN_ERR_ARG,
+                 "%s: kernel, stride and dilation must be >= 1 and padding >= 0 (dim %d: k=%d s=%d p=%d dil=%d)", d,
+                 i, l->k[i], l->s[i], l->p[i], l->dil[i]);
+    MN_CHECK(mn_shape_valid(in), MN_ERR_SHAPE, "%s: invalid input shape %s", d, mn_shape_str(in, sh));
+    MN_CHECK(in->c == l->cin, MN_ERR_SHAPE, "%s: input %s has %d channels, expected %d", d, mn_shape_str(in, sh),
+             in->c, l->cin);
+    const int ext[3] = {in->d, in->h, in->w};
+    int o[3];
+    MN_CHECK(conv_out_ext(ext, l->k, l->s, l->p, l->dil, o), MN_ERR_SHAPE,
+             "%s: input %s is smaller than the dilated kernel (%d+2*%d < %d in d, %d+2*%d < %d in h or %d+2*%d < %d "
+             "in w): empty output",
+             d, mn_shape_str(in, sh), in->d, l->p[0], l->dil[0] * (l->k[0] - 1) + 1, in->h, l->p[1],
+             l->dil[1] * (l->k[1] - 1) + 1, in->w, l->p[2], l->dil[2] * (l->k[2] - 1) + 1);
+    *out = (mn_shape){in->n, l->cout, o[0], o[1], o[2]};
+    return MN_OK;
+}
+
+static int conv_is_direct(const mn_conv3d *l)
+{
+    for (int i = 0; i < 3; i++)
+        if (l->k[i] != 1 || l->s[i] != 1 || l->p[i] != 0) return 0;
+    return 1;
+}
+
+/* Samples per GEMM for volumes of `cols` output voxels. */
+static int conv_group(int n, size_t cols)
+{
+    size_t g = (MN_CONV_GEMM_COLS + cols - 1) / cols;
+    if (g < 1) g = 1;
+    if (g > (size_t)n) g = (size_t)n;
+    return (int)g;
+}
+
+static void conv_vgeom(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, mn_vgeom *g)
+{
+    *g = (mn_vgeom){.c = l->cin, .in = {in->d, in->h, in->w}, .out = {out->d, out->h, out->w}};
+    for (int i = 0; i < 3; i++) {
+        g->k[i] = l->k[i];
+        g->s[i] = l->s[i];
+        g->p[i] = l->p[i];
+        g->dil[i] = l->dil[i];
+    }
+}
+
+mn_err mn_conv3d_out_shape(const mn_conv3d *l, const mn_shape *in, mn_shape *out)
+{
+    MN_CHECK(out != NULL, MN_ERR_ARG, "conv3d: NULL output shape");
+    MN_CALL(conv_check(l, in, out));
+    return MN_OK;
+}
+
+size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
+{
+    if (!l || !in || !mn_shape_valid(in) || l->cin <= 0 || l->cout <= 0 || conv_is_direct(l)) return 0;
+    const int ext[3] = {in->d, in->h, in->w};
+    int o[3];
+    if (!conv_out_ext(ext, l->k, l->s, l->p, l->dil, o)) return 0;
+    const size_t P = (size_t)o[0] * o[1] * o[2];
+    const size_t rows = (size_t)l->cin * l->k[0] * l->k[1] * l->k[2];
+    const int g = conv_group(in->n, P);
+    return rows * g * P + (g > 1 ? (size_t)l->cout * g * P : 0);
+}
+
+double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in)
+{
+    const int ext[3] = {in->d, in->h, in->w};
+    int o[3];
+    if (!conv_out_ext(ext, l->k, l->s, l->p, l->dil, o)) return 0.0;
+    return 2.0 * in->n * l->cout * ((double)o[0] * o[1] * o[2]) * l->cin * l->k[0] * l->k[1] * l->k[2];
+}
+
+mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x, float *y, float *ws)
+{
+    mn_shape out;
+    MN_CALL(conv_check(l, in, &out));
+    MN_CHECK(x != NULL && y != NULL && l->w != NULL, MN_ERR_ARG, "conv3d %d->%d forward: NULL x, y or weights",
+             l->cin, l->cout);
+    const int N = in->n, C = l->cin, K = l->cout;
+    const size_t Pin = mn_shape_voxels(in), P = mn_shape_voxels(&out);
+    if (conv_is_direct(l)) {
+        /* x_n is already the (C x P) column matrix. */
+        for (int n = 0; n < N; n++)
+            MN_CALL(mn_gemm(K, (int)P, C, 1.0f, l->w, C, 1, x + (size_t)n * C * Pin, (ptrdiff_t)Pin, 1, 0.0f,
+                            y + (size_t)n * K * P, (ptrdiff_t)P, 1));
+        if (l->b) mn_bias_add(y, N, K, P, l->b);
+        return MN_OK;
+    }
+    MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d forward: NULL workspace (need %zu floats)", C, K,
+             mn_conv3d_workspace_floats(l, in));
+    mn_vgeom g;
+    conv_vgeom(l, in, &out, &g);
+    const int rows = (int)mn_vgeom_rows(&g);
+    const int G = conv_group(N, P);
+    float *col = ws, *stage = ws + (size_t)rows * G * P;
+    for (int n0 = 0; n0 < N; n0 += G) {
+        const int nb = N - n0 < G ? N - n0 : G;
+        const size_t ld = (size_t)nb * P;
+        float *yn = y + (size_t)n0 * K * P;
+        mn_vol2col(&g, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, P);
+        if (nb == 1) {
+            MN_CALL(mn_gemm(K, (int)P, rows, 1.0f, l->w, rows, 1, col, (ptrdiff_t)P, 1, 0.0f, yn, (ptrdiff_t)P, 1));
+            if (l->b) mn_bias_add(yn, 1, K, P, l->b);
+        } else {
+            MN_CALL(mn_gemm(K, (int)ld, rows, 1.0f, l->w, rows, 1, col, (ptrdiff_t)ld, 1, 0.0f, stage,
+                            (ptrdiff_t)ld, 1));
+            mn_batch_unpack(stage, nb, K, P, l->b, 0, yn);
+        }
+    }
+    return MN_OK;
+}
+
+mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
+                          float *ws)
+{
+    mn_shape out;
+    MN_CALL(conv_check(l, in, &out));
+    MN_CHECK(dy != NULL && l->w != NULL, MN_ERR_ARG, "conv3d %d->%d backward: NULL dy or weights", l->cin,
+             l->cout);
+    MN_CHECK(x != NULL || l->dw == NULL, MN_ERR_ARG, "conv3d %d->%d backward: dw wanted but x is NULL", l->cin,
+             l->cout);
+    const int N = in->n, C = l->cin, K = l->cout;
+    const size_t Pin = mn_shape_voxels(in), P = mn_shape_voxels(&out);
+    if (l->db) mn_bias_grad(dy, N, K, P, l->db);
+    if (!dx && !l->dw) return MN_OK;
+    if (conv_is_direct(l)) {
+        for (int n = 0; n < N; n++) {
+            const float *dyn = dy + (size_t)n * K * P;
+            if (l->dw)
+                MN_CALL(mn_gemm(K, C, (int)P, 1.0f, dyn, (ptrdiff_t)P, 1, x + (size_t)n * C * Pin, 1,
+                                (ptrdiff_t)Pin, 1.0f, l->dw, C, 1));
+            if (dx)
+                MN_CALL(mn_gemm(C, (int)P, K, 1.0f, l->w, 1, C, dyn, (ptrdiff_t)P, 1, 1.0f, dx + (size_t)n * C * Pin,
+                                (ptrdiff_t)Pin, 1));
+        }
+        return MN_OK;
+    }
+    MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d backward: NULL workspace (need %zu floats)", C, K,
+             mn_conv3d_workspace_floats(l, in));
+    mn_vgeom g;
+    conv_vgeom(l, in, &out, &g);
+    const int rows = (int)mn_vgeom_rows(&g);
+    const int G = conv_group(N, P);
+    float *col = ws, *stage = ws + (size_t)rows * G * P;
+    for (int n0 = 0; n0 < N; n0 += G) {
+        const int nb = N - n0 < G ? N - n0 : G;
+        const size_t ld = (size_t)nb * P;
+        /* dY of the group as a (K x nb*P) matrix: the tensor itself for one sample, else a packed copy. */
+        const float *dyg = dy + (size_t)n0 * K * P;
+        if (nb > 1) {
+            mn_batch_pack(dyg, nb, K, P, stage);
+            dyg = stage;
+        }
+        if (l->dw) {
+            mn_vol2col(&g, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, P);
+            MN_CALL(mn_gemm(K, rows, (int)ld, 1.0f, dyg, (ptrdiff_t)ld, 1, col, 1, (ptrdiff_t)ld, 1.0f, l->dw, rows,
+                            1));
+        }
+        if (dx) {
+            MN_CALL(mn_gemm(rows, (int)ld, K, 1.0f, l->w, 1, rows, dyg, (ptrdiff_t)ld, 1, 0.0f, col, (ptrdiff_t)ld,
+                            1));
+            mn_col2vol(&g, nb, col, ld, P, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
+        }
+    }
+    return MN_OK;
+}
+
+/* ---- direct loop nests -------------------------------------------------------------------------------------- */
+
+mn_err mn_conv3d_forward_ref(const mn_conv3d *l, const mn_shape *in, const float *x, float *y)
+{
+    mn_shape out;
+    MN_CALL(conv_check(l, in, &out));
+    MN_CHECK(x != NULL && y != NULL && l->w != NULL, MN_ERR_ARG, "conv3d_ref: NULL x, y or weights");
+    const int C = l->cin, K = l->cout;
+    const int I0 = in->d, I1 = in->h, I2 = in->w, O0 = out.d, O1 = out.h, O2 = out.w;
+    const int k0 = l->k[0], k1 = l->k[1], k2 = l->k[2];
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int n = 0; n < in->n; n++) {
+        for (int k = 0; k < K; k++) {
+            for (int oz = 0; oz < O0; oz++)
+                for (int oy = 0; oy < O1; oy++)
+                    for (int ox = 0; ox < O2; ox++) {
+                        double acc = l->b ? l->b[k] : 0.0;
+                        for (int c = 0; c < C; c++)
+                            for (int a = 0; a < k0; a++) {
+                                const int iz = oz * l->s[0] - l->p[0] + a * l->dil[0];
+                                if (iz < 0 || iz >= I0) continue;
+                                for (int b = 0; b < k1; b++) {
+                                    const int iy = oy * l->s[1] - l->p[1] + b * l->dil[1];
+                                    if (iy < 0 || iy >= I1) continue;
+                                    for (int e = 0; e < k2; e++) {
+                                        const int ix = ox * l->s[2] - l->p[2] + e * l->dil[2];
+                                        if (ix < 0 || ix >= I2) continue;
+                                        acc += (double)l->w[(((size_t)k * C + c) * k0 + a) * k1 * k2 + b * k2 + e] *
+                                               x[((((size_t)n * C + c) * I0 + iz) * I1 + iy) * I2 + ix];
+                                    }
+                                }
+                            }
+                        y[((((size_t)n * K + k) * O0 + oz) * O1 + oy) * O2 + ox] = (float)acc;
+                    }
+        }
+    }
+    return MN_OK;
+}
+
+/* Output index o with o*s - p + t*dil == i, or -1. */
+static inline int src_index(int i, int t, int s, int p, int dil, int O)
+{
+    const int num = i + p - t * dil;
+    if (num < 0 || num % s) return -1;
+    return num / s < O ? num / s : -1;
+}
+
+mn_err mn_conv3d_backward_ref(const mn_conv3d *l, const mn_shape *in, const float *x, const float *dy, float *dx)
+{
+    mn_shape out;
+    MN_CALL(conv_check(l, in, &out));
+    MN_CHECK(dy != NULL && l->w != NULL, MN_ERR_ARG, "conv3d_ref: NULL dy or weights");
+    MN_CHECK(x != NULL || l->dw == NULL, MN_ERR_ARG, "conv3d_ref: dw wanted but x is NULL");
+    const int N = in->n, C = l->cin, K = l->cout;
+    const int I0 = in->d, I1 = in->h, I2 = in->w, O0 = out.d, O1 = out.h, O2 = out.w;
+    const int k0 = l->k[0], k1 = l->k[1], k2 = l->k[2];
+    const size_t P = mn_shape_voxels(&out);
+    if (l->db)
+        for (int k = 0; k < K; k++) {
+            double acc = 0.0;
+            for (int n = 0; n < N; n++)
+                for (size_t v = 0; v < P; v++) acc += dy[((size_t)n * K + k) * P + v];
+            l->db[k] += (float)acc;
+        }
+    if (l->dw) {
+#pragma omp parallel for collapse(2) schedule(dynamic)
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < C; c++)
+                for (int a = 0; a < k0; a++)
+                    for (int b = 0; b < k1; b++)
+                        for (int e = 0; e < k2; e++) {
+                            double acc = 0.0;
+                            for (int n = 0; n < N; n++)
+                                for (int oz = 0; oz < O0; oz++) {
+                                    const int iz = oz * l->s[0] - l->p[0] + a * l->dil[0];
+                                    if (iz < 0 || iz >= I0) continue;
+                                    for (int oy = 0; oy < O1; oy++) {
+                                        const int iy = oy * l->s[1] - l->p[1] + b * l->dil[1];
+                                        if (iy < 0 || iy >= I1) continue;
+                                        for (int ox = 0; ox < O2; ox++) {
+                                            const int ix = ox * l->s[2] - l->p[2] + e * l->dil[2];
+                                            if (ix < 0 || ix >= I2) continue;
+                                            acc += (double)dy[((((size_t)n * K + k) * O0 + oz) * O1 + oy) * O2 + ox] *
+                                                   x[((((size_t)n * C + c) * I0 + iz) * I1 + iy) * I2 + ix];
+                                        }
+                                    }
+                                }
+                            l->dw[(((size_t)k * C + c) * k0 + a) * k1 * k2 + b * k2 + e] += (float)acc;
+                        }
+    }
+    if (dx) {
+#pragma omp parallel for collapse(2) schedule(dynamic)
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < C; c++)
+                for (int iz = 0; iz < I0; iz++)
+                    for (int iy = 0; iy < I1; iy++)
+                        for (int ix = 0; ix < I2; ix++) {
+                            double acc = 0.0;
+                            for (int a = 0; a < k0; a++) {
+                                const int oz = src_index(iz, a, l->s[0], l->p[0], l->dil[0], O0);
+                                if (oz < 0) continue;
+                                for (int b = 0; b < k1; b++) {
+                                    const int oy = src_index(iy, b, l->s[1], l->p[1], l->dil[1], O1);
+                                    if (oy < 0) continue;
+                                    for (int e = 0; e < k2; e++) {
+                                        const int ox = src_index(ix, e, l->s[2], l->p[2], l->dil[2], O2);
+                                        if (ox < 0) continue;
+                                        for (int k = 0; k < K; k++)
+                                            acc += (double)l->w[(((size_t)k * C + c) * k0 + a) * k1 * k2 + b * k2 + e] *
+                                                   dy[((((size_t)n * K + k) * O0 + oz) * O1 + oy) * O2 + ox];
+                                    }
+                                }
+                            }
+                            dx[((((size_t)n * C + c) * I0 + iz) * I1 + iy) * I2 + ix] += (float)acc;
+                        }
+    }
+    return MN_OK;
+}

@@ -1,0 +1,21 @@
+/* gemm.h (private): a thin, checked wrapper over BLIS's typed sgemm with explicit row and column strides.
+ *
+ * Every matrix is given by a pointer plus a row stride and a column stride (in floats), so a transposed operand is
+ * just swapped strides: no trans flags, no copies.  BLIS threads the product itself with the count set by
+ * mn_threads_init.
+ */
+#ifndef MN_NN_GEMM_H
+#define MN_NN_GEMM_H
+
+#include <stddef.h>
+
+#include "mednet/error.h"
+
+/* C = alpha * A * B + beta * C with A (m x k), B (k x n), C (m x n); element (i, j) of X sits at
+ * X[i*rsx + j*csx].  C is overwritten when beta == 0 (its old contents, even NaN, are ignored) and accumulated
+ * into otherwise.  m, n or k may be 0 (k == 0 scales C by beta).  MN_ERR_ARG on negative sizes, NULL operands
+ * or zero strides.  Not thread-safe with respect to C; multi-threaded through BLIS. */
+mn_err mn_gemm(int m, int n, int k, float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,
+               ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc);
+
+#endif

@@ -1,0 +1,62 @@
+/* vol2col.h (private): unfold a 3-D volume into GEMM columns and fold it back.
+ *
+ * For a convolution with kernel k, stride s, zero padding p and dilation dil (all (d, h, w)) mapping an input
+ * of c channels and extent in[] to an output of extent out[], the column matrix has
+ * rows = c * k0*k1*k2 (channel-major, then kd, kh, kw: PyTorch's weight order) and one column per output voxel:
+ *
+ *   col[(ch*kvol + (a*k1 + b)*k2 + e) * ldc + (oz*out1 + oy)*out2 + ox]
+ *       = x[ch, oz*s0 - p0 + a*dil0, oy*s1 - p1 + b*dil1, ox*s2 - p2 + e*dil2]   (0 outside the volume)
+ *
+ * Batched calls handle nb samples: sample i reads x + i*x_nstride and writes col + i*col_nstride.  Setting
+ * col_nstride = out voxels and ldc = nb * out voxels places the samples side by side, so one GEMM covers the batch.
+ * Both directions are parallel with OpenMP; col2vol splits the work by (sample, channel) so that no two threads
+ * ever add into the same voxel.
+ */
+#ifndef MN_NN_VOL2COL_H
+#define MN_NN_VOL2COL_H
+
+#include <stddef.h>
+
+typedef struct mn_vgeom {
+    int c;                        /* channels of the volume */
+    int in[3];                    /* volume extent (d, h, w) */
+    int out[3];                   /* output (column) extent (d, h, w) */
+    int k[3], s[3], p[3], dil[3]; /* kernel, stride, padding, dilation */
+} mn_vgeom;
+
+/* Rows of the column matrix: c * kd*kh*kw. */
+static inline size_t mn_vgeom_rows(const mn_vgeom *g)
+{
+    return (size_t)g->c * (size_t)g->k[0] * (size_t)g->k[1] * (size_t)g->k[2];
+}
+
+/* Columns per sample: output voxels. */
+static inline size_t mn_vgeom_cols(const mn_vgeom *g)
+{
+    return (size_t)g->out[0] * (size_t)g->out[1] * (size_t)g->out[2];
+}
+
+/* Fill the column matrix (overwrites every entry of the rows x cols block of each sample). */
+void mn_vol2col(const mn_vgeom *g, int nb, const float *x, size_t x_nstride, float *col, size_t ldc,
+                size_t col_nstride);
+
+/* The adjoint: x[...] += every column entry that vol2col would have read from there (accumulates). */
+void mn_col2vol(const mn_vgeom *g, int nb, const float *col, size_t ldc, size_t col_nstride, float *x,
+                size_t x_nstride);
+
+/* Batch layout helpers.  A "packed" batch of nb samples with ch channels of P voxels is a (ch x nb*P) row-major
+ * matrix: packed[c*nb*P + i*P + v] = nchw[i*ch*P + c*P + v].  It lets one GEMM cover several small volumes. */
+
+/* dst (packed) = src (NC...). */
+void mn_batch_pack(const float *src, int nb, int ch, size_t P, float *dst);
+
+/* dst (NC...) = src (packed) + bias[c] (bias may be NULL); accumulate != 0 adds into dst instead (bias ignored). */
+void mn_batch_unpack(const float *src, int nb, int ch, size_t P, const float *bias, int accumulate, float *dst);
+
+/* y[i, c, :] += bias[c] for nb samples of ch channels of P voxels. */
+void mn_bias_add(float *y, int nb, int ch, size_t P, const float *bias);
+
+/* db[c] += sum over samples and voxels of dy[i, c, :] (summed in double). */
+void mn_bias_grad(const float *dy, int nb, int ch, size_t P, float *db);
+
+#endif
