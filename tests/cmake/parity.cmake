@@ -8,3 +8,8 @@ set_tests_properties(parity_fixtures PROPERTIES FIXTURES_SETUP parity TIMEOUT 12
 mn_test(test_torch_parity SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_torch_parity.c
         ARGS ${CMAKE_BINARY_DIR}/parity_fixtures.h5 TIMEOUT 120 LABELS parity)
 set_tests_properties(test_torch_parity PROPERTIES FIXTURES_REQUIRED parity)
+
+# The same comparison on 2 threads (BLIS and OpenMP), where a race in a parallel loop would show.
+add_test(NAME test_torch_parity_t2 COMMAND test_torch_parity ${CMAKE_BINARY_DIR}/parity_fixtures.h5 2)
+set_tests_properties(test_torch_parity_t2 PROPERTIES FIXTURES_REQUIRED parity TIMEOUT 120 LABELS "parity"
+                     PROCESSORS 2 ENVIRONMENT "OMP_NUM_THREADS=2")

@@ -1,6 +1,7 @@
 /* test_torch_parity: the layer core against PyTorch.
  *
- * Usage: test_torch_parity FIXTURES.h5   (written by tests/ref/make_fixtures.py at test time; see parity.cmake)
+ * Usage: test_torch_parity FIXTURES.h5 [THREADS]   (fixtures written by tests/ref/make_fixtures.py at test time,
+ * see parity.cmake; THREADS defaults to 1, ctest also runs 2 to catch races in the OpenMP/BLIS paths)
  *
  * The fixture file holds one group per case; the group's `layer` attribute names the mednet routine to run and its
  * other attributes the hyper-parameters (k, s, p, dil, op, eps, momentum, training, ignore_index, ...).  Shapes are
@@ -763,13 +764,15 @@ static mn_err run_file(const char *path)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s FIXTURES.h5  (written by tests/ref/make_fixtures.py)\n", argv[0]);
+    int nthreads = argc == 3 ? atoi(argv[2]) : 1;
+    if ((argc != 2 && argc != 3) || nthreads < 1) {
+        fprintf(stderr, "usage: %s FIXTURES.h5 [THREADS]  (fixtures written by tests/ref/make_fixtures.py)\n",
+                argv[0]);
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep case lines and FAIL lines (stderr) in order */
-    TEST_EXPECT(mn_threads_init(1) == MN_OK, "mn_threads_init(1)");
-    printf("BLIS kernels: %s (%s)\n", mn_blis_arch(), mn_blis_arch_reason());
+    TEST_EXPECT(mn_threads_init(nthreads) == MN_OK, "mn_threads_init(%d)", nthreads);
+    printf("BLIS kernels: %s (%s), %d thread(s)\n", mn_blis_arch(), mn_blis_arch_reason(), mn_threads_count());
     TEST_EXPECT(mn_h5_init() == MN_OK, "mn_h5_init");
     mn_err e = run_file(argv[1]);
     TEST_EXPECT(e == MN_OK, "reading fixtures from %s failed (%s)", argv[1], mn_err_name(e));
