@@ -1,0 +1,14 @@
+# Distributed training infrastructure: communicators, reducer, checksums (src/dist), checkpoints (src/io/ckpt.c),
+# signals (src/train/signals.c), and the single-node Slurm tests (tests/slurm).
+mn_mpi_test(test_dist SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist.c NPROCS 1 2 3 4 TIMEOUT 60)
+
+# A rank that fails on purpose must end the job within seconds: the wrapper checks status, message and time.
+add_executable(test_dist_abort ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_abort.c)
+target_compile_options(test_dist_abort PRIVATE ${MN_WARNINGS})
+target_link_libraries(test_dist_abort PRIVATE mednet_lib)
+foreach(np 2 4)
+  add_test(NAME test_dist_abort_np${np}
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_abort.sh ${np} $<TARGET_FILE:test_dist_abort>
+                   ${MN_MPIEXEC})
+  set_tests_properties(test_dist_abort_np${np} PROPERTIES TIMEOUT 90 LABELS "mpi" PROCESSORS ${np})
+endforeach()
