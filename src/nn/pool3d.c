@@ -1,0 +1,243 @@
+/* pool3d.c: max pooling, average pooling and global average pooling on NCDHW float32.
+ *
+ * Geometry follows torch.nn.MaxPool3d / AvgPool3d with ceil_mode=False and dilation 1:
+ *   out = floor((in + 2p - k) / s) + 1,   padding at most half the kernel (PyTorch's rule, which guarantees that
+ *   every window holds at least one real voxel).
+ * Max pooling pads with -inf, keeps the FIRST maximum of a window in (z, y, x) scan order (strict >), and lets a
+ * NaN win as PyTorch's CPU kernel does.  The argmax is the flat index z*H*W + y*W + x inside the input's (n, c)
+ * slice, stored as int32 (slices are checked to fit).  Average pooling counts padded voxels (count_include_pad=True):
+ * the divisor is the window clipped to the padded extent, which with ceil_mode=False is always kd*kh*kw.
+ *
+ * Every loop is split over the N*C independent slices, so backward scatters (max, avg) never race and no atomics
+ * are needed.  Global average pooling reduces each slice in double.
+ */
+#include "mednet/layers.h"
+
+#include <math.h>
+#include <stdint.h>
+
+/* Output shape of a pooling window geometry; `name` is the layer for messages. */
+static mn_err pool_out_shape(const char *name, const int k[3], const int s[3], const int p[3], const mn_shape *in,
+                             mn_shape *out)
+{
+    char b[64];
+    MN_CHECK(in != NULL && out != NULL, MN_ERR_ARG, "%s: NULL shape", name);
+    MN_CHECK(mn_shape_valid(in), MN_ERR_SHAPE, "%s: invalid input shape %s", name, mn_shape_str(in, b));
+    int ext[3] = {in->d, in->h, in->w}, o[3];
+    for (int i = 0; i < 3; i++) {
+        MN_CHECK(k[i] >= 1 && s[i] >= 1 && p[i] >= 0, MN_ERR_ARG,
+                 "%s(k=%d,%d,%d s=%d,%d,%d p=%d,%d,%d): kernel and stride must be >= 1 and padding >= 0", name, k[0],
+                 k[1], k[2], s[0], s[1], s[2], p[0], p[1], p[2]);
+        MN_CHECK(2 * p[i] <= k[i], MN_ERR_ARG, "%s(k=%d,%d,%d p=%d,%d,%d): padding must be at most half the kernel",
+                 name, k[0], k[1], k[2], p[0], p[1], p[2]);
+        MN_CHECK(ext[i] + 2 * p[i] >= k[i], MN_ERR_SHAPE,
+                 "%s(k=%d,%d,%d s=%d,%d,%d p=%d,%d,%d): input %s is smaller than the kernel (output would be empty)",
+                 name, k[0], k[1], k[2], s[0], s[1], s[2], p[0], p[1], p[2], mn_shape_str(in, b));
+        o[i] = (ext[i] + 2 * p[i] - k[i]) / s[i] + 1;
+    }
+    MN_CHECK(mn_shape_voxels(in) <= (size_t)INT32_MAX, MN_ERR_SHAPE, "%s: input slice %s exceeds 2^31 voxels", name,
+             mn_shape_str(in, b));
+    *out = (mn_shape){in->n, in->c, o[0], o[1], o[2]};
+    return MN_OK;
+}
+
+/* Clip a window [o*s - p, o*s - p + k) to [0, n). */
+static inline void window(int o, int k, int s, int p, int n, int *lo, int *hi)
+{
+    int a = o * s - p, e = a + k;
+    *lo = a < 0 ? 0 : a;
+    *hi = e > n ? n : e;
+}
+
+mn_err mn_maxpool3d_out_shape(const mn_maxpool3d *l, const mn_shape *in, mn_shape *out)
+{
+    MN_CHECK(l != NULL, MN_ERR_ARG, "maxpool3d: NULL layer");
+    return pool_out_shape("maxpool3d", l->k, l->s, l->p, in, out);
+}
+
+/* y (out shape) and argmax (one int32 per output element) are overwritten. */
+mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax)
+{
+    mn_shape out = {0, 0, 0, 0, 0};
+    MN_CALL(mn_maxpool3d_out_shape(l, in, &out));
+    const int D = in->d, H = in->h, W = in->w, OD = out.d, OH = out.h, OW = out.w;
+    const size_t V = mn_shape_voxels(in), OV = mn_shape_voxels(&out);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < NC; nc++) {
+        const float *xs = x + (size_t)nc * V;
+        float *ys = y + (size_t)nc * OV;
+        int32_t *as = argmax + (size_t)nc * OV;
+        for (int oz = 0; oz < OD; oz++) {
+            int z0, z1;
+            window(oz, l->k[0], l->s[0], l->p[0], D, &z0, &z1);
+            for (int oy = 0; oy < OH; oy++) {
+                int y0, y1;
+                window(oy, l->k[1], l->s[1], l->p[1], H, &y0, &y1);
+                for (int ox = 0; ox < OW; ox++) {
+                    int x0, x1;
+                    window(ox, l->k[2], l->s[2], l->p[2], W, &x0, &x1);
+                    /* PyTorch starts from -inf with the index of the first real voxel of the window. */
+                    float best = -INFINITY;
+                    int32_t bi = (int32_t)(((size_t)z0 * H + y0) * W + x0);
+                    for (int z = z0; z < z1; z++)
+                        for (int yy = y0; yy < y1; yy++) {
+                            size_t row = ((size_t)z * H + yy) * W;
+                            for (int xx = x0; xx < x1; xx++) {
+                                float v = xs[row + xx];
+                                if (v > best || isnan(v)) {
+                                    best = v;
+                                    bi = (int32_t)(row + xx);
+                                }
+                            }
+                        }
+                    size_t o = ((size_t)oz * OH + oy) * OW + ox;
+                    ys[o] = best;
+                    as[o] = bi;
+                }
+            }
+        }
+    }
+    return MN_OK;
+}
+
+/* dx[argmax] += dy, slice by slice.  Accumulates. */
+mn_err mn_maxpool3d_backward(const mn_maxpool3d *l, const mn_shape *in, const float *dy, const int32_t *argmax,
+                             float *dx)
+{
+    mn_shape out = {0, 0, 0, 0, 0};
+    MN_CALL(mn_maxpool3d_out_shape(l, in, &out));
+    if (dx == NULL) return MN_OK;
+    const size_t V = mn_shape_voxels(in), OV = mn_shape_voxels(&out);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < NC; nc++) {
+        const float *g = dy + (size_t)nc * OV;
+        const int32_t *a = argmax + (size_t)nc * OV;
+        float *d = dx + (size_t)nc * V;
+        for (size_t o = 0; o < OV; o++) d[a[o]] += g[o];
+    }
+    return MN_OK;
+}
+
+mn_err mn_avgpool3d_out_shape(const mn_avgpool3d *l, const mn_shape *in, mn_shape *out)
+{
+    MN_CHECK(l != NULL, MN_ERR_ARG, "avgpool3d: NULL layer");
+    return pool_out_shape("avgpool3d", l->k, l->s, l->p, in, out);
+}
+
+/* Divisor of a window with count_include_pad: its extent clipped to the padded input (PyTorch's pool_size). */
+static inline int pad_extent(int o, int k, int s, int p, int n)
+{
+    int a = o * s - p, e = a + k;
+    if (e > n + p) e = n + p;
+    return e - a;
+}
+
+/* y (out shape) is overwritten with window sums over real voxels divided by the padded window size. */
+mn_err mn_avgpool3d_forward(const mn_avgpool3d *l, const mn_shape *in, const float *x, float *y)
+{
+    mn_shape out = {0, 0, 0, 0, 0};
+    MN_CALL(mn_avgpool3d_out_shape(l, in, &out));
+    const int D = in->d, H = in->h, W = in->w, OD = out.d, OH = out.h, OW = out.w;
+    const size_t V = mn_shape_voxels(in), OV = mn_shape_voxels(&out);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < NC; nc++) {
+        const float *xs = x + (size_t)nc * V;
+        float *ys = y + (size_t)nc * OV;
+        for (int oz = 0; oz < OD; oz++) {
+            int z0, z1, pz = pad_extent(oz, l->k[0], l->s[0], l->p[0], D);
+            window(oz, l->k[0], l->s[0], l->p[0], D, &z0, &z1);
+            for (int oy = 0; oy < OH; oy++) {
+                int y0, y1, py = pad_extent(oy, l->k[1], l->s[1], l->p[1], H);
+                window(oy, l->k[1], l->s[1], l->p[1], H, &y0, &y1);
+                for (int ox = 0; ox < OW; ox++) {
+                    int x0, x1, px = pad_extent(ox, l->k[2], l->s[2], l->p[2], W);
+                    window(ox, l->k[2], l->s[2], l->p[2], W, &x0, &x1);
+                    double sum = 0;
+                    for (int z = z0; z < z1; z++)
+                        for (int yy = y0; yy < y1; yy++) {
+                            size_t row = ((size_t)z * H + yy) * W;
+                            for (int xx = x0; xx < x1; xx++) sum += xs[row + xx];
+                        }
+                    ys[((size_t)oz * OH + oy) * OW + ox] = (float)(sum / ((double)pz * py * px));
+                }
+            }
+        }
+    }
+    return MN_OK;
+}
+
+/* dx += dy / divisor over each window's real voxels.  Accumulates. */
+mn_err mn_avgpool3d_backward(const mn_avgpool3d *l, const mn_shape *in, const float *dy, float *dx)
+{
+    mn_shape out = {0, 0, 0, 0, 0};
+    MN_CALL(mn_avgpool3d_out_shape(l, in, &out));
+    if (dx == NULL) return MN_OK;
+    const int D = in->d, H = in->h, W = in->w, OD = out.d, OH = out.h, OW = out.w;
+    const size_t V = mn_shape_voxels(in), OV = mn_shape_voxels(&out);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < NC; nc++) {
+        const float *g = dy + (size_t)nc * OV;
+        float *d = dx + (size_t)nc * V;
+        for (int oz = 0; oz < OD; oz++) {
+            int z0, z1, pz = pad_extent(oz, l->k[0], l->s[0], l->p[0], D);
+            window(oz, l->k[0], l->s[0], l->p[0], D, &z0, &z1);
+            for (int oy = 0; oy < OH; oy++) {
+                int y0, y1, py = pad_extent(oy, l->k[1], l->s[1], l->p[1], H);
+                window(oy, l->k[1], l->s[1], l->p[1], H, &y0, &y1);
+                for (int ox = 0; ox < OW; ox++) {
+                    int x0, x1, px = pad_extent(ox, l->k[2], l->s[2], l->p[2], W);
+                    window(ox, l->k[2], l->s[2], l->p[2], W, &x0, &x1);
+                    float v = g[((size_t)oz * OH + oy) * OW + ox] / (float)(pz * py * px);
+                    for (int z = z0; z < z1; z++)
+                        for (int yy = y0; yy < y1; yy++) {
+                            size_t row = ((size_t)z * H + yy) * W;
+                            for (int xx = x0; xx < x1; xx++) d[row + xx] += v;
+                        }
+                }
+            }
+        }
+    }
+    return MN_OK;
+}
+
+/* y (n, c) is overwritten with the mean of each (n, c) slice. */
+mn_err mn_gap3d_forward(const mn_shape *in, const float *x, float *y)
+{
+    char b[64];
+    MN_CHECK(in != NULL && mn_shape_valid(in), MN_ERR_SHAPE, "gap3d forward: invalid input shape %s",
+             in ? mn_shape_str(in, b) : "NULL");
+    const size_t V = mn_shape_voxels(in);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < NC; nc++) {
+        const float *xs = x + (size_t)nc * V;
+        double sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (size_t v = 0; v < V; v++) sum += xs[v];
+        y[nc] = (float)(sum / (double)V);
+    }
+    return MN_OK;
+}
+
+/* dx += dy[n, c] / (D*H*W) over each slice.  Accumulates. */
+mn_err mn_gap3d_backward(const mn_shape *in, const float *dy, float *dx)
+{
+    char b[64];
+    MN_CHECK(in != NULL && mn_shape_valid(in), MN_ERR_SHAPE, "gap3d backward: invalid input shape %s",
+             in ? mn_shape_str(in, b) : "NULL");
+    if (dx == NULL) return MN_OK;
+    const size_t V = mn_shape_voxels(in);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < NC; nc++) {
+        float *d = dx + (size_t)nc * V;
+        const float g = dy[nc] / (float)V;
+#pragma omp simd
+        for (size_t v = 0; v < V; v++) d[v] += g;
+    }
+    return MN_OK;
+}
