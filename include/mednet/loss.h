@@ -13,6 +13,9 @@
 #include "mednet/error.h"
 #include "mednet/tensor.h"
 
+/* Largest class count the Dice functions accept (their per-class sums live on the stack, nothing is allocated). */
+#define MN_LOSS_MAX_CLASSES 1024
+
 /* Softmax cross-entropy, as F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_label,
  * reduction='mean'): sum over non-ignored voxels of w[y] * -log softmax(x)[y], divided by the sum of w[y].
  * class_weights: (C) or NULL (all 1).  If every voxel is ignored the loss is 0 with zero gradient.
