@@ -11,7 +11,9 @@
  *
  * Variance is E[x^2] - mean^2 from double sums (what the split form can all-reduce in one message); with float
  * inputs the double sums keep ~8 correct digits even when |mean| is 1e4 times the standard deviation.  The affine
- * transform is y = x * a + b with a = gamma*invstd, b = beta - mean*a, the form PyTorch's CPU kernel uses.
+ * transform is y = (x - mean) * a + beta with a = gamma*invstd.  PyTorch's CPU kernel folds it into x*a + b with
+ * b = beta - mean*a, which cancels catastrophically in float when |mean| >> std (an input offset of 100 costs
+ * ~1e-5 absolute); subtracting first is as cheap and closer to the exact result.
  * Rejected: Welford merging (needs three values per channel and a custom MPI reduction).
  */
 #include "mednet/layers.h"
@@ -65,14 +67,14 @@ static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, 
         l->running_mean[c] = (float)((1.0 - m) * l->running_mean[c] + m * mean);
         l->running_var[c] = (float)((1.0 - m) * l->running_var[c] + m * var * count / (count - 1.0));
     }
-    double g = l->gamma ? l->gamma[c] : 1.0, be = l->beta ? l->beta[c] : 0.0;
-    float a = (float)(g * invstd), b = (float)(be - mean * g * invstd);
+    const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
+    const float m = (float)mean;
     for (int n = 0; n < in->n; n++) {
         size_t off = ((size_t)n * in->c + c) * V;
         const float *p = x + off;
         float *q = y + off;
 #pragma omp simd
-        for (size_t v = 0; v < V; v++) q[v] = p[v] * a + b;
+        for (size_t v = 0; v < V; v++) q[v] = (p[v] - m) * a + b;
     }
 }
 
@@ -208,12 +210,12 @@ mn_err mn_bn3d_forward(const mn_bn3d *l, const mn_shape *in, const float *x, flo
         double invstd = 1.0 / sqrt((double)l->running_var[c] + (double)l->eps);
         save[c] = (float)mean;
         save[C + c] = (float)invstd;
-        double g = l->gamma ? l->gamma[c] : 1.0, be = l->beta ? l->beta[c] : 0.0;
-        float a = (float)(g * invstd), b = (float)(be - mean * g * invstd);
+        const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
+        const float m = (float)mean;
         for (int n = 0; n < in->n; n++) {
             size_t off = ((size_t)n * C + c) * V;
 #pragma omp simd
-            for (size_t v = 0; v < V; v++) y[off + v] = x[off + v] * a + b;
+            for (size_t v = 0; v < V; v++) y[off + v] = (x[off + v] - m) * a + b;
         }
     }
     return MN_OK;
