@@ -1,0 +1,730 @@
+/* model.c: the MedicalNet 3-D ResNet model object: configuration, parameter layout and tensor names, seeded
+ * initialisation, and the memory plan (see model.h for the topology and layout, model_impl.h for the structure).
+ *
+ * Layout.  plan() walks the network once in PyTorch state-dict order (conv1, bn1, layer1.0.conv1, ..., then each
+ * head) and appends every parameter to the flat parameter buffer, every BN running statistic to the BN buffer, and
+ * every saved activation to one activation arena; it runs twice (count, then point into the allocations), so the
+ * layout, the name table and the layer structs cannot disagree.  Parameters of one block are contiguous, which is
+ * what lets the backward pass announce per-block gradient ranges.
+ *
+ * Initialisation follows MedicalNet: Kaiming-normal (fan_out, gain sqrt 2) on every Conv3d weight, BN weight 1 and
+ * bias 0, running mean 0 / var 1; the ConvTranspose3d of conv_seg and the fc layer keep PyTorch's default
+ * (uniform +-1/sqrt(fan_in) for weight and bias).  Each tensor draws from its own stream seeded with (seed, name),
+ * so a head's initial values do not depend on which other heads a rank holds.
+ */
+#include "mednet/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mednet/mem.h"
+#include "model/model_impl.h"
+
+enum { INIT_KAIMING = 0, INIT_UNIFORM, INIT_ONE, INIT_ZERO };
+
+/* Blocks per stage of each depth. */
+static int depth_layers(int depth, int layers[4], int *bottleneck)
+{
+    static const struct {
+        int depth, l[4], bottleneck;
+    } t[] = {{10, {1, 1, 1, 1}, 0},  {18, {2, 2, 2, 2}, 0},  {34, {3, 4, 6, 3}, 0},    {50, {3, 4, 6, 3}, 1},
+             {101, {3, 4, 23, 3}, 1}, {152, {3, 8, 36, 3}, 1}, {200, {3, 24, 36, 3}, 1}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (t[i].depth == depth) {
+            memcpy(layers, t[i].l, sizeof t[i].l);
+            *bottleneck = t[i].bottleneck;
+            return 1;
+        }
+    return 0;
+}
+
+mn_shortcut mn_model_default_shortcut(int depth) { return (depth == 18 || depth == 34) ? MN_SHORTCUT_A : MN_SHORTCUT_B; }
+
+mn_model_config mn_model_config_default(void)
+{
+    mn_model_config c;
+    memset(&c, 0, sizeof c);
+    c.depth = 10;
+    c.shortcut = MN_SHORTCUT_DEFAULT;
+    c.head_kind = MN_HEAD_SEG;
+    c.loss.ce_weight = 1.0f;
+    c.loss.dice_weight = 0.0f;
+    c.loss.ignore_label = -1;
+    c.loss.dice_first_class = 1;
+    c.loss.dice_smooth = 1e-5f;
+    c.seed = 1;
+    return c;
+}
+
+/* ---- the planner ---- */
+
+typedef struct planner {
+    mn_model *m;
+    int pass;       /* 0: count, 1: assign */
+    int acts;       /* 1: activations are planned (input.n > 0) */
+    size_t np, nb;  /* parameter and BN-buffer floats so far */
+    size_t na;      /* activation floats so far */
+    int nt;         /* tensors so far */
+    int part;       /* -1 encoder, h head */
+    char prefix[40];
+    float *arena;   /* pass 1: the activation arena */
+} planner;
+
+static void add_tensor(planner *pl, const char *name, mn_tensor_kind kind, size_t offset, int ndim, const int *shape,
+                       int init, float bound)
+{
+    if (pl->pass == 1) {
+        mn_tensor_info *t = &pl->m->tensors[pl->nt];
+        memset(t, 0, sizeof *t);
+        snprintf(t->name, sizeof t->name, "%s%s", pl->prefix, name);
+        t->kind = kind;
+        t->part = pl->part;
+        t->offset = offset;
+        t->ndim = ndim;
+        t->numel = 1;
+        for (int i = 0; i < ndim; i++) {
+            t->shape[i] = shape[i];
+            t->numel *= (size_t)shape[i];
+        }
+        pl->m->tinit[pl->nt] = (unsigned char)init;
+        pl->m->tbound[pl->nt] = bound;
+    }
+    pl->nt++;
+}
+
+/* A parameter: returns its pointer (pass 1) and its gradient in *grad. */
+static float *param(planner *pl, const char *name, int ndim, const int *shape, int init, float bound, float **grad)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    size_t off = pl->np;
+    add_tensor(pl, name, MN_TENSOR_PARAM, off, ndim, shape, init, bound);
+    pl->np += n;
+    if (pl->pass == 0) {
+        if (grad) *grad = NULL;
+        return NULL;
+    }
+    if (grad) *grad = pl->m->grads + off;
+    return pl->m->params + off;
+}
+
+static float *buffer(planner *pl, const char *name, int c, int init)
+{
+    size_t off = pl->nb;
+    add_tensor(pl, name, MN_TENSOR_BUFFER, off, 1, &c, init, 0);
+    pl->nb += (size_t)c;
+    return pl->pass ? pl->m->bufs + off : NULL;
+}
+
+/* An activation of n floats, 64-byte aligned within the arena. */
+static float *act(planner *pl, size_t n)
+{
+    if (!pl->acts) return NULL;
+    size_t off = pl->na;
+    pl->na += (n + 15) & ~(size_t)15;
+    return pl->pass ? pl->arena + off : NULL;
+}
+
+static void conv(planner *pl, mn_conv3d *c, const char *name, int cin, int cout, int k, int s, int p, int dil)
+{
+    char nm[80];
+    memset(c, 0, sizeof *c);
+    c->cin = cin;
+    c->cout = cout;
+    for (int i = 0; i < 3; i++) {
+        c->k[i] = k;
+        c->s[i] = s;
+        c->p[i] = p;
+        c->dil[i] = dil;
+    }
+    int shape[5] = {cout, cin, k, k, k};
+    snprintf(nm, sizeof nm, "%s.weight", name);
+    float fan_out = (float)cout * (float)(k * k * k);
+    c->w = param(pl, nm, 5, shape, INIT_KAIMING, sqrtf(2.0f / fan_out), &c->dw);
+}
+
+static void bn(planner *pl, mn_bnl *b, const char *name, int c, size_t save_n)
+{
+    char nm[80];
+    memset(b, 0, sizeof *b);
+    b->l.c = c;
+    b->l.eps = 1e-5f;
+    b->l.momentum = 0.1f;
+    snprintf(nm, sizeof nm, "%s.weight", name);
+    b->l.gamma = param(pl, nm, 1, &c, INIT_ONE, 0, &b->l.dgamma);
+    snprintf(nm, sizeof nm, "%s.bias", name);
+    b->l.beta = param(pl, nm, 1, &c, INIT_ZERO, 0, &b->l.dbeta);
+    snprintf(nm, sizeof nm, "%s.running_mean", name);
+    b->l.running_mean = buffer(pl, nm, c, INIT_ZERO);
+    snprintf(nm, sizeof nm, "%s.running_var", name);
+    b->l.running_var = buffer(pl, nm, c, INIT_ONE);
+    (void)save_n;
+    b->save = act(pl, 2 * (size_t)c);
+}
+
+/* Track the largest encoder activation (sizes the gradient scratch). */
+static size_t shape_act(mn_model *m, const mn_shape *s)
+{
+    size_t n = mn_shape_numel(s);
+    if (n > m->max_act) m->max_act = n;
+    return n;
+}
+
+static void ws_need(mn_model *m, size_t floats)
+{
+    if (floats > m->ws_floats) m->ws_floats = floats;
+}
+
+static mn_err conv_shape(mn_model *m, const mn_conv3d *c, const mn_shape *in, mn_shape *out)
+{
+    MN_CALL(mn_conv3d_out_shape(c, in, out));
+    ws_need(m, mn_conv3d_workspace_floats(c, in));
+    return MN_OK;
+}
+
+/* One residual block: names layer<stage>.<index>.*, parameters contiguous. */
+static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int planes, int stride, int dil,
+                    const mn_shape *in, const float *x)
+{
+    mn_model *m = pl->m;
+    char nm[64];
+    int cout = planes * m->expansion;
+    b->bottleneck = m->expansion == 4;
+    b->p_off = pl->np;
+    b->x = x;
+    if (b->bottleneck) {
+        snprintf(nm, sizeof nm, "layer%d.%d.conv1", stage, idx);
+        conv(pl, &b->c1, nm, cin, planes, 1, 1, 0, 1);
+        snprintf(nm, sizeof nm, "layer%d.%d.bn1", stage, idx);
+        bn(pl, &b->b1, nm, planes, 0);
+        snprintf(nm, sizeof nm, "layer%d.%d.conv2", stage, idx);
+        conv(pl, &b->c2, nm, planes, planes, 3, stride, dil, dil);
+        snprintf(nm, sizeof nm, "layer%d.%d.bn2", stage, idx);
+        bn(pl, &b->b2, nm, planes, 0);
+        snprintf(nm, sizeof nm, "layer%d.%d.conv3", stage, idx);
+        conv(pl, &b->c3, nm, planes, cout, 1, 1, 0, 1);
+        snprintf(nm, sizeof nm, "layer%d.%d.bn3", stage, idx);
+        bn(pl, &b->b3, nm, cout, 0);
+    } else {
+        snprintf(nm, sizeof nm, "layer%d.%d.conv1", stage, idx);
+        conv(pl, &b->c1, nm, cin, planes, 3, stride, dil, dil);
+        snprintf(nm, sizeof nm, "layer%d.%d.bn1", stage, idx);
+        bn(pl, &b->b1, nm, planes, 0);
+        snprintf(nm, sizeof nm, "layer%d.%d.conv2", stage, idx);
+        conv(pl, &b->c2, nm, planes, planes, 3, 1, dil, dil);
+        snprintf(nm, sizeof nm, "layer%d.%d.bn2", stage, idx);
+        bn(pl, &b->b2, nm, planes, 0);
+    }
+    b->shortcut = SC_NONE;
+    if (stride != 1 || cin != cout) {
+        b->shortcut = m->shortcut;
+        if (b->shortcut == SC_B) {
+            snprintf(nm, sizeof nm, "layer%d.%d.downsample.0", stage, idx);
+            conv(pl, &b->dsc, nm, cin, cout, 1, stride, 0, 1);
+            snprintf(nm, sizeof nm, "layer%d.%d.downsample.1", stage, idx);
+            bn(pl, &b->dsb, nm, cout, 0);
+        } else {
+            for (int i = 0; i < 3; i++) {
+                b->pool.k[i] = 1;
+                b->pool.s[i] = stride;
+                b->pool.p[i] = 0;
+            }
+        }
+    }
+    b->p_len = pl->np - b->p_off;
+    if (!pl->acts) return MN_OK;
+
+    /* Shapes and activations. */
+    b->in = *in;
+    MN_CALL(conv_shape(m, &b->c1, in, &b->s1));
+    MN_CALL(conv_shape(m, &b->c2, &b->s1, &b->s2));
+    b->c1o = act(pl, shape_act(m, &b->s1));
+    b->a1 = act(pl, shape_act(m, &b->s1));
+    b->c2o = act(pl, shape_act(m, &b->s2));
+    if (b->bottleneck) {
+        MN_CALL(conv_shape(m, &b->c3, &b->s2, &b->out));
+        b->a2 = act(pl, shape_act(m, &b->s2));
+        b->c3o = act(pl, shape_act(m, &b->out));
+    } else {
+        b->out = b->s2;
+    }
+    if (b->shortcut == SC_B) {
+        mn_shape ds;
+        MN_CALL(conv_shape(m, &b->dsc, in, &ds));
+        MN_CHECK(mn_shape_eq(&ds, &b->out), MN_ERR_INTERNAL, "layer%d.%d: shortcut shape differs from the block's",
+                 stage, idx);
+        b->dso = act(pl, shape_act(m, &ds));
+    } else if (b->shortcut == SC_A) {
+        mn_shape one = *in, ds;
+        one.n = 1;
+        MN_CALL(mn_avgpool3d_out_shape(&b->pool, &one, &ds));
+        MN_CHECK(ds.d == b->out.d && ds.h == b->out.h && ds.w == b->out.w, MN_ERR_INTERNAL,
+                 "layer%d.%d: type-A shortcut shape differs from the block's", stage, idx);
+    }
+    b->y = act(pl, shape_act(m, &b->out));
+    return MN_OK;
+}
+
+/* The heads: names prefixed "heads.<id>." unless a single head with plain names. */
+static mn_err heads(planner *pl)
+{
+    mn_model *m = pl->m;
+    int plain = m->nheads == 1 && !m->cfg.prefix_heads;
+    int fc = m->feat_c;
+    for (int h = 0; h < m->nheads; h++) {
+        mn_head *hd = &m->heads[h];
+        hd->id = m->specs[h].id;
+        hd->classes = m->specs[h].classes;
+        pl->part = h;
+        if (plain)
+            pl->prefix[0] = '\0';
+        else
+            snprintf(pl->prefix, sizeof pl->prefix, "heads.%d.", hd->id);
+        hd->p_off = pl->np;
+        hd->b_off = pl->nb;
+        int k = hd->classes;
+        if (m->cfg.head_kind == MN_HEAD_SEG) {
+            mn_convt3d *u = &hd->up;
+            memset(u, 0, sizeof *u);
+            u->cin = fc;
+            u->cout = 32;
+            for (int i = 0; i < 3; i++) {
+                u->k[i] = 2;
+                u->s[i] = 2;
+                u->p[i] = 0;
+                u->dil[i] = 1;
+                u->op[i] = 0;
+            }
+            int ws[5] = {fc, 32, 2, 2, 2}, bs[1] = {32};
+            float bound = 1.0f / sqrtf(32.0f * 8.0f); /* fan_in of a ConvTranspose3d weight = size(1) * kvol */
+            u->w = param(pl, "conv_seg.0.weight", 5, ws, INIT_UNIFORM, bound, &u->dw);
+            u->b = param(pl, "conv_seg.0.bias", 1, bs, INIT_UNIFORM, bound, &u->db);
+            bn(pl, &hd->hb1, "conv_seg.1", 32, 0);
+            conv(pl, &hd->hc2, "conv_seg.3", 32, 32, 3, 1, 1, 1);
+            bn(pl, &hd->hb2, "conv_seg.4", 32, 0);
+            conv(pl, &hd->hc3, "conv_seg.6", 32, k, 1, 1, 0, 1);
+        } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
+            conv(pl, &hd->br, "branch", fc, k, 1, 1, 0, 1);
+        } else {
+            int ws[2] = {k, fc}, bs[1] = {k};
+            float bound = 1.0f / sqrtf((float)fc);
+            memset(&hd->fc, 0, sizeof hd->fc);
+            hd->fc.in = fc;
+            hd->fc.out = k;
+            hd->fc.w = param(pl, "fc.weight", 2, ws, INIT_UNIFORM, bound, &hd->fc.dw);
+            hd->fc.b = param(pl, "fc.bias", 1, bs, INIT_UNIFORM, bound, &hd->fc.db);
+        }
+        hd->p_len = pl->np - hd->p_off;
+        hd->b_len = pl->nb - hd->b_off;
+    }
+    if (!pl->acts || m->nheads == 0) return MN_OK;
+
+    /* Shared head activations for the whole local batch and the largest class count. */
+    size_t N = (size_t)m->in_shape.n, C = (size_t)m->max_classes;
+    mn_shape full = m->in_shape;
+    if (m->cfg.head_kind == MN_HEAD_SEG) {
+        mn_head *hd = &m->heads[0];
+        MN_CALL(mn_convt3d_out_shape(&hd->up, &m->feat_shape, &m->head_q_shape));
+        ws_need(m, mn_convt3d_workspace_floats(&hd->up, &m->feat_shape));
+        mn_shape q3 = m->head_q_shape, qk;
+        MN_CALL(conv_shape(m, &hd->hc2, &q3, &qk));
+        for (int h = 0; h < m->nheads; h++) MN_CALL(conv_shape(m, &m->heads[h].hc3, &q3, &qk));
+        size_t qn = mn_shape_numel(&q3);
+        m->h0 = act(pl, qn);
+        m->h1 = act(pl, qn);
+        m->h3 = act(pl, qn);
+        m->h4 = act(pl, qn);
+        m->logit_vox = mn_shape_voxels(&q3);
+        m->logits = act(pl, N * C * m->logit_vox);
+        m->dlogits = act(pl, N * C * m->logit_vox);
+        m->labels_ds = (int32_t *)act(pl, N * m->logit_vox);
+        m->dh_a = act(pl, qn);
+        m->dh_b = act(pl, qn);
+        if (m->cfg.loss_full_size) {
+            m->up = act(pl, N * C * mn_shape_voxels(&full));
+            m->dup = act(pl, N * C * mn_shape_voxels(&full));
+        }
+    } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
+        mn_shape fk;
+        for (int h = 0; h < m->nheads; h++) MN_CALL(conv_shape(m, &m->heads[h].br, &m->feat_shape, &fk));
+        size_t fv = mn_shape_voxels(&m->feat_shape);
+        m->hz = act(pl, N * C * fv);
+        m->dhz = act(pl, N * C * fv);
+        m->logit_vox = mn_shape_voxels(&full);
+        m->logits = act(pl, N * C * m->logit_vox);
+        m->dlogits = act(pl, N * C * m->logit_vox);
+    } else {
+        m->hg = act(pl, N * (size_t)m->feat_c);
+        m->dhg = act(pl, N * (size_t)m->feat_c);
+        m->logit_vox = 1;
+        m->logits = act(pl, N * C);
+        m->dlogits = act(pl, N * C);
+    }
+    return MN_OK;
+}
+
+static mn_err plan(mn_model *m, int pass)
+{
+    planner pl;
+    memset(&pl, 0, sizeof pl);
+    pl.m = m;
+    pl.pass = pass;
+    pl.acts = m->cfg.input.n > 0;
+    pl.part = -1;
+    pl.arena = (float *)m->act_arena;
+    m->max_act = 0;
+    m->ws_floats = 0;
+
+    /* Stem. */
+    conv(&pl, &m->conv1, "conv1", 1, 64, 7, 2, 3, 1);
+    bn(&pl, &m->bn1, "bn1", 64, 0);
+    m->stem_p_len = pl.np;
+    for (int i = 0; i < 3; i++) {
+        m->pool.k[i] = 3;
+        m->pool.s[i] = 2;
+        m->pool.p[i] = 1;
+    }
+    if (pl.acts) {
+        m->in_shape = m->cfg.input;
+        MN_CALL(conv_shape(m, &m->conv1, &m->in_shape, &m->stem_shape));
+        MN_CALL(mn_maxpool3d_out_shape(&m->pool, &m->stem_shape, &m->pool_shape));
+        m->stem_c = act(&pl, shape_act(m, &m->stem_shape));
+        m->stem_a = act(&pl, shape_act(m, &m->stem_shape));
+        m->pooled = act(&pl, shape_act(m, &m->pool_shape));
+        m->argmax = (int32_t *)act(&pl, mn_shape_numel(&m->pool_shape));
+    }
+
+    /* Four stages. */
+    static const int planes[4] = {64, 128, 256, 512}, strides[4] = {1, 2, 1, 1}, dils[4] = {1, 1, 2, 4};
+    int layers[4], bott = 0;
+    depth_layers(m->cfg.depth, layers, &bott);
+    int cin = 64, nb = 0;
+    mn_shape cur = m->pool_shape;
+    const float *x = m->pooled;
+    for (int s = 0; s < 4; s++)
+        for (int i = 0; i < layers[s]; i++) {
+            mn_block *b = &m->blocks[nb++];
+            MN_CALL(block(&pl, b, s + 1, i, cin, planes[s], i == 0 ? strides[s] : 1, dils[s], &cur, x));
+            cin = planes[s] * m->expansion;
+            cur = b->out;
+            x = b->y;
+        }
+    m->feat_shape = cur;
+    m->enc_p_len = pl.np;
+    m->enc_b_len = pl.nb;
+
+    MN_CALL(heads(&pl));
+    m->nparams = pl.np;
+    m->nbufs = pl.nb;
+    m->ntensors = pl.nt;
+    m->act_floats = pl.na;
+    return MN_OK;
+}
+
+/* ---- seeded initialisation ---- */
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1). */
+static double unif(uint64_t *s) { return ((double)(splitmix(s) >> 11) + 0.5) / 9007199254740992.0; }
+
+static uint64_t name_seed(uint64_t seed, const char *name)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    uint64_t s = seed ^ h;
+    return splitmix(&s);
+}
+
+mn_err mn_model_init(mn_model *m, uint64_t seed)
+{
+    MN_CHECK(m, MN_ERR_ARG, "NULL model");
+    for (int i = 0; i < m->ntensors; i++) {
+        const mn_tensor_info *t = &m->tensors[i];
+        float *p = (t->kind == MN_TENSOR_PARAM ? m->params : m->bufs) + t->offset;
+        uint64_t s = name_seed(seed, t->name);
+        float b = m->tbound[i];
+        switch (m->tinit[i]) {
+        case INIT_KAIMING: /* Box-Muller, two normals per pair of uniforms */
+            for (size_t j = 0; j < t->numel; j += 2) {
+                double r = sqrt(-2.0 * log(unif(&s))), a = 6.283185307179586 * unif(&s);
+                p[j] = (float)(b * r * cos(a));
+                if (j + 1 < t->numel) p[j + 1] = (float)(b * r * sin(a));
+            }
+            break;
+        case INIT_UNIFORM:
+            for (size_t j = 0; j < t->numel; j++) p[j] = (float)(b * (2.0 * unif(&s) - 1.0));
+            break;
+        case INIT_ONE:
+            for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f;
+            break;
+        default:
+            memset(p, 0, t->numel * sizeof *p);
+        }
+    }
+    m->enc_bn_batches = 0;
+    for (int h = 0; h < m->nheads; h++) m->heads[h].bn_batches = 0;
+    return MN_OK;
+}
+
+/* ---- create / destroy ---- */
+
+static mn_err check_config(const mn_model_config *cfg)
+{
+    int layers[4], bott;
+    MN_CHECK(depth_layers(cfg->depth, layers, &bott), MN_ERR_ARG,
+             "model depth must be one of 10, 18, 34, 50, 101, 152, 200; got %d", cfg->depth);
+    MN_CHECK(cfg->shortcut >= MN_SHORTCUT_DEFAULT && cfg->shortcut <= MN_SHORTCUT_B, MN_ERR_ARG,
+             "bad shortcut type %d", (int)cfg->shortcut);
+    MN_CHECK(cfg->head_kind >= MN_HEAD_SEG && cfg->head_kind <= MN_HEAD_CLS, MN_ERR_ARG, "bad head kind %d",
+             (int)cfg->head_kind);
+    MN_CHECK(cfg->nheads >= 0 && cfg->nheads <= MN_MODEL_MAX_HEADS, MN_ERR_ARG, "number of heads %d not in [0, %d]",
+             cfg->nheads, MN_MODEL_MAX_HEADS);
+    MN_CHECK(cfg->nheads == 0 || cfg->heads, MN_ERR_ARG, "%d heads but no head list", cfg->nheads);
+    for (int i = 0; i < cfg->nheads; i++) {
+        MN_CHECK(cfg->heads[i].id >= 0 && cfg->heads[i].classes >= 1, MN_ERR_ARG,
+                 "head %d: id must be >= 0 and classes >= 1, got id %d, classes %d", i, cfg->heads[i].id,
+                 cfg->heads[i].classes);
+        for (int j = 0; j < i; j++)
+            MN_CHECK(cfg->heads[i].id != cfg->heads[j].id, MN_ERR_ARG, "head id %d listed twice", cfg->heads[i].id);
+    }
+    const mn_shape *in = &cfg->input;
+    if (in->n != 0) {
+        char buf[64];
+        MN_CHECK(mn_shape_valid(in) && in->c == 1, MN_ERR_ARG,
+                 "model input must be (N, 1, D, H, W) with positive extents, got %s", mn_shape_str(in, buf));
+    }
+    return MN_OK;
+}
+
+mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
+{
+    *out = NULL;
+    MN_CHECK(cfg, MN_ERR_ARG, "NULL model config");
+    MN_CALL(check_config(cfg));
+    mn_model *m = calloc(1, sizeof *m);
+    MN_CHECK(m, MN_ERR_MEM, "model struct");
+    mn_err err = MN_OK;
+    m->cfg = *cfg;
+    m->nheads = cfg->nheads;
+    m->training = 1;
+    if (m->cfg.shortcut == MN_SHORTCUT_DEFAULT) m->cfg.shortcut = mn_model_default_shortcut(cfg->depth);
+    m->shortcut = m->cfg.shortcut == MN_SHORTCUT_A ? SC_A : SC_B;
+    int layers[4], bott = 0;
+    depth_layers(cfg->depth, layers, &bott);
+    m->expansion = bott ? 4 : 1;
+    m->feat_c = 512 * m->expansion;
+    m->nblocks = layers[0] + layers[1] + layers[2] + layers[3];
+    m->specs = calloc((size_t)(cfg->nheads ? cfg->nheads : 1), sizeof *m->specs);
+    m->heads = calloc((size_t)(cfg->nheads ? cfg->nheads : 1), sizeof *m->heads);
+    m->blocks = calloc((size_t)m->nblocks, sizeof *m->blocks);
+    if (!m->specs || !m->heads || !m->blocks) err = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "model tables");
+    if (!err) {
+        if (cfg->nheads) memcpy(m->specs, cfg->heads, sizeof *m->specs * (size_t)cfg->nheads);
+        m->cfg.heads = m->specs;
+        for (int h = 0; h < cfg->nheads; h++)
+            if (m->specs[h].classes > m->max_classes) m->max_classes = m->specs[h].classes;
+        err = plan(m, 0);
+    }
+    if (!err) {
+        m->tensors = calloc((size_t)m->ntensors, sizeof *m->tensors);
+        m->tinit = calloc((size_t)m->ntensors, 1);
+        m->tbound = calloc((size_t)m->ntensors, sizeof *m->tbound);
+        if (!m->tensors || !m->tinit || !m->tbound)
+            err = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "tensor table");
+    }
+    if (!err) err = mn_calloc(m->nparams * sizeof(float), "model parameters", (void **)&m->params);
+    if (!err) err = mn_calloc(m->nparams * sizeof(float), "model gradients", (void **)&m->grads);
+    if (!err) err = mn_calloc(m->nbufs * sizeof(float), "model BN buffers", (void **)&m->bufs);
+    if (!err && m->cfg.input.n > 0) {
+        /* Zero-filled now, so every page is faulted in at setup and not during the first steps. */
+        err = mn_calloc(m->act_floats * sizeof(float), "model activations", &m->act_arena);
+        m->scratch_floats = 4 * ((m->max_act + 15) & ~(size_t)15) + m->ws_floats;
+        if (!err) err = mn_calloc(m->scratch_floats * sizeof(float), "model gradient scratch and conv workspace",
+                                  &m->scratch_arena);
+    }
+    if (!err) err = plan(m, 1);
+    if (!err && m->scratch_arena) {
+        size_t a = (m->max_act + 15) & ~(size_t)15;
+        float *s = m->scratch_arena;
+        m->g0 = s;
+        m->g1 = s + a;
+        m->t1 = s + 2 * a;
+        m->t2 = s + 3 * a;
+        m->ws = s + 4 * a;
+    }
+    if (!err) err = mn_model_init(m, cfg->seed);
+    if (err) {
+        mn_model_destroy(&m);
+        return err;
+    }
+    *out = m;
+    return MN_OK;
+}
+
+void mn_model_destroy(mn_model **pm)
+{
+    if (!pm || !*pm) return;
+    mn_model *m = *pm;
+    mn_free(&m->params);
+    mn_free(&m->grads);
+    mn_free(&m->bufs);
+    mn_free(&m->act_arena);
+    mn_free(&m->scratch_arena);
+    free(m->tensors);
+    free(m->tinit);
+    free(m->tbound);
+    free(m->blocks);
+    free(m->heads);
+    free(m->specs);
+    free(m);
+    *pm = NULL;
+}
+
+/* ---- access ---- */
+
+const mn_model_config *mn_model_config_of(const mn_model *m) { return &m->cfg; }
+float *mn_model_params(mn_model *m) { return m->params; }
+float *mn_model_grads(mn_model *m) { return m->grads; }
+float *mn_model_bn_buffers(mn_model *m) { return m->bufs; }
+size_t mn_model_num_params(const mn_model *m) { return m->nparams; }
+size_t mn_model_num_bn_buffers(const mn_model *m) { return m->nbufs; }
+int mn_model_feature_channels(const mn_model *m) { return m->feat_c; }
+
+mn_range mn_model_param_range(const mn_model *m, int part)
+{
+    mn_range r = {0, 0};
+    if (part < 0)
+        r.count = m->enc_p_len;
+    else if (part < m->nheads) {
+        r.offset = m->heads[part].p_off;
+        r.count = m->heads[part].p_len;
+    }
+    return r;
+}
+
+mn_range mn_model_bn_range(const mn_model *m, int part)
+{
+    mn_range r = {0, 0};
+    if (part < 0)
+        r.count = m->enc_b_len;
+    else if (part < m->nheads) {
+        r.offset = m->heads[part].b_off;
+        r.count = m->heads[part].b_len;
+    }
+    return r;
+}
+
+int mn_model_num_tensors(const mn_model *m) { return m->ntensors; }
+const mn_tensor_info *mn_model_tensor(const mn_model *m, int i)
+{
+    return (i >= 0 && i < m->ntensors) ? &m->tensors[i] : NULL;
+}
+
+int mn_model_find_tensor(const mn_model *m, const char *name)
+{
+    if (!strncmp(name, "module.", 7)) name += 7;
+    for (int i = 0; i < m->ntensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return i;
+    return -1;
+}
+
+size_t mn_model_encoder_param_count(int depth, mn_shortcut shortcut)
+{
+    mn_model_config c = mn_model_config_default();
+    c.depth = depth;
+    c.shortcut = shortcut;
+    mn_model *m = NULL;
+    mn_error_set_quiet(1);
+    mn_err err = mn_model_create(&c, &m);
+    mn_error_set_quiet(0);
+    if (err) return 0;
+    size_t n = m->enc_p_len;
+    mn_model_destroy(&m);
+    return n;
+}
+
+mn_shape mn_model_logits_shape(const mn_model *m, int head, int count)
+{
+    mn_shape s = {count, 1, 1, 1, 1};
+    if (head < 0 || head >= m->nheads) return s;
+    s.c = m->heads[head].classes;
+    if (m->cfg.head_kind == MN_HEAD_SEG) {
+        s.d = m->head_q_shape.d;
+        s.h = m->head_q_shape.h;
+        s.w = m->head_q_shape.w;
+    } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
+        s.d = m->in_shape.d;
+        s.h = m->in_shape.h;
+        s.w = m->in_shape.w;
+    }
+    return s;
+}
+
+mn_model_memory mn_model_memory_plan(const mn_model *m)
+{
+    mn_model_memory r;
+    r.param_bytes = (2 * m->nparams + m->nbufs) * sizeof(float);
+    r.activation_bytes = m->act_floats * sizeof(float);
+    r.workspace_bytes = m->ws_floats * sizeof(float);
+    r.scratch_bytes = (m->scratch_floats - (m->scratch_floats ? m->ws_floats : 0)) * sizeof(float);
+    r.total_bytes = r.param_bytes + r.activation_bytes + r.workspace_bytes + r.scratch_bytes;
+    return r;
+}
+
+double mn_model_forward_flops(const mn_model *m, const mn_head_batch *hb, int nhb)
+{
+    if (m->cfg.input.n <= 0) return 0;
+    double f = mn_conv3d_flops(&m->conv1, &m->in_shape);
+    for (int i = 0; i < m->nblocks; i++) {
+        const mn_block *b = &m->blocks[i];
+        f += mn_conv3d_flops(&b->c1, &b->in) + mn_conv3d_flops(&b->c2, &b->s1);
+        if (b->bottleneck) f += mn_conv3d_flops(&b->c3, &b->s2);
+        if (b->shortcut == SC_B) f += mn_conv3d_flops(&b->dsc, &b->in);
+    }
+    for (int i = 0; i < nhb; i++) {
+        const mn_head *hd = &m->heads[hb[i].head];
+        mn_shape fs = m->feat_shape, q = m->head_q_shape;
+        fs.n = q.n = hb[i].count;
+        if (m->cfg.head_kind == MN_HEAD_SEG) {
+            /* The transposed conv costs what its adjoint convolution costs: 2 * cin * cout * kvol per input voxel. */
+            f += 2.0 * hd->up.cin * hd->up.cout * 8.0 * (double)mn_shape_voxels(&fs) * fs.n;
+            f += mn_conv3d_flops(&hd->hc2, &q) + mn_conv3d_flops(&hd->hc3, &q);
+        } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
+            f += mn_conv3d_flops(&hd->br, &fs);
+        }
+    }
+    return f;
+}
+
+mn_err mn_model_zero_grad(mn_model *m)
+{
+    MN_CHECK(m, MN_ERR_ARG, "NULL model");
+    memset(m->grads, 0, m->nparams * sizeof(float));
+    return MN_OK;
+}
+
+mn_err mn_model_set_params(mn_model *m, const float *p, size_t n)
+{
+    MN_CHECK(m && p, MN_ERR_ARG, "NULL model or parameter array");
+    MN_CHECK(n == m->nparams, MN_ERR_SHAPE, "set_params: model has %zu parameters, array has %zu", m->nparams, n);
+    memcpy(m->params, p, n * sizeof(float));
+    return MN_OK;
+}
+
+void mn_model_set_training(mn_model *m, int training) { m->training = training ? 1 : 0; }
+
+void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx)
+{
+    m->grad_ready = grad_ready;
+    m->progress = progress;
+    m->hook_ctx = ctx;
+}

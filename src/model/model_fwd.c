@@ -1,0 +1,365 @@
+/* model_fwd.c: forward pass, losses and backward pass of the model (see model.h for the contracts).
+ *
+ * Forward runs the encoder over the whole local batch, then each head batch through its head on the sample slice
+ * [offset, offset+count) of the encoder output; heads write the same slice of the shared head buffers.  Every
+ * activation that backward needs was planned at create time (model.c); nothing is allocated here.
+ *
+ * Backward walks the same way back.  Gradients of activations live in the scratch buffers: g0/g1 carry the
+ * gradient of block outputs/inputs (ping-pong), t1/t2 the gradients inside a block.  Layers accumulate (+=), so
+ * every scratch target is zeroed before the layer that writes it.  ReLU backward is done in place on the incoming
+ * gradient (g = 0 where the saved output is not positive), which needs no extra buffer.  After each block the
+ * block's parameter range is final and grad_ready is called for it (reverse layer order), so the caller can start
+ * a non-blocking all-reduce of that bucket while earlier blocks are still being differentiated.
+ */
+#include "mednet/model.h"
+
+#include <string.h>
+
+#include "mednet/loss.h"
+#include "model/model_impl.h"
+
+/* g = 0 where y <= 0 (ReLU backward from its output, in place). */
+static void relu_mask(size_t n, float *g, const float *y)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(y[i] > 0.0f)) g[i] = 0.0f;
+}
+
+static void progress(mn_model *m)
+{
+    if (m->progress) m->progress(m->hook_ctx);
+}
+
+/* ---- encoder ---- */
+
+static mn_err block_forward(mn_model *m, mn_block *b)
+{
+    int tr = m->training;
+    size_t nout = mn_shape_numel(&b->out);
+    MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws));
+    MN_CALL(mn_bn3d_forward(&b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr));
+    mn_relu_forward(mn_shape_numel(&b->s1), b->a1, b->a1);
+    MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, b->a1, b->c2o, m->ws));
+    if (b->bottleneck) {
+        MN_CALL(mn_bn3d_forward(&b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr));
+        mn_relu_forward(mn_shape_numel(&b->s2), b->a2, b->a2);
+        MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, b->a2, b->c3o, m->ws));
+        MN_CALL(mn_bn3d_forward(&b->b3.l, &b->out, b->c3o, b->y, b->b3.save, tr));
+    } else {
+        MN_CALL(mn_bn3d_forward(&b->b2.l, &b->s2, b->c2o, b->y, b->b2.save, tr));
+    }
+    if (b->shortcut == SC_NONE) {
+        mn_add_inplace(nout, b->y, b->x);
+    } else if (b->shortcut == SC_B) {
+        MN_CALL(mn_conv3d_forward(&b->dsc, &b->in, b->x, b->dso, m->ws));
+        MN_CALL(mn_bn3d_forward(&b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr));
+        mn_add_inplace(nout, b->y, m->t1);
+    } else {
+        /* Type A: subsample x with the stride, add it to the first cin channels; the rest get zeros (no-op). */
+        mn_shape one = b->in;
+        one.n = 1;
+        size_t in_per = mn_shape_numel(&one), out_per = nout / (size_t)b->out.n;
+        size_t part = (size_t)b->in.c * mn_shape_voxels(&b->out);
+        for (int n = 0; n < b->in.n; n++) {
+            MN_CALL(mn_avgpool3d_forward(&b->pool, &one, b->x + (size_t)n * in_per, m->t1));
+            mn_add_inplace(part, b->y + (size_t)n * out_per, m->t1);
+        }
+    }
+    mn_relu_forward(nout, b->y, b->y);
+    return MN_OK;
+}
+
+/* dy: gradient of the block output (masked in place); dx: receives (overwritten) the gradient of the block input. */
+static mn_err block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
+{
+    int tr = m->training;
+    size_t nout = mn_shape_numel(&b->out), nin = mn_shape_numel(&b->in);
+    size_t n1 = mn_shape_numel(&b->s1), n2 = mn_shape_numel(&b->s2);
+    float *t1 = m->t1, *t2 = m->t2;
+    relu_mask(nout, dy, b->y);
+
+    /* Shortcut: the identity part first (it initialises dx). */
+    if (b->shortcut == SC_NONE) {
+        memcpy(dx, dy, nout * sizeof *dx);
+    } else if (b->shortcut == SC_B) {
+        mn_zero(nout, t1);
+        MN_CALL(mn_bn3d_backward(&b->dsb.l, &b->out, b->dso, dy, t1, b->dsb.save, tr));
+        mn_zero(nin, dx);
+        MN_CALL(mn_conv3d_backward(&b->dsc, &b->in, b->x, t1, dx, m->ws));
+        progress(m);
+    } else {
+        mn_shape one = b->in;
+        one.n = 1;
+        size_t in_per = nin / (size_t)b->in.n, out_per = nout / (size_t)b->out.n;
+        mn_zero(nin, dx);
+        for (int n = 0; n < b->in.n; n++)
+            MN_CALL(mn_avgpool3d_backward(&b->pool, &one, dy + (size_t)n * out_per, dx + (size_t)n * in_per));
+    }
+
+    /* Residual branch. */
+    const float *g = dy;
+    if (b->bottleneck) {
+        mn_zero(nout, t1);
+        MN_CALL(mn_bn3d_backward(&b->b3.l, &b->out, b->c3o, dy, t1, b->b3.save, tr));
+        mn_zero(n2, t2);
+        MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, b->a2, t1, t2, m->ws));
+        progress(m);
+        relu_mask(n2, t2, b->a2);
+        g = t2;
+    }
+    mn_zero(n2, t1);
+    MN_CALL(mn_bn3d_backward(&b->b2.l, &b->s2, b->c2o, g, t1, b->b2.save, tr));
+    mn_zero(n1, t2);
+    MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, b->a1, t1, t2, m->ws));
+    progress(m);
+    relu_mask(n1, t2, b->a1);
+    mn_zero(n1, t1);
+    MN_CALL(mn_bn3d_backward(&b->b1.l, &b->s1, b->c1o, t2, t1, b->b1.save, tr));
+    MN_CALL(mn_conv3d_backward(&b->c1, &b->in, b->x, t1, dx, m->ws));
+    progress(m);
+    return MN_OK;
+}
+
+/* ---- heads ---- */
+
+static const float *feat(const mn_model *m) { return m->blocks[m->nblocks - 1].y; }
+
+static mn_shape full_shape(const mn_model *m, int count, int c)
+{
+    mn_shape s = m->in_shape;
+    s.n = count;
+    s.c = c;
+    return s;
+}
+
+static mn_err head_forward(mn_model *m, const mn_head_batch *hb)
+{
+    mn_head *hd = &m->heads[hb->head];
+    int tr = m->training, k = hd->classes;
+    size_t off = (size_t)hb->offset, C = (size_t)m->max_classes;
+    mn_shape fs = m->feat_shape;
+    fs.n = hb->count;
+    const float *f = feat(m) + off * (size_t)m->feat_c * mn_shape_voxels(&m->feat_shape);
+    float *logits = m->logits + off * C * m->logit_vox;
+    if (m->cfg.head_kind == MN_HEAD_SEG) {
+        mn_shape q = m->head_q_shape, lq;
+        q.n = hb->count;
+        size_t qoff = off * 32 * mn_shape_voxels(&q), qn = mn_shape_numel(&q);
+        float *h0 = m->h0 + qoff, *h1 = m->h1 + qoff, *h3 = m->h3 + qoff, *h4 = m->h4 + qoff;
+        MN_CALL(mn_convt3d_forward(&hd->up, &fs, f, h0, m->ws));
+        MN_CALL(mn_bn3d_forward(&hd->hb1.l, &q, h0, h1, hd->hb1.save, tr));
+        mn_relu_forward(qn, h1, h1);
+        MN_CALL(mn_conv3d_forward(&hd->hc2, &q, h1, h3, m->ws));
+        MN_CALL(mn_bn3d_forward(&hd->hb2.l, &q, h3, h4, hd->hb2.save, tr));
+        mn_relu_forward(qn, h4, h4);
+        MN_CALL(mn_conv3d_forward(&hd->hc3, &q, h4, logits, m->ws));
+        if (m->cfg.loss_full_size) {
+            lq = q;
+            lq.c = k;
+            mn_shape full = full_shape(m, hb->count, k);
+            MN_CALL(mn_upsample3d_forward(&lq, logits, &full,
+                                          m->up + off * C * mn_shape_voxels(&m->in_shape)));
+        }
+    } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
+        mn_shape z = fs;
+        z.c = k;
+        float *hz = m->hz + off * C * mn_shape_voxels(&fs);
+        MN_CALL(mn_conv3d_forward(&hd->br, &fs, f, hz, m->ws));
+        mn_shape full = full_shape(m, hb->count, k);
+        MN_CALL(mn_upsample3d_forward(&z, hz, &full, logits));
+    } else {
+        float *g = m->hg + off * (size_t)m->feat_c;
+        MN_CALL(mn_gap3d_forward(&fs, f, g));
+        MN_CALL(mn_linear_forward(&hd->fc, hb->count, g, logits));
+    }
+    if (tr && m->cfg.head_kind == MN_HEAD_SEG) hd->bn_batches++;
+    return MN_OK;
+}
+
+/* Accumulates the head's input gradient into dfeat (the encoder-output gradient, whole batch). */
+static mn_err head_backward(mn_model *m, const mn_head_batch *hb, float *dfeat)
+{
+    mn_head *hd = &m->heads[hb->head];
+    int tr = m->training, k = hd->classes;
+    size_t off = (size_t)hb->offset, C = (size_t)m->max_classes;
+    mn_shape fs = m->feat_shape;
+    fs.n = hb->count;
+    size_t foff = off * (size_t)m->feat_c * mn_shape_voxels(&m->feat_shape);
+    const float *f = feat(m) + foff;
+    float *df = dfeat + foff;
+    float *dlog = m->dlogits + off * C * m->logit_vox;
+    if (m->cfg.head_kind == MN_HEAD_SEG) {
+        mn_shape q = m->head_q_shape, lq;
+        q.n = hb->count;
+        lq = q;
+        lq.c = k;
+        size_t qoff = off * 32 * mn_shape_voxels(&q), qn = mn_shape_numel(&q);
+        const float *h0 = m->h0 + qoff, *h1 = m->h1 + qoff, *h3 = m->h3 + qoff, *h4 = m->h4 + qoff;
+        float *da = m->dh_a, *db = m->dh_b;
+        if (m->cfg.loss_full_size) {
+            mn_shape full = full_shape(m, hb->count, k);
+            mn_zero(mn_shape_numel(&lq), dlog);
+            MN_CALL(mn_upsample3d_backward(&lq, &full, m->dup + off * C * mn_shape_voxels(&m->in_shape), dlog));
+        }
+        mn_zero(qn, da);
+        MN_CALL(mn_conv3d_backward(&hd->hc3, &q, h4, dlog, da, m->ws));
+        relu_mask(qn, da, h4);
+        mn_zero(qn, db);
+        MN_CALL(mn_bn3d_backward(&hd->hb2.l, &q, h3, da, db, hd->hb2.save, tr));
+        mn_zero(qn, da);
+        MN_CALL(mn_conv3d_backward(&hd->hc2, &q, h1, db, da, m->ws));
+        relu_mask(qn, da, h1);
+        mn_zero(qn, db);
+        MN_CALL(mn_bn3d_backward(&hd->hb1.l, &q, h0, da, db, hd->hb1.save, tr));
+        MN_CALL(mn_convt3d_backward(&hd->up, &fs, f, db, df, m->ws));
+    } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
+        mn_shape z = fs;
+        z.c = k;
+        mn_shape full = full_shape(m, hb->count, k);
+        float *hz = m->hz + off * C * mn_shape_voxels(&fs);
+        mn_zero(mn_shape_numel(&z), m->dhz);
+        MN_CALL(mn_upsample3d_backward(&z, &full, dlog, m->dhz));
+        MN_CALL(mn_conv3d_backward(&hd->br, &fs, f, m->dhz, df, m->ws));
+        (void)hz;
+    } else {
+        const float *g = m->hg + off * (size_t)m->feat_c;
+        mn_zero((size_t)hb->count * (size_t)m->feat_c, m->dhg);
+        MN_CALL(mn_linear_backward(&hd->fc, hb->count, g, dlog, m->dhg));
+        MN_CALL(mn_gap3d_backward(&fs, m->dhg, df));
+    }
+    progress(m);
+    return MN_OK;
+}
+
+/* ---- public ---- */
+
+mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, int nhb)
+{
+    MN_CHECK(m && x, MN_ERR_ARG, "NULL model or input");
+    MN_CHECK(m->cfg.input.n > 0, MN_ERR_ARG,
+             "model was created without an input shape (parameters only): forward needs input.n > 0");
+    MN_CHECK(nhb >= 0 && nhb <= m->nheads && (nhb == 0 || hb), MN_ERR_ARG,
+             "forward: %d head batches for a model holding %d heads", nhb, m->nheads);
+    int N = m->in_shape.n;
+    for (int i = 0; i < nhb; i++) {
+        MN_CHECK(hb[i].head >= 0 && hb[i].head < m->nheads, MN_ERR_ARG,
+                 "forward: head batch %d names head %d, the model holds %d", i, hb[i].head, m->nheads);
+        MN_CHECK(hb[i].offset >= 0 && hb[i].count >= 0 && hb[i].offset + hb[i].count <= N, MN_ERR_ARG,
+                 "forward: head batch %d (head id %d) covers samples [%d, %d), outside the local batch [0, %d)", i,
+                 m->heads[hb[i].head].id, hb[i].offset, hb[i].offset + hb[i].count, N);
+        for (int j = 0; j < i; j++) {
+            MN_CHECK(hb[j].head != hb[i].head, MN_ERR_ARG, "forward: head id %d given two head batches",
+                     m->heads[hb[i].head].id);
+            MN_CHECK(hb[i].count == 0 || hb[j].count == 0 || hb[i].offset >= hb[j].offset + hb[j].count ||
+                         hb[j].offset >= hb[i].offset + hb[i].count,
+                     MN_ERR_ARG, "forward: head batches %d and %d overlap", j, i);
+        }
+    }
+    m->forwarded = 0;
+    m->x = x;
+    int tr = m->training;
+
+    /* Encoder. */
+    MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws));
+    MN_CALL(mn_bn3d_forward(&m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr));
+    mn_relu_forward(mn_shape_numel(&m->stem_shape), m->stem_a, m->stem_a);
+    MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax));
+    for (int i = 0; i < m->nblocks; i++) MN_CALL(block_forward(m, &m->blocks[i]));
+    if (tr) m->enc_bn_batches++;
+
+    /* Heads. */
+    for (int i = 0; i < nhb; i++) {
+        m->hbs[i].hb = hb[i];
+        m->hbs[i].have_loss = 0;
+        if (hb[i].count > 0) MN_CALL(head_forward(m, &hb[i]));
+    }
+    m->nhb = nhb;
+    m->forwarded = 1;
+    return MN_OK;
+}
+
+const float *mn_model_logits(const mn_model *m, int i, mn_shape *shape)
+{
+    if (!m->forwarded || i < 0 || i >= m->nhb) return NULL;
+    const mn_head_batch *hb = &m->hbs[i].hb;
+    if (shape) *shape = mn_model_logits_shape(m, hb->head, hb->count);
+    return m->logits + (size_t)hb->offset * (size_t)m->max_classes * m->logit_vox;
+}
+
+mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss)
+{
+    MN_CHECK(m && labels && loss, MN_ERR_ARG, "NULL model, labels or loss");
+    MN_CHECK(m->forwarded && i >= 0 && i < m->nhb, MN_ERR_ARG,
+             "loss: head batch %d does not exist in the last forward (%d head batches)", i, m->nhb);
+    mn_hb_state *st = &m->hbs[i];
+    const mn_head_batch *hb = &st->hb;
+    mn_head *hd = &m->heads[hb->head];
+    *loss = 0;
+    st->have_loss = 1;
+    if (hb->count == 0) return MN_OK;
+    size_t off = (size_t)hb->offset, C = (size_t)m->max_classes;
+    const mn_loss_config *lc = &m->cfg.loss;
+    mn_shape ls = mn_model_logits_shape(m, hb->head, hb->count);
+    const float *L = m->logits + off * C * m->logit_vox;
+    float *dL = m->dlogits + off * C * m->logit_vox;
+    const int32_t *lab = labels;
+    if (m->cfg.head_kind == MN_HEAD_SEG) {
+        if (m->cfg.loss_full_size) {
+            ls = full_shape(m, hb->count, hd->classes);
+            L = m->up + off * C * mn_shape_voxels(&m->in_shape);
+            dL = m->dup + off * C * mn_shape_voxels(&m->in_shape);
+        } else {
+            mn_shape lin = full_shape(m, hb->count, 1), lout = ls;
+            lout.c = 1;
+            int32_t *ds = m->labels_ds + off * m->logit_vox;
+            MN_CALL(mn_labels_resize_nearest(&lin, labels, &lout, ds));
+            lab = ds;
+        }
+    }
+    mn_zero(mn_shape_numel(&ls), dL);
+    if (lc->ce_weight != 0.0f) {
+        double ce = 0;
+        MN_CALL(mn_ce_loss(&ls, L, lab, lc->ignore_label, NULL, scale * lc->ce_weight, &ce, dL, NULL));
+        *loss += lc->ce_weight * ce;
+    }
+    if (lc->dice_weight != 0.0f && m->cfg.head_kind != MN_HEAD_CLS) {
+        double dice = 0;
+        MN_CALL(mn_dice_loss(&ls, L, lab, lc->ignore_label, lc->dice_first_class, lc->dice_smooth,
+                             scale * lc->dice_weight, &dice, dL));
+        *loss += lc->dice_weight * dice;
+    }
+    return MN_OK;
+}
+
+mn_err mn_model_backward(mn_model *m)
+{
+    MN_CHECK(m && m->forwarded, MN_ERR_ARG, "backward needs a preceding forward");
+    float *G = m->g0, *Gi = m->g1;
+
+    /* Heads, into the encoder-output gradient. */
+    mn_zero(mn_shape_numel(&m->feat_shape), G);
+    for (int i = m->nhb - 1; i >= 0; i--)
+        if (m->hbs[i].have_loss && m->hbs[i].hb.count > 0) MN_CALL(head_backward(m, &m->hbs[i].hb, G));
+
+    /* Blocks, last to first; each block's parameter range is final after its backward. */
+    for (int i = m->nblocks - 1; i >= 0; i--) {
+        mn_block *b = &m->blocks[i];
+        MN_CALL(block_backward(m, b, G, Gi));
+        if (m->grad_ready) m->grad_ready(m->hook_ctx, b->p_off, b->p_len);
+        float *t = G;
+        G = Gi;
+        Gi = t;
+    }
+
+    /* Stem: max pool, ReLU, BN, conv1 (no input gradient). */
+    size_t ns = mn_shape_numel(&m->stem_shape);
+    mn_zero(ns, m->t1);
+    MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1));
+    relu_mask(ns, m->t1, m->stem_a);
+    mn_zero(ns, m->t2);
+    MN_CALL(mn_bn3d_backward(&m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->t2, m->bn1.save, m->training));
+    MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->t2, NULL, m->ws));
+    if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);
+    progress(m);
+    return MN_OK;
+}
