@@ -12,16 +12,20 @@ Datasets per case (float32 unless noted):
   w, b         parameters (PyTorch layouts: conv (cout, cin, kd, kh, kw), transposed conv (cin, cout, ...))
   y            forward output
   r            the fixed random tensor of L = sum(r * y): the gradient dL/dy fed to backward
-  dx, dw, db   gradients of L (of the loss itself for cross_entropy)
+  dx, dw, db   gradients of L (of the loss itself for the losses)
 Batch norm adds gamma/beta/running_mean/running_var (inputs) and dgamma/dbeta/running_mean_out/running_var_out;
-max pooling adds `indices` (int32, flat index within each (n, c) slice, torch's return_indices); cross_entropy
-stores logits/labels/weight/loss (float64 scalar)/dlogits and the count of non-ignored voxels `nvalid`.
+max pooling adds `indices` (int32, flat index within each (n, c) slice, torch's return_indices); the losses store
+logits/labels/weight/loss (float64 scalar)/dlogits, cross-entropy the count of non-ignored voxels `nvalid`, Dice the
+per-class hard Dice `dice_hard` (float64).
 
-Design choices: inputs are drawn in float32 (torch.manual_seed(0), one thread) and stored as float32; the reference
-outputs and gradients are computed in float64 from those exact float32 values and rounded once when stored, so the
-fixtures carry no float32 accumulation error of their own and the C test measures mednet's error alone.  Weights
-are scaled by 1/sqrt(fan_in) so outputs are O(1) and the 1e-4 relative / 1e-5 absolute tolerance is meaningful.
-The fixtures are generated at test time by ctest (tests/cmake/parity.cmake), never committed.
+Design choices.  Inputs are drawn in float32 (torch.manual_seed(0), one thread) and stored as float32.  Each case
+is computed twice from those exact values: in float64, which is what is stored (rounded once), so the fixtures
+carry no float32 accumulation error of their own and the C test measures mednet's error alone; and in float32,
+PyTorch's own precision, which must already meet the C test's tolerance (|got - ref| <= 1e-5 + 1e-4 |ref|) with
+margin: a case where PyTorch float32 uses more than half the tolerance is ill-conditioned for a float32 comparison
+and the script fails instead of writing it.  The fraction PyTorch float32 used is stored as the attribute
+`torch_f32_tol_used`, which the C test prints next to mednet's.  Weights are scaled by 1/sqrt(fan_in) so outputs
+are O(1).  The fixtures are generated at test time by ctest (tests/cmake/parity.cmake), never committed.
 """
 import sys
 
@@ -32,6 +36,8 @@ import torch.nn.functional as F
 
 F32 = torch.float32
 F64 = torch.float64
+RTOL, ATOL = 1e-4, 1e-5
+MAX_TORCH_F32_TOL_USED = 0.5
 
 
 def rnd(*shape, scale=1.0):
@@ -39,18 +45,12 @@ def rnd(*shape, scale=1.0):
     return (torch.rand(*shape, dtype=F32) * 2.0 - 1.0) * scale
 
 
-def leaf(t):
-    """A float64 copy of a float32 tensor that records gradients."""
-    return t.detach().to(F64).requires_grad_(True)
-
-
-def f32(t):
-    return t.detach().to(F32).contiguous().numpy()
-
-
 def put(g, name, arr):
     if isinstance(arr, torch.Tensor):
-        arr = f32(arr) if arr.is_floating_point() else arr.detach().to(torch.int32).contiguous().numpy()
+        if arr.is_floating_point():
+            arr = arr.detach().to(F32).contiguous().numpy()
+        else:
+            arr = arr.detach().to(torch.int32).contiguous().numpy()
     g.create_dataset(name, data=arr)
 
 
@@ -69,139 +69,153 @@ def triple(v):
     return list(v) if isinstance(v, (list, tuple)) else [v, v, v]
 
 
+def tol_used(got, ref):
+    """Largest |got - ref| / (ATOL + RTOL |ref|); NaN matches NaN only."""
+    got, ref = got.detach().to(F64), ref.detach().to(F64)
+    both_nan = torch.isnan(got) & torch.isnan(ref)
+    d = torch.where(both_nan, torch.zeros_like(ref), (got - ref).abs())
+    d = torch.nan_to_num(d, nan=float("inf"))
+    return float((d / (ATOL + RTOL * ref.abs().nan_to_num(0.0))).max()) if d.numel() else 0.0
+
+
+def run_case(h5, name, layer, attrs, tensors, fn, loss=False, ints=None, r_positive=False):
+    """Compute one case and write it.
+
+    tensors: name -> float32 tensor, the inputs and parameters (stored under their names; gradients as d<name>).
+    fn(vals, dtype): the forward pass on `vals` (name -> tensor of `dtype` recording gradients); returns
+      (y, extra), extra a dict of further outputs (running statistics, indices) stored as they are.
+    loss=False: L = sum(r * y) with a stored random r; loss=True: y is the scalar loss, stored in float64.
+    ints: name -> integer tensor stored as int32 (labels).  Both precisions see the same r, uniform in [-1, 1)
+    or, with r_positive, in [0, 1)."""
+    r = None
+    results = {}
+    for dtype in (F64, F32):
+        vals = {k: t.detach().to(dtype).requires_grad_(True) for k, t in tensors.items()}
+        y, extra = fn(vals, dtype)
+        if loss:
+            y.backward()
+        else:
+            if r is None:
+                r = rnd(*y.shape, scale=0.5) + 0.5 if r_positive else rnd(*y.shape)
+            (y * r.to(dtype)).sum().backward()
+        out = {"loss" if loss else "y": y.detach()}
+        out.update({"d" + k: v.grad for k, v in vals.items() if v.grad is not None})
+        out.update(extra)
+        results[dtype] = out
+    per = {k: tol_used(results[F32][k], v) for k, v in results[F64].items() if v.is_floating_point()}
+    used = max(per.values())
+    if not used <= MAX_TORCH_F32_TOL_USED:
+        raise SystemExit(f"make_fixtures.py: case {name}: PyTorch float32 itself uses {used:.3f} of the tolerance "
+                         f"(limit {MAX_TORCH_F32_TOL_USED}; per output: {per}): too ill-conditioned for a float32 parity test")
+    g = new_case(h5, name, layer, torch_f32_tol_used=used, **attrs)
+    for k, t in tensors.items():
+        put(g, k, t)
+    for k, t in (ints or {}).items():
+        put(g, k, t)
+    if r is not None:
+        put(g, "r", r)
+    for k, t in results[F64].items():
+        if k == "loss":
+            g.create_dataset("loss", data=np.float64(t.item()))
+        else:
+            put(g, k, t)
+    return g
+
+
 # ---- convolutions ------------------------------------------------------------------------------------------
 
-def conv_case(h5, name, n, cin, cout, size, k, s=1, p=0, dil=1, bias=True):
+def conv_case(h5, name, n, cin, cout, size, k, s=1, p=0, dil=1, bias=True, positive=False):
+    """positive: x and r in [0, 1) (post-ReLU-like) for big volumes, where dw sums thousands of terms: with random
+    signs some dw elements come out far smaller than their terms and PyTorch float32 itself misses 1e-4 there."""
     k, s, p, dil = triple(k), triple(s), triple(p), triple(dil)
     fan_in = cin * k[0] * k[1] * k[2]
-    x32 = rnd(n, cin, *size)
-    w32 = rnd(cout, cin, *k, scale=1.0 / fan_in ** 0.5)
-    b32 = rnd(cout, scale=0.5) if bias else None
-    x, w = leaf(x32), leaf(w32)
-    b = leaf(b32) if bias else None
-    y = F.conv3d(x, w, b, stride=s, padding=p, dilation=dil)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "conv3d", k=k, s=s, p=p, dil=dil, bias=int(bias))
-    put(g, "x", x32); put(g, "w", w32); put(g, "y", y); put(g, "r", r)
-    put(g, "dx", x.grad); put(g, "dw", w.grad)
+    x = rnd(n, cin, *size, scale=0.5) + 0.5 if positive else rnd(n, cin, *size)
+    t = {"x": x, "w": rnd(cout, cin, *k, scale=1.0 / fan_in ** 0.5)}
     if bias:
-        put(g, "b", b32); put(g, "db", b.grad)
+        t["b"] = rnd(cout, scale=0.5)
+    run_case(h5, name, "conv3d", dict(k=k, s=s, p=p, dil=dil, bias=int(bias)), t,
+             lambda v, dt: (F.conv3d(v["x"], v["w"], v.get("b"), stride=s, padding=p, dilation=dil), {}),
+             r_positive=positive)
 
 
-def convt_case(h5, name, n, cin, cout, size, k, s=1, p=0, dil=1, op=0, bias=True):
+def convt_case(h5, name, n, cin, cout, size, k, s=1, p=0, dil=1, op=0, bias=True, positive=False):
+    """positive: as for conv_case."""
     k, s, p, dil, op = triple(k), triple(s), triple(p), triple(dil), triple(op)
     fan_in = cin * k[0] * k[1] * k[2]
-    x32 = rnd(n, cin, *size)
-    w32 = rnd(cin, cout, *k, scale=1.0 / fan_in ** 0.5)
-    b32 = rnd(cout, scale=0.5) if bias else None
-    x, w = leaf(x32), leaf(w32)
-    b = leaf(b32) if bias else None
-    y = F.conv_transpose3d(x, w, b, stride=s, padding=p, output_padding=op, dilation=dil)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "convt3d", k=k, s=s, p=p, dil=dil, op=op, bias=int(bias))
-    put(g, "x", x32); put(g, "w", w32); put(g, "y", y); put(g, "r", r)
-    put(g, "dx", x.grad); put(g, "dw", w.grad)
+    x = rnd(n, cin, *size, scale=0.5) + 0.5 if positive else rnd(n, cin, *size)
+    t = {"x": x, "w": rnd(cin, cout, *k, scale=1.0 / fan_in ** 0.5)}
     if bias:
-        put(g, "b", b32); put(g, "db", b.grad)
+        t["b"] = rnd(cout, scale=0.5)
+    run_case(h5, name, "convt3d", dict(k=k, s=s, p=p, dil=dil, op=op, bias=int(bias)), t,
+             lambda v, dt: (F.conv_transpose3d(v["x"], v["w"], v.get("b"), stride=s, padding=p, output_padding=op,
+                                               dilation=dil), {}), r_positive=positive)
 
 
 # ---- batch norm --------------------------------------------------------------------------------------------
 
-def bn_case(h5, name, n, c, size, training, eps=1e-5, momentum=0.1):
-    x32 = rnd(n, c, *size, scale=2.0) + rnd(1, c, 1, 1, 1, scale=1.5)  # per-channel offsets: a real mean to remove
-    gamma32 = 1.0 + rnd(c, scale=0.5)
-    beta32 = rnd(c, scale=0.5)
-    rm32 = rnd(c, scale=0.5)
-    rv32 = 1.0 + rnd(c, scale=0.5)
-    x, gamma, beta = leaf(x32), leaf(gamma32), leaf(beta32)
-    rm, rv = rm32.to(F64).clone(), rv32.to(F64).clone()
-    y = F.batch_norm(x, rm, rv, gamma, beta, training=training, momentum=momentum, eps=eps)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "bn3d", training=int(training), eps=float(eps), momentum=float(momentum))
-    put(g, "x", x32); put(g, "gamma", gamma32); put(g, "beta", beta32)
-    put(g, "running_mean", rm32); put(g, "running_var", rv32)
-    put(g, "y", y); put(g, "r", r)
-    put(g, "dx", x.grad); put(g, "dgamma", gamma.grad); put(g, "dbeta", beta.grad)
-    put(g, "running_mean_out", rm); put(g, "running_var_out", rv)
+def bn_case(h5, name, n, c, size, training, eps=1e-5, momentum=0.1, offset=0.0):
+    """offset: a mean common to all channels, far from 0 (un-normalised intensities)."""
+    x = rnd(n, c, *size, scale=2.0) + rnd(1, c, 1, 1, 1, scale=1.5) + offset  # per-channel means to remove
+    t = {"x": x, "gamma": 1.0 + rnd(c, scale=0.5), "beta": rnd(c, scale=0.5)}
+    rm0, rv0 = rnd(c, scale=0.5), 1.0 + rnd(c, scale=0.5)
+
+    def fn(v, dt):
+        rm, rv = rm0.to(dt).clone(), rv0.to(dt).clone()
+        y = F.batch_norm(v["x"], rm, rv, v["gamma"], v["beta"], training=training, momentum=momentum, eps=eps)
+        return y, {"running_mean_out": rm, "running_var_out": rv}
+
+    g = run_case(h5, name, "bn3d", dict(training=int(training), eps=float(eps), momentum=float(momentum)), t, fn)
+    put(g, "running_mean", rm0)
+    put(g, "running_var", rv0)
 
 
 # ---- pooling, activation, linear ---------------------------------------------------------------------------
 
-def maxpool_case(h5, name, n, c, size, k, s, p, ties=False):
+def maxpool_case(h5, name, n, c, size, k, s, p, ties=False, nans=0):
     """ties: a ReLU-like input quantised to steps of 0.25 (mostly zeros), so windows hold several equal maxima and
-    the tie-break decides indices and gradients; PyTorch takes the first maximum in (d, h, w) scan order."""
+    the tie-break decides indices and gradients; PyTorch takes the first maximum in (d, h, w) scan order.
+    nans: that many NaN inputs; PyTorch's CPU kernel lets a NaN win its windows (and takes the gradient there)."""
     k, s, p = triple(k), triple(s), triple(p)
-    x32 = rnd(n, c, *size)
+    x = rnd(n, c, *size)
     if ties:
-        x32 = torch.clamp(torch.round((x32 - 0.6) * 4.0) / 4.0, min=0.0)
-    x = leaf(x32)
-    y, idx = F.max_pool3d(x, k, s, p, return_indices=True)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "maxpool3d", k=k, s=s, p=p)
-    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad); put(g, "indices", idx)
+        x = torch.clamp(torch.round((x - 0.6) * 4.0) / 4.0, min=0.0)
+    if nans:
+        x.view(-1)[torch.randperm(x.numel())[:nans]] = float("nan")
+
+    def fn(v, dt):
+        y, idx = F.max_pool3d(v["x"], k, s, p, return_indices=True)
+        return y, {"indices": idx}
+
+    run_case(h5, name, "maxpool3d", dict(k=k, s=s, p=p), {"x": x}, fn)
 
 
 def avgpool_case(h5, name, n, c, size, k, s, p):
     k, s, p = triple(k), triple(s), triple(p)
-    x32 = rnd(n, c, *size)
-    x = leaf(x32)
-    y = F.avg_pool3d(x, k, s, p, count_include_pad=True)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "avgpool3d", k=k, s=s, p=p)
-    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+    run_case(h5, name, "avgpool3d", dict(k=k, s=s, p=p), {"x": rnd(n, c, *size)},
+             lambda v, dt: (F.avg_pool3d(v["x"], k, s, p, count_include_pad=True), {}))
 
 
 def gap_case(h5, name, n, c, size):
-    x32 = rnd(n, c, *size)
-    x = leaf(x32)
-    y = F.adaptive_avg_pool3d(x, 1).reshape(n, c)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "gap3d")
-    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+    run_case(h5, name, "gap3d", {}, {"x": rnd(n, c, *size)},
+             lambda v, dt: (F.adaptive_avg_pool3d(v["x"], 1).reshape(n, c), {}))
 
 
 def relu_case(h5, name, shape):
-    x32 = rnd(*shape)
-    x = leaf(x32)
-    y = F.relu(x)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "relu")
-    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+    run_case(h5, name, "relu", {}, {"x": rnd(*shape)}, lambda v, dt: (F.relu(v["x"]), {}))
 
 
 def linear_case(h5, name, n, fin, fout, bias=True):
-    x32 = rnd(n, fin)
-    w32 = rnd(fout, fin, scale=1.0 / fin ** 0.5)
-    b32 = rnd(fout, scale=0.5) if bias else None
-    x, w = leaf(x32), leaf(w32)
-    b = leaf(b32) if bias else None
-    y = F.linear(x, w, b)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "linear", bias=int(bias))
-    put(g, "x", x32); put(g, "w", w32); put(g, "y", y); put(g, "r", r)
-    put(g, "dx", x.grad); put(g, "dw", w.grad)
+    t = {"x": rnd(n, fin), "w": rnd(fout, fin, scale=1.0 / fin ** 0.5)}
     if bias:
-        put(g, "b", b32); put(g, "db", b.grad)
+        t["b"] = rnd(fout, scale=0.5)
+    run_case(h5, name, "linear", dict(bias=int(bias)), t, lambda v, dt: (F.linear(v["x"], v["w"], v.get("b")), {}))
 
 
 # ---- resizing ----------------------------------------------------------------------------------------------
 
 def trilinear_case(h5, name, n, c, size, out_size):
-    x32 = rnd(n, c, *size)
-    x = leaf(x32)
-    y = F.interpolate(x, size=tuple(out_size), mode="trilinear", align_corners=False)
-    r = rnd(*y.shape)
-    (y * r.to(F64)).sum().backward()
-    g = new_case(h5, name, "upsample3d")
-    put(g, "x", x32); put(g, "y", y); put(g, "r", r); put(g, "dx", x.grad)
+    run_case(h5, name, "upsample3d", {}, {"x": rnd(n, c, *size)},
+             lambda v, dt: (F.interpolate(v["x"], size=tuple(out_size), mode="trilinear", align_corners=False), {}))
 
 
 def labels_case(h5, name, n, size, out_size, nclass, ignore=255):
@@ -210,58 +224,57 @@ def labels_case(h5, name, n, size, out_size, nclass, ignore=255):
     # Nearest resizing as torch does it on a float tensor; small integers are exact in float32.
     y = F.interpolate(lab[:, None].to(F32), size=tuple(out_size), mode="nearest")[:, 0].round().to(torch.int64)
     g = new_case(h5, name, "labels_nearest")
-    put(g, "x", lab); put(g, "y", y)
+    put(g, "x", lab)
+    put(g, "y", y)
 
 
 # ---- losses ------------------------------------------------------------------------------------------------
 
 def ce_case(h5, name, n, c, size, ignore_index, weighted, ignore_frac=0.2, scale=3.0):
-    logits32 = rnd(n, c, *size, scale=scale)
+    logits = rnd(n, c, *size, scale=scale)
     labels = torch.randint(0, c, (n, *size), dtype=torch.int64)
     labels[torch.rand(labels.shape) < ignore_frac] = ignore_index
-    w32 = (0.25 + torch.rand(c, dtype=F32) * 2.0) if weighted else None
-    logits = leaf(logits32)
-    loss = F.cross_entropy(logits, labels, weight=w32.to(F64) if weighted else None, ignore_index=ignore_index,
-                           reduction="mean")
-    loss.backward()
-    g = new_case(h5, name, "cross_entropy", ignore_index=ignore_index, weighted=int(weighted),
-                 nvalid=int((labels != ignore_index).sum()))
-    put(g, "logits", logits32); put(g, "labels", labels)
+    weight = (0.25 + torch.rand(c, dtype=F32) * 2.0) if weighted else None
+
+    def fn(v, dt):
+        w = weight.to(dt) if weighted else None
+        return F.cross_entropy(v["logits"], labels, weight=w, ignore_index=ignore_index, reduction="mean"), {}
+
+    g = run_case(h5, name, "cross_entropy", dict(ignore_index=ignore_index, weighted=int(weighted),
+                                                 nvalid=int((labels != ignore_index).sum())),
+                 {"logits": logits}, fn, loss=True, ints={"labels": labels})
     if weighted:
-        put(g, "weight", w32)
-    g.create_dataset("loss", data=np.float64(loss.item()))
-    put(g, "dlogits", logits.grad)
+        put(g, "weight", weight)
 
 
 def dice_case(h5, name, n, c, size, ignore_index, first_class, smooth, ignore_frac=0.2, absent_last=False):
     """Soft Dice as documented in include/mednet/loss.h (PyTorch has no Dice loss: written here with autograd).
     absent_last: the last class is in no label and never the argmax (its hard Dice is NaN)."""
-    logits32 = rnd(n, c, *size, scale=3.0)
+    logits = rnd(n, c, *size, scale=3.0)
     labels = torch.randint(0, c - 1 if absent_last else c, (n, *size), dtype=torch.int64)
     if absent_last:
-        logits32[:, c - 1] -= 8.0
+        logits[:, c - 1] -= 8.0
     labels[torch.rand(labels.shape) < ignore_frac] = ignore_index
-    valid = (labels != ignore_index)
-    logits = leaf(logits32)
-    prob = torch.softmax(logits, dim=1) * valid[:, None].to(F64)
-    onehot = F.one_hot(torch.where(valid, labels, torch.zeros_like(labels)), c).movedim(-1, 1).to(F64)
-    onehot = onehot * valid[:, None].to(F64)
-    dims = (0, 2, 3, 4)
-    inter, psum, gsum = (prob * onehot).sum(dims), prob.sum(dims), onehot.sum(dims)
-    dice = (2.0 * inter + smooth) / (psum + gsum + smooth)
-    loss = 1.0 - dice[first_class:].mean()
-    loss.backward()
+    valid = labels != ignore_index
+
+    def fn(v, dt):
+        mask = valid[:, None].to(dt)
+        prob = torch.softmax(v["logits"], dim=1) * mask
+        onehot = F.one_hot(torch.where(valid, labels, torch.zeros_like(labels)), c).movedim(-1, 1).to(dt) * mask
+        dims = (0, 2, 3, 4)
+        inter, psum, gsum = (prob * onehot).sum(dims), prob.sum(dims), onehot.sum(dims)
+        dice = (2.0 * inter + smooth) / (psum + gsum + smooth)
+        return 1.0 - dice[first_class:].mean(), {}
+
+    g = run_case(h5, name, "dice", dict(ignore_index=ignore_index, first_class=first_class, smooth=float(smooth)),
+                 {"logits": logits}, fn, loss=True, ints={"labels": labels})
     # Hard Dice of argmax(logits) per class over non-ignored voxels; NaN where the class is absent from both.
-    pred = logits32.argmax(dim=1)
+    pred = logits.argmax(dim=1)
     hard = []
     for k in range(c):
         a, b = (pred == k) & valid, (labels == k) & valid
         den = int(a.sum()) + int(b.sum())
         hard.append(float("nan") if den == 0 else 2.0 * int((a & b).sum()) / den)
-    g = new_case(h5, name, "dice", ignore_index=ignore_index, first_class=first_class, smooth=float(smooth))
-    put(g, "logits", logits32); put(g, "labels", labels)
-    g.create_dataset("loss", data=np.float64(loss.item()))
-    put(g, "dlogits", logits.grad)
     g.create_dataset("dice_hard", data=np.asarray(hard, dtype=np.float64))
 
 
@@ -284,18 +297,25 @@ def main():
                   p=(1, 0, 2))
         conv_case(h5, "conv3d_k7_s2_p3_stem", 1, 1, 4, (10, 9, 11), 7, s=2, p=3)
         conv_case(h5, "conv3d_k3_s2_p2_dil2_c9to11_n2", 2, 9, 11, (8, 7, 9), 3, s=2, p=2, dil=2)
+        # Volumes big enough that mednet's batch grouping (about 8192 GEMM columns) packs 3 samples and leaves a
+        # single-sample remainder, and one where every sample is its own GEMM.
+        conv_case(h5, "conv3d_k3_p1_n4_groups", 4, 2, 3, (10, 15, 20), 3, p=1, positive=True)
+        conv_case(h5, "conv3d_k3_p1_big_n2", 2, 1, 2, (20, 21, 20), 3, p=1, positive=True)
         # transposed conv: the decoder's k2 s2 with bias, and a generic k3 s2 p1 output_padding 1 geometry.
         convt_case(h5, "convt3d_k2_s2_bias_n2", 2, 6, 4, (3, 4, 5), 2, s=2)
         convt_case(h5, "convt3d_k3_s2_p1_op1", 1, 5, 3, (4, 3, 5), 3, s=2, p=1, op=1, bias=False)
         convt_case(h5, "convt3d_k3_s1_p1_dil2_bias", 1, 3, 2, (4, 5, 3), 3, s=1, p=1, dil=2)
+        convt_case(h5, "convt3d_k2_s2_n4_groups", 4, 3, 2, (10, 15, 20), 2, s=2, positive=True)
         # batch norm: training (batch statistics, running-stat update) and eval.
         bn_case(h5, "bn3d_train_n2_c5", 2, 5, (4, 5, 3), training=True)
         bn_case(h5, "bn3d_train_n1_c3_mom03", 1, 3, (3, 4, 5), training=True, eps=1e-3, momentum=0.3)
         bn_case(h5, "bn3d_eval_n2_c5", 2, 5, (4, 5, 3), training=False)
+        bn_case(h5, "bn3d_train_offset20", 2, 3, (5, 4, 6), training=True, offset=20.0)
         # pooling
         maxpool_case(h5, "maxpool3d_k3_s2_p1_n2", 2, 3, (7, 8, 9), 3, 2, 1)
         maxpool_case(h5, "maxpool3d_k2_s2_p0", 1, 2, (6, 5, 4), 2, 2, 0)
         maxpool_case(h5, "maxpool3d_k3_s2_p1_ties", 2, 3, (7, 6, 8), 3, 2, 1, ties=True)
+        maxpool_case(h5, "maxpool3d_k3_s2_p1_nan", 1, 2, (6, 7, 5), 3, 2, 1, nans=3)
         avgpool_case(h5, "avgpool3d_k1_s2_n2", 2, 4, (5, 6, 7), 1, 2, 0)
         avgpool_case(h5, "avgpool3d_k3_s2_p1", 1, 3, (6, 7, 5), 3, 2, 1)
         gap_case(h5, "gap3d_n2_c7", 2, 7, (3, 4, 5))
