@@ -12,3 +12,6 @@ foreach(np 2 4)
                    ${MN_MPIEXEC})
   set_tests_properties(test_dist_abort_np${np} PROPERTIES TIMEOUT 90 LABELS "mpi" PROCESSORS ${np})
 endforeach()
+
+# Checkpoints: round trip, retention, killed write, damaged files; written by rank 0, read by every rank.
+mn_mpi_test(test_ckpt SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_ckpt.c NPROCS 1 2 3 4 TIMEOUT 60)
