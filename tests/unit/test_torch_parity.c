@@ -6,16 +6,21 @@
  * The fixture file holds one group per case; the group's `layer` attribute names the mednet routine to run and its
  * other attributes the hyper-parameters (k, s, p, dil, op, eps, momentum, training, ignore_index, ...).  Shapes are
  * the dataset shapes, so nothing about a case is written in this file.  For every case we run forward and backward
- * (the gradient of L = sum(r * y) for a stored random r, or of the loss itself for cross-entropy) and compare each
- * output and gradient with PyTorch's.  Convolutions run both the fast (BLIS) path and the `_ref` loop nests; batch
- * norm in training mode also runs the split (stats/apply) form used by synchronised batch norm.  Backward is called
- * a second time without zeroing to check that gradients accumulate (+=) as the headers promise.
+ * (the gradient of L = sum(r * y) for a stored random r, or of the loss itself for the losses) and compare each
+ * output and gradient with PyTorch's.  Convolutions run both the fast (BLIS) path and the `_ref` loop nests, and
+ * backward with only dx or only the parameter gradients wanted; batch norm in training mode also runs the split
+ * (stats/apply) form used by synchronised batch norm.  Backward is called a second time without zeroing to check
+ * that gradients accumulate (+=) as the headers promise; the losses are called again with another `scale`.
+ * Dice has no PyTorch function: the script writes loss.h's formula with autograd.
  *
  * Tolerance: an element passes when |got - ref| <= 1e-5 + 1e-4 * |ref| (1e-4 relative with a 1e-5 absolute floor,
- * the numpy.allclose rule).  The references are computed by PyTorch in float64 from the stored float32 inputs, so
- * they carry no float32 rounding of their own.  Integer outputs (pooling indices, resized labels) must match
- * exactly.  Each case prints one line per compared quantity with its worst absolute and relative error; the test
- * exits non-zero on any mismatch, on a missing or malformed fixture, or if a layer kind has no case in the file.
+ * the numpy.allclose rule; a NaN matches only a NaN).  The references are computed by PyTorch in float64 from the
+ * stored float32 inputs, so they carry no float32 rounding of their own; the script also runs each case in float32
+ * and refuses cases where PyTorch itself uses more than half of this tolerance, so every case is one that float32
+ * arithmetic can meet.  Integer outputs (pooling indices, resized labels) must match exactly.  Each case prints one
+ * line per compared quantity with its worst absolute and relative error and the fraction of the tolerance used;
+ * a closing table puts mednet's fraction next to PyTorch float32's.  The test exits non-zero on any mismatch, on a
+ * missing or malformed fixture, or if a layer kind has no case in the file.
  *
  * No MPI: the layers never touch it; the fixture file is opened serially (H5P_DEFAULT), which the parallel HDF5
  * library allows.
