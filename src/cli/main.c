@@ -13,6 +13,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"info", mn_cmd_info, "print version, MPI size, threads and the BLIS kernel set"},
+    {"prep", mn_cmd_prep, "build the corpus: NIfTI datasets -> one parallel-HDF5 file (mednet prep CONFIG)"},
 };
 
 static void usage(FILE *f)

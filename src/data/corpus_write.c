@@ -1,0 +1,596 @@
+/* corpus_write.c: `mednet prep`: NIfTI pairs -> spatially and intensity-normalised volumes -> one HDF5 corpus.
+ *
+ * Phases (all collective on the prep communicator; volume g of the global dataset-major list belongs to rank
+ * g mod P, round-robin so that datasets of different sizes spread evenly):
+ *   0. header pass: each rank reads the NIfTI headers of its pairs, checks the label grid against the image
+ *      (same grid within the affine tolerance, or world overlap with label_grid = world) and records the world
+ *      spacing; the records are combined on every rank (MPI_Allreduce with MPI_BOR over zero-initialised bytes:
+ *      exactly one rank wrote each record) and each dataset's target spacing is fixed (configured, or the
+ *      per-axis median of its images, as Med3D and nnU-Net do).
+ *   1. each rank reads its pairs, validates them (NaN/Inf, labels in the map, empty labels), resamples image
+ *      (trilinear) and label (nearest) onto the canonical grid, crops to the foreground box and z-scores MR;
+ *      all of it in memory.  Errors are agreed on (mn_mpi_agree) before any file exists.
+ *   2. CT/window datasets: each volume contributes a fixed-size, evenly strided sample of its foreground
+ *      intensities (as nnU-Net samples 10^4 voxels per case); the samples are combined in volume order, so the
+ *      percentiles and statistics do not depend on P; owners normalise.
+ *   3. the file is created at "<output>.tmp" with the MPI-IO driver; groups, datasets and attributes are created
+ *      collectively with identical values on every rank; each owner writes its voxels with an independent
+ *      H5Dwrite (no filter: parallel HDF5 1.10 cannot write compressed datasets independently, so `compress`
+ *      is only honoured on one rank); rank 0 renames the file into place.
+ * Rejected: gathering all volumes on rank 0 and writing serially (the write would not scale, and the memory of
+ * one node would bound the corpus); per-rank files (the corpus must stay one self-describing file).
+ * Known limit: every rank holds its preprocessed volumes in memory until the write (the corpus is small after
+ * resampling; a streaming variant would write dataset by dataset).
+ */
+#include "corpus_impl.h"
+#include "mednet/mpicheck.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* Foreground intensity samples per volume for dataset-level CT statistics. */
+#define SAMPLES_PER_VOLUME 10000
+
+enum { REC_UNSET = 0, REC_OK = 1, REC_SKIPPED = 2 };
+
+/* Per-volume record, combined over ranks by a bytewise OR (only the owner writes it; the rest stays zero). */
+typedef struct vol_rec {
+    int32_t status, dataset, pair, skipped_err;
+    int64_t shape[3];        /* D, H, W after crop */
+    double affine[4][4];     /* stored grid: voxel (i,j,k,1) -> world */
+    int64_t src_dim[3];
+    double src_spacing[3];   /* world x, y, z */
+    int64_t img_bytes, lab_bytes;
+    uint32_t img_crc, lab_crc, data_crc, nsample;
+    double mean, std, clip[2], fg_share;
+    char affine_source[8];
+    char reason[400];
+} vol_rec;
+
+/* Processed voxels of a volume owned by this rank. */
+typedef struct vol_data {
+    float *image;
+    uint8_t *label;
+} vol_data;
+
+typedef struct prep {
+    MPI_Comm comm;
+    int rank, size;
+    const mn_corpus_def *def;
+    int skip_bad;
+    int nvol;                 /* total pairs */
+    int *first;               /* first global index of each dataset (num_datasets+1) */
+    vol_rec *rec;
+    vol_data *data;
+    float *samples;           /* nvol * SAMPLES_PER_VOLUME, only for CT/window datasets */
+    double (*spacing)[3];     /* per dataset target spacing */
+    double (*dstats)[4];      /* per dataset: clip lo, hi, mean, std (CT/window) */
+} prep;
+
+static int needs_dataset_stats(const mn_dataset_def *d) { return d->norm == MN_NORM_CT || d->norm == MN_NORM_WINDOW; }
+
+/* An error on a pair: skipped (recorded, warned) when skip_bad allows it, else returned. */
+static mn_err pair_error(prep *p, vol_rec *r, mn_err e)
+{
+    if (!p->skip_bad || e == MN_ERR_MEM || e == MN_ERR_INTERNAL || e == MN_ERR_MPI) return e;
+    r->status = REC_SKIPPED;
+    r->skipped_err = (int32_t)e;
+    snprintf(r->reason, sizeof r->reason, "%s", mn_error_last());
+    mn_log_warn("skipping pair %d of dataset [%s]: %s", r->pair, p->def->datasets[r->dataset].name, r->reason);
+    return MN_OK;
+}
+
+/* Phase 0 for one pair: headers, grid check, spacing. */
+static mn_err header_pass(prep *p, vol_rec *r)
+{
+    const mn_dataset_def *d = &p->def->datasets[r->dataset];
+    const char *ip = d->images[r->pair], *lp = d->labels[r->pair];
+    mn_volume img = {0}, lab = {0};
+    mn_nifti_info ii;
+    MN_CALL(mn_nifti_read_header(ip, &img, &ii));
+    MN_CALL(mn_nifti_read_header(lp, &lab, NULL));
+    for (int a = 0; a < 3; a++) r->src_dim[a] = img.dim[a];
+    mn_volume_world_spacing(&img, r->src_spacing);
+    snprintf(r->affine_source, sizeof r->affine_source, "%s", ii.affine_source);
+    if (!d->label_grid_world) {
+        MN_CHECK(mn_volume_same_grid(&img, &lab, p->def->affine_tol), MN_ERR_FORMAT,
+                 "label grid of '%s' (%lldx%lldx%lld, x row %g %g %g %g) does not match image '%s' (%lldx%lldx%lld, "
+                 "x row %g %g %g %g) within %g mm\n---> HINT: set `label_grid = world` in [%s] to resample the label "
+                 "through world coordinates", lp, (long long)lab.dim[0], (long long)lab.dim[1], (long long)lab.dim[2],
+                 lab.affine[0][0], lab.affine[0][1], lab.affine[0][2], lab.affine[0][3], ip, (long long)img.dim[0],
+                 (long long)img.dim[1], (long long)img.dim[2], img.affine[0][0], img.affine[0][1], img.affine[0][2],
+                 img.affine[0][3], p->def->affine_tol, d->name);
+    } else {
+        mn_grid g;
+        double sp[3];
+        mn_volume_world_spacing(&img, sp);
+        MN_CALL(mn_grid_for_volume(&img, sp, &g));
+        double ov = mn_grid_overlap(&g, &lab);
+        MN_CHECK(ov >= 0.5, MN_ERR_FORMAT, "label '%s' covers only %.0f%% of the world box of image '%s' (expected "
+                 ">= 50%%): wrong label file or affine?", lp, 100 * ov, ip);
+    }
+    r->status = REC_OK;
+    return MN_OK;
+}
+
+static double median(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1], v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Combine the records of all ranks (bytewise OR: each record was written by exactly one rank). */
+static mn_err combine_records(prep *p)
+{
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, p->rec, (int)(p->nvol * sizeof(vol_rec)), MPI_BYTE, MPI_BOR, p->comm));
+    return MN_OK;
+}
+
+/* Phase 1 for one pair: read, validate, resample, crop, normalise (MR) or sample (CT).  Fills r and *out. */
+static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
+{
+    const mn_dataset_def *d = &p->def->datasets[r->dataset];
+    const char *ip = d->images[r->pair], *lp = d->labels[r->pair];
+    const double *sp = p->spacing[r->dataset];
+    mn_volume img = {0}, lab = {0};
+    mn_nifti_info ii, li;
+    float *rimg = NULL, *rlab = NULL;
+    mn_err e = MN_OK;
+#define TRY(x)                                                                                                 \
+    do {                                                                                                       \
+        if ((e = (x)) != MN_OK) goto done;                                                                     \
+    } while (0)
+#define FAIL(code, ...)                                                                                        \
+    do {                                                                                                       \
+        e = mn_error_report((code), __FILE__, __LINE__, __func__, __VA_ARGS__);                                \
+        goto done;                                                                                             \
+    } while (0)
+    TRY(mn_nifti_read(ip, &img, &ii));
+    TRY(mn_nifti_read(lp, &lab, &li));
+    r->img_bytes = ii.file_bytes, r->img_crc = ii.crc32;
+    r->lab_bytes = li.file_bytes, r->lab_crc = li.crc32;
+    /* Validation on the source voxels. */
+    int64_t nbad = 0, first_bad = -1, nv = mn_volume_voxels(&img);
+    float vmin = INFINITY;
+    for (int64_t i = 0; i < nv; i++) {
+        if (!isfinite(img.data[i])) {
+            if (!nbad++) first_bad = i;
+        } else if (img.data[i] < vmin) {
+            vmin = img.data[i];
+        }
+    }
+    if (nbad)
+        FAIL(MN_ERR_NUMERIC, "image '%s' has %lld NaN/Inf voxel(s) (first at voxel %lld of %lld)", ip,
+             (long long)nbad, (long long)first_bad, (long long)nv);
+    TRY(mn_label_map_apply(&lab, d->ranges, d->num_ranges, d->num_classes, lp));
+    int64_t nfg = 0, nl = mn_volume_voxels(&lab);
+    for (int64_t i = 0; i < nl; i++) nfg += lab.data[i] > 0;
+    if (!nfg) FAIL(MN_ERR_FORMAT, "label '%s' is empty: no voxel maps to a foreground class (label_map: %s)", lp,
+                   d->label_map_text);
+    /* Resample both onto the image's canonical grid. */
+    mn_grid g;
+    TRY(mn_grid_for_volume(&img, sp, &g));
+    int64_t dims[3] = {g.n[2], g.n[1], g.n[0]}, ng = g.n[0] * g.n[1] * g.n[2];
+    rimg = malloc((size_t)ng * sizeof *rimg);
+    rlab = malloc((size_t)ng * sizeof *rlab);
+    if (!rimg || !rlab) FAIL(MN_ERR_MEM, "out of memory resampling '%s'", ip);
+    /* Outside the image's own grid the background is its minimum (0 for MR, air for CT). */
+    TRY(mn_resample(&img, &g, 1, vmin, rimg));
+    TRY(mn_resample(&lab, &g, 0, 0, rlab));
+    mn_volume_free(&img);
+    mn_volume_free(&lab);
+    /* Crop to the foreground box (image != 0 or label > 0). */
+    int64_t lo[3] = {0, 0, 0}, hi[3] = {dims[0], dims[1], dims[2]};
+    if (d->crop) mn_foreground_bbox(rimg, rlab, dims, lo, hi);
+    int64_t n = 1;
+    for (int a = 0; a < 3; a++) r->shape[a] = hi[a] - lo[a], n *= r->shape[a];
+    out->image = malloc((size_t)n * sizeof(float));
+    float *clab = malloc((size_t)n * sizeof(float));
+    out->label = malloc((size_t)n);
+    if (!out->image || !clab || !out->label) {
+        free(clab);
+        FAIL(MN_ERR_MEM, "out of memory cropping '%s'", ip);
+    }
+    mn_crop(rimg, dims, lo, hi, out->image);
+    mn_crop(rlab, dims, lo, hi, clab);
+    int64_t fg = 0;
+    for (int64_t i = 0; i < n; i++) {
+        out->label[i] = (uint8_t)clab[i];
+        fg += clab[i] > 0;
+    }
+    if (!fg) {
+        free(clab);
+        FAIL(MN_ERR_FORMAT, "label '%s' has no foreground voxel left after resampling to %g x %g x %g mm (empty "
+             "label at this spacing)", lp, sp[0], sp[1], sp[2]);
+    }
+    r->fg_share = (double)fg / (double)n;
+    /* The stored grid: axis-aligned, origin moved to the crop corner (lo is z,y,x). */
+    memset(r->affine, 0, sizeof r->affine);
+    for (int w = 0; w < 3; w++) {
+        r->affine[w][w] = g.spacing[w];
+        r->affine[w][3] = g.origin[w] + (double)lo[2 - w] * g.spacing[w];
+    }
+    r->affine[3][3] = 1;
+    /* Intensities. */
+    if (d->norm == MN_NORM_ZSCORE) {
+        int64_t cnt;
+        mn_masked_stats(out->image, NULL, n, 0, 0, &r->mean, &r->std, &cnt);
+        mn_normalise(out->image, n, MN_NORM_ZSCORE, 0, 0, r->mean, r->std);
+    } else if (needs_dataset_stats(d)) {
+        /* Evenly strided foreground sample, in voxel order: deterministic and independent of the rank. */
+        int64_t step = fg > SAMPLES_PER_VOLUME ? (fg + SAMPLES_PER_VOLUME - 1) / SAMPLES_PER_VOLUME : 1, k = 0, s = 0;
+        for (int64_t i = 0; i < n && s < SAMPLES_PER_VOLUME; i++)
+            if (clab[i] > 0 && k++ % step == 0) samples[s++] = out->image[i];
+        r->nsample = (uint32_t)s;
+    }
+    free(clab);
+    r->status = REC_OK;
+done:
+#undef TRY
+#undef FAIL
+    mn_volume_free(&img);
+    mn_volume_free(&lab);
+    free(rimg);
+    free(rlab);
+    if (e) {
+        free(out->image), free(out->label);
+        out->image = NULL, out->label = NULL;
+    }
+    return e;
+}
+
+/* Phase 2: dataset statistics for CT/window datasets, identical on every rank. */
+static mn_err dataset_stats(prep *p)
+{
+    const mn_corpus_def *def = p->def;
+    for (int d = 0; d < def->num_datasets; d++) {
+        const mn_dataset_def *ds = &def->datasets[d];
+        if (!needs_dataset_stats(ds)) continue;
+        int g0 = p->first[d], g1 = p->first[d + 1];
+        size_t bytes = (size_t)(g1 - g0) * SAMPLES_PER_VOLUME * sizeof(float);
+        MN_MPI(MPI_Allreduce(MPI_IN_PLACE, p->samples + (size_t)g0 * SAMPLES_PER_VOLUME, (int)bytes, MPI_BYTE, MPI_BOR,
+                             p->comm));
+        int64_t total = 0;
+        for (int g = g0; g < g1; g++) total += p->rec[g].status == REC_OK ? p->rec[g].nsample : 0;
+        float *all = malloc((size_t)(total ? total : 1) * sizeof *all);
+        MN_CHECK(all, MN_ERR_MEM, "out of memory for the intensity samples of [%s]", ds->name);
+        int64_t k = 0;
+        for (int g = g0; g < g1; g++)
+            if (p->rec[g].status == REC_OK)
+                for (uint32_t s = 0; s < p->rec[g].nsample; s++) all[k++] = p->samples[(size_t)g * SAMPLES_PER_VOLUME + s];
+        double lo = ds->window[0], hi = ds->window[1];
+        if (ds->norm == MN_NORM_CT && total) {
+            lo = mn_quantile_sorted_inplace(all, total, 0.005);
+            hi = mn_quantile_sorted_inplace(all, total, 0.995);
+        }
+        double s = 0, s2 = 0;
+        for (int64_t i = 0; i < total; i++) {
+            double v = all[i] < lo ? lo : all[i] > hi ? hi : all[i];
+            s += v, s2 += v * v;
+        }
+        free(all);
+        double mean = total ? s / (double)total : 0, var = total ? s2 / (double)total - mean * mean : 0;
+        p->dstats[d][0] = lo, p->dstats[d][1] = hi, p->dstats[d][2] = mean, p->dstats[d][3] = var > 0 ? sqrt(var) : 0;
+    }
+    return MN_OK;
+}
+
+/* Create one volume's group, attributes and datasets (collective); the owner writes the voxels. */
+static mn_err write_volume(prep *p, hid_t dgrp, int g, int index)
+{
+    const vol_rec *r = &p->rec[g];
+    const mn_dataset_def *ds = &p->def->datasets[r->dataset];
+    char name[32];
+    snprintf(name, sizeof name, "vol_%04d", index);
+    hid_t grp;
+    MN_H5(grp = H5Gcreate2(dgrp, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    MN_CALL(mn_h5_attr_str(grp, "source_image", ds->images[r->pair]));
+    MN_CALL(mn_h5_attr_str(grp, "source_label", ds->labels[r->pair]));
+    MN_CALL(mn_h5_attr_i64(grp, "image_bytes", &r->img_bytes, 1));
+    MN_CALL(mn_h5_attr_i64(grp, "label_bytes", &r->lab_bytes, 1));
+    MN_CALL(mn_h5_attr_u32(grp, "image_crc32", r->img_crc));
+    MN_CALL(mn_h5_attr_u32(grp, "label_crc32", r->lab_crc));
+    MN_CALL(mn_h5_attr_i64(grp, "source_dim_image", r->src_dim, 3));
+    MN_CALL(mn_h5_attr_f64(grp, "source_spacing", r->src_spacing, 3));
+    MN_CALL(mn_h5_attr_str(grp, "affine_source", r->affine_source));
+    MN_CALL(mn_h5_attr_f64(grp, "affine", &r->affine[0][0], 16));
+    MN_CALL(mn_h5_attr_f64(grp, "norm_mean", &r->mean, 1));
+    MN_CALL(mn_h5_attr_f64(grp, "norm_std", &r->std, 1));
+    MN_CALL(mn_h5_attr_f64(grp, "norm_clip", r->clip, 2));
+    MN_CALL(mn_h5_attr_f64(grp, "foreground_share", &r->fg_share, 1));
+    MN_CALL(mn_h5_attr_u32(grp, "data_crc32", r->data_crc));
+
+    hsize_t dims[3], chunk[3];
+    for (int a = 0; a < 3; a++) {
+        dims[a] = (hsize_t)r->shape[a];
+        chunk[a] = dims[a] < (hsize_t)p->def->chunk ? dims[a] : (hsize_t)p->def->chunk;
+    }
+    hid_t space, dcpl;
+    MN_H5(space = H5Screate_simple(3, dims, NULL));
+    MN_H5(dcpl = H5Pcreate(H5P_DATASET_CREATE));
+    MN_H5(H5Pset_chunk(dcpl, 3, chunk));
+    /* Every byte is written: skip the fill pass that early allocation would otherwise do. */
+    MN_H5(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
+    if (p->def->compress > 0) MN_H5(H5Pset_deflate(dcpl, (unsigned)p->def->compress));
+    hid_t di, dl;
+    MN_H5(di = H5Dcreate2(grp, "image", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+    MN_H5(dl = H5Dcreate2(grp, "label", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+    const vol_data *vd = &p->data[g];
+    if (vd->image) {
+        MN_H5(H5Dwrite(di, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, vd->image));
+        MN_H5(H5Dwrite(dl, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, vd->label));
+    }
+    MN_H5(H5Dclose(di));
+    MN_H5(H5Dclose(dl));
+    MN_H5(H5Pclose(dcpl));
+    MN_H5(H5Sclose(space));
+    MN_H5(H5Gclose(grp));
+    return MN_OK;
+}
+
+/* Phase 3: the file. */
+static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
+{
+    const mn_corpus_def *def = p->def;
+    hid_t fapl, file;
+    MN_CALL(mn_corpus_fapl(p->size > 1 ? p->comm : MPI_COMM_NULL, &fapl));
+    MN_H5(file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
+    MN_H5(H5Pclose(fapl));
+    int64_t fmt = MN_CORPUS_FORMAT, nd = def->num_datasets;
+    MN_CALL(mn_h5_attr_i64(file, "format_version", &fmt, 1));
+    MN_CALL(mn_h5_attr_str(file, "mednet_version", MN_VERSION));
+    MN_CALL(mn_h5_attr_str(file, "name", def->name));
+    MN_CALL(mn_h5_attr_i64(file, "num_datasets", &nd, 1));
+    char *names = calloc((size_t)def->num_datasets, MN_CORPUS_NAME_LEN);
+    MN_CHECK(names, MN_ERR_MEM, "out of memory");
+    for (int d = 0; d < def->num_datasets; d++)
+        snprintf(names + (size_t)d * MN_CORPUS_NAME_LEN, MN_CORPUS_NAME_LEN, "%s", def->datasets[d].name);
+    mn_err e = mn_h5_attr_strs(file, "datasets", names, def->num_datasets, MN_CORPUS_NAME_LEN);
+    free(names);
+    MN_CALL(e);
+    MN_CALL(mn_h5_attr_u32(file, "checksum", checksum));
+    char hex[16];
+    snprintf(hex, sizeof hex, "%08x", (unsigned)checksum);
+    MN_CALL(mn_h5_attr_str(file, "checksum_hex", hex));
+
+    static const char *const mod[] = {"MR", "CT", "other"}, *const role[] = {"pretrain", "target"},
+                             *const norm[] = {"zscore", "ct", "window", "none"};
+    for (int d = 0; d < def->num_datasets; d++) {
+        const mn_dataset_def *ds = &def->datasets[d];
+        hid_t grp;
+        MN_H5(grp = H5Gcreate2(file, ds->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+        int64_t nok = 0, nskip = 0, ncls = ds->num_classes;
+        for (int g = p->first[d]; g < p->first[d + 1]; g++) {
+            nok += p->rec[g].status == REC_OK;
+            nskip += p->rec[g].status == REC_SKIPPED;
+        }
+        MN_CALL(mn_h5_attr_str(grp, "name", ds->name));
+        MN_CALL(mn_h5_attr_str(grp, "modality", mod[ds->modality]));
+        MN_CALL(mn_h5_attr_str(grp, "role", role[ds->role]));
+        MN_CALL(mn_h5_attr_i64(grp, "num_classes", &ncls, 1));
+        MN_CALL(mn_h5_attr_strs(grp, "class_names", ds->class_names[0], ds->num_classes, MN_CORPUS_NAME_LEN));
+        MN_CALL(mn_h5_attr_f64(grp, "spacing", p->spacing[d], 3));
+        MN_CALL(mn_h5_attr_str(grp, "normalisation", norm[ds->norm]));
+        MN_CALL(mn_h5_attr_str(grp, "label_map", ds->label_map_text));
+        MN_CALL(mn_h5_attr_i64(grp, "num_volumes", &nok, 1));
+        MN_CALL(mn_h5_attr_i64(grp, "skipped", &nskip, 1));
+        MN_CALL(mn_h5_attr_f64(grp, "norm_clip", p->dstats[d], 2));
+        MN_CALL(mn_h5_attr_f64(grp, "norm_mean", &p->dstats[d][2], 1));
+        MN_CALL(mn_h5_attr_f64(grp, "norm_std", &p->dstats[d][3], 1));
+        int index = 0;
+        for (int g = p->first[d]; g < p->first[d + 1]; g++)
+            if (p->rec[g].status == REC_OK) MN_CALL(write_volume(p, grp, g, index++));
+        MN_H5(H5Gclose(grp));
+    }
+    MN_H5(H5Fclose(file));
+    return MN_OK;
+}
+
+/* The corpus identity: CRC-32 over the name, each dataset's name and classes, each volume's shape and data CRC. */
+static uint32_t corpus_checksum(const prep *p)
+{
+    uLong c = crc32(0L, Z_NULL, 0);
+    c = crc32(c, (const Bytef *)p->def->name, (uInt)strlen(p->def->name));
+    for (int d = 0; d < p->def->num_datasets; d++) {
+        const mn_dataset_def *ds = &p->def->datasets[d];
+        c = crc32(c, (const Bytef *)ds->name, (uInt)strlen(ds->name));
+        for (int k = 0; k < ds->num_classes; k++)
+            c = crc32(c, (const Bytef *)ds->class_names[k], (uInt)strlen(ds->class_names[k]));
+        for (int g = p->first[d]; g < p->first[d + 1]; g++) {
+            const vol_rec *r = &p->rec[g];
+            if (r->status != REC_OK) continue;
+            c = crc32(c, (const Bytef *)r->shape, sizeof r->shape);
+            c = crc32(c, (const Bytef *)&r->data_crc, sizeof r->data_crc);
+        }
+    }
+    return (uint32_t)c;
+}
+
+static void prep_free(prep *p)
+{
+    if (p->data)
+        for (int g = 0; g < p->nvol; g++) free(p->data[g].image), free(p->data[g].label);
+    free(p->data), free(p->rec), free(p->samples), free(p->first), free(p->spacing), free(p->dstats);
+}
+
+/* Everything between the output check and the rename; returns an error agreed on by all ranks, or a local one
+ * from the write phase. */
+static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_prep_summary *sum)
+{
+    const mn_corpus_def *def = p->def;
+    int nd = def->num_datasets;
+    p->first = calloc((size_t)nd + 1, sizeof *p->first);
+    p->spacing = calloc((size_t)nd, sizeof *p->spacing);
+    p->dstats = calloc((size_t)nd, sizeof *p->dstats);
+    MN_CHECK(p->first && p->spacing && p->dstats, MN_ERR_MEM, "out of memory");
+    int any_stats = 0;
+    for (int d = 0; d < nd; d++) {
+        p->first[d + 1] = p->first[d] + def->datasets[d].num_pairs;
+        any_stats |= needs_dataset_stats(&def->datasets[d]);
+    }
+    p->nvol = p->first[nd];
+    p->rec = calloc((size_t)p->nvol, sizeof *p->rec);
+    p->data = calloc((size_t)p->nvol, sizeof *p->data);
+    if (any_stats) p->samples = calloc((size_t)p->nvol * SAMPLES_PER_VOLUME, sizeof(float));
+    MN_CHECK(p->rec && p->data && (!any_stats || p->samples), MN_ERR_MEM, "out of memory for %d volume records",
+             p->nvol);
+    for (int d = 0; d < nd; d++)
+        for (int g = p->first[d]; g < p->first[d + 1]; g++) p->rec[g].dataset = d, p->rec[g].pair = g - p->first[d];
+
+    /* Phase 0: headers. */
+    mn_err e = MN_OK;
+    for (int g = p->rank; g < p->nvol && !e; g += p->size) {
+        e = header_pass(p, &p->rec[g]);
+        if (e) e = pair_error(p, &p->rec[g], e);
+    }
+    *agreed = 1;
+    MN_CALL(mn_mpi_agree(p->comm, e));
+    *agreed = 0;
+    MN_CALL(combine_records(p));
+    double *v = malloc((size_t)(p->nvol ? p->nvol : 1) * sizeof *v);
+    MN_CHECK(v, MN_ERR_MEM, "out of memory");
+    for (int d = 0; d < nd; d++) {
+        const mn_dataset_def *ds = &def->datasets[d];
+        for (int a = 0; a < 3; a++) {
+            int n = 0;
+            for (int g = p->first[d]; g < p->first[d + 1]; g++)
+                if (p->rec[g].status == REC_OK) v[n++] = p->rec[g].src_spacing[a];
+            p->spacing[d][a] = ds->has_spacing ? ds->spacing[a] : def->has_spacing ? def->spacing[a] : n ? median(v, n) : 1;
+        }
+    }
+    free(v);
+    /* Records are rebuilt in phase 1: each owner keeps only what the header pass found. */
+    for (int g = 0; g < p->nvol; g++) {
+        int own = g % p->size == p->rank;
+        vol_rec keep = p->rec[g];
+        if (!own || keep.status != REC_OK) {
+            if (!own) memset(&p->rec[g], 0, sizeof p->rec[g]);
+            continue;
+        }
+        memset(&p->rec[g], 0, sizeof p->rec[g]);
+        p->rec[g].dataset = keep.dataset, p->rec[g].pair = keep.pair;
+        memcpy(p->rec[g].src_dim, keep.src_dim, sizeof keep.src_dim);
+        memcpy(p->rec[g].src_spacing, keep.src_spacing, sizeof keep.src_spacing);
+        memcpy(p->rec[g].affine_source, keep.affine_source, sizeof keep.affine_source);
+    }
+
+    /* Phase 1: voxels. */
+    e = MN_OK;
+    int64_t bytes_read = 0;
+    for (int g = p->rank; g < p->nvol && !e; g += p->size) {
+        if (p->rec[g].status == REC_SKIPPED) continue;
+        e = process_pair(p, &p->rec[g], &p->data[g], p->samples ? p->samples + (size_t)g * SAMPLES_PER_VOLUME : NULL);
+        if (e) e = pair_error(p, &p->rec[g], e);
+        else bytes_read += p->rec[g].img_bytes + p->rec[g].lab_bytes;
+    }
+    *agreed = 1;
+    MN_CALL(mn_mpi_agree(p->comm, e));
+    *agreed = 0;
+
+    /* Phase 2: dataset statistics, then owners finish their volumes. */
+    MN_CALL(combine_records(p));
+    MN_CALL(dataset_stats(p));
+    int64_t bytes_written = 0;
+    for (int g = 0; g < p->nvol; g++) {
+        vol_rec *r = &p->rec[g];
+        int own = g % p->size == p->rank;
+        if (own && r->status == REC_OK) {
+            const mn_dataset_def *ds = &def->datasets[r->dataset];
+            int64_t n = r->shape[0] * r->shape[1] * r->shape[2];
+            if (needs_dataset_stats(ds)) {
+                const double *st = p->dstats[r->dataset];
+                r->clip[0] = st[0], r->clip[1] = st[1], r->mean = st[2], r->std = st[3];
+                mn_normalise(p->data[g].image, n, ds->norm, st[0], st[1], st[2], st[3]);
+            }
+            r->data_crc = mn_corpus_data_crc(p->data[g].image, p->data[g].label, n);
+            bytes_written += n * 5;
+        } else if (!own) {
+            memset(r, 0, sizeof *r);
+        }
+    }
+    MN_CALL(combine_records(p));
+    /* A dataset whose every pair was skipped cannot be written: the same verdict on every rank. */
+    for (int d = 0; d < nd; d++) {
+        int ok = 0;
+        for (int g = p->first[d]; g < p->first[d + 1]; g++) ok += p->rec[g].status == REC_OK;
+        if (!ok) {
+            *agreed = 1;
+            MN_FAIL(MN_ERR_FORMAT, "dataset [%s]: all %d pair(s) were rejected; nothing to write",
+                    def->datasets[d].name, p->first[d + 1] - p->first[d]);
+        }
+    }
+    uint32_t checksum = corpus_checksum(p);
+
+    /* Phase 3: the file, then the rename by rank 0. */
+    MN_CALL(write_file(p, tmp, checksum));
+    int rc = 0;
+    if (p->rank == 0 && rename(tmp, output) != 0) {
+        rc = errno;
+        mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename '%s' to '%s': %s", tmp, output,
+                        strerror(rc));
+        unlink(tmp);
+    }
+    MN_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, p->comm));
+    *agreed = 1;
+    MN_CHECK(rc == 0, MN_ERR_IO, "corpus not written: rename to '%s' failed", output);
+
+    long long loc[2] = {bytes_read, bytes_written}, tot[2];
+    MN_MPI(MPI_Allreduce(loc, tot, 2, MPI_LONG_LONG, MPI_SUM, p->comm));
+    sum->bytes_read = tot[0], sum->bytes_written = tot[1];
+    sum->checksum = checksum;
+    for (int g = 0; g < p->nvol; g++) {
+        sum->volumes_written += p->rec[g].status == REC_OK;
+        sum->pairs_skipped += p->rec[g].status == REC_SKIPPED;
+    }
+    if (p->rank == 0)
+        for (int g = 0; g < p->nvol; g++)
+            if (p->rec[g].status == REC_SKIPPED)
+                mn_log_info("skipped: [%s] pair %d (%s): %s", def->datasets[p->rec[g].dataset].name, p->rec[g].pair,
+                            def->datasets[p->rec[g].dataset].images[p->rec[g].pair], p->rec[g].reason);
+    return MN_OK;
+}
+
+mn_err mn_corpus_prep(MPI_Comm comm, const mn_corpus_def *def, const mn_prep_options *opt, mn_prep_summary *sum)
+{
+    memset(sum, 0, sizeof *sum);
+    sum->error_agreed = 1; /* every check before run() gives the same verdict on every rank */
+    prep p = {.comm = comm, .def = def};
+    MN_MPI(MPI_Comm_rank(comm, &p.rank));
+    MN_MPI(MPI_Comm_size(comm, &p.size));
+    MN_CALL(mn_h5_init());
+    p.skip_bad = opt->skip_bad >= 0 ? opt->skip_bad : def->skip_bad;
+    const char *output = opt->output ? opt->output : def->output;
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", output);
+    MN_CHECK(def->compress == 0 || p.size == 1, MN_ERR_CONFIG,
+             "compress = %d needs a single rank: parallel HDF5 1.10 cannot write compressed datasets independently "
+             "(run prep on 1 rank or set compress = 0)", def->compress);
+    for (int d = 0; d < def->num_datasets; d++)
+        MN_CHECK(def->datasets[d].num_pairs > 0, MN_ERR_ARG, "dataset [%s] has no file pairs (call "
+                 "mn_corpus_def_expand first)", def->datasets[d].name);
+    /* Never touch an existing corpus without --force (decided by rank 0, the same answer everywhere). */
+    int exists = 0;
+    if (p.rank == 0) exists = access(output, F_OK) == 0;
+    MN_MPI(MPI_Bcast(&exists, 1, MPI_INT, 0, comm));
+    MN_CHECK(!exists || opt->force, MN_ERR_IO, "output '%s' exists; refusing to overwrite it\n---> HINT: pass "
+             "--force to replace it, or choose another output", output);
+    double t0 = MPI_Wtime();
+    int agreed = 0;
+    mn_err e = run(&p, output, tmp, &agreed, sum);
+    prep_free(&p);
+    sum->error_agreed = agreed;
+    if (e && !agreed) return e; /* a local write-phase error: the caller aborts */
+    MN_CALL(e);
+    double dt = MPI_Wtime() - t0;
+    MN_MPI(MPI_Allreduce(&dt, &sum->seconds, 1, MPI_DOUBLE, MPI_MAX, comm));
+    return MN_OK;
+}

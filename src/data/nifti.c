@@ -1,0 +1,232 @@
+/* nifti.c: 3-D NIfTI reading on top of libnifti (nifti2_io, which reads NIfTI-1 and NIfTI-2, plain or gzipped).
+ *
+ * libnifti does the parsing, byte swapping and decompression; this file adds what mednet needs around it:
+ * - a magic check of its own before libnifti sees the file (zlib's gzread reads plain and gzipped files alike),
+ *   because libnifti silently falls back to ANALYZE 7.5 for a 348-byte header without the NIfTI magic;
+ * - the header is read first and checked (3-D only, known voxel type), then the voxels are loaded, so that a
+ *   truncated .nii.gz is reported as such rather than as a generic read failure;
+ * - conversion of every voxel type to float with scl_slope/scl_inter, and the affine choice (sform > qform >
+ *   pixdim) documented in nifti.h.
+ * libnifti's own stderr chatter is switched off (debug level 0): every failure is reported once, by us.
+ */
+#include "mednet/nifti.h"
+
+#include <errno.h>
+#include <math.h>
+#include <nifti2_io.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+void mn_volume_free(mn_volume *vol)
+{
+    if (!vol) return;
+    free(vol->data);
+    memset(vol, 0, sizeof *vol);
+}
+
+mn_err mn_file_crc32(const char *path, int64_t *bytes, uint32_t *crc)
+{
+    FILE *f = fopen(path, "rb");
+    MN_CHECK(f, MN_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    static _Thread_local unsigned char buf[1 << 16];
+    uLong c = crc32(0L, Z_NULL, 0);
+    int64_t n = 0;
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) {
+        c = crc32(c, buf, (uInt)got);
+        n += (int64_t)got;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    MN_CHECK(!bad, MN_ERR_IO, "read error on '%s'", path);
+    *bytes = n;
+    *crc = (uint32_t)c;
+    return MN_OK;
+}
+
+/* Check that the file starts with a NIfTI-1 or NIfTI-2 header (either byte order), through zlib so that .nii.gz
+ * and .nii are treated alike.  Gives MN_ERR_IO for a missing file, MN_ERR_FORMAT for anything else. */
+static mn_err check_magic(const char *path)
+{
+    struct stat st;
+    MN_CHECK(stat(path, &st) == 0, MN_ERR_IO, "cannot open NIfTI file '%s': %s", path, strerror(errno));
+    MN_CHECK(S_ISREG(st.st_mode), MN_ERR_IO, "NIfTI path '%s' is not a regular file", path);
+    gzFile g = gzopen(path, "rb");
+    MN_CHECK(g, MN_ERR_IO, "cannot open NIfTI file '%s': %s", path, strerror(errno));
+    unsigned char h[548];
+    int got = gzread(g, h, sizeof h);
+    gzclose(g);
+    MN_CHECK(got >= 348, MN_ERR_FORMAT,
+             "'%s' is not a NIfTI file: %d header bytes readable, expected at least 348 (truncated or corrupt?)",
+             path, got < 0 ? 0 : got);
+    int32_t le = h[0] | h[1] << 8 | h[2] << 16 | (int32_t)((uint32_t)h[3] << 24);
+    int32_t be = h[3] | h[2] << 8 | h[1] << 16 | (int32_t)((uint32_t)h[0] << 24);
+    int32_t size = (le == 348 || le == 540) ? le : be;
+    if (size == 348) {
+        const char *m = (const char *)h + 344;
+        MN_CHECK(!memcmp(m, "n+1\0", 4) || !memcmp(m, "ni1\0", 4), MN_ERR_FORMAT,
+                 "'%s': wrong NIfTI-1 magic at byte 344 (expected \"n+1\" or \"ni1\", found %02x %02x %02x %02x): "
+                 "not a NIfTI file (ANALYZE 7.5 headers are not accepted)",
+                 path, h[344], h[345], h[346], h[347]);
+        return MN_OK;
+    }
+    if (size == 540) {
+        MN_CHECK(got >= 540, MN_ERR_FORMAT, "'%s': NIfTI-2 header truncated (%d of 540 bytes)", path, got);
+        const char *m = (const char *)h + 4;
+        MN_CHECK(!memcmp(m, "n+2\0", 4) || !memcmp(m, "ni2\0", 4), MN_ERR_FORMAT,
+                 "'%s': wrong NIfTI-2 magic at byte 4 (expected \"n+2\" or \"ni2\")", path);
+        return MN_OK;
+    }
+    MN_FAIL(MN_ERR_FORMAT, "'%s' is not a NIfTI file: header size field is %d, expected 348 (NIfTI-1) or 540 "
+                           "(NIfTI-2)", path, (int)le);
+}
+
+static const char *dtype_name(int dt)
+{
+    switch (dt) {
+    case DT_UINT8: return "uint8";
+    case DT_INT8: return "int8";
+    case DT_INT16: return "int16";
+    case DT_UINT16: return "uint16";
+    case DT_INT32: return "int32";
+    case DT_UINT32: return "uint32";
+    case DT_FLOAT32: return "float32";
+    case DT_FLOAT64: return "float64";
+    default: return NULL;
+    }
+}
+
+/* Open the header with libnifti and check it: 3-D, supported type.  Fills vol (no data) and info. */
+static mn_err open_header(const char *path, nifti_image **out, mn_volume *vol, mn_nifti_info *info)
+{
+    *out = NULL;
+    MN_CALL(check_magic(path));
+    nifti_set_debug_level(0);
+    nifti_image *nim = nifti_image_read(path, 0);
+    MN_CHECK(nim, MN_ERR_FORMAT, "libnifti cannot read the header of '%s' (corrupt or truncated file)", path);
+    mn_err err = MN_OK;
+    int64_t extra = 1;
+    for (int d = 4; d <= nim->dim[0] && d <= 7; d++) extra *= nim->dim[d] > 0 ? nim->dim[d] : 1;
+    const char *dt = dtype_name(nim->datatype);
+    if (nim->dim[0] < 3 || nim->nx < 1 || nim->ny < 1 || nim->nz < 1) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                              "'%s' has %d dimension(s) (%lldx%lldx%lld): mednet needs a 3-D volume", path,
+                              (int)nim->dim[0], (long long)nim->nx, (long long)nim->ny, (long long)nim->nz);
+    } else if (extra > 1) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                              "'%s' is a %dD image (dim = %lld %lld %lld %lld ...): mednet needs a 3-D volume; "
+                              "split the 4-D series into 3-D files first",
+                              path, (int)nim->dim[0], (long long)nim->dim[1], (long long)nim->dim[2],
+                              (long long)nim->dim[3], (long long)nim->dim[4]);
+    } else if (!dt) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                              "'%s' has voxel type %s (code %d): expected uint8, int8, int16, uint16, int32, "
+                              "uint32, float32 or float64", path, nifti_datatype_string(nim->datatype),
+                              nim->datatype);
+    }
+    if (err) {
+        nifti_image_free(nim);
+        return err;
+    }
+    memset(vol, 0, sizeof *vol);
+    vol->dim[0] = nim->nx, vol->dim[1] = nim->ny, vol->dim[2] = nim->nz;
+    const nifti_dmat44 *m;
+    const char *src;
+    double pix[4][4] = {{0}};
+    if (nim->sform_code > 0) {
+        m = &nim->sto_xyz, src = "sform";
+    } else if (nim->qform_code > 0) {
+        m = &nim->qto_xyz, src = "qform";
+    } else {
+        /* Method 1 of the NIfTI standard: no declared space, scale by the voxel sizes only. */
+        pix[0][0] = nim->dx > 0 ? nim->dx : 1, pix[1][1] = nim->dy > 0 ? nim->dy : 1;
+        pix[2][2] = nim->dz > 0 ? nim->dz : 1, pix[3][3] = 1;
+        m = NULL, src = "pixdim";
+    }
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) vol->affine[r][c] = m ? m->m[r][c] : pix[r][c];
+    vol->affine[3][0] = vol->affine[3][1] = vol->affine[3][2] = 0, vol->affine[3][3] = 1;
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 4; c++)
+            if (!isfinite(vol->affine[r][c])) {
+                nifti_image_free(nim);
+                MN_FAIL(MN_ERR_FORMAT, "'%s': the %s affine has a non-finite entry", path, src);
+            }
+    if (info) {
+        memset(info, 0, sizeof *info);
+        info->datatype = nim->datatype;
+        snprintf(info->dtype, sizeof info->dtype, "%s", dt);
+        info->scl_slope = nim->scl_slope, info->scl_inter = nim->scl_inter;
+        info->qform_code = nim->qform_code, info->sform_code = nim->sform_code;
+        snprintf(info->affine_source, sizeof info->affine_source, "%s", src);
+        struct stat st;
+        info->file_bytes = stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
+    }
+    *out = nim;
+    return MN_OK;
+}
+
+mn_err mn_nifti_read_header(const char *path, mn_volume *vol, mn_nifti_info *info)
+{
+    nifti_image *nim = NULL;
+    MN_CALL(open_header(path, &nim, vol, info));
+    nifti_image_free(nim);
+    return MN_OK;
+}
+
+/* Convert n voxels of type dt to float with y = slope*x + inter. */
+static void convert(const void *src, int dt, int64_t n, double slope, double inter, float *dst)
+{
+#define CONV(T)                                                                     \
+    do {                                                                            \
+        const T *s = src;                                                           \
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)(slope * (double)s[i] + inter); \
+    } while (0)
+    switch (dt) {
+    case DT_UINT8: CONV(uint8_t); break;
+    case DT_INT8: CONV(int8_t); break;
+    case DT_INT16: CONV(int16_t); break;
+    case DT_UINT16: CONV(uint16_t); break;
+    case DT_INT32: CONV(int32_t); break;
+    case DT_UINT32: CONV(uint32_t); break;
+    case DT_FLOAT32: CONV(float); break;
+    case DT_FLOAT64: CONV(double); break;
+    default: break; /* excluded by open_header */
+    }
+#undef CONV
+}
+
+mn_err mn_nifti_read(const char *path, mn_volume *vol, mn_nifti_info *info)
+{
+    nifti_image *nim = NULL;
+    mn_nifti_info local;
+    if (!info) info = &local;
+    MN_CALL(open_header(path, &nim, vol, info));
+    /* nifti_image_load reads exactly nvox*nbyper bytes; a short read (truncated .nii or .nii.gz) fails here. */
+    if (nifti_image_load(nim) < 0 || !nim->data) {
+        long long want = (long long)nim->nvox * nim->nbyper;
+        nifti_image_free(nim);
+        memset(vol, 0, sizeof *vol);
+        MN_FAIL(MN_ERR_FORMAT, "'%s': cannot read the %lld bytes of voxel data: file truncated or corrupt", path,
+                want);
+    }
+    int64_t n = mn_volume_voxels(vol);
+    vol->data = malloc((size_t)n * sizeof(float));
+    if (!vol->data) {
+        nifti_image_free(nim);
+        MN_FAIL(MN_ERR_MEM, "out of memory for %lld voxels of '%s'", (long long)n, path);
+    }
+    double slope = nim->scl_slope, inter = nim->scl_inter;
+    if (slope == 0 || !isfinite(slope) || !isfinite(inter)) slope = 1, inter = 0;
+    convert(nim->data, nim->datatype, n, slope, inter, vol->data);
+    nifti_image_free(nim);
+    mn_err e = mn_file_crc32(path, &info->file_bytes, &info->crc32);
+    if (e) {
+        mn_volume_free(vol);
+        MN_CALL(e);
+    }
+    return MN_OK;
+}
