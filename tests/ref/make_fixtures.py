@@ -106,7 +106,8 @@ def run_case(h5, name, layer, attrs, tensors, fn, loss=False, ints=None, r_posit
     used = max(per.values())
     if not used <= MAX_TORCH_F32_TOL_USED:
         raise SystemExit(f"make_fixtures.py: case {name}: PyTorch float32 itself uses {used:.3f} of the tolerance "
-                         f"(limit {MAX_TORCH_F32_TOL_USED}; per output: {per}): too ill-conditioned for a float32 parity test")
+                         f"(limit {MAX_TORCH_F32_TOL_USED}; per output: {per}): too ill-conditioned for a float32 "
+                         f"parity test")
     g = new_case(h5, name, layer, torch_f32_tol_used=used, **attrs)
     for k, t in tensors.items():
         put(g, k, t)
