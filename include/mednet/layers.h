@@ -57,6 +57,8 @@ mn_err mn_maxpool3d_out_shape(const mn_maxpool3d *l, const mn_shape *in, mn_shap
 mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax);
 mn_err mn_maxpool3d_backward(const mn_maxpool3d *l, const mn_shape *in, const float *dy, const int32_t *argmax,
                              float *dx);
+/* The direct loop-nest twin of mn_maxpool3d_forward (same contract, same results bit for bit), for tests. */
+mn_err mn_maxpool3d_forward_ref(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax);
 
 /* ---- average pooling 3-D (torch.nn.AvgPool3d, count_include_pad=True) ----  k = 1 with stride s is MedicalNet's
  * type-A shortcut subsampling. */

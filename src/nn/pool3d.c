@@ -15,6 +15,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+/* Stack buffers of the vectorised max-pool path: outputs per row (lanes) and the padded input row. */
+#define MN_POOL_ROW_MAX 1024
+#define MN_POOL_PROW_MAX 4096
 
 /* Output shape of a pooling window geometry; `name` is the layer for messages. */
 static mn_err pool_out_shape(const char *name, const int k[3], const int s[3], const int p[3], const mn_shape *in,
@@ -55,8 +60,9 @@ mn_err mn_maxpool3d_out_shape(const mn_maxpool3d *l, const mn_shape *in, mn_shap
     return pool_out_shape("maxpool3d", l->k, l->s, l->p, in, out);
 }
 
-/* y (out shape) and argmax (one int32 per output element) are overwritten. */
-mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax)
+/* The direct loop nest: every window scanned in (z, y, x) order, strict > so the first maximum wins, a NaN always
+ * takes over; PyTorch starts from -inf with the index of the window's first real voxel. */
+mn_err mn_maxpool3d_forward_ref(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax)
 {
     mn_shape out = {0, 0, 0, 0, 0};
     MN_CALL(mn_maxpool3d_out_shape(l, in, &out));
@@ -77,7 +83,6 @@ mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const flo
                 for (int ox = 0; ox < OW; ox++) {
                     int x0, x1;
                     window(ox, l->k[2], l->s[2], l->p[2], W, &x0, &x1);
-                    /* PyTorch starts from -inf with the index of the first real voxel of the window. */
                     float best = -INFINITY;
                     int32_t bi = (int32_t)(((size_t)z0 * H + y0) * W + x0);
                     for (int z = z0; z < z1; z++)
@@ -94,6 +99,87 @@ mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const flo
                     size_t o = ((size_t)oz * OH + oy) * OW + ox;
                     ys[o] = best;
                     as[o] = bi;
+                }
+            }
+        }
+    }
+    return MN_OK;
+}
+
+/* One window tap for a row of nb outputs: candidate j is prow[j*sx + kx] (a -inf padded copy of input row `row`),
+ * whose index in the slice is row + j*sx + kx - px.  Branch-free selects; a NaN always takes over. */
+static inline __attribute__((always_inline)) void max_tap(const float *prow, int kx, int sx, int px, int32_t row,
+                                                          int nb, float *best, int32_t *bi)
+{
+    /* nb is a multiple of 16: fixed-length inner loops compile to whole vectors with no scalar remainder. */
+    for (int j0 = 0; j0 < nb; j0 += 16) {
+#pragma omp simd
+        for (int t = 0; t < 16; t++) {
+            const int j = j0 + t;
+            float v = prow[j * sx + kx];
+            int take = (v > best[j]) | (v != v);
+            best[j] = take ? v : best[j];
+            bi[j] = take ? row + j * sx + kx - px : bi[j];
+        }
+    }
+}
+
+/* y (out shape) and argmax (one int32 per output element) are overwritten.
+ * Fast path: one output row at a time, vectorised over ox.  Each input row of the window is first copied into a
+ * -inf padded buffer, so every tap is a plain (strided) load with no bounds test, and the row of outputs is
+ * rounded up to a multiple of 16 lanes (the extra lanes read padding and are dropped).  For each output the taps
+ * are still visited in (z, y, x) order, so ties and NaNs resolve exactly as in mn_maxpool3d_forward_ref.  Rows
+ * too long for the stack buffers take the reference path. */
+mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax)
+{
+    mn_shape out = {0, 0, 0, 0, 0};
+    MN_CALL(mn_maxpool3d_out_shape(l, in, &out));
+    const int D = in->d, H = in->h, W = in->w, OD = out.d, OH = out.h, OW = out.w;
+    const int sx = l->s[2], px = l->p[2], kw = l->k[2];
+    const int nb = (OW + 15) / 16 * 16;                 /* lanes per output row */
+    const int plen = (nb - 1) * sx + kw;                 /* padded row length read by the taps */
+    if (nb > MN_POOL_ROW_MAX || plen > MN_POOL_PROW_MAX || px + W > plen)
+        return mn_maxpool3d_forward_ref(l, in, x, y, argmax);
+    const size_t V = mn_shape_voxels(in), OV = mn_shape_voxels(&out);
+    const long NC = (long)in->n * in->c;
+#pragma omp parallel
+    {
+        float prow[MN_POOL_PROW_MAX], best[MN_POOL_ROW_MAX];
+        int32_t bi[MN_POOL_ROW_MAX];
+        for (int i = 0; i < plen; i++) prow[i] = -INFINITY; /* the pads stay -inf: rows only fill [px, px+W) */
+#pragma omp for schedule(static)
+        for (long nc = 0; nc < NC; nc++) {
+            const float *xs = x + (size_t)nc * V;
+            float *ys = y + (size_t)nc * OV;
+            int32_t *as = argmax + (size_t)nc * OV;
+            for (int oz = 0; oz < OD; oz++) {
+                int z0, z1;
+                window(oz, l->k[0], l->s[0], l->p[0], D, &z0, &z1);
+                for (int oy = 0; oy < OH; oy++) {
+                    int y0, y1;
+                    window(oy, l->k[1], l->s[1], l->p[1], H, &y0, &y1);
+                    for (int j = 0; j < nb; j++) {
+                        int x0 = j * sx - px;
+                        best[j] = -INFINITY;
+                        bi[j] = (int32_t)(((size_t)z0 * H + y0) * W + (x0 < 0 ? 0 : x0));
+                    }
+                    for (int z = z0; z < z1; z++)
+                        for (int yy = y0; yy < y1; yy++) {
+                            const size_t row = ((size_t)z * H + yy) * W;
+                            memcpy(prow + px, xs + row, (size_t)W * sizeof(float));
+                            /* Literal strides let the compiler use loads + permutes instead of gathers. */
+                            for (int kx = 0; kx < kw; kx++) {
+                                if (sx == 2)
+                                    max_tap(prow, kx, 2, px, (int32_t)row, nb, best, bi);
+                                else if (sx == 1)
+                                    max_tap(prow, kx, 1, px, (int32_t)row, nb, best, bi);
+                                else
+                                    max_tap(prow, kx, sx, px, (int32_t)row, nb, best, bi);
+                            }
+                        }
+                    const size_t o = ((size_t)oz * OH + oy) * OW;
+                    memcpy(ys + o, best, (size_t)OW * sizeof(float));
+                    memcpy(as + o, bi, (size_t)OW * sizeof(int32_t));
                 }
             }
         }

@@ -419,6 +419,41 @@ static void pool_gradcheck(int kind, mn_shape in, const int k[3], const int s[3]
     free(c.x), free(c.y), free(c.r), free(c.dx), free(c.arg);
 }
 
+/* The vectorised max-pool path against its loop-nest twin, bit for bit, on random data with ties and NaNs and on
+ * geometries that cover every stride specialisation and the fallback for long rows. */
+static void test_maxpool_fast_vs_ref(void)
+{
+    const struct {
+        mn_shape in;
+        mn_maxpool3d l;
+    } cases[] = {
+        {{2, 3, 7, 9, 11}, {{3, 3, 3}, {2, 2, 2}, {1, 1, 1}}},
+        {{1, 2, 6, 5, 33}, {{2, 2, 2}, {2, 2, 2}, {0, 0, 0}}},
+        {{1, 3, 5, 6, 20}, {{3, 2, 3}, {1, 2, 1}, {1, 1, 1}}},
+        {{2, 2, 4, 5, 19}, {{2, 3, 4}, {3, 2, 3}, {1, 1, 2}}},
+        {{1, 1, 3, 3, 2500}, {{3, 3, 3}, {2, 2, 2}, {1, 1, 1}}}, /* row too long: reference path */
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        mn_shape out;
+        TEST_EXPECT(mn_maxpool3d_out_shape(&cases[t].l, &cases[t].in, &out) == MN_OK, "out shape");
+        size_t n = mn_shape_numel(&cases[t].in), m = mn_shape_numel(&out);
+        float *x = alloc_f(n), *y1 = alloc_f(m), *y2 = alloc_f(m);
+        int32_t *a1 = calloc(m, sizeof(int32_t)), *a2 = calloc(m, sizeof(int32_t));
+        for (size_t i = 0; i < n; i++) { /* coarse values: many ties; a few NaNs and -infs */
+            uint64_t u = mn_test_rng_u64(&g_rng);
+            x[i] = u % 97 == 0 ? NAN : u % 89 == 0 ? -INFINITY : (float)(int)(u % 7) - 3.0f;
+        }
+        TEST_EXPECT(mn_maxpool3d_forward(&cases[t].l, &cases[t].in, x, y1, a1) == MN_OK, "fast");
+        TEST_EXPECT(mn_maxpool3d_forward_ref(&cases[t].l, &cases[t].in, x, y2, a2) == MN_OK, "ref");
+        int same = memcmp(a1, a2, m * sizeof(int32_t)) == 0;
+        for (size_t i = 0; i < m; i++) same &= (y1[i] == y2[i]) || (isnan(y1[i]) && isnan(y2[i]));
+        TEST_EXPECT(same, "maxpool fast != ref in case %zu", t);
+        free(x), free(y1), free(y2), free(a1), free(a2);
+    }
+    printf("  maxpool vectorised vs loop nest: %zu geometries identical (values and argmax)\n",
+           sizeof cases / sizeof cases[0]);
+}
+
 /* Forward values that the gradient check cannot see: ties, -inf padding, divisors, k=1 subsampling. */
 static void test_pool_values(void)
 {
@@ -632,6 +667,7 @@ int main(void)
     test_bn_split();
     test_bn_errors();
     test_pool_values();
+    test_maxpool_fast_vs_ref();
     test_upsample_values();
     test_labels_nearest();
     test_eltwise();
