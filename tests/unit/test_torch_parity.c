@@ -41,7 +41,7 @@
 #define RTOL 1e-4
 #define ATOL 1e-5
 #define MAX_BUFS 64
-#define MAX_CASES 256
+#define MAX_CASES 512
 
 /* One case: its group, name, and every buffer allocated for it (freed together at the end of the case). */
 typedef struct fx {
