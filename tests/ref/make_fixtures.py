@@ -5,7 +5,8 @@ Usage: /usr/bin/python3 make_fixtures.py OUT.h5
 
 Writes one HDF5 group per case at the root of OUT.h5.  Every group carries the attribute `layer` (which mednet
 routine the C test runs) and the case's hyper-parameters as attributes (k, s, p, dil, op, eps, momentum, training,
-ignore_index, ...); tensor shapes are the dataset shapes, so the C test reads everything from the file.
+ignore_index, ...); tensor shapes are the dataset shapes, so the C test reads everything from the file.  Named
+cases cover the geometries the issue and MedicalNet need; a seeded random sweep (sweep()) adds awkward ones.
 
 Datasets per case (float32 unless noted):
   x            input (int32 for label resizing)
