@@ -2,19 +2,24 @@
  *
  * Per group of samples (see below), with rows = cin*kvol, P = output voxels, W the (cout x rows) weight matrix
  * and col the (rows x nb*P) unfolded input:
- *   forward           Y  = W * col                     (cout x nb*P, k = rows)
- *   backward-weights  dW += dY * col^T                 (cout x rows, k = nb*P)
- *   backward-data     dcol = W^T * dY, then col2vol   (rows x nb*P, k = cout)
- * Transposed operands are strides, not copies (nn/gemm.h).  The column buffer is reused by backward-weights and
- * backward-data in turn, so backward needs no more workspace than forward.
+ *   forward           Ycl = col^T * W^T, then transposed into NCDHW (+ bias)   (nb*P x cout, k = rows)
+ *   backward-weights  dWt = col * dY^T, then dW += dWt^T                        (rows x cout, k = nb*P)
+ *   backward-data     dcol = W^T * dY, then col2vol                              (rows x nb*P, k = cout)
+ * Transposed operands are strides, not copies (nn/gemm.h).  Why the forward result is computed channels-last and
+ * the weight gradient transposed: BLIS's skx sgemm micro-kernel is 32x12 and column-preferring, and it flips a
+ * product to suit it; computed directly, Y (cout x P, row-major) and dW (cout x rows) put the small cout on the
+ * 12-wide side, and the 64-channel layers ran at 40-50% of peak.  With cout on the 32-wide side they run 1.4-2x
+ * faster (measured on the layer1 and stem shapes); the extra transpose moves cout*P (resp. cout*rows) floats,
+ * rows (resp. P) times less than the GEMM's work.  The column buffer is reused by backward-weights and
+ * backward-data in turn.
  *
  * Batching: small volumes (the dilated stages run on 8^3 = 512 voxels) make skinny GEMMs, so several samples
  * are unfolded side by side and share one GEMM.  The group size is the smallest count that gives about
  * MN_CONV_GEMM_COLS columns (stem and layer1 volumes are big enough alone; layer4 takes the whole batch).  A packed
- * group's output and output gradient go through a (cout x nb*P) staging block: one extra pass over a tensor that
- * is rows times smaller than the GEMM work.  Rejected: one GEMM per sample everywhere (k = 512 for the
- * backward-weights product of layer4 runs well below BLIS peak) and packing the whole batch (workspace grows with
- * N for no gain once a GEMM has a few thousand columns).
+ * group's output gradient is copied into a (cout x nb*P) staging block (the same block holds the channels-last
+ * forward result): one extra pass over a tensor that is rows times smaller than the GEMM work.  Rejected: one
+ * GEMM per sample everywhere (k = 512 for the backward-weights product of layer4 runs well below BLIS peak) and
+ * packing the whole batch (workspace grows with N for no gain once a GEMM has a few thousand columns).
  *
  * A 1x1x1 convolution with stride 1 and no padding needs no unfolding: x itself is the column matrix (one GEMM per
  * sample, no workspace).  A strided 1x1x1 convolution goes through vol2col, which is then a cheap strided gather.
@@ -133,7 +138,7 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     const size_t P = (size_t)o[0] * o[1] * o[2];
     const size_t rows = (size_t)l->cin * l->k[0] * l->k[1] * l->k[2];
     const int g = conv_group(in->n, P);
-    return rows * g * P + (g > 1 ? (size_t)l->cout * g * P : 0);
+    return rows * g * P + (size_t)l->cout * g * P + rows * l->cout;
 }
 
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in)
@@ -172,14 +177,10 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
         const size_t ld = (size_t)nb * P;
         float *yn = y + (size_t)n0 * K * P;
         mn_vol2col(&g, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, P);
-        if (nb == 1) {
-            MN_CALL(mn_gemm(K, (int)P, rows, 1.0f, l->w, rows, 1, col, (ptrdiff_t)P, 1, 0.0f, yn, (ptrdiff_t)P, 1));
-            if (l->b) mn_bias_add(yn, 1, K, P, l->b);
-        } else {
-            MN_CALL(mn_gemm(K, (int)ld, rows, 1.0f, l->w, rows, 1, col, (ptrdiff_t)ld, 1, 0.0f, stage,
-                            (ptrdiff_t)ld, 1));
-            mn_batch_unpack(stage, nb, K, P, l->b, 0, yn);
-        }
+        /* Channels-last product (nb*P x K) = col^T W^T, then transposed into NCDHW with the bias (see above). */
+        MN_CALL(mn_gemm((int)ld, K, rows, 1.0f, col, 1, (ptrdiff_t)ld, l->w, 1, rows, 0.0f, stage, K, 1));
+        for (int i = 0; i < nb; i++)
+            mn_transpose(stage + (size_t)i * P * K, P, (size_t)K, l->b, 0, yn + (size_t)i * K * P);
     }
     return MN_OK;
 }
@@ -215,7 +216,7 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     conv_vgeom(l, in, &out, &g);
     const int rows = (int)mn_vgeom_rows(&g);
     const int G = conv_group(N, P);
-    float *col = ws, *stage = ws + (size_t)rows * G * P;
+    float *col = ws, *stage = ws + (size_t)rows * G * P, *dwt = stage + (size_t)K * G * P;
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
         const size_t ld = (size_t)nb * P;
@@ -227,8 +228,9 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
         }
         if (l->dw) {
             mn_vol2col(&g, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, P);
-            MN_CALL(mn_gemm(K, rows, (int)ld, 1.0f, dyg, (ptrdiff_t)ld, 1, col, 1, (ptrdiff_t)ld, 1.0f, l->dw, rows,
-                            1));
+            /* dW^T (rows x K) = col dY^T, summed over the groups in the staging block, added to dW at the end. */
+            MN_CALL(mn_gemm(rows, K, (int)ld, 1.0f, col, (ptrdiff_t)ld, 1, dyg, 1, (ptrdiff_t)ld, n0 ? 1.0f : 0.0f,
+                            dwt, K, 1));
         }
         if (dx) {
             MN_CALL(mn_gemm(rows, (int)ld, K, 1.0f, l->w, 1, rows, dyg, (ptrdiff_t)ld, 1, 0.0f, col, (ptrdiff_t)ld,
@@ -236,6 +238,7 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
             mn_col2vol(&g, nb, col, ld, P, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
         }
     }
+    if (l->dw) mn_transpose(dwt, (size_t)rows, (size_t)K, NULL, 1, l->dw);
     return MN_OK;
 }
 

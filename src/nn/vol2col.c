@@ -170,3 +170,25 @@ void mn_bias_grad(const float *dy, int nb, int ch, size_t P, float *db)
         db[c] += (float)acc;
     }
 }
+
+void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int accumulate, float *dst)
+{
+    enum { TB = 32 };
+    const long nrb = (long)((nr + TB - 1) / TB);
+#pragma omp parallel for schedule(static) if (nr * nc > 65536)
+    for (long rb = 0; rb < nrb; rb++) {
+        const size_t r0 = (size_t)rb * TB, r1 = r0 + TB < nr ? r0 + TB : nr;
+        for (size_t c0 = 0; c0 < nc; c0 += TB) {
+            const size_t c1 = c0 + TB < nc ? c0 + TB : nc;
+            for (size_t c = c0; c < c1; c++) {
+                float *d = dst + c * nr;
+                if (accumulate) {
+                    for (size_t r = r0; r < r1; r++) d[r] += src[r * nc + c];
+                } else {
+                    const float b = bias ? bias[c] : 0.0f;
+                    for (size_t r = r0; r < r1; r++) d[r] = src[r * nc + c] + b;
+                }
+            }
+        }
+    }
+}

@@ -53,6 +53,11 @@ void mn_batch_pack(const float *src, int nb, int ch, size_t P, float *dst);
 /* dst (NC...) = src (packed) + bias[c] (bias may be NULL); accumulate != 0 adds into dst instead (bias ignored). */
 void mn_batch_unpack(const float *src, int nb, int ch, size_t P, const float *bias, int accumulate, float *dst);
 
+/* Transpose an (nr x nc) row-major matrix src into the (nc x nr) row-major dst: dst[c*nr + r] = src[r*nc + c]
+ * + bias[c] (bias may be NULL), or dst[...] += src[...] when accumulate != 0 (bias ignored).  Cache-blocked, OpenMP
+ * parallel over column blocks of dst (no two threads write the same element). */
+void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int accumulate, float *dst);
+
 /* y[i, c, :] += bias[c] for nb samples of ch channels of P voxels. */
 void mn_bias_add(float *y, int nb, int ch, size_t P, const float *bias);
 

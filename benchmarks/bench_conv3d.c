@@ -1,0 +1,382 @@
+/* bench_conv3d.c: GFLOP/s of the convolutions of MedicalNet ResNet-18 (input 1x64^3, batch 2), against BLIS sgemm
+ * and PyTorch measured in the same run.
+ *
+ * For every distinct conv shape of the network (weighted by how often it occurs), the driver first validates the
+ * fast path against the _ref loop nests on a reduced copy (channels divided by 16, same spatial geometry and
+ * batch), then times forward, backward-data and backward-weights (median of REPS calls after a warm-up), and
+ * prints GFLOP/s per shape and pass plus the network-weighted total (dense FLOPs, padded taps counted, as
+ * mn_conv3d_flops).  The reference is BLIS sgemm on 2048^3 in the same process; the target is >= 60% of it.
+ * If /usr/bin/python3 imports torch, benchmarks/torch_conv3d.py times the same shapes with the same thread count
+ * (jemalloc preloaded, as ENVIRONMENT.md recommends) and the ratio is printed.  Type-B downsample 1x1 convs
+ * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
+ *
+ * Usage: bench_conv3d [THREADS] [REPS]   (THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
+ * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <blis.h>
+
+#include "mednet/conv3d.h"
+#include "mednet/mem.h"
+#include "mednet/threads.h"
+
+typedef struct shape_spec {
+    const char *name;
+    int transposed;
+    int cin, cout, ext, k, s, p, dil, op, bias;
+    int count;    /* occurrences in ResNet-18; 0 = extra (not in the total) */
+} shape_spec;
+
+/* MedicalNet ResNet-18, shortcut A, input 1x64^3, batch 2, with the conv_seg head. */
+static const shape_spec g_shapes[] = {
+    {"stem 1->64 k7 s2 p3 @64^3", 0, 1, 64, 64, 7, 2, 3, 1, 0, 0, 1},
+    {"layer1 64->64 k3 p1 @16^3", 0, 64, 64, 16, 3, 1, 1, 1, 0, 0, 4},
+    {"layer2 64->128 k3 s2 p1 @16^3", 0, 64, 128, 16, 3, 2, 1, 1, 0, 0, 1},
+    {"layer2 128->128 k3 p1 @8^3", 0, 128, 128, 8, 3, 1, 1, 1, 0, 0, 3},
+    {"layer3 128->256 k3 d2 p2 @8^3", 0, 128, 256, 8, 3, 1, 2, 2, 0, 0, 1},
+    {"layer3 256->256 k3 d2 p2 @8^3", 0, 256, 256, 8, 3, 1, 2, 2, 0, 0, 3},
+    {"layer4 256->512 k3 d4 p4 @8^3", 0, 256, 512, 8, 3, 1, 4, 4, 0, 0, 1},
+    {"layer4 512->512 k3 d4 p4 @8^3", 0, 512, 512, 8, 3, 1, 4, 4, 0, 0, 3},
+    {"head convT 512->32 k2 s2 @8^3", 1, 512, 32, 8, 2, 2, 0, 1, 0, 1, 1},
+    {"head 32->32 k3 p1 @16^3", 0, 32, 32, 16, 3, 1, 1, 1, 0, 0, 1},
+    {"head 32->2 k1 @16^3", 0, 32, 2, 16, 1, 1, 0, 1, 0, 0, 1},
+    {"(B) down 64->128 k1 s2 @16^3", 0, 64, 128, 16, 1, 2, 0, 1, 0, 0, 0},
+    {"(B) down 128->256 k1 @8^3", 0, 128, 256, 8, 1, 1, 0, 1, 0, 0, 0},
+    {"(B) down 256->512 k1 @8^3", 0, 256, 512, 8, 1, 1, 0, 1, 0, 0, 0},
+};
+#define NSHAPES ((int)(sizeof g_shapes / sizeof g_shapes[0]))
+#define BATCH 2
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static float *falloc(size_t n, const char *what)
+{
+    void *p = NULL;
+    if (mn_calloc(sizeof(float) * (n ? n : 1), what, &p) != MN_OK) exit(2);
+    return p;
+}
+
+static void fill(float *x, size_t n, unsigned seed, float scale)
+{
+    unsigned long s = seed * 2654435761UL + 1;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005UL + 1442695040888963407UL;
+        x[i] = scale * ((float)((s >> 40) & 0xffffff) / 8388608.0f - 1.0f);
+    }
+}
+
+/* One layer of either kind, with buffers. */
+typedef struct bench_layer {
+    const shape_spec *sp;
+    mn_conv3d c;
+    mn_convt3d t;
+    mn_shape in, out;
+    size_t nx, ny, nw, nws;
+    float *x, *y, *dy, *dx, *w, *b, *dw, *db, *ws;
+} bench_layer;
+
+static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
+{
+    memset(L, 0, sizeof *L);
+    L->sp = sp;
+    int cin = sp->cin / cdiv > 0 ? sp->cin / cdiv : 1, cout = sp->cout / cdiv > 0 ? sp->cout / cdiv : 1;
+    L->in = (mn_shape){BATCH, cin, sp->ext, sp->ext, sp->ext};
+    int kv = sp->k * sp->k * sp->k;
+    L->nw = (size_t)cin * cout * kv;
+    if (sp->transposed) {
+        L->t = (mn_convt3d){.cin = cin, .cout = cout, .k = {sp->k, sp->k, sp->k}, .s = {sp->s, sp->s, sp->s},
+                            .p = {sp->p, sp->p, sp->p}, .dil = {sp->dil, sp->dil, sp->dil},
+                            .op = {sp->op, sp->op, sp->op}};
+        if (mn_convt3d_out_shape(&L->t, &L->in, &L->out) != MN_OK) return 1;
+        L->nws = mn_convt3d_workspace_floats(&L->t, &L->in);
+    } else {
+        L->c = (mn_conv3d){.cin = cin, .cout = cout, .k = {sp->k, sp->k, sp->k}, .s = {sp->s, sp->s, sp->s},
+                           .p = {sp->p, sp->p, sp->p}, .dil = {sp->dil, sp->dil, sp->dil}};
+        if (mn_conv3d_out_shape(&L->c, &L->in, &L->out) != MN_OK) return 1;
+        L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
+    }
+    L->nx = mn_shape_numel(&L->in);
+    L->ny = mn_shape_numel(&L->out);
+    L->x = falloc(L->nx, "x");
+    L->dx = falloc(L->nx, "dx");
+    L->y = falloc(L->ny, "y");
+    L->dy = falloc(L->ny, "dy");
+    L->w = falloc(L->nw, "w");
+    L->dw = falloc(L->nw, "dw");
+    L->b = falloc(cout, "b");
+    L->db = falloc(cout, "db");
+    L->ws = falloc(L->nws, "workspace");
+    fill(L->x, L->nx, 1, 1.0f);
+    fill(L->dy, L->ny, 2, 1.0f);
+    fill(L->w, L->nw, 3, 0.05f);
+    fill(L->b, cout, 4, 1.0f);
+    return 0;
+}
+
+static void layer_free(bench_layer *L)
+{
+    float **bufs[] = {&L->x, &L->dx, &L->y, &L->dy, &L->w, &L->dw, &L->b, &L->db, &L->ws};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mn_free(bufs[i]);
+}
+
+static double layer_flops(const bench_layer *L)
+{
+    /* A transposed conv costs what its adjoint conv costs: 2 * N * cin * cout * kvol * input voxels. */
+    if (L->sp->transposed)
+        return 2.0 * L->in.n * L->t.cin * L->t.cout * L->t.k[0] * L->t.k[1] * L->t.k[2] * (double)mn_shape_voxels(&L->in);
+    return mn_conv3d_flops(&L->c, &L->in);
+}
+
+/* pass 0 forward, 1 backward-data, 2 backward-weights (+bias). */
+static mn_err run_pass(bench_layer *L, int pass, int ref)
+{
+    float *dx = pass == 1 ? L->dx : NULL;
+    float *dw = pass == 2 ? L->dw : NULL, *db = pass == 2 && L->sp->bias ? L->db : NULL;
+    if (L->sp->transposed) {
+        L->t.w = L->w;
+        L->t.b = L->sp->bias ? L->b : NULL;
+        L->t.dw = dw;
+        L->t.db = db;
+        if (pass == 0) return ref ? mn_convt3d_forward_ref(&L->t, &L->in, L->x, L->y)
+                                  : mn_convt3d_forward(&L->t, &L->in, L->x, L->y, L->ws);
+        return ref ? mn_convt3d_backward_ref(&L->t, &L->in, L->x, L->dy, dx)
+                   : mn_convt3d_backward(&L->t, &L->in, L->x, L->dy, dx, L->ws);
+    }
+    L->c.w = L->w;
+    L->c.b = L->sp->bias ? L->b : NULL;
+    L->c.dw = dw;
+    L->c.db = db;
+    if (pass == 0)
+        return ref ? mn_conv3d_forward_ref(&L->c, &L->in, L->x, L->y) : mn_conv3d_forward(&L->c, &L->in, L->x, L->y, L->ws);
+    return ref ? mn_conv3d_backward_ref(&L->c, &L->in, L->x, L->dy, dx)
+               : mn_conv3d_backward(&L->c, &L->in, L->x, L->dy, dx, L->ws);
+}
+
+static double max_relerr(const float *a, const float *b, size_t n)
+{
+    double m = 0, e = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(b[i]));
+    double floor_ = fmax(1e-6, 0.01 * m);
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / fmax(floor_, fmax(fabs(a[i]), fabs(b[i])));
+        if (d > e || d != d) e = d;
+    }
+    return e;
+}
+
+/* Fast vs _ref on the reduced copy: worst relative error over y, dx, dw, db. */
+static double validate(const shape_spec *sp)
+{
+    bench_layer L;
+    if (layer_setup(&L, sp, 16)) return INFINITY;
+    int cout = sp->transposed ? L.t.cout : L.c.cout;
+    float *yr = falloc(L.ny, "y ref"), *dxr = falloc(L.nx, "dx ref"), *dwr = falloc(L.nw, "dw ref"),
+          *dbr = falloc(cout, "db ref");
+    double e = 0;
+    if (run_pass(&L, 0, 0) || run_pass(&L, 1, 0) || run_pass(&L, 2, 0)) e = INFINITY;
+    float *y = L.y, *dx = L.dx, *dw = L.dw, *db = L.db;
+    L.y = yr;
+    L.dx = dxr;
+    L.dw = dwr;
+    L.db = dbr;
+    if (run_pass(&L, 0, 1) || run_pass(&L, 1, 1) || run_pass(&L, 2, 1)) e = INFINITY;
+    e = fmax(e, fmax(max_relerr(y, yr, L.ny), fmax(max_relerr(dx, dxr, L.nx), max_relerr(dw, dwr, L.nw))));
+    if (sp->bias) e = fmax(e, max_relerr(db, dbr, cout));
+    L.y = y;
+    L.dx = dx;
+    L.dw = dw;
+    L.db = db;
+    mn_free(&yr);
+    mn_free(&dxr);
+    mn_free(&dwr);
+    mn_free(&dbr);
+    layer_free(&L);
+    return e;
+}
+
+static double time_pass(bench_layer *L, int pass, int reps)
+{
+    double t[64];
+    if (reps > 64) reps = 64;
+    if (run_pass(L, pass, 0) != MN_OK) exit(1); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        if (run_pass(L, pass, 0) != MN_OK) exit(1);
+        t[r] = now() - t0;
+    }
+    qsort(t, reps, sizeof t[0], cmp_double);
+    return t[reps / 2];
+}
+
+static double sgemm_gflops(int n, int reps)
+{
+    float *a = falloc((size_t)n * n, "A"), *b = falloc((size_t)n * n, "B"), *c = falloc((size_t)n * n, "C");
+    fill(a, (size_t)n * n, 5, 1.0f);
+    fill(b, (size_t)n * n, 6, 1.0f);
+    float one = 1.0f, zero = 0.0f;
+    double t[64];
+    if (reps > 64) reps = 64;
+    bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, n, n, n, &one, a, n, 1, b, n, 1, &zero, c, n, 1);
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, n, n, n, &one, a, n, 1, b, n, 1, &zero, c, n, 1);
+        t[r] = now() - t0;
+    }
+    qsort(t, reps, sizeof t[0], cmp_double);
+    mn_free(&a);
+    mn_free(&b);
+    mn_free(&c);
+    return 2.0 * n * (double)n * n / t[reps / 2] * 1e-9;
+}
+
+/* Run torch_conv3d.py on the same shapes; fills tt[shape][pass] (seconds).  Returns 0 on success. */
+static int run_torch(int threads, int reps, double tt[][3], char *version, size_t vlen)
+{
+    if (getenv("MN_BENCH_NO_TORCH") && atoi(getenv("MN_BENCH_NO_TORCH"))) return 1;
+    if (system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") != 0) {
+        printf("PyTorch: /usr/bin/python3 cannot import torch; comparison skipped\n");
+        return 1;
+    }
+    char script[1024];
+    const char *env = getenv("MN_TORCH_SCRIPT");
+    if (env && *env) {
+        snprintf(script, sizeof script, "%s", env);
+    } else {
+        /* The script sits next to this source file (CMake compiles it by absolute path). */
+        snprintf(script, sizeof script, "%s", __FILE__);
+        char *slash = strrchr(script, '/');
+        snprintf(slash ? slash + 1 : script, sizeof script - (size_t)(slash ? slash + 1 - script : 0),
+                 "torch_conv3d.py");
+    }
+    static char cmd[8192];
+    int len = snprintf(cmd, sizeof cmd,
+                       "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
+                       "MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 OMP_NUM_THREADS=%d /usr/bin/python3 %s %d %d",
+                       threads, script, threads, reps);
+    for (int i = 0; i < NSHAPES; i++) {
+        const shape_spec *s = &g_shapes[i];
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
+                        s->transposed ? "convt" : "conv", BATCH, s->cin, s->cout, s->ext, s->ext, s->ext, s->k, s->s,
+                        s->p, s->dil, s->op, s->bias);
+    }
+    FILE *f = popen(cmd, "r");
+    if (!f) return 1;
+    char line[512];
+    int got = 0;
+    version[0] = 0;
+    while (fgets(line, sizeof line, f)) {
+        int i;
+        double a, b, c;
+        if (sscanf(line, "shape %d %lf %lf %lf", &i, &a, &b, &c) == 4 && i >= 0 && i < NSHAPES) {
+            tt[i][0] = a;
+            tt[i][1] = b;
+            tt[i][2] = c;
+            got++;
+        } else if (strncmp(line, "torch ", 6) == 0) {
+            snprintf(version, vlen, "%.200s", line);
+            version[strcspn(version, "\n")] = 0;
+        }
+    }
+    int rc = pclose(f);
+    if (rc != 0 || got != NSHAPES) {
+        printf("PyTorch: %s failed (status %d, %d of %d shapes)\n", script, rc, got, NSHAPES);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int threads = argc > 1 ? atoi(argv[1]) : 0;
+    if (threads <= 0) threads = (getenv("SLURM_CPUS_PER_TASK") || getenv("OMP_NUM_THREADS")) ? mn_threads_resolve(0) : 2;
+    int reps = argc > 2 ? atoi(argv[2]) : 7;
+    if (reps < 1) reps = 7;
+    if (mn_threads_init(threads) != MN_OK) return 1;
+    printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d\n", BATCH,
+           threads, reps);
+    printf("BLIS kernels: %s (%s)\n", mn_blis_arch(), mn_blis_arch_reason());
+
+    double gemm = sgemm_gflops(2048, 5);
+    printf("BLIS sgemm 2048^3: %.1f GFLOP/s\n\n", gemm);
+
+    printf("validation on reduced copies (channels / 16), fast vs _ref, y dx dw db:\n");
+    int bad = 0;
+    for (int i = 0; i < NSHAPES; i++) {
+        double e = validate(&g_shapes[i]);
+        printf("  %-32s max rel err %.2e %s\n", g_shapes[i].name, e, e <= 1e-4 ? "ok" : "FAILED");
+        if (!(e <= 1e-4)) bad = 1;
+    }
+    if (bad) {
+        fprintf(stderr, "validation failed: not timing\n");
+        return 1;
+    }
+
+    double tm[NSHAPES][3], fl[NSHAPES];
+    size_t ws_max = 0;
+    printf("\n%-32s %5s %8s | %8s %8s %8s  GFLOP/s (fwd, bwd-data, bwd-weights)\n", "shape", "count", "GFLOP",
+           "fwd", "bwd-d", "bwd-w");
+    for (int i = 0; i < NSHAPES; i++) {
+        bench_layer L;
+        if (layer_setup(&L, &g_shapes[i], 1)) return 1;
+        fl[i] = layer_flops(&L);
+        if (L.nws > ws_max) ws_max = L.nws;
+        for (int p = 0; p < 3; p++) tm[i][p] = time_pass(&L, p, reps);
+        printf("%-32s %5d %8.3f | %8.1f %8.1f %8.1f\n", g_shapes[i].name, g_shapes[i].count, fl[i] * 1e-9,
+               fl[i] / tm[i][0] * 1e-9, fl[i] / tm[i][1] * 1e-9, fl[i] / tm[i][2] * 1e-9);
+        layer_free(&L);
+    }
+    double tot_fl = 0, tot_t = 0, pf[3] = {0}, pt[3] = {0};
+    for (int i = 0; i < NSHAPES; i++) {
+        if (!g_shapes[i].count) continue;
+        for (int p = 0; p < 3; p++) {
+            pf[p] += g_shapes[i].count * fl[i];
+            pt[p] += g_shapes[i].count * tm[i][p];
+        }
+    }
+    for (int p = 0; p < 3; p++) {
+        tot_fl += pf[p];
+        tot_t += pt[p];
+    }
+    double net = tot_fl / tot_t * 1e-9;
+    printf("\nResNet-18 weighted (%.1f GFLOP per fwd+bwd, %.1f ms): %.1f GFLOP/s  [fwd %.1f, bwd-data %.1f, "
+           "bwd-weights %.1f]\n",
+           tot_fl * 1e-9, tot_t * 1e3, net, pf[0] / pt[0] * 1e-9, pf[1] / pt[1] * 1e-9, pf[2] / pt[2] * 1e-9);
+    printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
+           ws_max * 4.0 / 1048576.0);
+
+    double tt[NSHAPES][3];
+    char version[256];
+    if (run_torch(threads, reps, tt, version, sizeof version) == 0) {
+        printf("\nPyTorch (%s, jemalloc), GFLOP/s and mednet/PyTorch time ratio (>1: mednet faster):\n", version);
+        printf("%-32s | %8s %8s %8s | %6s %6s %6s\n", "shape", "fwd", "bwd-d", "bwd-w", "fwd", "bwd-d", "bwd-w");
+        double tf[3] = {0};
+        for (int i = 0; i < NSHAPES; i++) {
+            printf("%-32s | %8.1f %8.1f %8.1f | %6.2f %6.2f %6.2f\n", g_shapes[i].name, fl[i] / tt[i][0] * 1e-9,
+                   fl[i] / tt[i][1] * 1e-9, fl[i] / tt[i][2] * 1e-9, tt[i][0] / tm[i][0], tt[i][1] / tm[i][1],
+                   tt[i][2] / tm[i][2]);
+            for (int p = 0; p < 3; p++) tf[p] += g_shapes[i].count * tt[i][p];
+        }
+        double ttot = tf[0] + tf[1] + tf[2];
+        printf("\nPyTorch ResNet-18 weighted: %.1f GFLOP/s (%.1f ms)  [fwd %.1f, bwd-data %.1f, bwd-weights %.1f]\n",
+               tot_fl / ttot * 1e-9, ttot * 1e3, pf[0] / tf[0] * 1e-9, pf[1] / tf[1] * 1e-9, pf[2] / tf[2] * 1e-9);
+        printf("mednet / PyTorch speed: %.2f\n", ttot / tot_t);
+    }
+    return 0;
+}
