@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "mednet/error.h"
+#include "mednet/tensor.h"
 
 /* ---- communicators --------------------------------------------------------------------------------------------- */
 
@@ -61,10 +62,7 @@ mn_err mn_dist_check_launch(MPI_Comm comm);
 
 /* ---- broadcast and averaging ----------------------------------------------------------------------------------- */
 
-/* A range of the flat parameter / gradient buffer, in floats. */
-typedef struct mn_range {
-    size_t offset, count;
-} mn_range;
+/* mn_range (offset, count in floats) is defined in mednet/tensor.h. */
 
 /* Broadcast n floats from `root` of comm, in pieces of at most 2^30 floats (MPI counts are int).
  * Collective on comm.  Overwrites buf on every rank but root. */

@@ -84,10 +84,7 @@ mn_model_config mn_model_config_default(void);
 /* The default shortcut of a depth (A for 18/34, B otherwise). */
 mn_shortcut mn_model_default_shortcut(int depth);
 
-/* Offset and length (floats) of a range in one of the flat buffers. */
-typedef struct mn_range {
-    size_t offset, count;
-} mn_range;
+/* mn_range (offset, count in floats) is defined in mednet/tensor.h. */
 
 /* One named tensor of the state dict. */
 typedef enum mn_tensor_kind {

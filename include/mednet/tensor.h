@@ -38,6 +38,12 @@ static inline int mn_shape_eq(const mn_shape *a, const mn_shape *b)
     return a->n == b->n && a->c == b->c && a->d == b->d && a->h == b->h && a->w == b->w;
 }
 
+/* A range [offset, offset + count) of a flat buffer, in elements (the encoder or one head in the model's
+ * parameter, gradient and batch-norm buffers).  Shared by the model and the MPI layer. */
+typedef struct mn_range {
+    size_t offset, count;
+} mn_range;
+
 /* Formats "NxCxDxHxW" into buf (at least 64 bytes) and returns buf, for error messages. */
 char *mn_shape_str(const mn_shape *s, char *buf);
 
