@@ -220,9 +220,10 @@ typedef struct mn_shard {
 /* Read this rank's volumes of `plan` from the corpus into memory: the file is opened with the MPI-IO driver on
  * comm, and every volume held by any rank is read with one collective H5Dread (ranks that do not hold it select
  * nothing), so each rank reads exactly its volumes, once.  The CRC-32 of each volume is checked against the
- * file's data_crc32.  File locking is disabled for the open (parallel file systems reject it) unless
- * HDF5_USE_FILE_LOCKING is set in the environment.  Collective on comm (size must equal plan->nranks).  An error
- * may be seen by some ranks only: the caller aborts. */
+ * file's data_crc32; a mismatch on any rank gives MN_ERR_FORMAT on every rank.  File locking is disabled for the
+ * open (parallel file systems reject it) unless HDF5_USE_FILE_LOCKING is set in the environment.  Collective on
+ * comm (size must equal plan->nranks).  Other errors (allocation, HDF5) may be seen by some ranks only: the
+ * caller aborts.  On error *out may hold a partly loaded shard: release it with mn_shard_destroy. */
 mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_plan *plan, mn_shard **out);
 
 void mn_shard_destroy(mn_shard **shard);

@@ -221,7 +221,9 @@ mn_err mn_corpus_def_load(MPI_Comm comm, const char *path, char **overrides, int
     }
     MN_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, comm));
     /* A read failure on rank 0 becomes the same error on every rank (rank 0 already printed why). */
-    MN_CHECK(len >= 0, (mn_err)(-1 - len), "cannot read corpus definition '%s'", path);
+    if (len < 0 && rank == 0) return mn_error_report((mn_err)(-1 - len), __FILE__, __LINE__, __func__, "called from "
+                                                     "mn_config_read_text");
+    MN_CHECK(len >= 0, (mn_err)(-1 - len), "cannot read corpus definition '%s' (rank 0 reported the cause)", path);
     if (rank != 0) {
         text = malloc((size_t)len + 1);
         MN_CHECK(text, MN_ERR_MEM, "out of memory for the corpus definition text");
@@ -354,7 +356,10 @@ mn_err mn_corpus_def_expand(MPI_Comm comm, mn_corpus_def *def)
         len = e ? -1 - (long long)e : (long long)blen;
     }
     MN_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, comm));
-    MN_CHECK(len >= 0, (mn_err)(-1 - len), "cannot expand the file lists of the corpus definition");
+    if (len < 0 && rank == 0) return mn_error_report((mn_err)(-1 - len), __FILE__, __LINE__, __func__, "called from "
+                                                     "expand_all");
+    MN_CHECK(len >= 0, (mn_err)(-1 - len), "cannot expand the file lists of the corpus definition (rank 0 reported "
+             "the cause)");
     if (rank != 0) {
         blob = malloc((size_t)len + 1);
         MN_CHECK(blob, MN_ERR_MEM, "out of memory for the file lists");

@@ -153,7 +153,9 @@ mn_err mn_corpus_open(MPI_Comm comm, const char *path, mn_corpus_info **out)
     if (rc != MPI_SUCCESS || status) {
         mn_corpus_info_destroy(&info);
         if (rc != MPI_SUCCESS) return mn_mpi_report(rc, "MPI_Bcast(status)", __FILE__, __LINE__, __func__);
-        MN_FAIL((mn_err)status, "cannot open corpus '%s'", path);
+        /* Rank 0 already said why (and keeps that as its last message); the others say where to look. */
+        if (rank == 0) return mn_error_report((mn_err)status, __FILE__, __LINE__, __func__, "called from read_rank0");
+        MN_FAIL((mn_err)status, "cannot open corpus '%s' (rank 0 reported the cause)", path);
     }
     /* Header (everything but the two arrays), then the arrays. */
     mn_corpus_dataset *ds = info->datasets;
@@ -421,6 +423,7 @@ mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_p
     MN_CHECK(file >= 0, MN_ERR_FORMAT, "cannot open corpus '%s' with the MPI-IO driver", info->path);
     MN_H5(dxpl = H5Pcreate(H5P_DATASET_XFER));
     MN_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    mn_err bad = MN_OK;
     for (int v = 0; v < info->num_volumes; v++) {
         if (!any[v]) continue;
         const mn_corpus_volume *cv = &info->volumes[v];
@@ -430,14 +433,20 @@ mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_p
         MN_CALL(read_collective(file, path, H5T_NATIVE_FLOAT, sv ? sv->image : NULL, dxpl));
         snprintf(path, sizeof path, "/%s/vol_%04d/label", info->datasets[cv->dataset].name, cv->index);
         MN_CALL(read_collective(file, path, H5T_NATIVE_UINT8, sv ? sv->label : NULL, dxpl));
-        if (sv) {
+        /* A CRC mismatch is recorded, not returned: the other ranks are still in the collective loop. */
+        if (sv && !bad) {
             uint32_t crc = mn_corpus_data_crc(sv->image, sv->label, cv->shape[0] * cv->shape[1] * cv->shape[2]);
-            MN_CHECK(crc == cv->data_crc32, MN_ERR_FORMAT, "corpus '%s': %s has CRC-32 %08x, the file says %08x "
-                     "(corrupt or truncated file)", info->path, path, (unsigned)crc, (unsigned)cv->data_crc32);
+            if (crc != cv->data_crc32)
+                bad = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "corpus '%s': volume /%s/vol_%04d "
+                                      "has CRC-32 %08x, the file says %08x (corrupt or modified file)", info->path,
+                                      info->datasets[cv->dataset].name, cv->index, (unsigned)crc,
+                                      (unsigned)cv->data_crc32);
         }
     }
     MN_H5(H5Pclose(dxpl));
     MN_H5(H5Fclose(file));
     free(held), free(any);
+    /* Every rank learns that some shard is corrupt and returns the same code. */
+    MN_CALL(mn_mpi_agree(comm, bad));
     return MN_OK;
 }

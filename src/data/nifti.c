@@ -3,8 +3,9 @@
  * libnifti does the parsing, byte swapping and decompression; this file adds what mednet needs around it:
  * - a magic check of its own before libnifti sees the file (zlib's gzread reads plain and gzipped files alike),
  *   because libnifti silently falls back to ANALYZE 7.5 for a 348-byte header without the NIfTI magic;
- * - the header is read first and checked (3-D only, known voxel type), then the voxels are loaded, so that a
- *   truncated .nii.gz is reported as such rather than as a generic read failure;
+ * - the header is read first and checked (3-D only, known voxel type), then the voxels are read by us through
+ *   zlib (libnifti's loader silently turns NaN/Inf floats into 0, hiding corrupt voxels), so that a truncated
+ *   .nii.gz is reported as such and NaNs survive to the validation of prep;
  * - conversion of every voxel type to float with scl_slope/scl_inter, and the affine choice (sform > qform >
  *   pixdim) documented in nifti.h.
  * libnifti's own stderr chatter is switched off (debug level 0): every failure is reported once, by us.
@@ -199,31 +200,66 @@ static void convert(const void *src, int dt, int64_t n, double slope, double int
 #undef CONV
 }
 
+/* Read the nvox*nbyper voxel bytes ourselves (zlib reads .nii and .nii.gz alike) and swap them to the CPU's byte
+ * order.  Not nifti_image_load: libnifti silently replaces NaN/Inf floats with 0, which would hide exactly the
+ * corrupt voxels that prep must reject. */
+static mn_err load_voxels(const char *path, const nifti_image *nim, void **out)
+{
+    *out = NULL;
+    int64_t bytes = nim->nvox * nim->nbyper;
+    unsigned char *buf = malloc((size_t)(bytes ? bytes : 1));
+    MN_CHECK(buf, MN_ERR_MEM, "out of memory for %lld bytes of voxels of '%s'", (long long)bytes, path);
+    const char *iname = nim->iname ? nim->iname : path;
+    gzFile g = gzopen(iname, "rb");
+    if (!g) {
+        free(buf);
+        MN_FAIL(MN_ERR_IO, "cannot open the voxel data of '%s' ('%s'): %s", path, iname, strerror(errno));
+    }
+    int64_t got = 0;
+    int ok = gzseek(g, (z_off_t)nim->iname_offset, SEEK_SET) == (z_off_t)nim->iname_offset;
+    while (ok && got < bytes) {
+        int64_t want = bytes - got > (1 << 30) ? (1 << 30) : bytes - got;
+        int r = gzread(g, buf + got, (unsigned)want);
+        if (r <= 0) break;
+        got += r;
+    }
+    gzclose(g);
+    if (!ok || got < bytes) {
+        free(buf);
+        MN_FAIL(MN_ERR_FORMAT, "'%s': only %lld of the %lld bytes of voxel data could be read: file truncated or "
+                "corrupt", path, (long long)(ok ? got : 0), (long long)bytes);
+    }
+    if (nim->nbyper > 1 && nim->byteorder != nifti_short_order()) nifti_swap_Nbytes(nim->nvox, nim->nbyper, buf);
+    *out = buf;
+    return MN_OK;
+}
+
 mn_err mn_nifti_read(const char *path, mn_volume *vol, mn_nifti_info *info)
 {
     nifti_image *nim = NULL;
     mn_nifti_info local;
     if (!info) info = &local;
     MN_CALL(open_header(path, &nim, vol, info));
-    /* nifti_image_load reads exactly nvox*nbyper bytes; a short read (truncated .nii or .nii.gz) fails here. */
-    if (nifti_image_load(nim) < 0 || !nim->data) {
-        long long want = (long long)nim->nvox * nim->nbyper;
+    void *raw = NULL;
+    mn_err e = load_voxels(path, nim, &raw);
+    if (e) {
         nifti_image_free(nim);
         memset(vol, 0, sizeof *vol);
-        MN_FAIL(MN_ERR_FORMAT, "'%s': cannot read the %lld bytes of voxel data: file truncated or corrupt", path,
-                want);
+        MN_CALL(e);
     }
     int64_t n = mn_volume_voxels(vol);
     vol->data = malloc((size_t)n * sizeof(float));
     if (!vol->data) {
+        free(raw);
         nifti_image_free(nim);
         MN_FAIL(MN_ERR_MEM, "out of memory for %lld voxels of '%s'", (long long)n, path);
     }
     double slope = nim->scl_slope, inter = nim->scl_inter;
     if (slope == 0 || !isfinite(slope) || !isfinite(inter)) slope = 1, inter = 0;
-    convert(nim->data, nim->datatype, n, slope, inter, vol->data);
+    convert(raw, nim->datatype, n, slope, inter, vol->data);
+    free(raw);
     nifti_image_free(nim);
-    mn_err e = mn_file_crc32(path, &info->file_bytes, &info->crc32);
+    e = mn_file_crc32(path, &info->file_bytes, &info->crc32);
     if (e) {
         mn_volume_free(vol);
         MN_CALL(e);

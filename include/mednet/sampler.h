@@ -1,0 +1,55 @@
+/* sampler.h: the per-rank sampler: random training crops from the volumes of a shard (mednet/corpus.h).
+ *
+ * Each call draws n crops of a configured size (D, H, W).  A share `fg_share` of them is centred on a random
+ * foreground voxel (label > 0) of the chosen volume (nnU-Net's oversampling of foreground, which matters for
+ * small structures); the rest are placed uniformly.  Volumes are chosen uniformly among the shard's volumes.
+ * Augmentation: a random flip per enabled axis (probability 1/2), and intensity jitter x' = x*(1+a) + b with a, b
+ * uniform in [-jitter_scale, jitter_scale] and [-jitter_shift, jitter_shift], one draw per crop.
+ * A crop that reaches outside its volume (crops larger than the volume, or foreground near the border) is padded
+ * with x = 0 and label MN_LABEL_IGNORE, which losses must skip.
+ *
+ * Determinism: everything a call draws comes from a generator seeded with (seed, rank, step) only, so a step can
+ * be replayed (resume from a checkpoint) and does not depend on previous calls.  The samples of one call are
+ * ordered by dataset index (stable), so each per-dataset head sees one contiguous sub-batch.
+ */
+#ifndef MEDNET_SAMPLER_H
+#define MEDNET_SAMPLER_H
+
+#include <stdint.h>
+#include "mednet/config.h"
+#include "mednet/corpus.h"
+#include "mednet/error.h"
+
+/* Label value of padded voxels: to be ignored by the losses. */
+#define MN_LABEL_IGNORE (-1)
+
+typedef struct mn_sampler_config {
+    int crop[3];           /* D, H, W of a crop, each > 0 */
+    double fg_share;       /* 0..1: share of crops centred on foreground */
+    int flip[3];           /* 1: random flips along D, H, W */
+    double jitter_scale;   /* >= 0 */
+    double jitter_shift;   /* >= 0 */
+    uint64_t seed;
+} mn_sampler_config;
+
+typedef struct mn_sampler mn_sampler;
+
+/* Read a sampler configuration from [section]: crop (1 or 3 integers, default 32), fg_share (0.33), flip (true:
+ * all three axes), jitter_scale (0.1), jitter_shift (0.1), seed (0).  Each key is marked used.  MN_ERR_CONFIG on
+ * bad values. */
+mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_config *out);
+
+/* Create a sampler over the volumes of `shard` (borrowed: it must outlive the sampler) for rank `rank`.
+ * Precomputes each volume's foreground voxel list.  MN_ERR_ARG for an empty shard or bad config.  Not collective. */
+mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, int rank, mn_sampler **out);
+
+void mn_sampler_destroy(mn_sampler **s);
+
+/* Draw the n crops of step `step` (>= 0):
+ *   x        (n, 1, D, H, W) floats, overwritten
+ *   labels   (n, D, H, W) int32 class indices or MN_LABEL_IGNORE, overwritten
+ *   dataset  (n) corpus dataset index of each sample, non-decreasing (may be NULL)
+ * Deterministic from (seed, rank, step).  Not collective. */
+mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset);
+
+#endif

@@ -1,0 +1,191 @@
+/* sampler.c: random crops with foreground oversampling, flips and intensity jitter (see mednet/sampler.h).
+ *
+ * A call first draws every random decision (volume, centre, flips, jitter) for its n samples in draw order from
+ * one generator seeded by (seed, rank, step), then orders the samples by dataset (stable insertion sort: n is a
+ * batch size), then copies the crops.  Drawing before ordering keeps the draws independent of the ordering.
+ * The generator is splitmix64 (one 64-bit state, passes BigCrush, trivially seedable from a hash).
+ */
+#include "mednet/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct fg_list {
+    int64_t *idx;   /* linear indices of label > 0 voxels */
+    int64_t n;
+} fg_list;
+
+struct mn_sampler {
+    const mn_shard *shard;
+    mn_sampler_config cfg;
+    int rank;
+    fg_list *fg;
+};
+
+typedef struct draw {
+    int vol;
+    int64_t origin[3];
+    int flip[3];
+    float scale, shift;
+} draw;
+
+static uint64_t next_u64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1). */
+static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) / 9007199254740992.0; }
+
+/* Uniform integer in [lo, hi]. */
+static int64_t next_range(uint64_t *s, int64_t lo, int64_t hi)
+{
+    return lo + (int64_t)(next_u64(s) % (uint64_t)(hi - lo + 1));
+}
+
+mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_config *out)
+{
+    memset(out, 0, sizeof *out);
+    double c[3];
+    int n = 0;
+    MN_CALL(mn_config_doubles(cfg, section, "crop", c, 3, &n));
+    MN_CHECK(n == 0 || n == 1 || n == 3, MN_ERR_CONFIG, "config %s: [%s] crop: expected 1 or 3 integers, got %d",
+             mn_config_origin(cfg), section, n);
+    for (int a = 0; a < 3; a++) {
+        double v = n == 0 ? 32 : c[n == 1 ? 0 : a];
+        MN_CHECK(v >= 1 && v <= 1024 && v == floor(v), MN_ERR_CONFIG, "config %s: [%s] crop: %g is not an integer "
+                 "in [1, 1024]", mn_config_origin(cfg), section, v);
+        out->crop[a] = (int)v;
+    }
+    MN_CALL(mn_config_double(cfg, section, "fg_share", 0.33, 0, 1, &out->fg_share));
+    int flip;
+    MN_CALL(mn_config_bool(cfg, section, "flip", 1, &flip));
+    out->flip[0] = out->flip[1] = out->flip[2] = flip;
+    MN_CALL(mn_config_double(cfg, section, "jitter_scale", 0.1, 0, 1, &out->jitter_scale));
+    MN_CALL(mn_config_double(cfg, section, "jitter_shift", 0.1, 0, 10, &out->jitter_shift));
+    long seed;
+    MN_CALL(mn_config_int(cfg, section, "seed", 0, 0, 0x7fffffffL, &seed));
+    out->seed = (uint64_t)seed;
+    return MN_OK;
+}
+
+void mn_sampler_destroy(mn_sampler **ps)
+{
+    if (!ps || !*ps) return;
+    mn_sampler *s = *ps;
+    if (s->fg)
+        for (int v = 0; v < s->shard->num_volumes; v++) free(s->fg[v].idx);
+    free(s->fg);
+    free(s);
+    *ps = NULL;
+}
+
+mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, int rank, mn_sampler **out)
+{
+    *out = NULL;
+    MN_CHECK(shard && shard->num_volumes > 0, MN_ERR_ARG, "sampler: rank %d has an empty shard", rank);
+    for (int a = 0; a < 3; a++)
+        MN_CHECK(cfg->crop[a] > 0, MN_ERR_ARG, "sampler: crop extent %d on axis %d must be > 0", cfg->crop[a], a);
+    MN_CHECK(cfg->fg_share >= 0 && cfg->fg_share <= 1, MN_ERR_ARG, "sampler: fg_share %g outside [0, 1]",
+             cfg->fg_share);
+    mn_sampler *s = calloc(1, sizeof *s);
+    MN_CHECK(s, MN_ERR_MEM, "out of memory");
+    s->shard = shard, s->cfg = *cfg, s->rank = rank;
+    s->fg = calloc((size_t)shard->num_volumes, sizeof *s->fg);
+    if (!s->fg) {
+        mn_sampler_destroy(&s);
+        MN_FAIL(MN_ERR_MEM, "out of memory");
+    }
+    for (int v = 0; v < shard->num_volumes; v++) {
+        const mn_shard_volume *sv = &shard->volumes[v];
+        int64_t n = sv->shape[0] * sv->shape[1] * sv->shape[2], c = 0;
+        for (int64_t i = 0; i < n; i++) c += sv->label[i] > 0;
+        s->fg[v].idx = malloc((size_t)(c ? c : 1) * sizeof(int64_t));
+        if (!s->fg[v].idx) {
+            mn_sampler_destroy(&s);
+            MN_FAIL(MN_ERR_MEM, "out of memory for the foreground list of volume %d", v);
+        }
+        for (int64_t i = 0; i < n; i++)
+            if (sv->label[i] > 0) s->fg[v].idx[s->fg[v].n++] = i;
+    }
+    *out = s;
+    return MN_OK;
+}
+
+/* Copy one crop (with flips, jitter and padding) into x and labels. */
+static void render(const mn_sampler *s, const draw *dr, float *x, int32_t *labels)
+{
+    const mn_shard_volume *sv = &s->shard->volumes[dr->vol];
+    const int *c = s->cfg.crop;
+    const int64_t D = sv->shape[0], H = sv->shape[1], W = sv->shape[2];
+    int64_t o = 0;
+    for (int z = 0; z < c[0]; z++) {
+        int64_t vz = dr->origin[0] + (dr->flip[0] ? c[0] - 1 - z : z);
+        for (int y = 0; y < c[1]; y++) {
+            int64_t vy = dr->origin[1] + (dr->flip[1] ? c[1] - 1 - y : y);
+            for (int xx = 0; xx < c[2]; xx++, o++) {
+                int64_t vx = dr->origin[2] + (dr->flip[2] ? c[2] - 1 - xx : xx);
+                if (vz < 0 || vz >= D || vy < 0 || vy >= H || vx < 0 || vx >= W) {
+                    x[o] = 0;
+                    labels[o] = MN_LABEL_IGNORE;
+                    continue;
+                }
+                int64_t i = vx + W * (vy + H * vz);
+                x[o] = sv->image[i] * dr->scale + dr->shift;
+                labels[o] = sv->label[i];
+            }
+        }
+    }
+}
+
+mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset)
+{
+    MN_CHECK(n > 0 && step >= 0, MN_ERR_ARG, "sampler: n = %d and step = %lld must be positive", n, (long long)step);
+    draw *dr = malloc((size_t)n * sizeof *dr);
+    MN_CHECK(dr, MN_ERR_MEM, "out of memory");
+    /* The generator state is a hash of (seed, rank, step): no dependence on earlier calls. */
+    uint64_t st = s->cfg.seed * 0x9E3779B97F4A7C15ULL;
+    next_u64(&st);
+    st ^= (uint64_t)s->rank * 0xD1B54A32D192ED03ULL;
+    next_u64(&st);
+    st ^= (uint64_t)step * 0x8CB92BA72F3D8DD7ULL;
+    next_u64(&st);
+    const int *c = s->cfg.crop;
+    for (int k = 0; k < n; k++) {
+        draw *d = &dr[k];
+        d->vol = (int)next_range(&st, 0, s->shard->num_volumes - 1);
+        const mn_shard_volume *sv = &s->shard->volumes[d->vol];
+        int fg = next_unit(&st) < s->cfg.fg_share && s->fg[d->vol].n > 0;
+        if (fg) {
+            int64_t i = s->fg[d->vol].idx[next_range(&st, 0, s->fg[d->vol].n - 1)];
+            int64_t p[3] = {i / (sv->shape[1] * sv->shape[2]), i / sv->shape[2] % sv->shape[1], i % sv->shape[2]};
+            for (int a = 0; a < 3; a++) d->origin[a] = p[a] - c[a] / 2;
+        } else {
+            for (int a = 0; a < 3; a++) {
+                int64_t lo = sv->shape[a] - c[a] < 0 ? sv->shape[a] - c[a] : 0;
+                int64_t hi = sv->shape[a] - c[a] > 0 ? sv->shape[a] - c[a] : 0;
+                d->origin[a] = next_range(&st, lo, hi);
+            }
+        }
+        for (int a = 0; a < 3; a++) d->flip[a] = s->cfg.flip[a] && (next_u64(&st) >> 63);
+        d->scale = (float)(1.0 + s->cfg.jitter_scale * (2 * next_unit(&st) - 1));
+        d->shift = (float)(s->cfg.jitter_shift * (2 * next_unit(&st) - 1));
+    }
+    /* Stable order by dataset index, so each head sees a contiguous sub-batch. */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && s->shard->volumes[dr[j - 1].vol].dataset > s->shard->volumes[dr[j].vol].dataset; j--) {
+            draw t = dr[j];
+            dr[j] = dr[j - 1], dr[j - 1] = t;
+        }
+    size_t vox = (size_t)c[0] * (size_t)c[1] * (size_t)c[2];
+    for (int k = 0; k < n; k++) {
+        render(s, &dr[k], x + (size_t)k * vox, labels + (size_t)k * vox);
+        if (dataset) dataset[k] = s->shard->volumes[dr[k].vol].dataset;
+    }
+    free(dr);
+    return MN_OK;
+}
