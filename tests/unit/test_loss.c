@@ -118,6 +118,76 @@ static void test_gradients(void)
     free(d.x), free(d.lab);
 }
 
+/* Every voxel of a tensor with full 64-voxel blocks and a tail, against formulas evaluated here in double. */
+static void test_vs_double(void)
+{
+    const mn_shape in = {2, 5, 5, 6, 7}; /* V = 210 = 3 blocks of 64 + 18 */
+    const int C = in.c;
+    const size_t V = mn_shape_voxels(&in), n = mn_shape_numel(&in), nv = (size_t)in.n * V;
+    loss_case c = {.name = "ref"};
+    make_case(&c, in, 0.1);
+    for (size_t i = 0; i < n; i += 7) c.x[i] *= 20.0f; /* some large logits */
+    float w[5] = {0.3f, 1.0f, 2.0f, 0.7f, 1.1f};
+    double *p = malloc(n * sizeof(double)), *gce = calloc(n, sizeof(double)), *gd = calloc(n, sizeof(double));
+    double lce = 0, wsum = 0, I[5] = {0}, P[5] = {0}, G[5] = {0};
+    for (size_t t = 0; t < nv; t++) {
+        size_t b = t / V, v = t % V;
+        double mx = -INFINITY, se = 0;
+        for (int k = 0; k < C; k++) mx = fmax(mx, c.x[(b * C + k) * V + v]);
+        for (int k = 0; k < C; k++) se += exp(c.x[(b * C + k) * V + v] - mx);
+        for (int k = 0; k < C; k++) p[(b * C + k) * V + v] = exp(c.x[(b * C + k) * V + v] - mx) / se;
+        int y = c.lab[t];
+        if (y == IGN) continue;
+        lce += w[y] * -log(p[(b * C + y) * V + v]);
+        wsum += w[y];
+        for (int k = 0; k < C; k++) {
+            P[k] += p[(b * C + k) * V + v];
+            G[k] += k == y;
+            I[k] += k == y ? p[(b * C + k) * V + v] : 0;
+        }
+    }
+    lce /= wsum;
+    const int fc = 1, K = C - fc;
+    const double sm = 0.5;
+    double ld = 0;
+    for (int k = fc; k < C; k++) ld += (2 * I[k] + sm) / (P[k] + G[k] + sm);
+    ld = 1 - ld / K;
+    for (size_t t = 0; t < nv; t++) {
+        size_t b = t / V, v = t % V;
+        int y = c.lab[t];
+        if (y == IGN) continue;
+        double a[5], dot = 0;
+        for (int k = 0; k < C; k++) {
+            double den = P[k] + G[k] + sm, num = 2 * I[k] + sm;
+            a[k] = k < fc ? 0 : (num / (den * den) - (k == y ? 2.0 / den : 0)) / K;
+            dot += p[(b * C + k) * V + v] * a[k];
+        }
+        for (int k = 0; k < C; k++) {
+            size_t i = (b * C + k) * V + v;
+            gce[i] = w[y] / wsum * (p[i] - (k == y));
+            gd[i] = p[i] * (a[k] - dot);
+        }
+    }
+    float *g = calloc(n, sizeof(float));
+    double L, eg = 0, gmax = 0;
+    long nval = 0;
+    TEST_EXPECT(mn_ce_loss(&in, c.x, c.lab, IGN, w, 1.0f, &L, g, &nval) == MN_OK, "ce");
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(gce[i]));
+    for (size_t i = 0; i < n; i++) eg = fmax(eg, fabs(g[i] - gce[i]) / gmax);
+    printf("  ce   vs double, %zu voxels (3 full blocks + tail per sample): loss rel err %.2e, max |dlogits err| / "
+           "max |dlogits| %.2e\n", nv, fabs(L - lce) / lce, eg);
+    TEST_EXPECT(fabs(L - lce) <= 1e-6 * lce && eg < 1e-5, "ce vs double: loss %.9f vs %.9f, grad %.3g", L, lce, eg);
+    memset(g, 0, n * sizeof(float));
+    eg = 0, gmax = 0;
+    TEST_EXPECT(mn_dice_loss(&in, c.x, c.lab, IGN, fc, (float)sm, 1.0f, &L, g) == MN_OK, "dice");
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(gd[i]));
+    for (size_t i = 0; i < n; i++) eg = fmax(eg, fabs(g[i] - gd[i]) / gmax);
+    printf("  dice vs double, same data: loss rel err %.2e, max |dlogits err| / max |dlogits| %.2e\n",
+           fabs(L - ld) / ld, eg);
+    TEST_EXPECT(fabs(L - ld) <= 1e-6 * ld && eg < 1e-5, "dice vs double: loss %.9f vs %.9f, grad %.3g", L, ld, eg);
+    free(p), free(gce), free(gd), free(g), free(c.x), free(c.lab);
+}
+
 static void test_values(void)
 {
     /* One voxel, three classes: CE = log(e^1 + e^2 + e^3) - 3. */
@@ -217,6 +287,7 @@ int main(void)
     mn_error_set_quiet(1);
     printf("loss gradient checks (central differences of scale * loss):\n");
     test_gradients();
+    test_vs_double();
     test_values();
     test_errors();
     return mn_test_finish("test_loss");
