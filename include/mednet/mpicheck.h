@@ -19,6 +19,11 @@ mn_err mn_mpi_report(int rc, const char *call, const char *file, int line, const
         if (mn__rc != MPI_SUCCESS) return mn_mpi_report(mn__rc, #call, __FILE__, __LINE__, __func__); \
     } while (0)
 
+/* Expression form of MN_MPI for code that must clean up before returning: evaluates to MN_OK, or reports the
+ * failed call (as MN_MPI does) and evaluates to MN_ERR_MPI. */
+mn_err mn_mpi_check_rc(int rc, const char *call, const char *file, int line, const char *func);
+#define mn_mpi_report_if(call) mn_mpi_check_rc((call), #call, __FILE__, __LINE__, __func__)
+
 /* MPI_Init_thread asking for `required`; fails unless at least that level is provided.  Sets MPI_ERRORS_RETURN on
  * MPI_COMM_WORLD and MPI_COMM_SELF, records the rank for error messages.  Collective on MPI_COMM_WORLD. */
 mn_err mn_mpi_init(int *argc, char ***argv, int required);

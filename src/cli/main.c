@@ -12,6 +12,7 @@ static const struct {
     mn_cmd_fn fn;
     const char *help;
 } commands[] = {
+    {"pretrain", mn_cmd_pretrain, "distributed multi-dataset pre-training (mednet pretrain CONFIG)"},
     {"info", mn_cmd_info, "print version, MPI size, threads and the BLIS kernel set"},
     {"prep", mn_cmd_prep, "build the corpus: NIfTI datasets -> one parallel-HDF5 file (mednet prep CONFIG)"},
 };

@@ -12,6 +12,11 @@ mn_err mn_mpi_report(int rc, const char *call, const char *file, int line, const
     return mn_error_report(MN_ERR_MPI, file, line, func, "%s failed: %s", call, text);
 }
 
+mn_err mn_mpi_check_rc(int rc, const char *call, const char *file, int line, const char *func)
+{
+    return rc == MPI_SUCCESS ? MN_OK : mn_mpi_report(rc, call, file, line, func);
+}
+
 mn_err mn_mpi_init(int *argc, char ***argv, int required)
 {
     int provided = 0, rank = 0;

@@ -1,0 +1,39 @@
+/* train.h: the distributed multi-dataset pre-training loop (`mednet pretrain`).
+ *
+ * One call runs a whole pre-training job on a communicator: read the config (rank 0 reads, broadcasts), open the
+ * corpus, assign shards, load this rank's shard, build the model with the heads of this rank's datasets, build the
+ * per-dataset communicators, broadcast rank 0's parameters, resume from the newest checkpoint of the output
+ * directory if there is one, then train: every step each rank draws `micro_batches` local batches of crops,
+ * accumulates gradients, the encoder gradient is all-reduced over all ranks in buckets that start during the
+ * backward pass of the last micro-batch, each head's gradient over the ranks that hold its dataset, and every
+ * replica applies the same optimiser update.  Checkpoints are written atomically every `checkpoint_every` steps,
+ * at the end, and when a SIGUSR1/SIGTERM is caught (then the run exits with MN_EXIT_REQUEUE).
+ *
+ * The config keys are documented in configs/pretrain_mricron.ini.
+ */
+#ifndef MEDNET_TRAIN_H
+#define MEDNET_TRAIN_H
+
+#include <mpi.h>
+#include "mednet/error.h"
+
+/* What a run ended with. */
+typedef struct mn_train_result {
+    int exit_status;      /* 0: finished; MN_EXIT_REQUEUE: checkpointed on a signal */
+    int agreed;           /* on error: 1 if every rank returned the same error (clean exit possible) */
+    long steps_done;      /* the step count reached */
+    double first_loss, last_loss;        /* mean loss over heads, first and last logged step */
+    double dice_before, dice_after;      /* mean foreground Dice over datasets, before and after training */
+} mn_train_result;
+
+/* Run pre-training with the config file `path` plus `noverrides` overrides "section.key=value".
+ * Collective on comm.  Errors that every rank sees alike (config, corpus metadata) set res->agreed. */
+mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, mn_train_result *res);
+
+/* Read a config file on rank 0 of comm, broadcast its text and parse it everywhere; apply overrides.
+ * Collective on comm; a missing or malformed file gives the same error on every rank. */
+struct mn_config;
+mn_err mn_train_config_load(MPI_Comm comm, const char *path, char **overrides, int noverrides,
+                            struct mn_config **out);
+
+#endif
