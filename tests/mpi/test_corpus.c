@@ -154,8 +154,14 @@ static void test_shards(const char *path)
             TEST_EXPECT(!memcmp(shard->volumes[i].shape, info->volumes[shard->volumes[i].volume].shape,
                                 sizeof shard->volumes[i].shape), "shape of loaded volume");
 
-        mn_sampler_config sc = {.crop = {12, 12, 12}, .fg_share = 0.5, .flip = {1, 1, 1}, .jitter_scale = 0.1,
-                                .jitter_shift = 0.1, .seed = 42};
+        /* The sampler settings come from a config section; unknown keys stay unknown. */
+        mn_config *cfg = NULL;
+        mn_sampler_config sc;
+        TEST_EXPECT(mn_config_parse("[data]\ncrop = 12\nfg_share = 0.5\nseed = 42\n", "s.ini", &cfg) == MN_OK, "parse");
+        TEST_EXPECT(cfg && mn_sampler_config_read(cfg, "data", &sc) == MN_OK && sc.crop[2] == 12 && sc.fg_share == 0.5 &&
+                        sc.seed == 42 && sc.flip[0] == 1 && sc.jitter_scale == 0.1, "sampler config");
+        TEST_EXPECT(cfg && mn_config_check_unused(cfg) == MN_OK, "sampler keys all read");
+        mn_config_destroy(&cfg);
         mn_sampler *s1 = NULL, *s2 = NULL;
         TEST_EXPECT(mn_sampler_create(shard, &sc, rank, &s1) == MN_OK, "sampler");
         TEST_EXPECT(mn_sampler_create(shard, &sc, rank, &s2) == MN_OK, "sampler 2");
