@@ -27,7 +27,7 @@ static mn_err info_only(const char *path, int ranks, unsigned long long seed, mn
     mn_corpus_info *info = NULL;
     mn_err e = mn_corpus_open(MPI_COMM_WORLD, path, &info);
     res->agreed = 1; /* mn_corpus_open fails identically on every rank */
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mn_corpus_open");
     mn_shard_plan *plan = NULL;
     e = mn_shard_assign(info, ranks > 0 ? ranks : size, seed, MN_ROLE_PRETRAIN, &plan);
     if (rank == 0) {
@@ -36,7 +36,7 @@ static mn_err info_only(const char *path, int ranks, unsigned long long seed, mn
     }
     mn_shard_plan_destroy(&plan);
     mn_corpus_info_destroy(&info);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mn_shard_assign");
     return MN_OK;
 }
 
@@ -91,11 +91,11 @@ mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res)
     mn_corpus_def *def = NULL;
     e = mn_corpus_def_load(MPI_COMM_WORLD, config, overrides, nover, &def);
     free(overrides);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mn_corpus_def_load");
     e = mn_corpus_def_expand(MPI_COMM_WORLD, def);
     if (e) {
         mn_corpus_def_destroy(&def);
-        MN_CALL(e);
+        MN_CHECK(!e, e, "called from mn_corpus_def_expand");
     }
     mn_prep_options opt = {.output = output, .force = force, .skip_bad = skip_bad};
     mn_prep_summary sum;
@@ -107,7 +107,7 @@ mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res)
     mn_corpus_def_destroy(&def);
     if (e) {
         res->agreed = sum.error_agreed;
-        MN_CALL(e);
+        MN_CHECK(!e, e, "called from mn_corpus_prep");
     }
     mn_log_info("prep: %d volume(s) written, %d pair(s) skipped, %.2f s on %d rank(s): %.2f volumes/s, %.1f MB/s "
                 "NIfTI read, %.1f MB written, checksum %08x", sum.volumes_written, sum.pairs_skipped, sum.seconds, size,

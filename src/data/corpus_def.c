@@ -42,12 +42,12 @@ static mn_err parse_label_map(const char *origin, const char *section, const cha
         if (!*t) continue;
         long long lo, hi;
         int to, used = 0;
-        if (sscanf(t, "%lld-%lld:%d%n", &lo, &hi, &to, &used) == 3 && t[used] == 0) {
-        } else if (sscanf(t, "%lld:%d%n", &lo, &to, &used) == 2 && t[used] == 0) {
+        int is_range = sscanf(t, "%lld-%lld:%d%n", &lo, &hi, &to, &used) == 3 && t[used] == 0;
+        if (!is_range) {
+            used = 0;
+            MN_CHECK(sscanf(t, "%lld:%d%n", &lo, &to, &used) == 2 && t[used] == 0, MN_ERR_CONFIG,
+                     "config %s: [%s] label_map entry '%s': expected `code:class` or `lo-hi:class`", origin, section, t);
             hi = lo;
-        } else {
-            MN_FAIL(MN_ERR_CONFIG, "config %s: [%s] label_map entry '%s': expected `code:class` or `lo-hi:class`",
-                    origin, section, t);
         }
         MN_CHECK(lo <= hi, MN_ERR_CONFIG, "config %s: [%s] label_map entry '%s': empty range", origin, section, t);
         MN_CHECK(to >= 0 && to < d->num_classes, MN_ERR_CONFIG,
@@ -204,7 +204,8 @@ mn_err mn_corpus_def_from_config(mn_config *cfg, mn_corpus_def **out)
     return MN_OK;
 fail:
     mn_corpus_def_destroy(&def);
-    return mn_error_report(err, __FILE__, __LINE__, __func__, "invalid corpus definition %s", origin);
+    /* "called from" keeps the inner message (the key and value at fault) as the last error. */
+    return mn_error_report(err, __FILE__, __LINE__, __func__, "called from reading the corpus definition %s", origin);
 }
 
 mn_err mn_corpus_def_load(MPI_Comm comm, const char *path, char **overrides, int noverrides, mn_corpus_def **out)
@@ -236,11 +237,11 @@ mn_err mn_corpus_def_load(MPI_Comm comm, const char *path, char **overrides, int
     mn_config *cfg = NULL;
     mn_err e = mn_config_parse(text, path, &cfg);
     free(text);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mn_config_parse");
     for (int i = 0; i < noverrides && !e; i++) e = mn_config_override(cfg, overrides[i]);
     if (!e) e = mn_corpus_def_from_config(cfg, out);
     mn_config_destroy(&cfg);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mn_config_override / mn_corpus_def_from_config");
     return MN_OK;
 }
 
@@ -336,7 +337,7 @@ static mn_err expand_all(const mn_corpus_def *def, char **blob, size_t *blen)
         free(ib), free(lb);
         if (e) {
             free(buf);
-            MN_CALL(e);
+            MN_CHECK(!e, e, "called from expand_list");
         }
     }
     *blob = buf;

@@ -44,7 +44,7 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
                                 "file?)", path, ds->name);
     }
     free(names);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from reading the dataset names");
     int cap = 64;
     info->volumes = calloc((size_t)cap, sizeof *info->volumes);
     MN_CHECK(info->volumes, MN_ERR_MEM, "out of memory");
@@ -135,7 +135,7 @@ static mn_err read_rank0(const char *path, mn_corpus_info *info)
              "HDF5 file", path);
     mn_err e = read_meta(file, path, info);
     MN_H5(H5Fclose(file));
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from read_meta");
     return MN_OK;
 }
 

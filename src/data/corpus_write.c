@@ -356,7 +356,7 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
         snprintf(names + (size_t)d * MN_CORPUS_NAME_LEN, MN_CORPUS_NAME_LEN, "%s", def->datasets[d].name);
     mn_err e = mn_h5_attr_strs(file, "datasets", names, def->num_datasets, MN_CORPUS_NAME_LEN);
     free(names);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mn_h5_attr_strs(datasets)");
     MN_CALL(mn_h5_attr_u32(file, "checksum", checksum));
     char hex[16];
     snprintf(hex, sizeof hex, "%08x", (unsigned)checksum);
@@ -589,7 +589,7 @@ mn_err mn_corpus_prep(MPI_Comm comm, const mn_corpus_def *def, const mn_prep_opt
     prep_free(&p);
     sum->error_agreed = agreed;
     if (e && !agreed) return e; /* a local write-phase error: the caller aborts */
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from run");
     double dt = MPI_Wtime() - t0;
     MN_MPI(MPI_Allreduce(&dt, &sum->seconds, 1, MPI_DOUBLE, MPI_MAX, comm));
     return MN_OK;

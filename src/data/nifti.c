@@ -245,7 +245,7 @@ mn_err mn_nifti_read(const char *path, mn_volume *vol, mn_nifti_info *info)
     if (e) {
         nifti_image_free(nim);
         memset(vol, 0, sizeof *vol);
-        MN_CALL(e);
+        MN_CHECK(!e, e, "called from load_voxels");
     }
     int64_t n = mn_volume_voxels(vol);
     vol->data = malloc((size_t)n * sizeof(float));
@@ -262,7 +262,7 @@ mn_err mn_nifti_read(const char *path, mn_volume *vol, mn_nifti_info *info)
     e = mn_file_crc32(path, &info->file_bytes, &info->crc32);
     if (e) {
         mn_volume_free(vol);
-        MN_CALL(e);
+        MN_CHECK(!e, e, "called from mn_file_crc32");
     }
     return MN_OK;
 }
