@@ -330,7 +330,7 @@ int main(int argc, char **argv)
 
     double tm[NSHAPES][3], fl[NSHAPES];
     size_t ws_max = 0;
-    printf("\n%-32s %5s %8s | %8s %8s %8s  GFLOP/s (fwd, bwd-data, bwd-weights)\n", "shape", "count", "GFLOP",
+    printf("\n%-32s %-6s %5s %8s | %8s %8s %8s  GFLOP/s (fwd, bwd-data, bwd-weights)\n", "shape", "path", "count", "GFLOP",
            "fwd", "bwd-d", "bwd-w");
     for (int i = 0; i < NSHAPES; i++) {
         bench_layer L;
@@ -338,7 +338,8 @@ int main(int argc, char **argv)
         fl[i] = layer_flops(&L);
         if (L.nws > ws_max) ws_max = L.nws;
         for (int p = 0; p < 3; p++) tm[i][p] = time_pass(&L, p, reps);
-        printf("%-32s %5d %8.3f | %8.1f %8.1f %8.1f\n", g_shapes[i].name, g_shapes[i].count, fl[i] * 1e-9,
+        printf("%-32s %-6s %5d %8.3f | %8.1f %8.1f %8.1f\n", g_shapes[i].name,
+               g_shapes[i].transposed ? "convT" : mn_conv3d_algo(&L.c, &L.in), g_shapes[i].count, fl[i] * 1e-9,
                fl[i] / tm[i][0] * 1e-9, fl[i] / tm[i][1] * 1e-9, fl[i] / tm[i][2] * 1e-9);
         layer_free(&L);
     }

@@ -45,6 +45,11 @@ mn_err mn_conv3d_backward_ref(const mn_conv3d *l, const mn_shape *in, const floa
  * same each.  For benchmarks. */
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
 
+/* Which fast path mn_conv3d_forward/backward take for input shape `in`: "direct" (1x1x1, stride 1, no padding:
+ * no unfolding), "dense" (vol2col of every tap), "taps" (only the taps that read inside the volume: large padding
+ * and dilation on small volumes) or "invalid".  For tests and benchmarks. */
+const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
+
 /* Transposed 3-D convolution (the adjoint of mn_conv3d with the same geometry), as torch.nn.ConvTranspose3d with
  * output_padding `op`: out = (in - 1)*s - 2p + dil*(k - 1) + op + 1. */
 typedef struct mn_convt3d {

@@ -44,6 +44,40 @@ void mn_vol2col(const mn_vgeom *g, int nb, const float *x, size_t x_nstride, flo
 void mn_col2vol(const mn_vgeom *g, int nb, const float *col, size_t ldc, size_t col_nstride, float *x,
                 size_t x_nstride);
 
+/* ---- tap-box unfolding: skipping the taps that only ever read padding ----------------------------------------
+ *
+ * Tap t = (a, b, e) reads inside the volume exactly for the outputs of one box V_t = [lo, hi) in each dimension.
+ * With large padding and dilation on small volumes (MedicalNet's dilated stages: dilation 4, padding 4 on 8^3)
+ * most of the dense column matrix is zeros (70% there).  The tap layout stores, for each tap, only the columns of
+ * its box: block t is a (c x nb*nv[t]) row-major matrix at col + c*nb*off[t], column i*nv[t] + (box voxel in
+ * z, y, x order) for sample i.  All its entries are in-volume copies: no zero fill. */
+#define MN_TAPS_MAX 64
+
+typedef struct mn_taps {
+    int n;                        /* number of taps (kd*kh*kw, at most MN_TAPS_MAX) */
+    int lo[MN_TAPS_MAX][3];       /* box of outputs that tap t reads inside the volume: [lo, hi) per dim */
+    int hi[MN_TAPS_MAX][3];
+    size_t nv[MN_TAPS_MAX];       /* voxels of the box (0 if empty) */
+    size_t off[MN_TAPS_MAX];      /* sum of nv over the taps before t */
+    size_t total, maxnv;          /* sum and maximum of nv */
+} mn_taps;
+
+/* Fill the tap boxes of geometry g.  Returns 0 (and leaves tp unusable) if the kernel has more than MN_TAPS_MAX
+ * taps. */
+int mn_taps_plan(const mn_vgeom *g, mn_taps *tp);
+
+/* Fill every tap block (overwrites c*nb*total floats of col). */
+void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *x, size_t x_nstride, float *col);
+
+/* The adjoint: x += every block entry at the voxel it was read from.  Parallel over (sample, channel). */
+void mn_col2vol_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *col, float *x, size_t x_nstride);
+
+/* Rows of a channels-last (nb*P x k) matrix src (P = output voxels) at the voxels of tap t's box, in block column
+ * order: dst[j*k + :] = src[(i*P + voxel)*k + :] (gather), or the reverse with += (scatter_add). */
+void mn_taps_gather_rows(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *src, int k, float *dst);
+void mn_taps_scatter_add_rows(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *src, int k,
+                              float *dst);
+
 /* Batch layout helpers.  A "packed" batch of nb samples with ch channels of P voxels is a (ch x nb*P) row-major
  * matrix: packed[c*nb*P + i*P + v] = nchw[i*ch*P + c*P + v].  It lets one GEMM cover several small volumes. */
 

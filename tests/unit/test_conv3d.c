@@ -2,7 +2,8 @@
  * differences, for accumulation, adjointness and shape errors.
  *
  * (a) fast vs _ref on awkward shapes (odd sizes, stride 2, padding, dilation 2 and 4, 1x1x1 with stride 1 and 2,
- *     batch 1-5 including a partial GEMM group, channels 1..9, asymmetric kernels, with/without bias): y, dx, dw,
+ *     the tap-box path of the dilated stages (with stride, with outputs that see no tap at all), batch 1-5
+ *     including a partial GEMM group, channels 1..9, asymmetric kernels, with/without bias): y, dx, dw,
  *     db to a relative error of 1e-4 with an absolute floor of 1% of the largest reference value;
  * (b) finite differences of L = sum r*y (r fixed random, L summed in double, central differences) against the fast
  *     backward pass on a sampled subset of dx, dw, db;
@@ -180,7 +181,14 @@ static void check_layer(const char *name, layer *L, mn_shape in, int bias, uint6
     *ldb(L) = NULL;
     TEST_EXPECT(l_bwd(L, &in, NULL, r, NULL, ws, 0) == MN_OK, "%s: backward with nothing wanted failed", name);
 
-    printf("  %-44s y %.1e dx %.1e dw %.1e db %.1e  fd %.1e  acc %.1e\n", name, ey, edx, edw, edb, efd, eacc);
+    if (!L->transposed && strstr(name, "(dense"))
+        TEST_EXPECT(strcmp(mn_conv3d_algo(&L->c, &in), "dense") == 0, "%s: expected the dense path, got %s", name,
+                    mn_conv3d_algo(&L->c, &in));
+    if (!L->transposed && strstr(name, "(taps"))
+        TEST_EXPECT(strcmp(mn_conv3d_algo(&L->c, &in), "taps") == 0, "%s: expected the tap path, got %s", name,
+                    mn_conv3d_algo(&L->c, &in));
+    printf("  %-44s %-6s y %.1e dx %.1e dw %.1e db %.1e  fd %.1e  acc %.1e\n", name,
+           L->transposed ? "convT" : mn_conv3d_algo(&L->c, &in), ey, edx, edw, edb, efd, eacc);
     float *bufs[] = {x, w, b, r, y, yr, ws, dx, dxr, dw, dwr, db, dbr, dx2, dw2, db2};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mn_free(&bufs[i]);
     *lw(L) = *lb(L) = NULL;
@@ -334,6 +342,16 @@ int main(void)
          {5, 3, 15, 14, 15}, 1},
         {"conv 3->2 k2x3x1 s1x2x3 p0x2x0 5x6x7 n1", mk_conv(3, 2, 2, 3, 1, 1, 2, 3, 0, 2, 0, 1, 1, 1), {1, 3, 5, 6, 7},
          0},
+        {"conv 3->4 k3 p1 dil2 13x12x11 n2 bias (dense)", mk_conv(3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 2),
+         {2, 3, 13, 12, 11}, 1},
+        {"conv 3->4 k3 p3 5x6x5 n2 bias (taps, empty rim)", mk_conv(3, 4, 3, 3, 3, 1, 1, 1, 3, 3, 3, 1, 1, 1),
+         {2, 3, 5, 6, 5}, 1},
+        {"conv 4->5 k3 s2 p3 dil3 9x8x10 n2 (taps, s2)", mk_conv(4, 5, 3, 3, 3, 2, 2, 2, 3, 3, 3, 3, 3, 3),
+         {2, 4, 9, 8, 10}, 1},
+        {"conv 3->4 k3 p4 dil4 14x14x15 n5 (taps, 3+2)", mk_conv(3, 4, 3, 3, 3, 1, 1, 1, 4, 4, 4, 4, 4, 4),
+         {5, 3, 14, 14, 15}, 1},
+        {"conv 9->7 k3 p4 dil4 8^3 n2 (taps, layer4)", mk_conv(9, 7, 3, 3, 3, 1, 1, 1, 4, 4, 4, 4, 4, 4),
+         {2, 9, 8, 8, 8}, 0},
         {"convT 6->4 k2 s2 4^3 n2 bias (seg head)", mk_convt(6, 4, 2, 2, 2, 2, 2, 2, 0, 0, 0, 1, 1, 1, 0, 0, 0),
          {2, 6, 4, 4, 4}, 1},
         {"convT 5->3 k3 s2 p1 op1 5x4x3 n3", mk_convt(5, 3, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1),
@@ -354,6 +372,8 @@ int main(void)
     check_adjoint("k3 s2 p1 9x8x7", mk_conv(4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1).c, (mn_shape){2, 4, 9, 8, 7}, 7);
     check_adjoint("k2 s2 8^3 (seg head)", mk_conv(5, 6, 2, 2, 2, 2, 2, 2, 0, 0, 0, 1, 1, 1).c,
                   (mn_shape){2, 5, 8, 8, 8}, 8);
+    check_adjoint("k3 p4 dil4 8^3 (conv on tap boxes)", mk_conv(6, 5, 3, 3, 3, 1, 1, 1, 4, 4, 4, 4, 4, 4).c,
+                  (mn_shape){2, 6, 8, 8, 8}, 10);
     check_adjoint("k3 p2 dil2 7^3", mk_conv(3, 3, 3, 3, 3, 1, 1, 1, 2, 2, 2, 2, 2, 2).c, (mn_shape){1, 3, 7, 7, 7}, 9);
 
     printf("(d) errors:\n");
