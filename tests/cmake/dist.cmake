@@ -15,3 +15,18 @@ endforeach()
 
 # Checkpoints: round trip, retention, killed write, damaged files; written by rank 0, read by every rank.
 mn_mpi_test(test_ckpt SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_ckpt.c NPROCS 1 2 3 4 TIMEOUT 60)
+
+# Signals: the flag set by SIGUSR1/SIGTERM and its agreement over the ranks.
+mn_mpi_test(test_dist_signals SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_signals.c NPROCS 1 2 3 4 TIMEOUT 60)
+
+# Slurm: a private single-node Slurm (tests/slurm/slurm_harness.sh) runs a 2-task `mednet info` job, and
+# jobs/pretrain.sbatch with a stand-in program whose time limit runs out: signal -> trap -> forward -> checkpoint ->
+# requeue -> resume.  Runs serially (it starts daemons) and takes about a minute.
+add_executable(sigprog ${CMAKE_CURRENT_SOURCE_DIR}/slurm/sigprog.c)
+target_compile_options(sigprog PRIVATE ${MN_WARNINGS})
+target_link_libraries(sigprog PRIVATE mednet_lib)
+add_test(NAME test_slurm_jobs
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/slurm_harness.sh
+                 bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_jobs.sh $<TARGET_FILE:mednet> $<TARGET_FILE:sigprog>
+                 ${PROJECT_SOURCE_DIR}/jobs)
+set_tests_properties(test_slurm_jobs PROPERTIES TIMEOUT 240 LABELS "slurm" RUN_SERIAL TRUE)

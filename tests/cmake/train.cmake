@@ -1,0 +1,31 @@
+# End-to-end pre-training on the real mricron corpus (tests/train/run_pretrain_test.sh): the corpus is built once
+# by a fixture, then the loss/Dice, resume, replica, signal and bad-config cases run against it.
+set(MN_TRAIN_DIR ${CMAKE_BINARY_DIR}/train-tests)
+file(MAKE_DIRECTORY ${MN_TRAIN_DIR})
+add_test(NAME train_prep_mricron
+         COMMAND ${MN_MPIEXEC} -n 2 $<TARGET_FILE:mednet> prep ${PROJECT_SOURCE_DIR}/configs/corpus_mricron.ini
+                 --output ${MN_TRAIN_DIR}/corpus_mricron.h5 --force)
+set_tests_properties(train_prep_mricron PROPERTIES FIXTURES_SETUP mricron_corpus TIMEOUT 300 LABELS "mpi;train"
+                     ENVIRONMENT "OMP_NUM_THREADS=1")
+function(mn_train_case name)
+  cmake_parse_arguments(T "" "NP;TIMEOUT" "" ${ARGN})
+  set(test pretrain_${name})
+  set(env "OMP_NUM_THREADS=1")
+  if(T_NP)
+    set(test ${test}_np${T_NP})
+    list(APPEND env "NP=${T_NP}")
+  endif()
+  add_test(NAME ${test}
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/train/run_pretrain_test.sh ${name} $<TARGET_FILE:mednet>
+                   ${PROJECT_SOURCE_DIR}/configs/pretrain_mricron.ini ${MN_TRAIN_DIR}/corpus_mricron.h5
+                   ${MN_TRAIN_DIR}/${test} ${MN_MPIEXEC})
+  set_tests_properties(${test} PROPERTIES FIXTURES_REQUIRED mricron_corpus TIMEOUT ${T_TIMEOUT} LABELS "mpi;train"
+                       ENVIRONMENT "${env}")
+endfunction()
+mn_train_case(e2e TIMEOUT 600)
+mn_train_case(resume TIMEOUT 300)
+mn_train_case(signal TIMEOUT 300)
+mn_train_case(badconfig TIMEOUT 120)
+foreach(np 1 2 3 4)
+  mn_train_case(replicas NP ${np} TIMEOUT 300)
+endforeach()

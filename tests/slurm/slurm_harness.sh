@@ -1,0 +1,153 @@
+#!/bin/bash
+# slurm_harness.sh: run a command against a private, single-node Slurm started here and always stopped on exit.
+#
+#   tests/slurm/slurm_harness.sh [--cpus N] COMMAND [ARGS...]
+#
+# Starts, under a fresh temporary directory: munged with its own key, socket, pid, log and seed files; slurmctld and
+# slurmd (Debian's Slurm 22.05) with a generated slurm.conf (this host as controller and only node, CPUs=N
+# advertised through SlurmdParameters=config_overrides, MpiDefault=pmix, no accounting, random free ports so that
+# two harnesses can run side by side).  Waits until the node is idle, then runs COMMAND with
+#   SLURM_CONF     the generated slurm.conf (sbatch, srun, squeue, scontrol, sinfo all read it)
+#   MN_SLURM_DIR   the temporary directory (put job output there)
+# and exits with COMMAND's status.  cred_expire=10 (default 120): slurmctld holds a requeued job back for
+# cred_expire + 1 s, which would otherwise dominate the requeue test.  On any exit (success, failure, ^C) the trap cancels the remaining jobs and
+# stops the three daemons by the PIDs in their pid files (never by name), then removes the directory; with
+# MN_SLURM_KEEP=1 it is kept, and the daemon logs are printed when COMMAND failed.  Needs root (SlurmUser=root).
+set -u
+cpus=4
+if [ "${1:-}" = "--cpus" ]; then cpus=$2; shift 2; fi
+[ $# -ge 1 ] || { echo "usage: $0 [--cpus N] COMMAND [ARGS...]" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "slurm_harness: must run as root (SlurmUser=root, private munged)" >&2; exit 2; }
+for exe in munged slurmctld slurmd sbatch srun sinfo squeue scontrol scancel; do
+    command -v "$exe" >/dev/null 2>&1 || [ -x "/usr/sbin/$exe" ] || {
+        echo "slurm_harness: '$exe' not found; install: apt-get install --no-install-recommends slurmctld slurmd slurm-client munge" >&2
+        exit 2
+    }
+done
+export PATH="$PATH:/usr/sbin"
+
+T=$(mktemp -d /tmp/mn-slurm.XXXXXX) || exit 2
+chmod 755 "$T"   # munge's socket directory must be reachable by everyone
+mkdir -p "$T/state" "$T/spool" "$T/munge"
+chmod 755 "$T/munge"
+host=$(hostname)
+log() { echo "[slurm_harness $(date -u +%T)] $*"; }
+
+stop_pid_file() { # stop_pid_file FILE NAME: TERM, wait up to 10 s, then KILL
+    local f=$1 name=$2 pid i
+    [ -s "$f" ] || return 0
+    pid=$(cat "$f")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    log "$name (pid $pid) did not stop on SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null
+}
+
+status=1
+cleanup() {
+    trap - EXIT INT TERM
+    if [ -s "$T/slurmctld.pid" ] && kill -0 "$(cat "$T/slurmctld.pid")" 2>/dev/null; then
+        # Jobs of this private cluster only (SLURM_CONF points at it); let their steps end before slurmd goes.
+        ids=$(squeue -h -o %i 2>/dev/null)
+        if [ -n "$ids" ]; then
+            log "cancelling leftover jobs: $ids"
+            # shellcheck disable=SC2086
+            scancel $ids 2>/dev/null
+            for _ in $(seq 1 100); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.1; done
+        fi
+    fi
+    stop_pid_file "$T/slurmd.pid" slurmd
+    stop_pid_file "$T/slurmctld.pid" slurmctld
+    stop_pid_file "$T/munged.pid" munged
+    if [ "$status" -ne 0 ]; then
+        for f in slurmctld.log slurmd.log munged.log; do
+            [ -s "$T/$f" ] && { echo "---- last lines of $f"; tail -n 25 "$T/$f"; }
+        done
+    fi
+    if [ "${MN_SLURM_KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'status=130; exit' INT TERM
+
+# ---- munge ------------------------------------------------------------------------------------------------------
+dd if=/dev/urandom of="$T/munge.key" bs=1024 count=1 status=none
+chmod 0400 "$T/munge.key"
+munged --key-file="$T/munge.key" --socket="$T/munge/munge.sock" --pid-file="$T/munged.pid" \
+    --log-file="$T/munged.log" --seed-file="$T/munge.seed" || { log "munged failed to start"; exit; }
+
+# ---- slurm.conf -------------------------------------------------------------------------------------------------
+# Two free ports near a pid-derived base (ctld, slurmd).
+pick_port() {
+    local p=$1
+    while ss -ltn 2>/dev/null | awk '{print $4}' | grep -q ":$p\$"; do p=$((p + 2)); done
+    echo "$p"
+}
+base=$((20000 + ($$ % 5000) * 2))
+ctld_port=$(pick_port "$base")
+slurmd_port=$(pick_port $((ctld_port + 1)))
+mem=$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)
+cat >"$T/slurm.conf" <<CONF
+ClusterName=mntest
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$T/munge/munge.sock,cred_expire=10
+CredType=cred/munge
+StateSaveLocation=$T/state
+SlurmdSpoolDir=$T/spool
+SlurmctldPidFile=$T/slurmctld.pid
+SlurmdPidFile=$T/slurmd.pid
+SlurmctldLogFile=$T/slurmctld.log
+SlurmdLogFile=$T/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=pmix
+SwitchType=switch/none
+SchedulerType=sched/builtin
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MailProg=/bin/true
+ReturnToService=2
+SlurmdParameters=config_overrides
+JobRequeue=1
+KillWait=5
+MinJobAge=300
+InactiveLimit=0
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+export SLURM_CONF="$T/slurm.conf"
+export MN_SLURM_DIR="$T"
+# Jobs must not inherit the settings of an outer allocation.
+unset SLURM_JOB_ID SLURM_JOBID SLURM_NTASKS SLURM_NPROCS SLURM_STEP_NUM_TASKS SLURM_CPUS_PER_TASK
+
+# ---- daemons ----------------------------------------------------------------------------------------------------
+slurmctld -c -f "$SLURM_CONF" || { log "slurmctld failed to start"; exit; }
+slurmd -f "$SLURM_CONF" || { log "slurmd failed to start"; exit; }
+state=
+for _ in $(seq 1 300); do
+    state=$(sinfo -h -o %T 2>/dev/null | head -n 1)
+    [ "$state" = idle ] && break
+    sleep 0.1
+done
+if [ "$state" != idle ]; then log "node never became idle (state '$state')"; exit; fi
+log "Slurm up in $T: node $host idle with $cpus CPUs, ports $ctld_port/$slurmd_port"
+
+# ---- the command ------------------------------------------------------------------------------------------------
+"$@"
+status=$?
+log "command exited with status $status"
+exit "$status"

@@ -1,0 +1,64 @@
+#!/bin/bash
+# test_slurm_jobs.sh MEDNET SIGPROG JOBSDIR: the Slurm tests, run inside tests/slurm/slurm_harness.sh.
+#
+# 1. `mednet info` as a 2-task batch job through `srun --mpi=pmix`: must report 2 MPI ranks (one MPI job, not two
+#    singletons).
+# 2. jobs/pretrain.sbatch with a 1-minute limit and --signal=B:USR1@45, running tests/slurm/sigprog as the mednet
+#    binary: the batch shell traps USR1, forwards it to the srun step, sigprog's ranks agree on it, rank 0 writes a
+#    checkpoint, all exit with MN_EXIT_REQUEUE, the script runs `scontrol requeue`, and the second run resumes from
+#    the checkpoint and completes.  Checks the final job state, the restart count and every step in the log.
+set -u
+mednet=$1 sigprog=$2 jobs=$3
+D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
+fail=0
+check() { # check DESCRIPTION COMMAND...: run the command, count a failure if it fails
+    local what=$1
+    shift
+    if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
+}
+job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+
+# ---- 1: mednet info on 2 tasks ----------------------------------------------------------------------------------
+t0=$(date +%s)
+# Polling (sbatch --wait polls at growing intervals, adding seconds).
+wait_job() { # wait_job ID TIMEOUT_S [MIN_RESTARTS]: until a final state (COMPLETED only after MIN_RESTARTS requeues)
+    local i
+    for i in $(seq 1 $(($2 * 5))); do
+        state=$(job_field "$1" JobState)
+        restarts=$(job_field "$1" Restarts)
+        case "$state" in
+        COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | PREEMPTED)
+            if [ "$state" != COMPLETED ] || [ "${restarts:-0}" -ge "${3:-0}" ]; then return 0; fi ;;
+        esac
+        sleep 0.2
+    done
+}
+id=$(sbatch --parsable -J mn-info -n 2 -c 1 -t 2 -o "$D/info-%j.out" --wrap "srun --mpi=pmix '$mednet' info")
+wait_job "$id" 60
+cat "$D/info-$id.out"
+check "info job completed (state $state, exit code $(job_field "$id" ExitCode))" [ "$state" = COMPLETED ]
+check "info job reports 2 MPI ranks" grep -q "^MPI ranks: 2$" "$D/info-$id.out"
+echo "info job took $(($(date +%s) - t0)) s"
+
+# ---- 2: time limit -> signal -> checkpoint -> requeue -> resume -------------------------------------------------
+t0=$(date +%s)
+export MEDNET_BIN=$sigprog MEDNET_CONFIG=/dev/null MEDNET_OUT=$D/pretrain-out
+id=$(sbatch --parsable -J mn-requeue -n 2 -c 1 -t 1 --signal=B:USR1@45 -o "$D/pretrain-%j.out" \
+    "$jobs/pretrain.sbatch")
+check "pretrain.sbatch submitted (job '$id')" [ -n "$id" ]
+wait_job "$id" 150 1
+log=$D/pretrain-$id.out
+echo "---- $log"
+cat "$log"
+echo "----"
+echo "requeue job: state $state, restarts $restarts, exit code $(job_field "$id" ExitCode), $(($(date +%s) - t0)) s"
+check "job completed after the requeue" [ "$state" = COMPLETED ]
+check "job was requeued exactly once" [ "$restarts" = 1 ]
+check "batch shell caught and forwarded USR1" grep -q "caught SIGUSR1; forwarding it to the job step" "$log"
+check "ranks agreed and checkpointed on SIGUSR1" grep -q "sigprog: SIGUSR1 received; checkpointed step" "$log"
+check "script requeued on exit status 99" grep -q "checkpointed on a signal (exit 99); requeueing job $id" "$log"
+check "second run started" grep -q "job $id run 2 on" "$log"
+check "second run resumed from the checkpoint" grep -q "sigprog: resumed from .*/ckpt-[0-9]*.h5 at step" "$log"
+check "second run finished" grep -q "sigprog: finished at step" "$log"
+check "latest checkpoint pointer exists" [ -s "$MEDNET_OUT/latest" ]
+exit "$fail"
