@@ -51,3 +51,9 @@ grep -q 'trunc.nii.gz' bad2.err && test ! -e fresh.h5 && test ! -e fresh.h5.tmp 
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
 set_tests_properties(test_prep_cli_bad PROPERTIES FIXTURES_REQUIRED "corpus_inputs;mricron_np1" LABELS corpus)
 set_tests_properties(test_prep_mricron_np1 test_prep_mricron_np2 test_prep_mricron_h5diff PROPERTIES LABELS corpus)
+
+# An independent re-implementation (numpy, raw NIfTI headers, no libnifti) of the resampling, label maps and
+# normalisation, compared with every volume of the real mricron corpus.
+add_test(NAME test_corpus_xcheck COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_corpus_xcheck.py
+         mricron_np1.h5 WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
+set_tests_properties(test_corpus_xcheck PROPERTIES FIXTURES_REQUIRED mricron_np1 LABELS corpus TIMEOUT 120)
