@@ -25,7 +25,9 @@ static mn_err info_only(const char *path, int ranks, unsigned long long seed, mn
     MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
     mn_corpus_info *info = NULL;
+    mn_error_set_quiet(rank != 0); /* rank 0 reads the file and reports; the others would only echo it */
     mn_err e = mn_corpus_open(MPI_COMM_WORLD, path, &info);
+    mn_error_set_quiet(0);
     res->agreed = 1; /* mn_corpus_open fails identically on every rank */
     MN_CHECK(!e, e, "called from mn_corpus_open");
     mn_shard_plan *plan = NULL;
@@ -89,13 +91,17 @@ mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res)
         return e;
     }
     mn_corpus_def *def = NULL;
+    int rank = 0;
+    MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    /* Definition errors are identical on every rank (same broadcast text and file lists): rank 0 reports them. */
+    mn_error_set_quiet(rank != 0);
     e = mn_corpus_def_load(MPI_COMM_WORLD, config, overrides, nover, &def);
     free(overrides);
-    MN_CHECK(!e, e, "called from mn_corpus_def_load");
-    e = mn_corpus_def_expand(MPI_COMM_WORLD, def);
+    if (!e) e = mn_corpus_def_expand(MPI_COMM_WORLD, def);
+    mn_error_set_quiet(0);
     if (e) {
         mn_corpus_def_destroy(&def);
-        MN_CHECK(!e, e, "called from mn_corpus_def_expand");
+        MN_CHECK(!e, e, "called from mn_corpus_def_load / mn_corpus_def_expand");
     }
     mn_prep_options opt = {.output = output, .force = force, .skip_bad = skip_bad};
     mn_prep_summary sum;
