@@ -30,3 +30,8 @@ add_test(NAME test_slurm_jobs
                  bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_jobs.sh $<TARGET_FILE:mednet> $<TARGET_FILE:sigprog>
                  ${PROJECT_SOURCE_DIR}/jobs)
 set_tests_properties(test_slurm_jobs PROPERTIES TIMEOUT 240 LABELS "slurm" RUN_SERIAL TRUE)
+
+# The local runner: signal forwarding to mpirun's ranks and resume, with the same stand-in.
+add_test(NAME test_run_local
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_run_local.sh $<TARGET_FILE:sigprog> ${PROJECT_SOURCE_DIR}/jobs)
+set_tests_properties(test_run_local PROPERTIES TIMEOUT 90 LABELS "mpi" PROCESSORS 2)
