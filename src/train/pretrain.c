@@ -899,7 +899,7 @@ static mn_err train_loop(run *r, mn_train_result *res)
         if (c->ckpt_every > 0 && r->step % c->ckpt_every == 0 && r->step < c->steps) e = write_checkpoint(r);
     }
     if (!e && res->exit_status == 0) {
-        if (nsteps > 0 || r->step == c->steps) e = write_checkpoint(r);
+        if (nsteps > 0) e = write_checkpoint(r);
         if (!e && c->eval_batches > 0) {
             e = evaluate(r, dice);
             if (!e) {
