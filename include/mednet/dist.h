@@ -128,7 +128,11 @@ typedef struct mn_reducer_stats {
     double inflight;  /* union of the intervals during which at least one bucket's all-reduce was outstanding
                          (start of the first Iallreduce to detected completion of the last, minus gaps) */
     double wait;      /* time blocked in mn_reducer_finish waiting for outstanding reductions */
-    double hidden;    /* share of inflight not spent waiting: (inflight - wait) / inflight, 1 if inflight == 0 */
+    double busy;      /* time inside mn_reducer_start/ready/progress: starting and driving the reductions.  Without
+                         offload (shared memory, TCP) the copies and sums happen inside these calls, on the
+                         caller's critical path, so this is communication cost too */
+    double hidden;    /* share of inflight during which the caller computed instead of communicating:
+                         (inflight - wait - busy) / inflight clipped to [0, 1]; 1 if inflight == 0 */
     double total_samples; /* the all-reduced sample count the gradients were divided by */
 } mn_reducer_stats;
 

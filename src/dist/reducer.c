@@ -19,7 +19,9 @@
  *
  * Timing: "inflight" is the union of the intervals during which at least one bucket was outstanding (completion is
  * seen when a test or wait returns, so it is as fine as the progress calls); "wait" is the time blocked in
- * finish.  hidden = 1 - wait / inflight is the share of communication overlapped with backward.
+ * finish; "busy" the time inside start/ready/progress, where, without network offload, the libnbc rounds copy and
+ * sum the data.  hidden = (inflight - wait - busy) / inflight is the share of communication truly overlapped with
+ * the caller's compute (counting only wait would credit the work done inside progress calls as hidden).
  */
 #include "mednet/dist.h"
 #include "mednet/mem.h"
@@ -47,6 +49,7 @@ struct mn_reducer {
     MPI_Request count_req;
     int outstanding;      /* started, completion not yet seen */
     double union_t0, inflight;
+    double busy;          /* seconds inside start/ready/progress this step */
     mn_trace *trace;
     mn_reducer_stats last;
 };
@@ -128,10 +131,13 @@ mn_err mn_reducer_start(mn_reducer *r, double local_samples)
     r->next_start = 0;
     r->outstanding = 0;
     r->inflight = 0;
+    r->busy = 0;
+    double t0 = MPI_Wtime();
     r->local_samples = local_samples;
     r->total_samples = 0;
     MN_MPI(MPI_Iallreduce(&r->local_samples, &r->total_samples, 1, MPI_DOUBLE, MPI_SUM, r->comm, &r->count_req));
     r->in_step = 1;
+    r->busy += MPI_Wtime() - t0;
     return MN_OK;
 }
 
@@ -201,12 +207,14 @@ mn_err mn_reducer_ready(mn_reducer *r, size_t offset, size_t count)
     MN_CHECK(dup == b, MN_ERR_INTERNAL,
              "gradient range [%zu, %zu) declared ready twice this step (float %zu was already declared)", offset,
              offset + count, r->range.offset + dup);
+    double t0 = MPI_Wtime();
     set_bits(r->bits, a, b);
     for (int i = first; i <= last; i++) {
         size_t lo = r->bucket[i].offset - r->range.offset, hi = lo + r->bucket[i].count;
         r->nready[i] += (b < hi ? b : hi) - (a > lo ? a : lo);
     }
     MN_CALL(start_ready_buckets(r));
+    r->busy += MPI_Wtime() - t0;
     return MN_OK;
 }
 
@@ -214,6 +222,7 @@ mn_err mn_reducer_progress(mn_reducer *r)
 {
     MN_CHECK(r, MN_ERR_ARG, "NULL reducer");
     if (!r->in_step) return MN_OK;
+    double t0 = MPI_Wtime();
     int flag = 0;
     if (r->count_req != MPI_REQUEST_NULL) MN_MPI(MPI_Test(&r->count_req, &flag, MPI_STATUS_IGNORE));
     for (int i = 0; i < r->next_start; i++) {
@@ -221,6 +230,7 @@ mn_err mn_reducer_progress(mn_reducer *r)
         MN_MPI(MPI_Test(&r->req[i], &flag, MPI_STATUS_IGNORE));
         if (flag) mark_done(r, i, MPI_Wtime());
     }
+    r->busy += MPI_Wtime() - t0;
     return MN_OK;
 }
 
@@ -259,8 +269,10 @@ mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats)
     r->last.nbuckets = r->nb;
     r->last.inflight = r->inflight;
     r->last.wait = wait;
-    r->last.hidden = r->inflight > 0 ? (r->inflight - wait) / r->inflight : 1.0;
+    r->last.busy = r->busy;
+    r->last.hidden = r->inflight > 0 ? (r->inflight - wait - r->busy) / r->inflight : 1.0;
     if (r->last.hidden < 0) r->last.hidden = 0;
+    if (r->last.hidden > 1) r->last.hidden = 1;
     r->last.total_samples = r->total_samples;
     if (stats) *stats = r->last;
     return MN_OK;

@@ -1,0 +1,176 @@
+/* bench_allreduce.c: bus bandwidth of the bucketed gradient reducer (src/dist/reducer.c) next to one plain
+ * MPI_Allreduce of the same bytes, and the overlap the reducer gets behind a simulated backward pass.
+ *
+ *   mpirun -n 2 build/benchmarks/bench_allreduce [MiB ...]        (default sizes: 1 16 56; 56 MiB = ResNet-10)
+ *
+ * Bandwidth as nccl-tests define it: algbw = bytes / time, busbw = algbw * 2 (P - 1) / P (the bytes each link must
+ * carry in a ring all-reduce), time = the slowest rank's median over the timed iterations.  The reducer's time runs
+ * from mn_reducer_start to the end of mn_reducer_finish (division by the sample count included), with the whole
+ * buffer declared ready in 1 MiB "layers" from the end and a progress call after each, as the backward pass does.
+ * Before timing, each variant's result is checked against MPI_Allreduce (relative error printed).
+ *
+ * The overlap run declares the layers ready with a busy-wait of `compute_ms` per layer before each (the backward
+ * compute of that layer), then reports the step time against compute alone and the reducer's hidden share.
+ */
+#include "mednet/dist.h"
+#include "mednet/mem.h"
+#include "mednet/mpicheck.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int rank, size;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Slowest rank's median. */
+static double median_max(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    double m = t[n / 2], worst = 0;
+    MPI_Allreduce(&m, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return worst;
+}
+
+static void busy_wait(double seconds)
+{
+    double t0 = MPI_Wtime();
+    while (MPI_Wtime() - t0 < seconds) {
+    }
+}
+
+static void fill(float *g, size_t n, int step)
+{
+    for (size_t i = 0; i < n; i++) g[i] = (float)((i * 2654435761u + (size_t)rank * 97 + (size_t)step) % 1000) * 1e-3f;
+}
+
+/* One reducer step over g[0..n): layers of `layer` floats from the end, compute_s of busy work before each. */
+static mn_err reducer_step(mn_reducer *r, size_t n, size_t layer, double compute_s, mn_reducer_stats *st,
+                           double *compute_measured)
+{
+    double tc = 0;
+    MN_CALL(mn_reducer_start(r, 1.0));
+    for (size_t hi = n; hi > 0;) {
+        size_t len = hi < layer ? hi : layer;
+        if (compute_s > 0) {
+            double t0 = MPI_Wtime();
+            busy_wait(compute_s);
+            tc += MPI_Wtime() - t0; /* more than compute_s when the OS takes the core away (shared machines) */
+        }
+        MN_CALL(mn_reducer_ready(r, hi - len, len));
+        MN_CALL(mn_reducer_progress(r));
+        hi -= len;
+    }
+    MN_CALL(mn_reducer_finish(r, st));
+    if (compute_measured) *compute_measured = tc;
+    return MN_OK;
+}
+
+static mn_err bench_size(double mib, size_t bucket_bytes)
+{
+    size_t n = (size_t)(mib * 1024 * 1024 / sizeof(float)), bytes = n * sizeof(float);
+    size_t layer = (1u << 20) / sizeof(float);
+    float *g = NULL, *ref = NULL;
+    MN_CALL(mn_malloc(bytes, "bench grads", (void **)&g));
+    MN_CALL(mn_malloc(bytes, "bench reference", (void **)&ref));
+    mn_reducer *r = NULL;
+    MN_CALL(mn_reducer_create(MPI_COMM_WORLD, g, (mn_range){0, n}, bucket_bytes, NULL, &r));
+
+    /* Validate: reducer vs MPI_Allreduce, mean over P samples (one per rank). */
+    fill(g, n, 0);
+    memcpy(ref, g, bytes);
+    mn_reducer_stats st;
+    MN_CALL(reducer_step(r, n, layer, 0, &st, NULL));
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, ref, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    double worst = 0;
+    float inv = 1.0f / (float)size;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)g[i] - (double)(ref[i] * inv)) / fmax(fabs((double)(ref[i] * inv)), 1e-3);
+        if (e > worst) worst = e;
+    }
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+    MN_CHECK(worst < 1e-5, MN_ERR_NUMERIC, "reducer differs from MPI_Allreduce: rel err %.3g", worst);
+
+    int iters = mib <= 4 ? 20 : mib <= 20 ? 8 : 5;
+    double tp[20], tb[20];
+    for (int it = -1; it < iters; it++) { /* it = -1: warm-up */
+        fill(g, n, it);
+        MN_MPI(MPI_Barrier(MPI_COMM_WORLD));
+        double t0 = MPI_Wtime();
+        MN_MPI(MPI_Allreduce(MPI_IN_PLACE, g, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+        if (it >= 0) tp[it] = MPI_Wtime() - t0;
+        fill(g, n, it);
+        MN_MPI(MPI_Barrier(MPI_COMM_WORLD));
+        t0 = MPI_Wtime();
+        MN_CALL(reducer_step(r, n, layer, 0, &st, NULL));
+        if (it >= 0) tb[it] = MPI_Wtime() - t0;
+    }
+    double t_plain = median_max(tp, iters), t_buck = median_max(tb, iters);
+    double f = 2.0 * (size - 1) / size, gb = (double)bytes / 1e9;
+    if (rank == 0)
+        printf("%8.1f MiB  bucket %5.1f MiB x %3d | MPI_Allreduce %8.3f ms algbw %6.2f GB/s busbw %6.2f GB/s | "
+               "bucketed %8.3f ms algbw %6.2f GB/s busbw %6.2f GB/s | ratio %.2f | check rel err %.1e\n",
+               mib, (double)(bucket_bytes ? bucket_bytes : MN_REDUCER_DEFAULT_BUCKET_BYTES) / (1 << 20),
+               mn_reducer_nbuckets(r), t_plain * 1e3, gb / t_plain, gb / t_plain * f, t_buck * 1e3, gb / t_buck,
+               gb / t_buck * f, t_plain / t_buck, worst);
+
+    /* Overlap behind a simulated backward: per-layer compute sized so that total compute ~ 2x the plain
+     * all-reduce time (a communication-light step), then ~ equal (a communication-heavy one). */
+    for (int k = 0; k < 2; k++) {
+        double nlayers = ceil((double)n / (double)layer);
+        double compute_s = (k == 0 ? 2.0 : 1.0) * t_plain / nlayers;
+        double ts[5], hid[5], wt[5], bz[5], cm[5];
+        for (int it = 0; it < 5; it++) {
+            fill(g, n, it);
+            MN_MPI(MPI_Barrier(MPI_COMM_WORLD));
+            double t0 = MPI_Wtime();
+            MN_CALL(reducer_step(r, n, layer, compute_s, &st, &cm[it]));
+            ts[it] = MPI_Wtime() - t0;
+            ts[it] -= cm[it]; /* exposed time: the step minus the compute this rank actually got to do */
+            hid[it] = st.hidden;
+            wt[it] = st.wait;
+            bz[it] = st.busy;
+        }
+        double t_exposed = median_max(ts, 5);
+        qsort(hid, 5, sizeof *hid, cmp_double);
+        qsort(wt, 5, sizeof *wt, cmp_double);
+        qsort(bz, 5, sizeof *bz, cmp_double);
+        double compute = compute_s * nlayers;
+        if (rank == 0)
+            printf("           overlap, compute %6.1f ms in %3.0f layers: %6.1f ms of the step not computing "
+                   "(plain all-reduce %6.1f ms); reducer: wait %6.1f ms, busy %6.1f ms, hidden share %.2f\n",
+                   compute * 1e3, nlayers, t_exposed * 1e3, t_plain * 1e3, wt[2] * 1e3, bz[2] * 1e3, hid[2]);
+    }
+    mn_reducer_destroy(&r);
+    mn_free(&g);
+    mn_free(&ref);
+    return MN_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    double sizes[16] = {1, 16, 56};
+    int ns = 3;
+    if (argc > 1) {
+        ns = 0;
+        for (int i = 1; i < argc && ns < 16; i++) sizes[ns++] = atof(argv[i]);
+    }
+    if (rank == 0)
+        printf("bench_allreduce: %d ranks, busbw = algbw * 2(P-1)/P, slowest rank's median\n", size);
+    for (int i = 0; i < ns; i++) {
+        mn_err e = bench_size(sizes[i], 0);
+        if (!e && sizes[i] > 4) e = bench_size(sizes[i], (size_t)4 << 20);
+        if (e) mn_mpi_abort(MPI_COMM_WORLD, e);
+    }
+    MPI_Finalize();
+    return 0;
+}
