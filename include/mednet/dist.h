@@ -54,10 +54,12 @@ int mn_dist_nholders(const mn_dist *d, int ds);
 /* World rank of the root (lowest-ranked holder) of dataset `ds`.  Not collective. */
 int mn_dist_root(const mn_dist *d, int ds);
 
-/* Check that the launch gave the expected number of ranks: when SLURM_STEP_NUM_TASKS (inside an srun step) or
- * SLURM_NTASKS is set, the size of comm must equal it.  A mismatch is the signature of a direct launch without
- * PMIx (P independent one-rank jobs) and returns MN_ERR_MPI with a hint ("use srun --mpi=pmix").  Every rank sees
- * the same outcome.  Not collective (reads MPI_Comm_size and the environment). */
+/* Check that the launch gave the expected number of ranks.  Under Open MPI's mpirun (OMPI_COMM_WORLD_SIZE set)
+ * mpirun's -n decides and nothing is checked (mpirun -n 4 in a 2-task allocation is a deliberate choice).
+ * Otherwise, inside an srun step the size of comm must equal SLURM_STEP_NUM_TASKS, and outside one (mednet started
+ * directly in a batch script) SLURM_NTASKS.  A mismatch means P independent one-rank jobs (srun without PMIx) or a
+ * forgotten srun, and returns MN_ERR_MPI with a hint ("use srun --mpi=pmix").  Without Slurm variables: MN_OK.
+ * Every rank sees the same outcome.  Not collective (reads MPI_Comm_size and the environment). */
 mn_err mn_dist_check_launch(MPI_Comm comm);
 
 /* ---- broadcast and averaging ----------------------------------------------------------------------------------- */

@@ -137,8 +137,11 @@ mn_err mn_dist_check_launch(MPI_Comm comm)
 {
     int size = 0;
     MN_MPI(MPI_Comm_size(comm, &size));
-    /* Inside an srun step SLURM_STEP_NUM_TASKS is the step's task count; SLURM_NTASKS is the allocation's (and,
-     * in a step, is set to the step's too).  mpirun inside an allocation sets neither for its ranks' step. */
+    /* Measured with Slurm 22.05 + Open MPI 4.1: ranks started by mpirun carry OMPI_COMM_WORLD_SIZE and the batch
+     * step's SLURM_NTASKS (the allocation's count, which mpirun may legitimately differ from); ranks of an srun
+     * step carry SLURM_STEP_NUM_TASKS; a program started directly in the batch script carries only SLURM_NTASKS. */
+    const char *ompi = getenv("OMPI_COMM_WORLD_SIZE");
+    if (ompi && *ompi) return MN_OK;
     const char *var = "SLURM_STEP_NUM_TASKS";
     const char *val = getenv(var);
     if (!val || !*val) {
@@ -151,8 +154,8 @@ mn_err mn_dist_check_launch(MPI_Comm comm)
     MN_CHECK(end && *end == '\0' && want > 0, MN_ERR_ARG, "%s='%s' is not a positive task count", var, val);
     MN_CHECK(want == size, MN_ERR_MPI,
              "MPI world size is %d but %s=%ld: the ranks did not join one MPI job.\n"
-             "---> HINT: launched without PMIx? Use `srun --mpi=pmix` (Debian's Open MPI has no PMI-2), "
-             "or mpirun inside the allocation.",
+             "---> HINT: launched without PMIx, or without srun? Use `srun --mpi=pmix mednet ...` (Debian's Open "
+             "MPI has no PMI-2), or mpirun inside the allocation.",
              size, var, want);
     return MN_OK;
 }

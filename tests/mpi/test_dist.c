@@ -284,7 +284,10 @@ static void test_checksum(const mn_dist *d)
 
 static void test_launch(void)
 {
-    char val[16];
+    char val[16], ompi[16] = "";
+    /* Under mpirun (this test's launcher) the check defers to mpirun: pretend to be an srun/direct launch. */
+    if (getenv("OMPI_COMM_WORLD_SIZE")) snprintf(ompi, sizeof ompi, "%s", getenv("OMPI_COMM_WORLD_SIZE"));
+    unsetenv("OMPI_COMM_WORLD_SIZE");
     unsetenv("SLURM_STEP_NUM_TASKS");
     snprintf(val, sizeof val, "%d", size);
     setenv("SLURM_NTASKS", val, 1);
@@ -297,9 +300,13 @@ static void test_launch(void)
     setenv("SLURM_STEP_NUM_TASKS", "1", 1); /* the step's count wins over the allocation's */
     TEST_EXPECT((mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK) == (size == 1), "step task count not preferred");
     mn_error_set_quiet(0);
+    setenv("OMPI_COMM_WORLD_SIZE", "7", 1); /* mpirun's -n wins over the allocation's task count */
+    TEST_EXPECT(mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK, "launch check overrode mpirun's -n");
+    unsetenv("OMPI_COMM_WORLD_SIZE");
     unsetenv("SLURM_STEP_NUM_TASKS");
     unsetenv("SLURM_NTASKS");
     TEST_EXPECT(mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK, "launch check failed without Slurm");
+    if (*ompi) setenv("OMPI_COMM_WORLD_SIZE", ompi, 1);
 }
 
 int main(int argc, char **argv)

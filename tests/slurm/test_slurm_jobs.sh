@@ -3,6 +3,7 @@
 #
 # 1. `mednet info` as a 2-task batch job through `srun --mpi=pmix`: must report 2 MPI ranks (one MPI job, not two
 #    singletons).
+# 1b. sigprog started without srun in a 2-task allocation: the launch check must stop it with the PMIx hint.
 # 2. jobs/pretrain.sbatch with a 1-minute limit and --signal=B:USR1@45, running tests/slurm/sigprog as the mednet
 #    binary: the batch shell traps USR1, forwards it to the srun step, sigprog's ranks agree on it, rank 0 writes a
 #    checkpoint, all exit with MN_EXIT_REQUEUE, the script runs `scontrol requeue`, and the second run resumes from
@@ -39,6 +40,15 @@ cat "$D/info-$id.out"
 check "info job completed (state $state, exit code $(job_field "$id" ExitCode))" [ "$state" = COMPLETED ]
 check "info job reports 2 MPI ranks" grep -q "^MPI ranks: 2$" "$D/info-$id.out"
 echo "info job took $(($(date +%s) - t0)) s"
+
+# ---- 1b: the launch check catches a forgotten srun (one singleton in a 2-task allocation) ------------------------
+id=$(sbatch --parsable -J mn-nosrun -n 2 -c 1 -t 2 -o "$D/nosrun-%j.out" \
+    --wrap "'$sigprog' pretrain /dev/null train.out_dir=$D/nosrun")
+wait_job "$id" 60
+cat "$D/nosrun-$id.out"
+check "a 1-rank launch in a 2-task allocation fails (state $state)" [ "$state" = FAILED ]
+check "and says why" grep -q "MPI world size is 1 but SLURM_NTASKS=2.*" "$D/nosrun-$id.out"
+check "with the srun --mpi=pmix hint" grep -q "HINT: .*srun --mpi=pmix" "$D/nosrun-$id.out"
 
 # ---- 2: time limit -> signal -> checkpoint -> requeue -> resume -------------------------------------------------
 t0=$(date +%s)
