@@ -179,6 +179,10 @@ mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats);
 
 /* ---- per-dataset heads ----------------------------------------------------------------------------------------- */
 
+/* Heads can be reduced either with a blocking call (below), or overlapped with backward like the encoder by a
+ * second mn_reducer created on the dataset's communicator over the head's range: its stats.total_samples is then
+ * the head's all-reduced sample count (0: leave the head untouched). */
+
 /* Reduce the head of dataset `ds`: all-reduce the sample count over the dataset's communicator, and if the total
  * is positive all-reduce grad[head.offset .. +count) (sum) and divide by the total, giving the mean gradient over
  * the samples of ds.  *total receives the all-reduced count; 0 means no holder saw a sample of ds this step: the

@@ -214,6 +214,23 @@ static void test_heads(const mn_dist *d)
         }
         TEST_EXPECT(bad == 0, "head %d: %d wrong gradient values (total %g)", ds, bad, total);
     }
+    /* The bucketed reducer also works on a dataset communicator (non-blocking heads): dataset 2's holders, none
+     * of which has a sample this step -> total 0, gradients left as the (zero) sum. */
+    if (mn_dist_holds(d, 2)) {
+        float hg[300] = {0};
+        mn_reducer *hr = NULL;
+        mn_reducer_stats st;
+        TEST_EXPECT(mn_reducer_create(d->dcomm[2], hg, (mn_range){0, 300}, 100 * sizeof(float), NULL, &hr) == MN_OK,
+                    "head reducer create failed");
+        if (hr) {
+            TEST_EXPECT(mn_reducer_start(hr, 0) == MN_OK && mn_reducer_ready(hr, 0, 300) == MN_OK &&
+                            mn_reducer_finish(hr, &st) == MN_OK,
+                        "head reducer step failed");
+            TEST_EXPECT(st.total_samples == 0 && st.nbuckets == 3, "head reducer: total %g, %d buckets",
+                        st.total_samples, st.nbuckets);
+            mn_reducer_destroy(&hr);
+        }
+    }
     mn_error_set_quiet(1);
     float g[4] = {0};
     double t;
