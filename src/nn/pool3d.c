@@ -9,7 +9,9 @@
  * the divisor is the window clipped to the padded extent, which with ceil_mode=False is always kd*kh*kw.
  *
  * Every loop is split over the N*C independent slices, so backward scatters (max, avg) never race and no atomics
- * are needed.  Global average pooling reduces each slice in double.
+ * are needed.  Global average pooling reduces each slice in double.  Max-pool forward has a vectorised path (one
+ * row of outputs at a time over a -inf padded copy of each input row) and a loop-nest twin,
+ * mn_maxpool3d_forward_ref, which it matches bit for bit (values and argmax); the tests check this.
  */
 #include "mednet/layers.h"
 
