@@ -43,7 +43,10 @@ MEDNET_BIN=${MEDNET_BIN:-$here/../build/mednet}
 MEDNET_OUT=${MEDNET_OUT:-$PWD/mednet-out}
 MEDNET_OUT_KEY=${MEDNET_OUT_KEY:-train.out_dir}
 MEDNET_MPIRUN_ARGS=${MEDNET_MPIRUN_ARGS:-}
-[ -x "$MEDNET_BIN" ] || { echo "run_local.sh: MEDNET_BIN '$MEDNET_BIN' is not an executable (build first: cmake -B build && make -C build)" >&2; exit 2; }
+if [ ! -x "$MEDNET_BIN" ]; then
+    echo "run_local.sh: MEDNET_BIN '$MEDNET_BIN' is not an executable (build first: cmake -B build && make -C build)" >&2
+    exit 2
+fi
 mkdir -p "$MEDNET_OUT" || exit 1
 
 export OMP_NUM_THREADS=$threads

@@ -83,6 +83,11 @@ mn_err mn_dist_bcast_params(const mn_dist *d, float *params, mn_range encoder, c
  * Collective on comm. */
 mn_err mn_dist_average(MPI_Comm comm, float *buf, size_t n);
 
+/* The same for a whole model-shaped buffer (batch-norm running statistics laid out as the parameters): the
+ * encoder range averaged over the world, the range heads[ds] over dataset ds's communicator on its holders.
+ * heads may be NULL.  Collective on the world duplicate and on every dataset communicator of this rank. */
+mn_err mn_dist_average_ranges(const mn_dist *d, float *buf, mn_range encoder, const mn_range *heads);
+
 /* ---- agreement and replica consistency ------------------------------------------------------------------------- */
 
 /* Agree on a flag (a caught signal, a NaN loss): *global = max over comm of `local`, the same on every rank.
@@ -98,6 +103,13 @@ uint64_t mn_hash64(const void *data, size_t bytes);
  * from the majority (ties: from the lowest rank's).  If `nbad` is not NULL it receives the number of such ranks.
  * comm == MPI_COMM_NULL is a no-op.  Collective on comm. */
 mn_err mn_dist_check_replicas(MPI_Comm comm, const void *buf, size_t bytes, const char *what, int *nbad);
+
+/* Check a whole model: the encoder range of params over the world, and head ds (heads[ds], may be NULL for no
+ * heads) over its dataset communicator.  The outcome is agreed over the world, so every rank returns MN_OK or
+ * every rank returns MN_ERR_INTERNAL (the holders of a mismatching part print which world ranks differ; the other
+ * ranks print that a replica check failed elsewhere).  Collective on the world duplicate and on every dataset
+ * communicator of this rank. */
+mn_err mn_dist_check_params(const mn_dist *d, const float *params, mn_range encoder, const mn_range *heads);
 
 /* ---- timeline (Chrome trace JSON) ------------------------------------------------------------------------------ */
 

@@ -196,6 +196,37 @@ mn_err mn_dist_average(MPI_Comm comm, float *buf, size_t n)
     return MN_OK;
 }
 
+mn_err mn_dist_average_ranges(const mn_dist *d, float *buf, mn_range encoder, const mn_range *heads)
+{
+    MN_CHECK(d && buf, MN_ERR_ARG, "NULL dist or buffer");
+    MN_CALL(mn_dist_average(d->world, buf + encoder.offset, encoder.count));
+    if (!heads) return MN_OK;
+    for (int ds = 0; ds < d->ndatasets; ds++)
+        if (d->dcomm[ds] != MPI_COMM_NULL)
+            MN_CALL(mn_dist_average(d->dcomm[ds], buf + heads[ds].offset, heads[ds].count));
+    return MN_OK;
+}
+
+mn_err mn_dist_check_params(const mn_dist *d, const float *params, mn_range encoder, const mn_range *heads)
+{
+    MN_CHECK(d && params, MN_ERR_ARG, "NULL dist or params");
+    /* Every rank takes part in every collective whatever it finds, then the outcome is agreed on the world. */
+    mn_err local = mn_dist_check_replicas(d->world, params + encoder.offset, encoder.count * sizeof(float),
+                                          "encoder parameters", NULL);
+    for (int ds = 0; heads && ds < d->ndatasets; ds++) {
+        if (d->dcomm[ds] == MPI_COMM_NULL) continue;
+        char what[48];
+        snprintf(what, sizeof what, "head %d parameters", ds);
+        mn_err e = mn_dist_check_replicas(d->dcomm[ds], params + heads[ds].offset, heads[ds].count * sizeof(float),
+                                          what, NULL);
+        if (e != MN_OK && local == MN_OK) local = e;
+    }
+    mn_err agreed = mn_mpi_agree(d->world, local);
+    MN_CHECK(agreed == MN_OK, agreed, "replica check failed%s",
+             local == MN_OK ? " on other ranks (see their messages)" : "");
+    return MN_OK;
+}
+
 mn_err mn_dist_agree_flag(MPI_Comm comm, int local, int *global)
 {
     MN_CHECK(global != NULL, MN_ERR_ARG, "global is NULL");
@@ -313,7 +344,7 @@ mn_err mn_dist_check_replicas(MPI_Comm comm, const void *buf, size_t bytes, cons
     uint64_t ref = all[best];
     mn_free(&all);
     MN_FAIL(MN_ERR_INTERNAL,
-            "replica mismatch in %s (%zu bytes): world rank(s) %s (of %d in the communicator) differ from the majority hash %016llx held by "
-            "%d rank(s)",
+            "replica mismatch in %s (%zu bytes): world rank(s) %s (of %d in the communicator) differ from the "
+            "majority hash %016llx held by %d rank(s)",
             what ? what : "buffer", bytes, list, size, (unsigned long long)ref, best_n);
 }

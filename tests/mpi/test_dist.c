@@ -39,7 +39,8 @@ static void test_comms(const mn_dist *d)
         }
         TEST_EXPECT(mn_dist_holds(d, ds) == want, "dataset %d: holds %d, expected %d", ds, mn_dist_holds(d, ds), want);
         TEST_EXPECT((d->dcomm[ds] != MPI_COMM_NULL) == want, "dataset %d: comm null-ness wrong", ds);
-        TEST_EXPECT(mn_dist_nholders(d, ds) == n, "dataset %d: %d holders, expected %d", ds, mn_dist_nholders(d, ds), n);
+        TEST_EXPECT(mn_dist_nholders(d, ds) == n, "dataset %d: %d holders, expected %d", ds, mn_dist_nholders(d, ds),
+                    n);
         TEST_EXPECT(mn_dist_root(d, ds) == root, "dataset %d: root %d, expected %d", ds, mn_dist_root(d, ds), root);
         if (!want) continue;
         int csize = 0, crank = 0;
@@ -299,6 +300,34 @@ static void test_checksum(const mn_dist *d)
     }
 }
 
+/* Whole-model helpers: averaging of BN-like buffers by range, and the agreed model check (a head differs). */
+static void test_model_helpers(const mn_dist *d)
+{
+    enum { NP = 1400 };
+    float p[NP];
+    mn_range enc = {0, 1000}, heads[NDS];
+    for (int ds = 0; ds < NDS; ds++) heads[ds] = (mn_range){1000 + 100 * (size_t)ds, 100};
+    for (int i = 0; i < NP; i++) p[i] = (float)rank;
+    TEST_EXPECT(mn_dist_average_ranges(d, p, enc, heads) == MN_OK, "average_ranges failed");
+    int bad = 0;
+    for (int i = 0; i < 1000; i++) bad += fabsf(p[i] - (float)(size - 1) / 2.0f) > 1e-6f;
+    for (int ds = 0; ds < NDS; ds++) {
+        double mean = 0;
+        for (int r = 0; r < size; r++) mean += holds_ref(ds, r) ? r : 0;
+        mean = mn_dist_holds(d, ds) ? mean / mn_dist_nholders(d, ds) : rank;
+        for (int i = 1000 + 100 * ds; i < 1100 + 100 * ds; i++) bad += fabs(p[i] - mean) > 1e-6;
+    }
+    TEST_EXPECT(bad == 0, "average_ranges: %d wrong values", bad);
+    /* Now every replica is consistent; then head 0 differs on the last rank. */
+    TEST_EXPECT(mn_dist_check_params(d, p, enc, heads) == MN_OK, "consistent model reported inconsistent");
+    if (size < 2) return;
+    if (rank == size - 1) p[1000 + 5] += 1.0f;
+    mn_error_set_quiet(1);
+    mn_err e = mn_dist_check_params(d, p, enc, heads);
+    mn_error_set_quiet(0);
+    TEST_EXPECT(e == MN_ERR_INTERNAL, "head 0 mismatch not agreed on rank %d: %s", rank, mn_err_name(e));
+}
+
 static void test_launch(void)
 {
     char val[16], ompi[16] = "";
@@ -351,6 +380,7 @@ int main(int argc, char **argv)
     test_heads(d);
     test_average_and_flags(d);
     test_checksum(d);
+    test_model_helpers(d);
     test_launch();
 
     /* A holder table with an empty dataset is rejected on every rank. */

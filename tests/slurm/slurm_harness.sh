@@ -10,9 +10,10 @@
 #   SLURM_CONF     the generated slurm.conf (sbatch, srun, squeue, scontrol, sinfo all read it)
 #   MN_SLURM_DIR   the temporary directory (put job output there)
 # and exits with COMMAND's status.  cred_expire=10 (default 120): slurmctld holds a requeued job back for
-# cred_expire + 1 s, which would otherwise dominate the requeue test.  On any exit (success, failure, ^C) the trap cancels the remaining jobs and
-# stops the three daemons by the PIDs in their pid files (never by name), then removes the directory; with
-# MN_SLURM_KEEP=1 it is kept, and the daemon logs are printed when COMMAND failed.  Needs root (SlurmUser=root).
+# cred_expire + 1 s, which would otherwise dominate the requeue test.  On any exit (success, failure, ^C) the trap
+# cancels the remaining jobs and stops the three daemons by the PIDs in their pid files (never by name), then
+# removes the directory (MN_SLURM_KEEP=1 keeps it); the daemon logs are printed when COMMAND failed.
+# Needs root (SlurmUser=root).
 set -u
 cpus=4
 if [ "${1:-}" = "--cpus" ]; then cpus=$2; shift 2; fi
@@ -20,7 +21,8 @@ if [ "${1:-}" = "--cpus" ]; then cpus=$2; shift 2; fi
 [ "$(id -u)" -eq 0 ] || { echo "slurm_harness: must run as root (SlurmUser=root, private munged)" >&2; exit 2; }
 for exe in munged slurmctld slurmd sbatch srun sinfo squeue scontrol scancel; do
     command -v "$exe" >/dev/null 2>&1 || [ -x "/usr/sbin/$exe" ] || {
-        echo "slurm_harness: '$exe' not found; install: apt-get install --no-install-recommends slurmctld slurmd slurm-client munge" >&2
+        echo "slurm_harness: '$exe' not found; install:" \
+            "apt-get install --no-install-recommends slurmctld slurmd slurm-client munge" >&2
         exit 2
     }
 done
