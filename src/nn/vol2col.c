@@ -224,34 +224,39 @@ int mn_taps_plan(const mn_vgeom *g, mn_taps *tp)
     return 1;
 }
 
-/* Copy (dir 0) or add back (dir 1) one channel's block of tap t for one sample.  blk points at the block row of
- * this channel, offset to the sample's columns; vol at the channel's volume. */
-static void tap_channel(const mn_vgeom *g, const mn_taps *tp, int t, int dir, float *blk, float *vol)
-{
-    int a, b, e;
-    tap_abe(g, t, &a, &b, &e);
-    const int off0 = a * g->dil[0] - g->p[0], off1 = b * g->dil[1] - g->p[1], off2 = e * g->dil[2] - g->p[2];
-    const int *lo = tp->lo[t], *hi = tp->hi[t];
-    const int nx = hi[2] - lo[2], I1 = g->in[1], I2 = g->in[2], s2 = g->s[2];
-    size_t j = 0;
-    for (int oz = lo[0]; oz < hi[0]; oz++) {
-        for (int oy = lo[1]; oy < hi[1]; oy++, j += (size_t)nx) {
-            float *v = vol + ((size_t)(oz * g->s[0] + off0) * I1 + (size_t)(oy * g->s[1] + off1)) * I2 +
-                       (size_t)(lo[2] * s2 + off2);
-            float *c = blk + j;
-            if (dir == 0) {
-                if (s2 == 1)
-                    memcpy(c, v, sizeof(float) * (size_t)nx);
-                else
-                    for (int x = 0; x < nx; x++) c[x] = v[(size_t)x * s2];
-            } else {
-                if (s2 == 1)
-                    for (int x = 0; x < nx; x++) v[x] += c[x];
-                else
-                    for (int x = 0; x < nx; x++) v[(size_t)x * s2] += c[x];
-            }
-        }
+/* Walk the box of tap t for one channel of one sample: the callback pattern is spelled out twice (copy out,
+ * add back) to keep const-correctness and let the compiler vectorise each inner loop. */
+#define TAP_BOX_LOOP(BODY_CONTIG, BODY_STRIDED)                                                                \
+    int a, b, e;                                                                                               \
+    tap_abe(g, t, &a, &b, &e);                                                                                 \
+    const int off0 = a * g->dil[0] - g->p[0], off1 = b * g->dil[1] - g->p[1], off2 = e * g->dil[2] - g->p[2]; \
+    const int *lo = tp->lo[t], *hi = tp->hi[t];                                                                \
+    const int nx = hi[2] - lo[2], I1 = g->in[1], I2 = g->in[2], s2 = g->s[2];                                  \
+    size_t j = 0;                                                                                              \
+    for (int oz = lo[0]; oz < hi[0]; oz++) {                                                                   \
+        for (int oy = lo[1]; oy < hi[1]; oy++, j += (size_t)nx) {                                              \
+            const size_t vo = ((size_t)(oz * g->s[0] + off0) * I1 + (size_t)(oy * g->s[1] + off1)) * I2 +      \
+                              (size_t)(lo[2] * s2 + off2);                                                     \
+            if (s2 == 1) {                                                                                     \
+                BODY_CONTIG;                                                                                   \
+            } else {                                                                                           \
+                BODY_STRIDED;                                                                                  \
+            }                                                                                                  \
+        }                                                                                                      \
     }
+
+/* blk[j] = vol[voxel read by output j of the box] for one channel of one sample. */
+static void tap_copy_out(const mn_vgeom *g, const mn_taps *tp, int t, const float *vol, float *blk)
+{
+    TAP_BOX_LOOP(memcpy(blk + j, vol + vo, sizeof(float) * (size_t)nx),
+                 for (int x = 0; x < nx; x++) blk[j + x] = vol[vo + (size_t)x * s2])
+}
+
+/* The adjoint: vol[voxel] += blk[j]. */
+static void tap_add_back(const mn_vgeom *g, const mn_taps *tp, int t, const float *blk, float *vol)
+{
+    TAP_BOX_LOOP(for (int x = 0; x < nx; x++) vol[vo + x] += blk[j + x],
+                 for (int x = 0; x < nx; x++) vol[vo + (size_t)x * s2] += blk[j + x])
 }
 
 void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *x, size_t x_nstride, float *col)
@@ -264,8 +269,7 @@ void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *
             const size_t n_t = (size_t)nb * tp->nv[t];
             float *row = col + (size_t)C * nb * tp->off[t] + (size_t)ch * n_t;
             for (int i = 0; i < nb && tp->nv[t]; i++)
-                tap_channel(g, tp, t, 0, row + (size_t)i * tp->nv[t],
-                            (float *)(x + (size_t)i * x_nstride + (size_t)ch * in_vox));
+                tap_copy_out(g, tp, t, x + (size_t)i * x_nstride + (size_t)ch * in_vox, row + (size_t)i * tp->nv[t]);
         }
     }
 }
@@ -281,44 +285,36 @@ void mn_col2vol_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *
                 if (!tp->nv[t]) continue;
                 const size_t n_t = (size_t)nb * tp->nv[t];
                 const float *row = col + (size_t)C * nb * tp->off[t] + (size_t)ch * n_t + (size_t)i * tp->nv[t];
-                tap_channel(g, tp, t, 1, (float *)row, x + (size_t)i * x_nstride + (size_t)ch * in_vox);
+                tap_add_back(g, tp, t, row, x + (size_t)i * x_nstride + (size_t)ch * in_vox);
             }
         }
     }
 }
 
-/* dir 0: gather src rows into dst; dir 1: add dst... see the callers. */
-static void taps_rows(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *cl, int k, float *blk,
-                      int scatter)
-{
-    const int *lo = tp->lo[t], *hi = tp->hi[t];
-    const int ny = hi[1] - lo[1], nx = hi[2] - lo[2], nzy = (hi[0] - lo[0]) * ny;
-    const size_t P = mn_vgeom_cols(g), nv = tp->nv[t];
-    float *clm = (float *)cl;
-#pragma omp parallel for collapse(2) schedule(static) if (nv * (size_t)nb * (size_t)k > 65536)
-    for (int i = 0; i < nb; i++) {
-        for (int zy = 0; zy < nzy; zy++) {
-            const int oz = lo[0] + zy / ny, oy = lo[1] + zy % ny;
-            for (int x = 0; x < nx; x++) {
-                const size_t vox = ((size_t)oz * g->out[1] + oy) * g->out[2] + (size_t)(lo[2] + x);
-                float *r = clm + ((size_t)i * P + vox) * k;
-                float *b = blk + ((size_t)i * nv + (size_t)zy * nx + x) * k;
-                if (scatter)
-                    for (int c = 0; c < k; c++) r[c] += b[c];
-                else
-                    memcpy(b, r, sizeof(float) * (size_t)k);
-            }
-        }
+/* Channels-last row index of block row j (sample i, box voxel zy*nx + x) of tap t: shared by gather and scatter. */
+#define TAP_ROWS_LOOP(BODY)                                                                                    \
+    const int *lo = tp->lo[t], *hi = tp->hi[t];                                                                \
+    const int ny = hi[1] - lo[1], nx = hi[2] - lo[2], nzy = (hi[0] - lo[0]) * ny;                              \
+    const size_t P = mn_vgeom_cols(g), nv = tp->nv[t];                                                         \
+    _Pragma("omp parallel for collapse(2) schedule(static) if (nv * (size_t)nb * (size_t)k > 65536)")          \
+    for (int i = 0; i < nb; i++) {                                                                             \
+        for (int zy = 0; zy < nzy; zy++) {                                                                     \
+            const int oz = lo[0] + zy / ny, oy = lo[1] + zy % ny;                                              \
+            for (int x = 0; x < nx; x++) {                                                                     \
+                const size_t r = (size_t)i * P + ((size_t)oz * g->out[1] + oy) * g->out[2] + (size_t)(lo[2] + x); \
+                const size_t jb = (size_t)i * nv + (size_t)zy * nx + x;                                        \
+                BODY;                                                                                          \
+            }                                                                                                  \
+        }                                                                                                      \
     }
-}
 
 void mn_taps_gather_rows(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *src, int k, float *dst)
 {
-    taps_rows(g, tp, t, nb, src, k, dst, 0);
+    TAP_ROWS_LOOP(memcpy(dst + jb * k, src + r * k, sizeof(float) * (size_t)k))
 }
 
 void mn_taps_scatter_add_rows(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *src, int k,
                               float *dst)
 {
-    taps_rows(g, tp, t, nb, dst, k, (float *)src, 1);
+    TAP_ROWS_LOOP(for (int c = 0; c < k; c++) dst[r * k + c] += src[jb * k + c])
 }
