@@ -284,6 +284,47 @@ static mn_err dataset_stats(prep *p)
     return MN_OK;
 }
 
+/* Write a whole (D, H, W) array chunk by chunk: each chunk is packed into a contiguous buffer and written with one
+ * independent H5Dwrite.  Why: handed the whole strided array, parallel HDF5 1.10 + MPI-IO issue one pwrite per
+ * row of every chunk (1.8 million pwrite calls for 138 MB, 25x slower than the serial driver); packed, each chunk
+ * is one contiguous write. */
+static mn_err write_chunked(hid_t dset, hid_t memtype, size_t esize, const void *data, const hsize_t dims[3],
+                            const hsize_t chunk[3])
+{
+    unsigned char *buf = malloc(chunk[0] * chunk[1] * chunk[2] * esize);
+    MN_CHECK(buf, MN_ERR_MEM, "out of memory for a chunk buffer");
+    hid_t fs;
+    if ((fs = H5Dget_space(dset)) < 0) {
+        free(buf);
+        return mn_h5_report("H5Dget_space", __FILE__, __LINE__, __func__);
+    }
+    mn_err e = MN_OK;
+    const unsigned char *src = data;
+    for (hsize_t z = 0; z < dims[0] && !e; z += chunk[0])
+        for (hsize_t y = 0; y < dims[1] && !e; y += chunk[1])
+            for (hsize_t x = 0; x < dims[2] && !e; x += chunk[2]) {
+                hsize_t start[3] = {z, y, x};
+                hsize_t ext[3] = {dims[0] - z < chunk[0] ? dims[0] - z : chunk[0],
+                                  dims[1] - y < chunk[1] ? dims[1] - y : chunk[1],
+                                  dims[2] - x < chunk[2] ? dims[2] - x : chunk[2]};
+                unsigned char *o = buf;
+                for (hsize_t k = 0; k < ext[0]; k++)
+                    for (hsize_t j = 0; j < ext[1]; j++) {
+                        size_t row = ext[2] * esize;
+                        memcpy(o, src + (((z + k) * dims[1] + (y + j)) * dims[2] + x) * esize, row);
+                        o += row;
+                    }
+                hid_t ms = H5Screate_simple(3, ext, NULL);
+                if (ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, ext, NULL) < 0 ||
+                    H5Dwrite(dset, memtype, ms, fs, H5P_DEFAULT, buf) < 0)
+                    e = mn_h5_report("H5Dwrite(chunk)", __FILE__, __LINE__, __func__);
+                if (ms >= 0) H5Sclose(ms);
+            }
+    free(buf);
+    MN_H5(H5Sclose(fs));
+    return e;
+}
+
 /* Create one volume's group, attributes and datasets (collective); the owner writes the voxels. */
 static mn_err write_volume(prep *p, hid_t dgrp, int g, int index)
 {
@@ -326,8 +367,8 @@ static mn_err write_volume(prep *p, hid_t dgrp, int g, int index)
     MN_H5(dl = H5Dcreate2(grp, "label", H5T_STD_U8LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
     const vol_data *vd = &p->data[g];
     if (vd->image) {
-        MN_H5(H5Dwrite(di, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, vd->image));
-        MN_H5(H5Dwrite(dl, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, vd->label));
+        MN_CALL(write_chunked(di, H5T_NATIVE_FLOAT, sizeof(float), vd->image, dims, chunk));
+        MN_CALL(write_chunked(dl, H5T_NATIVE_UINT8, 1, vd->label, dims, chunk));
     }
     MN_H5(H5Dclose(di));
     MN_H5(H5Dclose(dl));
