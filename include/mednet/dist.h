@@ -186,8 +186,18 @@ mn_err mn_reducer_progress(mn_reducer *r);
 /* End a step: every bucket must have been declared ready (checked: MN_ERR_INTERNAL naming the first missing
  * bucket otherwise).  Waits for all reductions, then scales the whole range by 1 / (all-reduced sample count), so
  * the range holds the mean gradient over all samples of all ranks.  If the total count is 0 the range is left
- * as the (zero) sum and stats->total_samples is 0.  Fills *stats if not NULL.  Collective on comm. */
+ * as the (zero) sum and stats->total_samples is 0.  Fills *stats if not NULL.  Collective on comm.
+ * After an error from ready/progress/finish the step cannot be completed (reductions may be outstanding on some
+ * ranks only): end the job with mn_mpi_abort. */
 mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats);
+
+/* Adapters to the model's backward hooks (mn_model_set_hooks in model.h takes void callbacks of these exact
+ * signatures; ctx = the reducer):
+ *     mn_model_set_hooks(model, mn_reducer_hook_ready, mn_reducer_hook_progress, reducer);
+ * They call mn_reducer_ready / mn_reducer_progress; since a hook cannot return an error, the first error is kept
+ * (and printed where it happened) and returned by the next mn_reducer_finish.  Collective as their targets. */
+void mn_reducer_hook_ready(void *ctx, size_t offset, size_t count);
+void mn_reducer_hook_progress(void *ctx);
 
 /* ---- per-dataset heads ----------------------------------------------------------------------------------------- */
 

@@ -51,6 +51,7 @@ struct mn_reducer {
     double union_t0, inflight;
     double busy;          /* seconds inside start/ready/progress this step */
     mn_trace *trace;
+    mn_err hook_err;      /* first error inside a hook adapter this step */
     mn_reducer_stats last;
 };
 
@@ -135,6 +136,7 @@ mn_err mn_reducer_start(mn_reducer *r, double local_samples)
     double t0 = MPI_Wtime();
     r->local_samples = local_samples;
     r->total_samples = 0;
+    r->hook_err = MN_OK;
     MN_MPI(MPI_Iallreduce(&r->local_samples, &r->total_samples, 1, MPI_DOUBLE, MPI_SUM, r->comm, &r->count_req));
     r->in_step = 1;
     r->busy += MPI_Wtime() - t0;
@@ -238,6 +240,7 @@ mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats)
 {
     MN_CHECK(r, MN_ERR_ARG, "NULL reducer");
     MN_CHECK(r->in_step, MN_ERR_INTERNAL, "mn_reducer_finish called without mn_reducer_start");
+    MN_CHECK(r->hook_err == MN_OK, r->hook_err, "a gradient-ready hook failed during backward (first error above)");
     if (r->next_start < r->nb) {
         int i = r->next_start;
         MN_FAIL(MN_ERR_INTERNAL,
@@ -276,6 +279,20 @@ mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats)
     r->last.total_samples = r->total_samples;
     if (stats) *stats = r->last;
     return MN_OK;
+}
+
+void mn_reducer_hook_ready(void *ctx, size_t offset, size_t count)
+{
+    mn_reducer *r = ctx;
+    if (!r || r->hook_err != MN_OK) return;
+    r->hook_err = mn_reducer_ready(r, offset, count);
+}
+
+void mn_reducer_hook_progress(void *ctx)
+{
+    mn_reducer *r = ctx;
+    if (!r || r->hook_err != MN_OK) return;
+    r->hook_err = mn_reducer_progress(r);
 }
 
 mn_err mn_dist_reduce_head(const mn_dist *d, int ds, float *grad, mn_range head, double local_samples,

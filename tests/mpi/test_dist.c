@@ -188,6 +188,13 @@ static void test_reducer_errors(void)
                 mn_error_last());
     TEST_EXPECT(mn_reducer_ready(red, 10, 40) == MN_OK, "ready failed");
     TEST_EXPECT(mn_reducer_finish(red, NULL) == MN_OK, "finish failed");
+    /* Through the hook adapters: a bad range is kept and returned by finish. */
+    TEST_EXPECT(mn_reducer_start(red, 1) == MN_OK, "start failed");
+    mn_reducer_hook_ready(red, 50, 40);
+    mn_reducer_hook_progress(red);
+    mn_reducer_hook_ready(red, 0, 5); /* outside the range */
+    mn_reducer_hook_ready(red, 10, 40);
+    TEST_EXPECT(mn_reducer_finish(red, NULL) == MN_ERR_ARG, "hook error not returned by finish");
     mn_error_set_quiet(0);
     mn_reducer_destroy(&red);
 }
