@@ -15,7 +15,9 @@
  *
  * The sample count is reduced by its own MPI_Iallreduce (one double), started in mn_reducer_start, so the
  * gradient buffer needs no spare slot.  The mean is formed by multiplying with the float reciprocal of the total:
- * the same operation on the same bits on every rank, so replicas stay bitwise identical.
+ * the same operation on the same bits on every rank, so replicas stay bitwise identical.  Since the count is
+ * known early, a bucket whose reduction is seen complete in a progress call is scaled right there, behind the
+ * rest of backward; finish scales only what is left.
  *
  * Timing: "inflight" is the union of the intervals during which at least one bucket was outstanding (completion is
  * seen when a test or wait returns, so it is as fine as the progress calls); "wait" is the time blocked in
@@ -39,6 +41,7 @@ struct mn_reducer {
     int nb;
     mn_range *bucket;     /* [nb] absolute float ranges, bucket 0 = end of the range */
     size_t *nready;       /* [nb] floats declared ready this step */
+    unsigned char *scaled;/* [nb] bucket already divided by the total this step */
     uint64_t *bits;       /* [(range.count + 63) / 64] ready bitmap, bit i = float range.offset + i */
     size_t nwords;
     MPI_Request *req;     /* [nb] */
@@ -77,6 +80,7 @@ mn_err mn_reducer_create(MPI_Comm comm, float *grad, mn_range range, size_t buck
     size_t nb = r->nb ? (size_t)r->nb : 1;
     mn_err e = mn_calloc(nb * sizeof(mn_range), "reducer buckets", (void **)&r->bucket);
     if (!e) e = mn_calloc(nb * sizeof(size_t), "reducer ready counts", (void **)&r->nready);
+    if (!e) e = mn_calloc(nb, "reducer scaled flags", (void **)&r->scaled);
     if (!e) e = mn_calloc(nb * sizeof(MPI_Request), "reducer requests", (void **)&r->req);
     r->nwords = (range.count + 63) / 64;
     if (!e) e = mn_calloc((r->nwords ? r->nwords : 1) * sizeof(uint64_t), "reducer ready bitmap", (void **)&r->bits);
@@ -103,6 +107,7 @@ void mn_reducer_destroy(mn_reducer **pr)
     mn_reducer *r = *pr;
     mn_free(&r->bucket);
     mn_free(&r->nready);
+    mn_free(&r->scaled);
     mn_free(&r->bits);
     mn_free(&r->req);
     mn_free(&r->t_start);
@@ -126,6 +131,7 @@ mn_err mn_reducer_start(mn_reducer *r, double local_samples)
     MN_CHECK(local_samples >= 0, MN_ERR_ARG, "negative sample count %g", local_samples);
     for (int i = 0; i < r->nb; i++) {
         r->nready[i] = 0;
+        r->scaled[i] = 0;
         r->t_start[i] = r->t_done[i] = 0;
     }
     memset(r->bits, 0, r->nwords * sizeof(uint64_t));
@@ -148,6 +154,17 @@ static void mark_done(mn_reducer *r, int i, double now)
 {
     r->t_done[i] = now;
     if (--r->outstanding == 0) r->inflight += now - r->union_t0;
+}
+
+/* Divide bucket i by the all-reduced sample count (known: count request complete) unless done already. */
+static void scale_bucket(mn_reducer *r, int i)
+{
+    if (r->scaled[i]) return;
+    r->scaled[i] = 1;
+    if (r->total_samples <= 0) return;
+    float inv = (float)(1.0 / r->total_samples);
+    float *g = r->grad + r->bucket[i].offset;
+    for (size_t k = 0; k < r->bucket[i].count; k++) g[k] *= inv;
 }
 
 /* Mask of bits [lo, hi) within one 64-bit word, 0 <= lo < hi <= 64. */
@@ -228,9 +245,11 @@ mn_err mn_reducer_progress(mn_reducer *r)
     int flag = 0;
     if (r->count_req != MPI_REQUEST_NULL) MN_MPI(MPI_Test(&r->count_req, &flag, MPI_STATUS_IGNORE));
     for (int i = 0; i < r->next_start; i++) {
-        if (r->req[i] == MPI_REQUEST_NULL) continue;
-        MN_MPI(MPI_Test(&r->req[i], &flag, MPI_STATUS_IGNORE));
-        if (flag) mark_done(r, i, MPI_Wtime());
+        if (r->req[i] != MPI_REQUEST_NULL) {
+            MN_MPI(MPI_Test(&r->req[i], &flag, MPI_STATUS_IGNORE));
+            if (flag) mark_done(r, i, MPI_Wtime());
+        }
+        if (r->req[i] == MPI_REQUEST_NULL && r->count_req == MPI_REQUEST_NULL) scale_bucket(r, i);
     }
     r->busy += MPI_Wtime() - t0;
     return MN_OK;
@@ -258,12 +277,8 @@ mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats)
     double wait = MPI_Wtime() - t0;
     r->in_step = 0;
 
-    /* The mean over every sample of every rank. */
-    if (r->total_samples > 0) {
-        float inv = (float)(1.0 / r->total_samples);
-        float *g = r->grad + r->range.offset;
-        for (size_t i = 0; i < r->range.count; i++) g[i] *= inv;
-    }
+    /* The mean over every sample of every rank (buckets not yet scaled in a progress call). */
+    for (int i = 0; i < r->nb; i++) scale_bucket(r, i);
     for (int i = 0; i < r->nb; i++) {
         char name[32];
         snprintf(name, sizeof name, "bucket %d", i);
