@@ -58,10 +58,10 @@ typedef struct mn_dataset_def {
     int num_ranges;
     mn_label_range ranges[MN_CORPUS_MAX_RANGES];
     char label_map_text[2048];
-    int label_grid_world;   /* 1: label resampled through world coordinates; 0: grids must match */
+    int label_grid;   /* 1: label resampled through world coordinates; 0: grids must match */
     int has_spacing;
     double spacing[3];
-    mn_norm norm;
+    mn_norm normalisation;
     double window[2];
     int crop;
     char image_pattern[1024], label_pattern[1024];
@@ -78,7 +78,7 @@ typedef struct mn_corpus_def {
     int chunk;
     int compress;
     int skip_bad;
-    double affine_tol;
+    double affine_tolerance;
     int num_datasets;
     mn_dataset_def *datasets;
 } mn_corpus_def;

@@ -100,16 +100,16 @@ static mn_err parse_dataset(mn_config *cfg, const char *section, mn_dataset_def 
     d->role = (mn_role)v;
     MN_CALL(mn_config_choice(cfg, section, "normalisation", d->modality == MN_MOD_CT ? "ct" : "zscore", norm_names,
                              &v));
-    d->norm = (mn_norm)v;
+    d->normalisation = (mn_norm)v;
     MN_CALL(mn_config_choice(cfg, section, "label_grid", "same", grid_names, &v));
-    d->label_grid_world = v;
+    d->label_grid = v;
     MN_CALL(mn_config_bool(cfg, section, "crop", 1, &d->crop));
     MN_CALL(parse_spacing(cfg, section, &d->has_spacing, d->spacing));
     int nw = 0;
     MN_CALL(mn_config_doubles(cfg, section, "window", d->window, 2, &nw));
-    MN_CHECK(d->norm != MN_NORM_WINDOW || (nw == 2 && d->window[0] < d->window[1]), MN_ERR_CONFIG,
+    MN_CHECK(d->normalisation != MN_NORM_WINDOW || (nw == 2 && d->window[0] < d->window[1]), MN_ERR_CONFIG,
              "config %s: [%s] normalisation = window needs `window = lo, hi` with lo < hi", origin, section);
-    MN_CHECK(nw == 0 || d->norm == MN_NORM_WINDOW, MN_ERR_CONFIG,
+    MN_CHECK(nw == 0 || d->normalisation == MN_NORM_WINDOW, MN_ERR_CONFIG,
              "config %s: [%s] window is only used with normalisation = window", origin, section);
 
     const char *s;
@@ -173,7 +173,7 @@ mn_err mn_corpus_def_from_config(mn_config *cfg, mn_corpus_def **out)
     TRY(mn_config_int(cfg, "corpus", "compress", 0, 0, 9, &l));
     def->compress = (int)l;
     TRY(mn_config_bool(cfg, "corpus", "skip_bad", 0, &def->skip_bad));
-    TRY(mn_config_double(cfg, "corpus", "affine_tolerance", 1e-3, 0, 10, &def->affine_tol));
+    TRY(mn_config_double(cfg, "corpus", "affine_tolerance", 1e-3, 0, 10, &def->affine_tolerance));
 
     int nsec = mn_config_section_count(cfg);
     def->datasets = calloc((size_t)(nsec > 0 ? nsec : 1), sizeof *def->datasets);

@@ -184,7 +184,7 @@ void mn_corpus_print_summary(const mn_corpus_info *info, FILE *f)
     fprintf(f, "corpus '%s' (%s): %d dataset(s), %d volume(s), checksum %08x, format %d, written by mednet %s\n",
             info->name, info->path, info->num_datasets, info->num_volumes, (unsigned)info->checksum,
             info->format_version, info->mednet_version);
-    fprintf(f, "  %-20s %-8s %-5s %4s %-22s %-16s %7s  %s\n", "dataset", "role", "mod", "vols", "shape (DxHxW)",
+    fprintf(f, "  %-24s %-8s %-5s %4s %-22s %-16s %7s  %s\n", "dataset", "role", "mod", "vols", "shape (DxHxW)",
             "spacing (mm)", "fg %", "classes");
     for (int d = 0; d < info->num_datasets; d++) {
         const mn_corpus_dataset *ds = &info->datasets[d];
@@ -210,7 +210,7 @@ void mn_corpus_print_summary(const mn_corpus_info *info, FILE *f)
             strncat(cls, ds->class_names[k], sizeof cls - strlen(cls) - 1);
             if (k + 1 < ds->num_classes) strncat(cls, ",", sizeof cls - strlen(cls) - 1);
         }
-        fprintf(f, "  %-20s %-8s %-5s %4d %-22s %-16s %7.2f  %d: %s\n", ds->name, role_name(ds->role), ds->modality,
+        fprintf(f, "  %-24s %-8s %-5s %4d %-22s %-16s %7.2f  %d: %s\n", ds->name, role_name(ds->role), ds->modality,
                 ds->num_volumes, shape, sp, 100 * fg / ds->num_volumes, ds->num_classes, cls);
     }
     fflush(f);
@@ -339,10 +339,10 @@ void mn_shard_plan_print(const mn_shard_plan *plan, const mn_corpus_info *info, 
         }
         fputc('\n', f);
     }
-    fprintf(f, "  %-20s %s\n", "dataset", "ranks");
+    fprintf(f, "  %-24s %s\n", "dataset", "ranks");
     for (int d = 0; d < plan->num_datasets; d++) {
         if (plan->holders_offset[d + 1] == plan->holders_offset[d]) continue;
-        fprintf(f, "  %-20s", info->datasets[d].name);
+        fprintf(f, "  %-24s", info->datasets[d].name);
         for (int i = plan->holders_offset[d]; i < plan->holders_offset[d + 1]; i++) fprintf(f, " %d", plan->holders[i]);
         fputc('\n', f);
     }

@@ -72,7 +72,7 @@ typedef struct prep {
     double (*dstats)[4];      /* per dataset: clip lo, hi, mean, std (CT/window) */
 } prep;
 
-static int needs_dataset_stats(const mn_dataset_def *d) { return d->norm == MN_NORM_CT || d->norm == MN_NORM_WINDOW; }
+static int needs_dataset_stats(const mn_dataset_def *d) { return d->normalisation == MN_NORM_CT || d->normalisation == MN_NORM_WINDOW; }
 
 /* An error on a pair: skipped (recorded, warned) when skip_bad allows it, else returned. */
 static mn_err pair_error(prep *p, vol_rec *r, mn_err e)
@@ -97,14 +97,14 @@ static mn_err header_pass(prep *p, vol_rec *r)
     for (int a = 0; a < 3; a++) r->src_dim[a] = img.dim[a];
     mn_volume_world_spacing(&img, r->src_spacing);
     snprintf(r->affine_source, sizeof r->affine_source, "%s", ii.affine_source);
-    if (!d->label_grid_world) {
-        MN_CHECK(mn_volume_same_grid(&img, &lab, p->def->affine_tol), MN_ERR_FORMAT,
+    if (!d->label_grid) {
+        MN_CHECK(mn_volume_same_grid(&img, &lab, p->def->affine_tolerance), MN_ERR_FORMAT,
                  "label grid of '%s' (%lldx%lldx%lld, x row %g %g %g %g) does not match image '%s' (%lldx%lldx%lld, "
                  "x row %g %g %g %g) within %g mm\n---> HINT: set `label_grid = world` in [%s] to resample the label "
                  "through world coordinates", lp, (long long)lab.dim[0], (long long)lab.dim[1], (long long)lab.dim[2],
                  lab.affine[0][0], lab.affine[0][1], lab.affine[0][2], lab.affine[0][3], ip, (long long)img.dim[0],
                  (long long)img.dim[1], (long long)img.dim[2], img.affine[0][0], img.affine[0][1], img.affine[0][2],
-                 img.affine[0][3], p->def->affine_tol, d->name);
+                 img.affine[0][3], p->def->affine_tolerance, d->name);
     } else {
         mn_grid g;
         double sp[3];
@@ -221,7 +221,7 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     }
     r->affine[3][3] = 1;
     /* Intensities. */
-    if (d->norm == MN_NORM_ZSCORE) {
+    if (d->normalisation == MN_NORM_ZSCORE) {
         int64_t cnt;
         mn_masked_stats(out->image, NULL, n, 0, 0, &r->mean, &r->std, &cnt);
         mn_normalise(out->image, n, MN_NORM_ZSCORE, 0, 0, r->mean, r->std);
@@ -268,7 +268,7 @@ static mn_err dataset_stats(prep *p)
             if (p->rec[g].status == REC_OK)
                 for (uint32_t s = 0; s < p->rec[g].nsample; s++) all[k++] = p->samples[(size_t)g * SAMPLES_PER_VOLUME + s];
         double lo = ds->window[0], hi = ds->window[1];
-        if (ds->norm == MN_NORM_CT && total) {
+        if (ds->normalisation == MN_NORM_CT && total) {
             lo = mn_quantile_sorted_inplace(all, total, 0.005);
             hi = mn_quantile_sorted_inplace(all, total, 0.995);
         }
@@ -420,7 +420,7 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
         MN_CALL(mn_h5_attr_i64(grp, "num_classes", &ncls, 1));
         MN_CALL(mn_h5_attr_strs(grp, "class_names", ds->class_names[0], ds->num_classes, MN_CORPUS_NAME_LEN));
         MN_CALL(mn_h5_attr_f64(grp, "spacing", p->spacing[d], 3));
-        MN_CALL(mn_h5_attr_str(grp, "normalisation", norm[ds->norm]));
+        MN_CALL(mn_h5_attr_str(grp, "normalisation", norm[ds->normalisation]));
         MN_CALL(mn_h5_attr_str(grp, "label_map", ds->label_map_text));
         MN_CALL(mn_h5_attr_i64(grp, "num_volumes", &nok, 1));
         MN_CALL(mn_h5_attr_i64(grp, "skipped", &nskip, 1));
@@ -550,7 +550,7 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
             if (needs_dataset_stats(ds)) {
                 const double *st = p->dstats[r->dataset];
                 r->clip[0] = st[0], r->clip[1] = st[1], r->mean = st[2], r->std = st[3];
-                mn_normalise(p->data[g].image, n, ds->norm, st[0], st[1], st[2], st[3]);
+                mn_normalise(p->data[g].image, n, ds->normalisation, st[0], st[1], st[2], st[3]);
             }
             r->data_crc = mn_corpus_data_crc(p->data[g].image, p->data[g].label, n);
             bytes_written += n * 5;

@@ -57,3 +57,9 @@ set_tests_properties(test_prep_mricron_np1 test_prep_mricron_np2 test_prep_mricr
 add_test(NAME test_corpus_xcheck COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_corpus_xcheck.py
          mricron_np1.h5 WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
 set_tests_properties(test_corpus_xcheck PROPERTIES FIXTURES_REQUIRED mricron_np1 LABELS corpus TIMEOUT 120)
+
+# The documented example definition (every key) stays valid: it builds on mricron-data.
+add_test(NAME test_prep_example
+         COMMAND sh -c "$<TARGET_FILE:mednet> prep ${PROJECT_SOURCE_DIR}/configs/corpus_example.ini --output example.h5 --force > example.log && cat example.log && grep -Eq 'colin_window +pretrain other' example.log"
+         WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
+set_tests_properties(test_prep_example PROPERTIES FIXTURES_REQUIRED corpus_inputs LABELS corpus)
