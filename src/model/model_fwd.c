@@ -32,7 +32,7 @@ static void progress(mn_model *m)
 
 /* ---- encoder ---- */
 
-static mn_err block_forward(mn_model *m, mn_block *b)
+mn_err mn_model_block_forward(mn_model *m, mn_block *b)
 {
     int tr = m->training;
     size_t nout = mn_shape_numel(&b->out);
@@ -70,7 +70,7 @@ static mn_err block_forward(mn_model *m, mn_block *b)
 }
 
 /* dy: gradient of the block output (masked in place); dx: receives (overwritten) the gradient of the block input. */
-static mn_err block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
+mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
 {
     int tr = m->training;
     size_t nout = mn_shape_numel(&b->out), nin = mn_shape_numel(&b->in);
@@ -264,7 +264,7 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
     MN_CALL(mn_bn3d_forward(&m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr));
     mn_relu_forward(mn_shape_numel(&m->stem_shape), m->stem_a, m->stem_a);
     MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax));
-    for (int i = 0; i < m->nblocks; i++) MN_CALL(block_forward(m, &m->blocks[i]));
+    for (int i = 0; i < m->nblocks; i++) MN_CALL(mn_model_block_forward(m, &m->blocks[i]));
     if (tr) m->enc_bn_batches++;
 
     /* Heads. */
@@ -344,7 +344,7 @@ mn_err mn_model_backward(mn_model *m)
     /* Blocks, last to first; each block's parameter range is final after its backward. */
     for (int i = m->nblocks - 1; i >= 0; i--) {
         mn_block *b = &m->blocks[i];
-        MN_CALL(block_backward(m, b, G, Gi));
+        MN_CALL(mn_model_block_backward(m, b, G, Gi));
         if (m->grad_ready) m->grad_ready(m->hook_ctx, b->p_off, b->p_len);
         float *t = G;
         G = Gi;

@@ -117,4 +117,10 @@ struct mn_model {
     void *hook_ctx;
 };
 
+/* One block's forward (b->y from b->x) and backward (dy: gradient of b->y, masked in place; dx: overwritten with
+ * the gradient of b->x; parameter gradients accumulated), in the model's training mode.  Internal; exposed for the
+ * block-level gradient tests. */
+mn_err mn_model_block_forward(mn_model *m, mn_block *b);
+mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx);
+
 #endif
