@@ -36,20 +36,14 @@ add_test(NAME test_prep_mricron_h5diff COMMAND ${MN_H5DIFF} -v1 mricron_np1.h5 m
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
 set_tests_properties(test_prep_mricron_h5diff PROPERTIES FIXTURES_REQUIRED "mricron_np1;mricron_np2")
 
-string(JOIN " " MN_MPIEXEC_SH ${MN_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} 2)
-# The command on bad input: it exits non-zero, names the cause, writes nothing, and never replaces an existing
-# corpus (without --force; with --force and a bad input the existing file stays as it was).
+# The command on bad input (every case, 1 and 2 ranks): non-zero exit, the cause named, nothing written, an
+# existing corpus never modified; corrupt corpus files rejected by `mednet prep --info`.
 add_test(NAME test_prep_cli_bad
-         COMMAND sh -c "set -u; cp mricron_np1.h5 existing.h5 && cp existing.h5 existing.ref && \
-printf '[corpus]\\nroot = bad\\n[d]\\nimage = trunc.nii.gz\\nlabel = good_seg.nii.gz\\nclasses = background, a, b\\n' > bad_cli.ini && \
-if $<TARGET_FILE:mednet> prep ${MN_MRICRON_INI} --output existing.h5 2> refuse.err; then echo 'overwrote without --force'; exit 1; fi && \
-grep -q 'exists; refusing to overwrite' refuse.err && cmp existing.h5 existing.ref && \
-if $<TARGET_FILE:mednet> prep bad_cli.ini --output existing.h5 --force 2> bad.err; then echo 'bad input accepted'; exit 1; fi && \
-grep -q 'trunc.nii.gz' bad.err && cmp existing.h5 existing.ref && test ! -e existing.h5.tmp && \
-rm -f fresh.h5 && if ${MN_MPIEXEC_SH} $<TARGET_FILE:mednet> prep bad_cli.ini --output fresh.h5 2> bad2.err; then exit 1; fi && \
-grep -q 'trunc.nii.gz' bad2.err && test ! -e fresh.h5 && test ! -e fresh.h5.tmp && echo 'bad input: non-zero exit, cause named, nothing written, existing corpus untouched'"
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_corpus_cli.sh $<TARGET_FILE:mednet> ${MN_MPIEXEC}
+                 ${MPIEXEC_NUMPROC_FLAG}
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
-set_tests_properties(test_prep_cli_bad PROPERTIES FIXTURES_REQUIRED "corpus_inputs;mricron_np1" LABELS corpus)
+set_tests_properties(test_prep_cli_bad PROPERTIES FIXTURES_REQUIRED "corpus_inputs;corpus_np1;mricron_np1"
+                     LABELS corpus TIMEOUT 120)
 set_tests_properties(test_prep_mricron_np1 test_prep_mricron_np2 test_prep_mricron_h5diff PROPERTIES LABELS corpus)
 
 # An independent re-implementation (numpy, raw NIfTI headers, no libnifti) of the resampling, label maps and
