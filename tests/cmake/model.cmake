@@ -9,3 +9,4 @@ add_test(NAME test_model_parity_18 COMMAND test_model_parity 18)
 add_test(NAME test_model_parity_50 COMMAND test_model_parity 50)
 set_tests_properties(test_model_parity_18 test_model_parity_50 PROPERTIES TIMEOUT 300 LABELS "model;ref"
                      ENVIRONMENT "OMP_NUM_THREADS=1")
+mn_test(test_safetensors SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_safetensors.c TIMEOUT 120 LABELS model)
