@@ -18,5 +18,6 @@ typedef mn_err (*mn_cmd_fn)(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_info(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_pretrain(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res);
 
 #endif
