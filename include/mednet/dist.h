@@ -146,7 +146,10 @@ typedef struct mn_reducer_stats {
                          offload (shared memory, TCP) the copies and sums happen inside these calls, on the
                          caller's critical path, so this is communication cost too */
     double hidden;    /* share of inflight during which the caller computed instead of communicating:
-                         (inflight - wait - busy) / inflight clipped to [0, 1]; 1 if inflight == 0 */
+                         (inflight - wait - busy) / inflight clipped to [0, 1]; 1 if inflight == 0.  An upper bound
+                         of the communication hidden: a reduction only advances inside MPI calls, so inflight also
+                         counts the time it sat idle between progress calls.  The honest figure compares the
+                         exposed time (busy + finish) with a blocking all-reduce (benchmarks/bench_allreduce) */
     double total_samples; /* the all-reduced sample count the gradients were divided by */
 } mn_reducer_stats;
 
