@@ -351,9 +351,13 @@ static mn_err write_volume(prep *p, hid_t dgrp, int g, int index)
     MN_CALL(mn_h5_attr_u32(grp, "data_crc32", r->data_crc));
 
     hsize_t dims[3], chunk[3];
+    /* As many chunks per axis as `chunk` asks for, but evened out over the extent, so that edge chunks are not
+     * mostly padding (a 45-voxel axis gets two 23-voxel chunks, not a 32 and a 13 padded to 32). */
     for (int a = 0; a < 3; a++) {
+        hsize_t c = (hsize_t)p->def->chunk, n;
         dims[a] = (hsize_t)r->shape[a];
-        chunk[a] = dims[a] < (hsize_t)p->def->chunk ? dims[a] : (hsize_t)p->def->chunk;
+        n = (dims[a] + c - 1) / c;
+        chunk[a] = (dims[a] + n - 1) / n;
     }
     hid_t space, dcpl;
     MN_H5(space = H5Screate_simple(3, dims, NULL));
