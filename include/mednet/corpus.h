@@ -41,7 +41,7 @@ typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET } mn_role;
 /* ---- the definition: one [corpus] section and one section per dataset ---------------------------------------
  *
  *   [corpus]  name, output, root (prefix of relative paths), spacing (1 or 3 numbers, mm; default: per dataset),
- *             chunk (voxels per chunk side, default 32), compress (gzip level, 0..9, 1 rank only), skip_bad,
+ *             chunk (largest chunk edge in voxels, default 32; evened out per axis), compress (gzip level, 0..9, 1 rank only), skip_bad,
  *             affine_tolerance (mm, default 1e-3)
  *   [<name>]  image, label (a file, a comma-separated list or a glob each; paired in sorted order), modality
  *             (MR | CT | other), role (pretrain | target), classes (comma-separated names, background first),
