@@ -41,8 +41,9 @@ typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET } mn_role;
 /* ---- the definition: one [corpus] section and one section per dataset ---------------------------------------
  *
  *   [corpus]  name, output, root (prefix of relative paths), spacing (1 or 3 numbers, mm; default: per dataset),
- *             chunk (largest chunk edge in voxels, default 32; evened out per axis), compress (gzip level, 0..9, 1 rank only), skip_bad,
- *             affine_tolerance (mm, default 1e-3)
+ *             chunk (largest chunk edge in voxels, default 32; evened out per axis), compress (gzip level 0..9,
+ *             1 rank only), skip_bad, affine_tolerance (mm, default 1e-3).  configs/corpus_example.ini documents
+ *             every key.
  *   [<name>]  image, label (a file, a comma-separated list or a glob each; paired in sorted order), modality
  *             (MR | CT | other), role (pretrain | target), classes (comma-separated names, background first),
  *             label_map ("code:class" or "lo-hi:class", comma-separated; default identity), label_grid
