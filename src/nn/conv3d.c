@@ -135,37 +135,24 @@ static int conv_use_taps(const mn_vgeom *g, mn_taps *tp)
     return (double)tp->total < MN_CONV_TAPS_FRAC * (double)tp->n * (double)mn_vgeom_cols(g);
 }
 
-/* w2[t][k][c] = w[k][c][t]: one (K x C) row-major matrix per tap. */
+/* w2[t][k][c] = w[k][c][t]: one (K x C) row-major matrix per tap.  Loop order matters (measured 6x): the row
+ * w[k] (C*kvol floats) stays in L2 while kvol contiguous rows of w2 are written; the other order scatters every
+ * element into kvol distant pages. */
 static void permute_w_tap_major(const float *w, int K, int C, int kvol, float *w2)
 {
 #pragma omp parallel for schedule(static)
     for (int k = 0; k < K; k++)
-        for (int c = 0; c < C; c++)
-            for (int t = 0; t < kvol; t++)
-                w2[((size_t)t * K + k) * C + c] = w[((size_t)k * C + c) * kvol + t];
+        for (int t = 0; t < kvol; t++) {
+            const float *src = w + (size_t)k * C * kvol + t;
+            float *dst = w2 + ((size_t)t * K + k) * C;
+            for (int c = 0; c < C; c++) dst[c] = src[(size_t)c * kvol];
+        }
 }
 
-/* dw[k][c][t] += dwt2[t][c][k] for the taps with a non-empty box. */
-static void add_dw_from_tap_major(const float *dwt2, const mn_taps *tp, int K, int C, float *dw)
-{
-    const int kvol = tp->n;
-#pragma omp parallel for schedule(static)
-    for (int k0 = 0; k0 < K; k0 += 16) {
-        const int k1 = k0 + 16 < K ? k0 + 16 : K;
-        for (int c = 0; c < C; c++)
-            for (int t = 0; t < kvol; t++) {
-                if (!tp->nv[t]) continue;
-                const float *src = dwt2 + ((size_t)t * C + c) * K;
-                for (int k = k0; k < k1; k++) dw[((size_t)k * C + c) * kvol + t] += src[k];
-            }
-    }
-}
-
-/* Workspace of the tap path: blocks, channels-last output, one tap's rows, tap-major weights and their gradient. */
+/* Workspace of the tap path: blocks, channels-last output, one tap's rows, tap-major weights. */
 static size_t taps_workspace(const mn_taps *tp, int C, int K, int G, size_t P)
 {
-    const size_t rows = (size_t)C * tp->n;
-    return (size_t)C * G * tp->total + (size_t)K * G * P + (size_t)K * G * tp->maxnv + 2 * rows * K;
+    return (size_t)C * G * tp->total + (size_t)K * G * P + (size_t)K * G * tp->maxnv + (size_t)C * tp->n * K;
 }
 
 /* Forward on the tap-box layout: per tap, Ycl[box rows] += block_t^T * W_t^T, then transpose into NCDHW + bias. */
@@ -209,7 +196,7 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
     const size_t P = mn_vgeom_cols(g), Pin = (size_t)g->in[0] * g->in[1] * g->in[2];
     const int G = conv_group(N, P);
     float *col = ws, *stage = col + (size_t)C * G * tp->total, *tmp = stage + (size_t)K * G * P;
-    float *w2 = tmp + (size_t)K * G * tp->maxnv, *dwt2 = w2 + (size_t)C * tp->n * K;
+    float *w2 = tmp + (size_t)K * G * tp->maxnv;
     if (dx) permute_w_tap_major(l->w, K, C, tp->n, w2);
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
@@ -227,15 +214,16 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
                 mn_taps_gather_rows(g, tp, t, nb, stage, K, tmp);
                 dyt = tmp;
             }
+            /* dW[:, :, t] (C x K, element (c, k) at dw[(k*C + c)*kvol + t]) += block_t * dY_t: BLIS writes the
+             * strided tile itself, so no staging and no transpose pass over the weights. */
             if (l->dw)
-                MN_CALL(mn_gemm(C, K, nt, 1.0f, colt, nt, 1, dyt, K, 1, n0 ? 1.0f : 0.0f, dwt2 + (size_t)t * C * K,
-                                K, 1));
+                MN_CALL(mn_gemm(C, K, nt, 1.0f, colt, nt, 1, dyt, K, 1, 1.0f, l->dw + t, tp->n,
+                                (ptrdiff_t)C * tp->n));
             if (dx)
                 MN_CALL(mn_gemm(C, nt, K, 1.0f, w2 + (size_t)t * K * C, 1, C, dyt, 1, K, 0.0f, colt, nt, 1));
         }
         if (dx) mn_col2vol_taps(g, tp, nb, col, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
     }
-    if (l->dw) add_dw_from_tap_major(dwt2, tp, K, C, l->dw);
     return MN_OK;
 }
 
