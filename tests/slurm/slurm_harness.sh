@@ -13,6 +13,8 @@
 # cred_expire + 1 s, which would otherwise dominate the requeue test.  On any exit (success, failure, ^C) the trap
 # cancels the remaining jobs and stops the three daemons by the PIDs in their pid files (never by name), then
 # removes the directory (MN_SLURM_KEEP=1 keeps it); the daemon logs are printed when COMMAND failed.
+# COMMAND is stopped after MN_SLURM_TIMEOUT seconds (default 200), below ctest's timeout: ctest kills a timed-out
+# test with SIGKILL, which no trap survives, and the daemons (detached) would outlive it.
 # Needs root (SlurmUser=root).
 set -u
 cpus=4
@@ -50,8 +52,14 @@ stop_pid_file() { # stop_pid_file FILE NAME: TERM, wait up to 10 s, then KILL
 }
 
 status=1
+cmd_pid=
 cleanup() {
     trap - EXIT INT TERM
+    if [ -n "$cmd_pid" ] && kill -0 "$cmd_pid" 2>/dev/null; then
+        log "stopping the command (pid $cmd_pid)"
+        kill -TERM "$cmd_pid" 2>/dev/null
+        wait "$cmd_pid" 2>/dev/null
+    fi
     if [ -s "$T/slurmctld.pid" ] && kill -0 "$(cat "$T/slurmctld.pid")" 2>/dev/null; then
         # Jobs of this private cluster only (SLURM_CONF points at it); let their steps end before slurmd goes.
         ids=$(squeue -h -o %i 2>/dev/null)
@@ -149,7 +157,13 @@ if [ "$state" != idle ]; then log "node never became idle (state '$state')"; exi
 log "Slurm up in $T: node $host idle with $cpus CPUs, ports $ctld_port/$slurmd_port"
 
 # ---- the command ------------------------------------------------------------------------------------------------
-"$@"
+# In the background so that a TERM/INT to the harness runs its trap at once (bash defers traps while a foreground
+# child runs); the trap stops the command first.
+timeout --signal=TERM --kill-after=10 "${MN_SLURM_TIMEOUT:-200}" "$@" &
+cmd_pid=$!
+wait "$cmd_pid"
 status=$?
+cmd_pid=
+[ "$status" -eq 124 ] && log "command timed out after ${MN_SLURM_TIMEOUT:-200} s"
 log "command exited with status $status"
 exit "$status"
