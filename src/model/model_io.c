@@ -126,10 +126,11 @@ static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int 
         const char *name = strncmp(f->name, "module.", 7) ? f->name : f->name + 7;
         match[i] = -1;
         if (ends_with(name, "num_batches_tracked")) {
-            if (f->dtype != MN_ST_I64 || f->ndim != 0)
+            /* A scalar; some writers store it with shape [1]. */
+            if (f->dtype != MN_ST_I64 || f->end - f->begin != 8)
                 err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
-                                      "%s: tensor '%s' must be an I64 scalar, found %s with %d dims", path, f->name,
-                                      mn_st_dtype_name(f->dtype), f->ndim);
+                                      "%s: tensor '%s' must be one I64 value, found %s with %zu bytes", path, f->name,
+                                      mn_st_dtype_name(f->dtype), f->end - f->begin);
             match[i] = -2;
             continue;
         }

@@ -10,3 +10,10 @@ add_test(NAME test_model_parity_50 COMMAND test_model_parity 50)
 set_tests_properties(test_model_parity_18 test_model_parity_50 PROPERTIES TIMEOUT 300 LABELS "model;ref"
                      ENVIRONMENT "OMP_NUM_THREADS=1")
 mn_test(test_safetensors SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_safetensors.c TIMEOUT 120 LABELS model)
+# The MedicalNet checkpoint converter: a fake resnet_10.pth (DataParallel 'module.' prefix) converted to safetensors,
+# then imported by `mednet model --strict`.
+set(MN_CVT_DIR ${CMAKE_CURRENT_BINARY_DIR}/convert_selftest)
+add_test(NAME test_convert_medicalnet
+         COMMAND sh -c "rm -rf '${MN_CVT_DIR}' && mkdir -p '${MN_CVT_DIR}' && '${MN_PYTHON}' '${CMAKE_CURRENT_SOURCE_DIR}/ref/convert_medicalnet.py' --selftest '${MN_CVT_DIR}' && '$<TARGET_FILE:mednet>' model --depth 10 --classes 2 --import '${MN_CVT_DIR}/resnet_10.safetensors' --strict")
+set_tests_properties(test_convert_medicalnet PROPERTIES TIMEOUT 120 LABELS "model;ref"
+                     PASS_REGULAR_EXPRESSION "72 tensors loaded, 0 missing, 0 unexpected, 0 mis-shaped")

@@ -52,7 +52,7 @@ def save_safetensors(path, tensors, metadata=None):
         header["__metadata__"] = metadata
     for name, t in tensors.items():
         a = t.detach().cpu().numpy() if torch.is_tensor(t) else np.asarray(t)
-        a = np.ascontiguousarray(a)
+        a = np.array(a, order="C", copy=True)  # (np.ascontiguousarray would turn a 0-d scalar into 1-d)
         raw = a.tobytes()
         header[name] = {"dtype": NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
