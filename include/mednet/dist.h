@@ -73,7 +73,8 @@ mn_err mn_dist_bcast_floats(MPI_Comm comm, float *buf, size_t n, int root);
 /* Make every replica start from rank 0's parameters: the encoder range from world rank 0 over the world
  * communicator, and for each dataset the head range heads[ds] from the root of its communicator over that
  * communicator (only holders take part; non-holders skip it and need not have the range allocated).
- * `heads` has ndatasets entries, or is NULL when there are no heads to broadcast.  Overwrites params.
+ * `heads` has ndatasets entries indexed by dataset (only those of held datasets are read), or is NULL when there
+ * are no heads to broadcast.  Overwrites params.
  * Collective on the world duplicate and on every dataset communicator this rank belongs to. */
 mn_err mn_dist_bcast_params(const mn_dist *d, float *params, mn_range encoder, const mn_range *heads);
 
@@ -158,7 +159,8 @@ typedef struct mn_reducer_stats {
  * 25 MiB) starting from its END: bucket 0 is the last bucket_bytes of the range, the last bucket is the (possibly
  * shorter) start of it, because the backward pass produces the gradients of the last layers first.
  * The reducer keeps a pointer to grad (not owned) and a reference to comm (not duplicated: comm must outlive it).
- * Optional `trace` (may be NULL, not owned) receives one "allreduce" event per bucket per step.
+ * Optional `trace` (may be NULL, not owned) receives one "allreduce" event per bucket per step (lane tid 1), from
+ * the start of its Iallreduce to the detection of its completion.
  * Not collective, but every rank must create it with the same range and bucket size. */
 mn_err mn_reducer_create(MPI_Comm comm, float *grad, mn_range range, size_t bucket_bytes, mn_trace *trace,
                          mn_reducer **out);
@@ -179,7 +181,8 @@ mn_err mn_reducer_start(mn_reducer *r, double local_samples);
  * the reducer's range; ranges declared in one step must not overlap; count 0 is a no-op).  Every bucket that
  * becomes complete starts its MPI_Iallreduce (sum, in place), in bucket order: a bucket completed before a
  * lower-numbered one waits for it, so every rank starts the collectives in the same order whatever the order of
- * its ready calls.  Collective on comm (non-blocking). */
+ * its ready calls.  A declared range is being reduced in place: the caller must not touch it until
+ * mn_reducer_finish returns.  Collective on comm (non-blocking). */
 mn_err mn_reducer_ready(mn_reducer *r, size_t offset, size_t count);
 
 /* Drive outstanding reductions (Open MPI does not progress non-blocking collectives outside MPI calls): MPI_Test
@@ -187,8 +190,9 @@ mn_err mn_reducer_ready(mn_reducer *r, size_t offset, size_t count);
 mn_err mn_reducer_progress(mn_reducer *r);
 
 /* End a step: every bucket must have been declared ready (checked: MN_ERR_INTERNAL naming the first missing
- * bucket otherwise).  Waits for all reductions, then scales the whole range by 1 / (all-reduced sample count), so
- * the range holds the mean gradient over all samples of all ranks.  If the total count is 0 the range is left
+ * bucket otherwise).  Waits for all reductions, then scales the range by 1 / (all-reduced sample count; buckets
+ * seen complete in a progress call were scaled there already), so the range holds the mean gradient over all
+ * samples of all ranks.  If the total count is 0 the range is left
  * as the (zero) sum and stats->total_samples is 0.  Fills *stats if not NULL.  Collective on comm.
  * After an error from ready/progress/finish the step cannot be completed (reductions may be outstanding on some
  * ranks only): end the job with mn_mpi_abort. */
