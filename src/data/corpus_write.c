@@ -628,6 +628,21 @@ mn_err mn_corpus_prep(MPI_Comm comm, const mn_corpus_def *def, const mn_prep_opt
     MN_MPI(MPI_Bcast(&exists, 1, MPI_INT, 0, comm));
     MN_CHECK(!exists || opt->force, MN_ERR_IO, "output '%s' exists; refusing to overwrite it\n---> HINT: pass "
              "--force to replace it, or choose another output", output);
+    /* A directory we cannot write to is found now, by rank 0, rather than by H5Fcreate in the write phase (where
+     * an error is no longer agreed on and ends in MPI_Abort). */
+    int writable = 1;
+    if (p.rank == 0) {
+        char dir[1100];
+        snprintf(dir, sizeof dir, "%s", output);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir) dir[1] = 0;
+        else if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+        writable = access(dir, W_OK | X_OK) == 0;
+    }
+    MN_MPI(MPI_Bcast(&writable, 1, MPI_INT, 0, comm));
+    MN_CHECK(writable, MN_ERR_IO, "cannot write the corpus '%s': its directory does not exist or is not writable",
+             output);
     double t0 = MPI_Wtime();
     int agreed = 0;
     mn_err e = run(&p, output, tmp, &agreed, sum);

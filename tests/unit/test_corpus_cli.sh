@@ -50,6 +50,9 @@ expect_fail "existing output without --force" "exists; refusing to overwrite" \
     "$MEDNET" prep bad_cli.ini --output existing.h5
 cmp -s existing.h5 existing.ref || fail "no --force: the existing corpus was modified"
 
+expect_fail "output directory missing" "directory does not exist" \
+    $MPIEXEC 2 "$MEDNET" prep bad_cli.ini --output no_such_dir/out.h5
+
 # Corrupt corpus files (made by test_corpus_np1): reading them fails with a message naming the problem.
 expect_fail "truncated corpus" "truncated, corrupt or not an HDF5 file" "$MEDNET" prep --info np1_trunc.h5
 expect_fail "dataset removed" "dataset 'ct_b' is listed" "$MEDNET" prep --info np1_nods.h5
