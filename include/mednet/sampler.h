@@ -1,8 +1,9 @@
 /* sampler.h: the per-rank sampler: random training crops from the volumes of a shard (mednet/corpus.h).
  *
- * Each call draws n crops of a configured size (D, H, W).  A share `fg_share` of them is centred on a random
- * foreground voxel (label > 0) of the chosen volume (nnU-Net's oversampling of foreground, which matters for
- * small structures); the rest are placed uniformly.  Volumes are chosen uniformly among the shard's volumes.
+ * Each call draws n crops of a configured size (D, H, W).  A share `fg_share` of them is centred on a foreground
+ * voxel of the chosen volume: a foreground class present in the volume is drawn uniformly, then one of its voxels
+ * (nnU-Net's oversampling of foreground, which matters for small structures); the rest are placed uniformly.
+ * Volumes are chosen uniformly among the shard's volumes.
  * Augmentation: a random flip per enabled axis (probability 1/2), and intensity jitter x' = x*(1+a) + b with a, b
  * uniform in [-jitter_scale, jitter_scale] and [-jitter_shift, jitter_shift], one draw per crop.
  * A crop that reaches outside its volume (crops larger than the volume, or foreground near the border) is padded

@@ -11,9 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Foreground voxels of one volume grouped by class: class c's linear indices are idx[off[c] .. off[c+1]). */
 typedef struct fg_list {
-    int64_t *idx;   /* linear indices of label > 0 voxels */
-    int64_t n;
+    int64_t *idx;
+    int64_t n;                  /* all foreground voxels */
+    int64_t off[257];           /* labels are uint8: classes 0..255 */
+    int classes[255], nclasses; /* the foreground classes present, ascending */
 } fg_list;
 
 struct mn_sampler {
@@ -102,15 +105,24 @@ mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, in
     }
     for (int v = 0; v < shard->num_volumes; v++) {
         const mn_shard_volume *sv = &shard->volumes[v];
-        int64_t n = sv->shape[0] * sv->shape[1] * sv->shape[2], c = 0;
-        for (int64_t i = 0; i < n; i++) c += sv->label[i] > 0;
-        s->fg[v].idx = malloc((size_t)(c ? c : 1) * sizeof(int64_t));
-        if (!s->fg[v].idx) {
+        fg_list *f = &s->fg[v];
+        int64_t n = sv->shape[0] * sv->shape[1] * sv->shape[2], count[256] = {0};
+        for (int64_t i = 0; i < n; i++) count[sv->label[i]]++;
+        /* Counting sort by class: offsets, then fill. */
+        f->off[1] = 0;
+        for (int c = 1; c < 256; c++) f->off[c + 1] = f->off[c] + count[c];
+        f->n = f->off[256];
+        for (int c = 1; c < 256; c++)
+            if (count[c]) f->classes[f->nclasses++] = c;
+        f->idx = malloc((size_t)(f->n ? f->n : 1) * sizeof(int64_t));
+        if (!f->idx) {
             mn_sampler_destroy(&s);
             MN_FAIL(MN_ERR_MEM, "out of memory for the foreground list of volume %d", v);
         }
+        int64_t fill[256];
+        memcpy(fill, f->off, sizeof fill);
         for (int64_t i = 0; i < n; i++)
-            if (sv->label[i] > 0) s->fg[v].idx[s->fg[v].n++] = i;
+            if (sv->label[i] > 0) f->idx[fill[sv->label[i]]++] = i;
     }
     *out = s;
     return MN_OK;
@@ -161,7 +173,11 @@ mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *la
         const mn_shard_volume *sv = &s->shard->volumes[d->vol];
         int fg = next_unit(&st) < s->cfg.fg_share && s->fg[d->vol].n > 0;
         if (fg) {
-            int64_t i = s->fg[d->vol].idx[next_range(&st, 0, s->fg[d->vol].n - 1)];
+            /* A foreground class present in the volume, uniformly, then one of its voxels: small structures are
+             * centred as often as large ones (nnU-Net's rule). */
+            const fg_list *f = &s->fg[d->vol];
+            int cls = f->classes[next_range(&st, 0, f->nclasses - 1)];
+            int64_t i = f->idx[next_range(&st, f->off[cls], f->off[cls + 1] - 1)];
             int64_t p[3] = {i / (sv->shape[1] * sv->shape[2]), i / sv->shape[2] % sv->shape[1], i % sv->shape[2]};
             for (int a = 0; a < 3; a++) d->origin[a] = p[a] - c[a] / 2;
         } else {

@@ -213,6 +213,29 @@ static void test_shards(const char *path)
         }
         mn_sampler_destroy(&s1);
         mn_sampler_destroy(&s2);
+        /* Foreground crops without flips: the centre voxel is foreground, and the classes are drawn evenly (the
+         * shell of the synthetic spheres has ~7x the voxels of the core, yet both are centred about as often). */
+        sc.fg_share = 1, sc.flip[0] = sc.flip[1] = sc.flip[2] = 0;
+        TEST_EXPECT(mn_sampler_create(shard, &sc, rank, &s1) == MN_OK, "sampler centred");
+        if (s1 && x1 && l1) {
+            int centre_cls[4] = {0}, m = 0;
+            for (int step = 0; step < 40; step++) {
+                mn_sampler_next(s1, step, n, x1, l1, d1);
+                for (int k = 0; k < n; k++) {
+                    int32_t c = l1[k * vox + (6 * 12 + 6) * 12 + 6];
+                    TEST_EXPECT(c > 0, "centre of a foreground crop is class %d", c);
+                    if (d1[k] == 0 && c > 0 && c < 4) centre_cls[c]++, m++; /* mr_a: core 1, shell 2 */
+                }
+            }
+            if (rank == 0)
+                printf("sampler: foreground crops centred on mr_a core %d, shell %d times (of %d)\n", centre_cls[1],
+                       centre_cls[2], m);
+            if (m > 40)
+                TEST_EXPECT(centre_cls[1] > m / 4 && centre_cls[2] > m / 4, "class-balanced centres: core %d, shell "
+                            "%d of %d", centre_cls[1], centre_cls[2], m);
+        }
+        mn_sampler_destroy(&s1);
+        sc.flip[0] = sc.flip[1] = sc.flip[2] = 1;
         /* A crop larger than every volume: padded with MN_LABEL_IGNORE and zeros. */
         sc.crop[0] = sc.crop[1] = sc.crop[2] = 48;
         sc.fg_share = 0;
