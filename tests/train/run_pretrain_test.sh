@@ -39,6 +39,12 @@ resume)
   [ $status -eq 0 ] || { cat split.log; fail "resumed half exited with $status"; }
   grep -q "resumed from split/ckpt-4.h5 at step 4" split.log || { cat split.log; fail "did not resume from step 4"; }
   $py "$here/compare_ckpt.py" straight/ckpt-8.h5 split/ckpt-8.h5 || fail "resumed run differs"
+  # A different P: allowed with a warning, shards re-assigned, the run continues from step 8.
+  run 1 split train.steps=10
+  [ $status -eq 0 ] || { cat split.log; fail "resume on 1 rank exited with $status"; }
+  grep -q "written by 2 ranks on 1 ranks" split.log || { cat split.log; fail "no warning about the changed P"; }
+  grep -q "resumed from split/ckpt-8.h5 at step 8" split.log || { cat split.log; fail "did not resume on 1 rank"; }
+  echo "resume: bitwise identical after 4+4 steps on 2 ranks; resumed on 1 rank with a warning"
   ;;
 replicas)
   # NP ranks: replica checksums compared after every step (a mismatch is an error, exit non-zero).
