@@ -17,9 +17,9 @@ common=(corpus.path="$work/corpus.h5" train.steps="$steps" train.log_every=1 tra
         train.checkpoint_every=0 train.consistency_every=0)
 # Global batch 4 in both: 1 rank x batch 4, or 2 ranks x batch 2.
 OMP_NUM_THREADS=2 "${mpi[@]}" -n 1 "$mednet" pretrain "$root/configs/pretrain_mricron.ini" "${common[@]}" \
-  train.out="$work/r1" train.threads=2 train.batch=4 > "$work/r1.log"
+  train.out_dir="$work/r1" train.threads=2 train.batch=4 > "$work/r1.log"
 OMP_NUM_THREADS=1 "${mpi[@]}" -n 2 "$mednet" pretrain "$root/configs/pretrain_mricron.ini" "${common[@]}" \
-  train.out="$work/r2" train.threads=1 train.batch=2 > "$work/r2.log"
+  train.out_dir="$work/r2" train.threads=1 train.batch=2 > "$work/r2.log"
 grep -m1 "BLIS kernels" "$work/r2.log"
 /usr/bin/python3 - "$work/r1/metrics.jsonl" "$work/r2/metrics.jsonl" <<'PY'
 import json, statistics, sys

@@ -29,7 +29,7 @@ if [ ! -f "$out/corpus_mricron.h5" ]; then
 fi
 echo "== pre-training on $np ranks"
 "${mpi[@]}" build/mednet pretrain configs/pretrain_mricron.ini corpus.path="$out/corpus_mricron.h5" \
-  train.out="$out/pretrain" "$@"
+  train.out_dir="$out/pretrain" "$@"
 echo "== corpus:      $out/corpus_mricron.h5"
 echo "== checkpoints: $out/pretrain/ (newest: $(cat "$out/pretrain/latest" 2>/dev/null || echo none))"
 echo "== metrics:     $out/pretrain/metrics.jsonl"

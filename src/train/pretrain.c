@@ -135,7 +135,7 @@ static mn_err read_cfg(mn_config *c, run_cfg *r)
     MN_CALL(mn_config_choice(c, "train", "nan_policy", "skip", nan_policy, &r->nan_abort));
     MN_CALL(mn_config_bool(c, "train", "trace", 0, &r->trace));
     MN_CALL(mn_config_bool(c, "train", "resume", 1, &r->resume));
-    MN_CALL(mn_config_string(c, "train", "out", "run", &r->out));
+    MN_CALL(mn_config_string(c, "train", "out_dir", "run", &r->out));
 
     mn_optim_config *o = &r->optim;
     *o = mn_optim_defaults();
@@ -519,7 +519,7 @@ static mn_err resume(run *r)
         if (!e && strcmp(sum, want) != 0)
             e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
                                 "checkpoint %s was written for corpus %s, but %s is corpus %s\n"
-                                "---> HINT: use another train.out directory, or the corpus it was trained on",
+                                "---> HINT: use another train.out_dir, or the corpus it was trained on",
                                 path, sum, r->cfg.corpus, want);
         if (!e && atoi(np) != r->size)
             mn_log_warn("resuming %s written by %s ranks on %d ranks: encoder and heads are reloaded and shards "

@@ -15,7 +15,7 @@ common=(corpus.path="$corpus" train.eval_batches=0 train.log_every=1 train.check
 run() { # run NP OUT [overrides...]: mpirun NP ranks, output to OUT.log, status in $status
   local np=$1 out=$2
   shift 2
-  timeout 300 "${mpiexec[@]}" -n "$np" "$mednet" pretrain "$config" "${common[@]}" train.out="$out" "$@" \
+  timeout 300 "${mpiexec[@]}" -n "$np" "$mednet" pretrain "$config" "${common[@]}" train.out_dir="$out" "$@" \
     > "$out.log" 2>&1
   status=$?
 }
@@ -56,7 +56,7 @@ replicas)
   ;;
 signal)
   # SIGUSR1 mid-run: a valid checkpoint, exit status 99, and the resumed run finishes from it.
-  "${mpiexec[@]}" -n 2 "$mednet" pretrain "$config" "${common[@]}" train.out=sig train.steps=400 > sig.log 2>&1 &
+  "${mpiexec[@]}" -n 2 "$mednet" pretrain "$config" "${common[@]}" train.out_dir=sig train.steps=400 > sig.log 2>&1 &
   pid=$!
   for _ in $(seq 1 120); do grep -q '^step 3/' sig.log 2>/dev/null && break; sleep 0.5; done
   grep -q '^step 3/' sig.log || { kill -9 $pid; cat sig.log; fail "run did not start"; }
