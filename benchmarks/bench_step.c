@@ -1,0 +1,200 @@
+/* bench_step: one full MedicalNet training step (forward, loss, backward, SGD update) in mednet next to the same
+ * step in PyTorch (benchmarks/torch_step.py), measured in the same run.
+ *
+ *   bench_step [--threads T] [--steps S] [--quick]          the table: resnet10/18/50 at 1x64^3 batch 2 and
+ *                                                           resnet10 at 1x112^3 batch 2 (--quick: 64^3 only)
+ *   bench_step --one DEPTH SIZE BATCH [--threads T] ...     one configuration (used by the table driver)
+ *
+ * Each configuration runs in its own process (mednet, then PyTorch) so that the peak resident memory (VmHWM /
+ * ru_maxrss) belongs to that configuration alone.  The mednet child exports its seeded weights and the input to
+ * safetensors first; PyTorch loads them, so both start from identical weights, and the first-step losses are
+ * compared before any timing is reported (validation, as in llm.c's dev/ benchmarks).  Step time is the median of
+ * S steps after one warm-up step; conv GFLOP/s counts dense convolution FLOPs (forward + backward-data +
+ * backward-weights = 3x forward, padded taps of dilated stages included).  PyTorch runs with jemalloc preloaded
+ * when available (ENVIRONMENT.md: 1.5-2.5x faster there) and torch.set_num_threads(T).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mednet/mem.h"
+#include "mednet/model.h"
+#include "mednet/safetensors.h"
+#include "mednet/threads.h"
+
+#ifndef MN_PYTHON
+#define MN_PYTHON "/usr/bin/python3"
+#endif
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0". */
+static int run_one(int depth, int size, int batch, int steps, const char *dir)
+{
+    mn_head_spec head = {0, 2};
+    mn_model_config c = mn_model_config_default();
+    c.depth = depth;
+    c.nheads = 1;
+    c.heads = &head;
+    c.input = (mn_shape){batch, 1, size, size, size};
+    c.seed = 7;
+    mn_model *m = NULL;
+    if (mn_model_create(&c, &m) != MN_OK) return 1;
+    size_t vox = (size_t)size * size * size, nx = (size_t)batch * vox;
+    float *x = NULL;
+    int32_t *lab = NULL;
+    if (mn_malloc(nx * sizeof *x, "input", (void **)&x) || mn_malloc(nx * sizeof *lab, "labels", (void **)&lab))
+        return 1;
+    uint64_t s = 12345;
+    for (size_t i = 0; i < nx; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        x[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        lab[i] = (int32_t)((s >> 3) & 1);
+    }
+    char wp[512], ip[512];
+    snprintf(wp, sizeof wp, "%s/w.safetensors", dir);
+    snprintf(ip, sizeof ip, "%s/in.safetensors", dir);
+    mn_st_entry e[2] = {{"x", MN_ST_F32, 5, {batch, 1, size, size, size}, x},
+                        {"labels", MN_ST_I32, 4, {batch, size, size, size}, lab}};
+    if (mn_model_save_safetensors(m, wp, -2) || mn_st_write(ip, e, 2, NULL, NULL, 0)) return 1;
+
+    mn_head_batch hb = {0, 0, batch};
+    float *P = mn_model_params(m);
+    const float *G = mn_model_grads(m);
+    size_t np = mn_model_num_params(m);
+    const float lr = 1e-3f;
+    double *t = calloc((size_t)steps + 1, sizeof *t), loss0 = 0;
+    for (int k = 0; k <= steps; k++) {
+        double t0 = now(), loss = 0;
+        if (mn_model_forward(m, x, &hb, 1) || mn_model_loss(m, 0, lab, 1.0f, &loss) || mn_model_zero_grad(m) ||
+            mn_model_backward(m))
+            return 1;
+        for (size_t i = 0; i < np; i++) P[i] -= lr * G[i];
+        t[k] = now() - t0;
+        if (k == 0) loss0 = loss;
+    }
+    qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
+    double med = t[1 + steps / 2];
+    double gflops = 3.0 * mn_model_forward_flops(m, &hb, 1) / med / 1e9;
+    printf("RESULT %.6f %.3f %.1f %.8f\n", med, gflops, (double)mn_mem_peak_rss() / 1048576.0, loss0);
+    free(t);
+    mn_free(&x);
+    mn_free(&lab);
+    mn_model_destroy(&m);
+    return 0;
+}
+
+/* Run a command and parse its RESULT line into v[0..3]; 0 on success. */
+static int run_child(const char *cmd, double v[4])
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    char line[512];
+    int found = 0;
+    while (fgets(line, sizeof line, p))
+        if (!strncmp(line, "RESULT ", 7) && sscanf(line + 7, "%lf %lf %lf %lf", &v[0], &v[1], &v[2], &v[3]) == 4)
+            found = 1;
+        else
+            fputs(line, stderr);
+    int rc = pclose(p);
+    return (rc == 0 && found) ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, size = 64, batch = 2;
+    const char *dir_arg = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            quick = 1;
+        else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
+            dir_arg = argv[++i];
+        else if (!strcmp(argv[i], "--one") && i + 3 < argc) {
+            one = 1;
+            depth = atoi(argv[++i]);
+            size = atoi(argv[++i]);
+            batch = atoi(argv[++i]);
+        } else {
+            fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--quick] | --one DEPTH SIZE BATCH --dir D\n");
+            return 2;
+        }
+    }
+    if (steps < 1 || threads < 1) return 2;
+    if (mn_threads_init(threads) != MN_OK) return 1;
+    if (one) return run_one(depth, size, batch, steps, dir_arg ? dir_arg : "/tmp");
+
+    char dir[] = "/tmp/mn_bench_step_XXXXXX";
+    if (!mkdtemp(dir)) return 1;
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 1;
+    self[n] = '\0';
+    /* torch_step.py sits next to this source file (CMake compiles it by absolute path). */
+    char script[1024];
+    snprintf(script, sizeof script, "%s", __FILE__);
+    char *slash = strrchr(script, '/');
+    snprintf(slash ? slash + 1 : script, sizeof script - (size_t)(slash ? slash + 1 - script : 0), "torch_step.py");
+    const char *jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    char pre[256] = "";
+    if (access(jemalloc, R_OK) == 0)
+        snprintf(pre, sizeof pre, "LD_PRELOAD=%s MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 ", jemalloc);
+
+    static const int cfg[][3] = {{10, 64, 2}, {18, 64, 2}, {50, 64, 2}, {10, 112, 2}};
+    int ncfg = quick ? 3 : 4, bad = 0;
+    printf("training step (forward + loss + backward + SGD), conv_seg head, 2 classes, %d thread(s), BLIS %s, "
+           "median of %d steps after 1 warm-up%s\n",
+           threads, mn_blis_arch(), steps, pre[0] ? "; PyTorch with jemalloc" : "");
+    printf("%-10s %-14s | %10s %8s %9s | %10s %9s | %7s %7s | %s\n", "model", "input", "mednet s", "GFLOP/s",
+           "peak MiB", "torch s", "peak MiB", "speedup", "mem", "first-step loss (mednet / torch)");
+    for (int i = 0; i < ncfg; i++) {
+        char cmd[2048];
+        double a[4] = {0}, b[4] = {0};
+        snprintf(cmd, sizeof cmd, "%s --one %d %d %d --threads %d --steps %d --dir %s", self, cfg[i][0], cfg[i][1],
+                 cfg[i][2], threads, steps, dir);
+        if (run_child(cmd, a)) {
+            fprintf(stderr, "mednet run failed: %s\n", cmd);
+            bad = 1;
+            continue;
+        }
+        snprintf(cmd, sizeof cmd,
+                 "%s%s %s --depth %d --weights %s/w.safetensors --inputs %s/in.safetensors --threads %d --steps %d",
+                 pre, MN_PYTHON, script, cfg[i][0], dir, dir, threads, steps);
+        if (run_child(cmd, b)) {
+            fprintf(stderr, "PyTorch run failed: %s\n", cmd);
+            bad = 1;
+            continue;
+        }
+        double rel = fabs(a[3] - b[3]) / fabs(b[3]);
+        int valid = rel < 1e-3;
+        if (!valid) bad = 1;
+        char in[32];
+        snprintf(in, sizeof in, "%dx1x%d^3", cfg[i][2], cfg[i][1]);
+        printf("resnet%-4d %-14s | %10.3f %8.1f %9.0f | %10.3f %9.0f | %6.2fx %6.2fx | %.6f / %.6f %s\n", cfg[i][0],
+               in, a[0], a[1], a[2], b[0], b[2], b[0] / a[0], a[2] / b[2], a[3], b[3],
+               valid ? "(match)" : "(MISMATCH)");
+        fflush(stdout);
+    }
+    printf("speedup = torch time / mednet time (> 1: mednet faster); mem = mednet peak / torch peak (< 1: less)\n");
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    return bad;
+}
