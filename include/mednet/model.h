@@ -186,6 +186,10 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
  * with loss_full_size these are the 1/4-size logits (the up-sampled ones are internal). */
 const float *mn_model_logits(const mn_model *m, int i, mn_shape *shape);
 
+/* Logits at the resolution the loss compares them: the up-sampled full-size logits for MN_HEAD_SEG with
+ * loss_full_size, otherwise the same as mn_model_logits.  For evaluation (hard Dice) against full-size labels. */
+const float *mn_model_loss_logits(const mn_model *m, int i, mn_shape *shape);
+
 /* Loss of the i-th head batch of the last forward against `labels`: segmentation (count, D, H, W) int32 at the
  * INPUT size (the model downsamples them as configured); classification (count) int32.  Writes *loss (unscaled) and
  * OVERWRITES the head's logit gradient with scale * dloss/dlogits (scale: e.g. count / global batch of the dataset).

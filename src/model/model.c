@@ -639,16 +639,23 @@ int mn_model_find_tensor(const mn_model *m, const char *name)
 
 size_t mn_model_encoder_param_count(int depth, mn_shortcut shortcut)
 {
-    mn_model_config c = mn_model_config_default();
-    c.depth = depth;
-    c.shortcut = shortcut;
-    mn_model *m = NULL;
-    mn_error_set_quiet(1);
-    mn_err err = mn_model_create(&c, &m);
-    mn_error_set_quiet(0);
-    if (err) return 0;
-    size_t n = m->enc_p_len;
-    mn_model_destroy(&m);
+    /* Run the counting pass of the planner alone: no buffers, no initialisation. */
+    int layers[4], bott = 0;
+    if (!depth_layers(depth, layers, &bott)) return 0;
+    mn_model m;
+    memset(&m, 0, sizeof m);
+    m.cfg = mn_model_config_default();
+    m.cfg.depth = depth;
+    m.shortcut = (shortcut == MN_SHORTCUT_DEFAULT ? mn_model_default_shortcut(depth) : shortcut) == MN_SHORTCUT_A
+                     ? SC_A
+                     : SC_B;
+    m.expansion = bott ? 4 : 1;
+    m.feat_c = 512 * m.expansion;
+    m.nblocks = layers[0] + layers[1] + layers[2] + layers[3];
+    m.blocks = calloc((size_t)m.nblocks, sizeof *m.blocks);
+    if (!m.blocks) return 0;
+    size_t n = plan(&m, 0) == MN_OK ? m.enc_p_len : 0;
+    free(m.blocks);
     return n;
 }
 

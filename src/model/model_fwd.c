@@ -21,6 +21,7 @@
 /* g = 0 where y <= 0 (ReLU backward from its output, in place). */
 static void relu_mask(size_t n, float *g, const float *y)
 {
+#pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++)
         if (!(y[i] > 0.0f)) g[i] = 0.0f;
 }
@@ -284,6 +285,15 @@ const float *mn_model_logits(const mn_model *m, int i, mn_shape *shape)
     const mn_head_batch *hb = &m->hbs[i].hb;
     if (shape) *shape = mn_model_logits_shape(m, hb->head, hb->count);
     return m->logits + (size_t)hb->offset * (size_t)m->max_classes * m->logit_vox;
+}
+
+const float *mn_model_loss_logits(const mn_model *m, int i, mn_shape *shape)
+{
+    if (!m->forwarded || i < 0 || i >= m->nhb) return NULL;
+    const mn_head_batch *hb = &m->hbs[i].hb;
+    if (m->cfg.head_kind != MN_HEAD_SEG || !m->cfg.loss_full_size) return mn_model_logits(m, i, shape);
+    if (shape) *shape = full_shape(m, hb->count, m->heads[hb->head].classes);
+    return m->up + (size_t)hb->offset * (size_t)m->max_classes * mn_shape_voxels(&m->in_shape);
 }
 
 mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss)

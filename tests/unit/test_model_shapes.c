@@ -52,6 +52,12 @@ static void run(int depth, mn_head_kind kind, int full, mn_shape in, int expect_
     TEST_EXPECT(lg && ls.n == hb[0].count && ls.c == 3 && ls.d == expect_d && ls.h == expect_h && ls.w == expect_w,
                 "resnet%d kind %d logits %dx%dx%dx%dx%d, expected %dx3x%dx%dx%d", depth, (int)kind, ls.n, ls.c, ls.d,
                 ls.h, ls.w, hb[0].count, expect_d, expect_h, expect_w);
+    mn_shape fs;
+    const float *fl = mn_model_loss_logits(m, 0, &fs);
+    int want_full = kind == MN_HEAD_BRANCH || (kind == MN_HEAD_SEG && full);
+    TEST_EXPECT(fl && fs.c == 3 && (want_full ? (fs.d == in.d && fs.h == in.h && fs.w == in.w)
+                                              : (fs.d == ls.d && fs.h == ls.h && fs.w == ls.w)),
+                "loss-resolution logits %dx%dx%d", fs.d, fs.h, fs.w);
     int finite = 1;
     for (size_t i = 0; lg && i < mn_shape_numel(&ls); i++) finite &= isfinite(lg[i]) != 0;
     TEST_EXPECT(finite, "finite logits");
