@@ -8,7 +8,8 @@
  *                                  checksum_hex
  *   /<dataset>/             attrs: name, modality ("MR", "CT", "other"), role ("pretrain" or "target"),
  *                                  num_classes, class_names, spacing (double[3], x,y,z mm), normalisation,
- *                                  label_map (text), num_volumes, skipped (pairs skipped with --skip-bad),
+ *                                  label_map (text), num_volumes, skipped (pairs skipped with --skip-bad) and
+ *                                  skipped_pairs ("image | label | reason" lines),
  *                                  norm_clip (double[2]) and norm_mean/norm_std for dataset-level (CT) statistics
  *   /<dataset>/vol_0000/    attrs: source_image, source_label, image_bytes, label_bytes, image_crc32, label_crc32,
  *                                  source_dim_image (int64[3]), source_spacing (double[3]), affine_source,

@@ -428,6 +428,20 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
         MN_CALL(mn_h5_attr_str(grp, "label_map", ds->label_map_text));
         MN_CALL(mn_h5_attr_i64(grp, "num_volumes", &nok, 1));
         MN_CALL(mn_h5_attr_i64(grp, "skipped", &nskip, 1));
+        /* Which pairs were skipped and why, one "image | label | reason" line each (empty when none). */
+        size_t cap = 1, len = 0;
+        for (int g = p->first[d]; g < p->first[d + 1]; g++)
+            if (p->rec[g].status == REC_SKIPPED)
+                cap += strlen(ds->images[p->rec[g].pair]) + strlen(ds->labels[p->rec[g].pair]) + sizeof p->rec[g].reason + 8;
+        char *txt = calloc(1, cap);
+        MN_CHECK(txt, MN_ERR_MEM, "out of memory");
+        for (int g = p->first[d]; g < p->first[d + 1]; g++)
+            if (p->rec[g].status == REC_SKIPPED)
+                len += (size_t)snprintf(txt + len, cap - len, "%s | %s | %s\n", ds->images[p->rec[g].pair],
+                                        ds->labels[p->rec[g].pair], p->rec[g].reason);
+        mn_err ea = mn_h5_attr_str(grp, "skipped_pairs", txt);
+        free(txt);
+        MN_CHECK(!ea, ea, "called from mn_h5_attr_str(skipped_pairs)");
         MN_CALL(mn_h5_attr_f64(grp, "norm_clip", p->dstats[d], 2));
         MN_CALL(mn_h5_attr_f64(grp, "norm_mean", &p->dstats[d][2], 1));
         MN_CALL(mn_h5_attr_f64(grp, "norm_std", &p->dstats[d][3], 1));

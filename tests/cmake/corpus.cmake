@@ -14,7 +14,7 @@ foreach(np 1 2 4)
 endforeach()
 find_program(MN_H5DIFF h5diff REQUIRED)
 add_test(NAME test_corpus_h5diff
-         COMMAND sh -c "${MN_H5DIFF} -v1 np1.h5 np2.h5 && ${MN_H5DIFF} -v1 np1.h5 np4.h5 && ${MN_H5DIFF} -v1 np1.h5 np1_gzip.h5 && echo 'corpora of 1, 2 and 4 ranks (and gzip on 1 rank) are identical'"
+         COMMAND sh -c "${MN_H5DIFF} -v1 np1.h5 np2.h5 && ${MN_H5DIFF} -v1 np1.h5 np4.h5 && ${MN_H5DIFF} -v1 np1.h5 np1_gzip.h5 && ${MN_H5DIFF} -v1 np1_skip.h5 np2_skip.h5 && ${MN_H5DIFF} -v1 np1_skip.h5 np4_skip.h5 && echo 'corpora of 1, 2 and 4 ranks (also with skipped pairs, and gzip on 1 rank) are identical'"
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
 set_tests_properties(test_corpus_h5diff PROPERTIES LABELS corpus TIMEOUT 60
                      FIXTURES_REQUIRED "corpus_np1;corpus_np2;corpus_np4")
