@@ -1,6 +1,7 @@
 /* test_model_parity: mednet's model against a PyTorch model written for the tests (tests/ref/model_ref.py).
  *
- * For each case (depth 10 type B, 18 type A, 50 type B; BN in training and in eval mode) the C side exports its
+ * For each case (depth 10 type B, 18 type A, 50 type B with conv_seg, BN in training and in eval mode; resnet10 also
+ * with conv_seg's loss at full size, the Med3D branch head and the classification head) the C side exports its
  * seeded weights to safetensors, writes an input and labels, and runs the Python reference, which loads the weights
  * with load_state_dict(strict=True) and writes back logits, loss, every parameter gradient, the BN running
  * statistics after the forward, and the losses of 5 plain SGD steps.  Checks: logits and loss to 1e-4 relative,
@@ -77,10 +78,11 @@ static double grad_rms(const mn_model *m, const mn_safetensors *ref)
     return n ? sqrt(s / (double)n) : 0;
 }
 
-static void run_case(const char *dir, int depth, mn_shortcut sc, int training, int full)
+static void run_case(const char *dir, int depth, mn_shortcut sc, int training, int full, mn_head_kind kind)
 {
     char label[64];
-    snprintf(label, sizeof label, "resnet%d %s %s%s", depth, sc == MN_SHORTCUT_A ? "A" : "B",
+    const char *kname = kind == MN_HEAD_SEG ? "seg" : kind == MN_HEAD_BRANCH ? "branch" : "fc";
+    snprintf(label, sizeof label, "resnet%d %s %s %s%s", depth, sc == MN_SHORTCUT_A ? "A" : "B", kname,
              training ? "train" : "eval", full ? " full-size" : "");
     const int classes = 3, steps = 5;
     const float lr = 2e-3f;
@@ -89,6 +91,7 @@ static void run_case(const char *dir, int depth, mn_shortcut sc, int training, i
     c.depth = depth;
     c.shortcut = sc;
     c.nheads = 1;
+    c.head_kind = kind;
     c.heads = &head;
     c.input = (mn_shape){2, 1, 20, 24, 28};
     c.loss_full_size = full;
@@ -125,11 +128,15 @@ static void run_case(const char *dir, int depth, mn_shortcut sc, int training, i
     mn_test_fill(&r, x, nx, 1.0f);
     for (size_t i = 0; i < nx; i++) lab[i] = (int32_t)(mn_test_rng_u64(&r) % (uint64_t)classes);
     mn_st_entry e[2] = {{"x", MN_ST_F32, 5, {2, 1, 20, 24, 28}, x}, {"labels", MN_ST_I32, 4, {2, 20, 24, 28}, lab}};
+    if (kind == MN_HEAD_CLS) { /* one label per sample */
+        e[1].ndim = 1;
+        e[1].shape[0] = 2;
+    }
     TEST_EXPECT(mn_st_write(ipath, e, 2, NULL, NULL, 0) == MN_OK, "write inputs");
     snprintf(cmd, sizeof cmd,
-             "%s %s/model_ref.py --weights %s --inputs %s --out %s --depth %d --shortcut %s --head seg --classes %d "
+             "%s %s/model_ref.py --weights %s --inputs %s --out %s --depth %d --shortcut %s --head %s --classes %d "
              "%s %s --steps %d --lr %g --threads 1 --double",
-             MN_PYTHON, MN_REF_DIR, wpath, ipath, opath, depth, sc == MN_SHORTCUT_A ? "A" : "B", classes,
+             MN_PYTHON, MN_REF_DIR, wpath, ipath, opath, depth, sc == MN_SHORTCUT_A ? "A" : "B", kname, classes,
              training ? "" : "--eval", full ? "--full-size" : "", steps, (double)lr);
     int rc = system(cmd);
     TEST_EXPECT(rc == 0, "%s: reference failed (%d): %s", label, rc, cmd);
@@ -152,7 +159,7 @@ static void run_case(const char *dir, int depth, mn_shortcut sc, int training, i
     mn_shape ls;
     const float *lg = mn_model_logits(m, 0, &ls);
     const mn_st_tensor *t = mn_st_find(ref, "logits");
-    TEST_EXPECT(t && t->ndim == 5 && t->shape[2] == ls.d && (size_t)(t->end - t->begin) == mn_shape_numel(&ls) * 4,
+    TEST_EXPECT(t && t->ndim == (kind == MN_HEAD_CLS ? 2 : 5) && (size_t)(t->end - t->begin) == mn_shape_numel(&ls) * 4,
                 "%s: logits shape", label);
     double elog = t ? tensor_err(lg, t->data, mn_shape_numel(&ls), 0) : 1;
     double rloss = 0;
@@ -231,17 +238,19 @@ int main(int argc, char **argv)
     if (!mkdtemp(dir)) return 1;
     int only = argc > 1 ? atoi(argv[1]) : 0;
     if (!only || only == 10) {
-        run_case(dir, 10, MN_SHORTCUT_B, 1, 0);
-        run_case(dir, 10, MN_SHORTCUT_B, 0, 0);
-        run_case(dir, 10, MN_SHORTCUT_B, 1, 1);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG);
+        run_case(dir, 10, MN_SHORTCUT_B, 0, 0, MN_HEAD_SEG);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 1, MN_HEAD_SEG);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_BRANCH);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_CLS);
     }
     if (!only || only == 18) {
-        run_case(dir, 18, MN_SHORTCUT_A, 1, 0);
-        run_case(dir, 18, MN_SHORTCUT_A, 0, 0);
+        run_case(dir, 18, MN_SHORTCUT_A, 1, 0, MN_HEAD_SEG);
+        run_case(dir, 18, MN_SHORTCUT_A, 0, 0, MN_HEAD_SEG);
     }
     if (!only || only == 50) {
-        run_case(dir, 50, MN_SHORTCUT_B, 1, 0);
-        if (!getenv("MN_PARITY_KEEP")) run_case(dir, 50, MN_SHORTCUT_B, 0, 0);
+        run_case(dir, 50, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG);
+        if (!getenv("MN_PARITY_KEEP")) run_case(dir, 50, MN_SHORTCUT_B, 0, 0, MN_HEAD_SEG);
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
