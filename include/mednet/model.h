@@ -131,18 +131,20 @@ void mn_model_destroy(mn_model **m);
 
 /* ---- access ---- */
 
-const mn_model_config *mn_model_config_of(const mn_model *m); /* the config (heads copied) */
-float *mn_model_params(mn_model *m);
-float *mn_model_grads(mn_model *m);
-float *mn_model_bn_buffers(mn_model *m);
+/* All accessors are Not collective and never fail on a valid model.  Pointers stay valid until destroy. */
+const mn_model_config *mn_model_config_of(const mn_model *m); /* the config (heads copied; shortcut resolved) */
+float *mn_model_params(mn_model *m);      /* flat parameters (num_params floats), PyTorch state-dict order */
+float *mn_model_grads(mn_model *m);       /* their gradients, same layout; backward accumulates into it */
+float *mn_model_bn_buffers(mn_model *m);  /* BN running_mean / running_var of every BN (num_bn_buffers floats) */
 size_t mn_model_num_params(const mn_model *m);     /* length of params and of grads */
 size_t mn_model_num_bn_buffers(const mn_model *m); /* length of the BN buffer */
 
-/* Range of the encoder (part = -1) or of head h (part = h) in params/grads, and in the BN buffer. */
+/* Range of the encoder (part = -1) or of head h (part = h) in params/grads, and in the BN buffer.  The encoder
+ * range starts at 0; head ranges follow in config order and tile the rest.  An out-of-range part gives {0, 0}. */
 mn_range mn_model_param_range(const mn_model *m, int part);
 mn_range mn_model_bn_range(const mn_model *m, int part);
 
-/* The tensor table, in state-dict order (encoder first, then heads). */
+/* The tensor table, in state-dict order (encoder first, then heads); mn_model_tensor returns NULL out of range. */
 int mn_model_num_tensors(const mn_model *m);
 const mn_tensor_info *mn_model_tensor(const mn_model *m, int i);
 /* Index of a tensor by name (after stripping a leading "module."), or -1. */
@@ -151,7 +153,7 @@ int mn_model_find_tensor(const mn_model *m, const char *name);
 /* Trainable encoder parameter count of a depth/shortcut, without building a model. */
 size_t mn_model_encoder_param_count(int depth, mn_shortcut shortcut);
 
-/* Channels of the encoder output (512 * expansion) and its spatial shape for the model's input. */
+/* Channels of the encoder output (512 * expansion). */
 int mn_model_feature_channels(const mn_model *m);
 /* Shape of the logits of head h for `count` samples ((count, classes, ...) or (count, classes, 1, 1, 1) for cls). */
 mn_shape mn_model_logits_shape(const mn_model *m, int head, int count);
@@ -167,14 +169,17 @@ double mn_model_forward_flops(const mn_model *m, const mn_head_batch *hb, int nh
 
 /* ---- parameters ---- */
 
-mn_err mn_model_zero_grad(mn_model *m);                           /* grads = 0 */
-mn_err mn_model_set_params(mn_model *m, const float *p, size_t n); /* params = p; n must equal num_params */
+mn_err mn_model_zero_grad(mn_model *m);                           /* grads = 0 (whole buffer) */
+/* params = p (copied); MN_ERR_SHAPE unless n == num_params.  BN buffers are untouched (write them through
+ * mn_model_bn_buffers). */
+mn_err mn_model_set_params(mn_model *m, const float *p, size_t n);
 /* Re-run the seeded initialisation of params and BN buffers (as create). */
 mn_err mn_model_init(mn_model *m, uint64_t seed);
 
 /* ---- training ---- */
 
 void mn_model_set_training(mn_model *m, int training); /* 1: BN uses batch statistics (default), 0: running stats */
+/* Install the backward hooks (either may be NULL; ctx is passed back unchanged). */
 void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx);
 
 /* Forward: the encoder over the whole local batch x (N, 1, D, H, W) of the planned shape, then head hb[i].head over
