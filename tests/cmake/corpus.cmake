@@ -19,8 +19,8 @@ add_test(NAME test_corpus_h5diff
 set_tests_properties(test_corpus_h5diff PROPERTIES LABELS corpus TIMEOUT 60
                      FIXTURES_REQUIRED "corpus_np1;corpus_np2;corpus_np4")
 
-# The real mricron corpus (Debian's mricron-data) through the `mednet prep` command on 1 and 2 ranks: it builds,
-# prints its per-dataset summary, and both runs give identical files.
+# The real mricron corpus (Debian's mricron-data) through the `mednet prep` command on 1, 2 and 4 ranks: it builds,
+# prints its per-dataset summary, and the 1-, 2- and 4-rank runs give identical files.
 set(MN_MRICRON_INI ${PROJECT_SOURCE_DIR}/configs/corpus_mricron.ini)
 add_test(NAME test_prep_mricron_np1
          COMMAND sh -c "$<TARGET_FILE:mednet> prep ${MN_MRICRON_INI} --output mricron_np1.h5 --force > mricron_np1.log && cat mricron_np1.log && grep -Eq 'colin_aal +pretrain MR +1 ' mricron_np1.log && grep -Eq 'colin_harvardoxford +pretrain' mricron_np1.log && grep -Eq 'colin_brainmask +pretrain.* 2: background,brain' mricron_np1.log && grep -Eq 'inia19_neuromaps +target' mricron_np1.log"
@@ -29,12 +29,19 @@ add_test(NAME test_prep_mricron_np2
          COMMAND ${MN_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} 2 $<TARGET_FILE:mednet> prep ${MN_MRICRON_INI}
                  --output mricron_np2.h5 --force
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
+add_test(NAME test_prep_mricron_np4
+         COMMAND ${MN_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} 4 $<TARGET_FILE:mednet> prep ${MN_MRICRON_INI}
+                 --output mricron_np4.h5 --force
+         WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
+set_tests_properties(test_prep_mricron_np4 PROPERTIES FIXTURES_REQUIRED corpus_inputs FIXTURES_SETUP mricron_np4
+                     PROCESSORS 4 LABELS corpus)
 set_tests_properties(test_prep_mricron_np1 PROPERTIES FIXTURES_REQUIRED corpus_inputs FIXTURES_SETUP mricron_np1)
 set_tests_properties(test_prep_mricron_np2 PROPERTIES FIXTURES_REQUIRED corpus_inputs FIXTURES_SETUP mricron_np2
                      PROCESSORS 2)
-add_test(NAME test_prep_mricron_h5diff COMMAND ${MN_H5DIFF} -v1 mricron_np1.h5 mricron_np2.h5
+add_test(NAME test_prep_mricron_h5diff
+         COMMAND sh -c "${MN_H5DIFF} -v1 mricron_np1.h5 mricron_np2.h5 && ${MN_H5DIFF} -v1 mricron_np1.h5 mricron_np4.h5 && echo 'mricron corpora of 1, 2 and 4 ranks are identical'"
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
-set_tests_properties(test_prep_mricron_h5diff PROPERTIES FIXTURES_REQUIRED "mricron_np1;mricron_np2")
+set_tests_properties(test_prep_mricron_h5diff PROPERTIES FIXTURES_REQUIRED "mricron_np1;mricron_np2;mricron_np4")
 
 # The command on bad input (every case, 1 and 2 ranks): non-zero exit, the cause named, nothing written, an
 # existing corpus never modified; corrupt corpus files rejected by `mednet prep --info`.
