@@ -26,9 +26,12 @@ typedef struct mn_train_result {
     double dice_before, dice_after;      /* mean foreground Dice over datasets, before and after training */
 } mn_train_result;
 
-/* Run pre-training with the config file `path` plus `noverrides` overrides "section.key=value".
+/* Run pre-training with the config file `path` plus `noverrides` overrides "section.key=value".  finetune = 1
+ * only changes the wording of the log ("finetune"); what is trained comes from the config (corpus.role,
+ * train.init_encoder).
  * Collective on comm.  Errors that every rank sees alike (config, corpus metadata) set res->agreed. */
-mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, mn_train_result *res);
+mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, int finetune,
+                       mn_train_result *res);
 
 /* Read a config file on rank 0 of comm, broadcast its text and parse it everywhere; apply overrides.
  * Collective on comm; a missing or malformed file gives the same error on every rank. */

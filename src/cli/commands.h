@@ -17,6 +17,7 @@ typedef mn_err (*mn_cmd_fn)(int argc, char **argv, mn_cmd_result *res);
 
 mn_err mn_cmd_info(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_pretrain(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_finetune(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res);
 

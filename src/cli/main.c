@@ -13,6 +13,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"pretrain", mn_cmd_pretrain, "distributed multi-dataset pre-training (mednet pretrain CONFIG)"},
+    {"finetune", mn_cmd_finetune, "fine-tune on the corpus's target datasets from a pre-trained encoder"},
     {"info", mn_cmd_info, "print version, MPI size, threads and the BLIS kernel set"},
     {"prep", mn_cmd_prep, "build the corpus: NIfTI datasets -> one parallel-HDF5 file (mednet prep CONFIG)"},
     {"model", mn_cmd_model, "ResNet parameter counts, memory plan, tensor names, safetensors export/import"},

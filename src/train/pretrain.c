@@ -54,6 +54,8 @@
 typedef struct run_cfg {
     const char *corpus;
     long shard_seed;
+    int role;                 /* MN_ROLE_PRETRAIN or MN_ROLE_TARGET: the datasets this run trains on */
+    const char *init_encoder; /* checkpoint whose encoder initialises a fresh run (fine-tuning), or "" */
     int depth, shortcut, head_kind, loss_full_size;
     double ce_weight, dice_weight;
     long model_seed;
@@ -105,6 +107,9 @@ static mn_err read_cfg(mn_config *c, run_cfg *r)
     MN_CHECK(r->corpus && *r->corpus, MN_ERR_CONFIG, "config %s: [corpus] path is required (the corpus.h5 to train on)",
              mn_config_origin(c));
     MN_CALL(mn_config_int(c, "corpus", "shard_seed", 0, 0, 1L << 40, &r->shard_seed));
+    static const char *const roles[] = {"pretrain", "target", NULL};
+    MN_CALL(mn_config_choice(c, "corpus", "role", "pretrain", roles, &r->role));
+    MN_CALL(mn_config_string(c, "train", "init_encoder", "", &r->init_encoder));
 
     long v;
     MN_CALL(mn_config_int(c, "model", "depth", 10, 10, 200, &v));
@@ -236,7 +241,7 @@ static mn_err setup_data(run *r, mn_train_result *res)
 {
     const run_cfg *c = &r->cfg;
     MN_CALL(mn_corpus_open(r->comm, c->corpus, &r->info));
-    MN_CALL(mn_shard_assign(r->info, r->size, (uint64_t)c->shard_seed, MN_ROLE_PRETRAIN, &r->plan));
+    MN_CALL(mn_shard_assign(r->info, r->size, (uint64_t)c->shard_seed, (mn_role)c->role, &r->plan));
     if (r->rank == 0) {
         mn_corpus_print_summary(r->info, stdout);
         mn_shard_plan_print(r->plan, r->info, stdout);
@@ -248,7 +253,7 @@ static mn_err setup_data(run *r, mn_train_result *res)
     MN_CALL(mn_malloc(sizeof(int) * (size_t)nd, "head map", (void **)&r->hidx));
     for (int d = 0; d < nd; d++) {
         r->kidx[d] = r->hidx[d] = -1;
-        if (r->info->datasets[d].role == MN_ROLE_PRETRAIN) {
+        if (r->info->datasets[d].role == (mn_role)c->role) {
             r->kidx[d] = r->npd;
             r->pd[r->npd++] = d;
         }
@@ -504,6 +509,25 @@ static mn_err resume(run *r)
     if (r->rank == 0) e = mn_ckpt_latest(r->cfg.out, path, sizeof path, &found);
     MN_CALL(e);
     MN_MPI(MPI_Bcast(&found, 1, MPI_INT, 0, r->dist->world));
+    if (!found && *r->cfg.init_encoder) {
+        /* Fine-tuning: a fresh run whose encoder (parameters and BN statistics) comes from a pre-training
+         * checkpoint; heads, optimiser state and step start afresh. */
+        if (r->rank == 0) {
+            mn_ckpt *ck = NULL;
+            MN_CALL(mn_ckpt_open(r->cfg.init_encoder, &ck));
+            mn_range pr = mn_model_param_range(r->model, -1), br = mn_model_bn_range(r->model, -1);
+            mn_ckpt_array a[2] = {{"encoder/params", MN_CKPT_F32, mn_model_params(r->model) + pr.offset, pr.count},
+                                  {"encoder/bn", MN_CKPT_F32, mn_model_bn_buffers(r->model) + br.offset, br.count}};
+            e = mn_ckpt_read(ck, a, 2);
+            mn_ckpt_close(&ck);
+            MN_CALL(e);
+        }
+        mn_range pr = mn_model_param_range(r->model, -1), br = mn_model_bn_range(r->model, -1);
+        MN_CALL(mn_dist_bcast_floats(r->dist->world, mn_model_params(r->model) + pr.offset, pr.count, 0));
+        MN_CALL(mn_dist_bcast_floats(r->dist->world, mn_model_bn_buffers(r->model) + br.offset, br.count, 0));
+        mn_log_info("encoder initialised from %s", r->cfg.init_encoder);
+        return MN_OK;
+    }
     if (!found) return MN_OK;
     MN_MPI(MPI_Bcast(path, (int)sizeof path, MPI_CHAR, 0, r->dist->world));
 
@@ -917,7 +941,8 @@ static mn_err train_loop(run *r, mn_train_result *res)
     return MN_OK;
 }
 
-mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, mn_train_result *res)
+mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, int finetune,
+                       mn_train_result *res)
 {
     memset(res, 0, sizeof *res);
     res->first_loss = res->last_loss = res->dice_before = res->dice_after = NAN;
@@ -933,7 +958,8 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     if (!e) e = mn_config_dump(r.config, &r.config_text);
     if (!e) e = mn_threads_init(mn_threads_resolve((int)r.cfg.threads));
     if (!e) {
-        mn_log_info("mednet %s pretrain: %d ranks x %d threads, BLIS kernels %s (%s)", MN_VERSION, r.size,
+        mn_log_info("mednet %s %s: %d ranks x %d threads, BLIS kernels %s (%s)", MN_VERSION,
+                    finetune ? "finetune" : "pretrain", r.size,
                     mn_threads_count(), mn_blis_arch(), mn_blis_arch_reason());
         if (r.rank == 0) e = mkdir_p1(r.cfg.out);
         e = mn_mpi_agree(comm, e);

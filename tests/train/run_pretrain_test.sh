@@ -74,6 +74,26 @@ signal)
   grep -q "resumed from sig/ckpt-$step.h5 at step $step" sig.log || { cat sig.log; fail "did not resume"; }
   echo "signal: checkpoint at step $step, exit 99, resumed and finished"
   ;;
+finetune)
+  # Pre-train briefly, then fine-tune on the target dataset from that encoder, and from scratch: both run, the
+  # fine-tuned Dice rises above the initial model's, and the encoder really came from the checkpoint.
+  run 2 pre train.steps=10
+  [ $status -eq 0 ] || { cat pre.log; fail "pre-training exited with $status"; }
+  ftcfg=$(dirname "$config")/finetune_mricron.ini
+  timeout 300 "${mpiexec[@]}" -n 2 "$mednet" finetune "$ftcfg" corpus.path="$corpus" train.out_dir=ft \
+    train.init_encoder=pre/ckpt-10.h5 train.steps=40 > ft.log 2>&1
+  status=$?
+  cat ft.log
+  [ $status -eq 0 ] || fail "finetune exited with $status"
+  grep -q "encoder initialised from pre/ckpt-10.h5" ft.log || fail "encoder not initialised from the checkpoint"
+  grep -q "inia19_neuromaps" ft.log || fail "did not train on the target dataset"
+  $py - ft/metrics.jsonl <<'PY' || fail "fine-tuned Dice did not rise"
+import json, sys
+ev = {r["eval"]: r["mean_dice"] for r in map(json.loads, open(sys.argv[1])) if "eval" in r}
+print(f"fine-tuning Dice {ev['untrained']:.4f} -> {ev['trained']:.4f}")
+sys.exit(0 if ev["trained"] > ev["untrained"] else 1)
+PY
+  ;;
 badconfig)
   # An unknown key and a bad value: one clear message, non-zero exit, no hang, on 2 ranks.
   run 2 bad train.stpes=5
