@@ -145,7 +145,7 @@ static void conv(planner *pl, mn_conv3d *c, const char *name, int cin, int cout,
     c->w = param(pl, nm, 5, shape, INIT_KAIMING, sqrtf(2.0f / fan_out), &c->dw);
 }
 
-static void bn(planner *pl, mn_bnl *b, const char *name, int c, size_t save_n)
+static void bn(planner *pl, mn_bnl *b, const char *name, int c)
 {
     char nm[80];
     memset(b, 0, sizeof *b);
@@ -160,7 +160,6 @@ static void bn(planner *pl, mn_bnl *b, const char *name, int c, size_t save_n)
     b->l.running_mean = buffer(pl, nm, c, INIT_ZERO);
     snprintf(nm, sizeof nm, "%s.running_var", name);
     b->l.running_var = buffer(pl, nm, c, INIT_ONE);
-    (void)save_n;
     b->save = act(pl, 2 * (size_t)c);
 }
 
@@ -198,24 +197,24 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
         snprintf(nm, sizeof nm, "layer%d.%d.conv1", stage, idx);
         conv(pl, &b->c1, nm, cin, planes, 1, 1, 0, 1);
         snprintf(nm, sizeof nm, "layer%d.%d.bn1", stage, idx);
-        bn(pl, &b->b1, nm, planes, 0);
+        bn(pl, &b->b1, nm, planes);
         snprintf(nm, sizeof nm, "layer%d.%d.conv2", stage, idx);
         conv(pl, &b->c2, nm, planes, planes, 3, stride, dil, dil);
         snprintf(nm, sizeof nm, "layer%d.%d.bn2", stage, idx);
-        bn(pl, &b->b2, nm, planes, 0);
+        bn(pl, &b->b2, nm, planes);
         snprintf(nm, sizeof nm, "layer%d.%d.conv3", stage, idx);
         conv(pl, &b->c3, nm, planes, cout, 1, 1, 0, 1);
         snprintf(nm, sizeof nm, "layer%d.%d.bn3", stage, idx);
-        bn(pl, &b->b3, nm, cout, 0);
+        bn(pl, &b->b3, nm, cout);
     } else {
         snprintf(nm, sizeof nm, "layer%d.%d.conv1", stage, idx);
         conv(pl, &b->c1, nm, cin, planes, 3, stride, dil, dil);
         snprintf(nm, sizeof nm, "layer%d.%d.bn1", stage, idx);
-        bn(pl, &b->b1, nm, planes, 0);
+        bn(pl, &b->b1, nm, planes);
         snprintf(nm, sizeof nm, "layer%d.%d.conv2", stage, idx);
         conv(pl, &b->c2, nm, planes, planes, 3, 1, dil, dil);
         snprintf(nm, sizeof nm, "layer%d.%d.bn2", stage, idx);
-        bn(pl, &b->b2, nm, planes, 0);
+        bn(pl, &b->b2, nm, planes);
     }
     b->shortcut = SC_NONE;
     if (stride != 1 || cin != cout) {
@@ -224,7 +223,7 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
             snprintf(nm, sizeof nm, "layer%d.%d.downsample.0", stage, idx);
             conv(pl, &b->dsc, nm, cin, cout, 1, stride, 0, 1);
             snprintf(nm, sizeof nm, "layer%d.%d.downsample.1", stage, idx);
-            bn(pl, &b->dsb, nm, cout, 0);
+            bn(pl, &b->dsb, nm, cout);
         } else {
             for (int i = 0; i < 3; i++) {
                 b->pool.k[i] = 1;
@@ -301,9 +300,9 @@ static mn_err heads(planner *pl)
             float bound = 1.0f / sqrtf(32.0f * 8.0f); /* fan_in of a ConvTranspose3d weight = size(1) * kvol */
             u->w = param(pl, "conv_seg.0.weight", 5, ws, INIT_UNIFORM, bound, &u->dw);
             u->b = param(pl, "conv_seg.0.bias", 1, bs, INIT_UNIFORM, bound, &u->db);
-            bn(pl, &hd->hb1, "conv_seg.1", 32, 0);
+            bn(pl, &hd->hb1, "conv_seg.1", 32);
             conv(pl, &hd->hc2, "conv_seg.3", 32, 32, 3, 1, 1, 1);
-            bn(pl, &hd->hb2, "conv_seg.4", 32, 0);
+            bn(pl, &hd->hb2, "conv_seg.4", 32);
             conv(pl, &hd->hc3, "conv_seg.6", 32, k, 1, 1, 0, 1);
         } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
             conv(pl, &hd->br, "branch", fc, k, 1, 1, 0, 1);
@@ -379,7 +378,7 @@ static mn_err plan(mn_model *m, int pass)
 
     /* Stem. */
     conv(&pl, &m->conv1, "conv1", 1, 64, 7, 2, 3, 1);
-    bn(&pl, &m->bn1, "bn1", 64, 0);
+    bn(&pl, &m->bn1, "bn1", 64);
     m->stem_p_len = pl.np;
     for (int i = 0; i < 3; i++) {
         m->pool.k[i] = 3;

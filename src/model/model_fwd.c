@@ -217,11 +217,9 @@ static mn_err head_backward(mn_model *m, const mn_head_batch *hb, float *dfeat)
         mn_shape z = fs;
         z.c = k;
         mn_shape full = full_shape(m, hb->count, k);
-        float *hz = m->hz + off * C * mn_shape_voxels(&fs);
         mn_zero(mn_shape_numel(&z), m->dhz);
         MN_CALL(mn_upsample3d_backward(&z, &full, dlog, m->dhz));
         MN_CALL(mn_conv3d_backward(&hd->br, &fs, f, m->dhz, df, m->ws));
-        (void)hz;
     } else {
         const float *g = m->hg + off * (size_t)m->feat_c;
         mn_zero((size_t)hb->count * (size_t)m->feat_c, m->dhg);
