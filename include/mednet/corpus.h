@@ -14,7 +14,8 @@
  *   /<dataset>/vol_0000/    attrs: source_image, source_label, image_bytes, label_bytes, image_crc32, label_crc32,
  *                                  source_dim_image (int64[3]), source_spacing (double[3]), affine_source,
  *                                  affine (double[4][4]: voxel (i,j,k,1) -> world mm of the stored grid),
- *                                  norm_mean, norm_std, norm_clip (double[2]), foreground_share, data_crc32
+ *                                  norm_mean, norm_std, norm_clip (double[2]), foreground_share, data_crc32,
+ *                                  antialias_sigma (double[3], voxels of the source axes; 0 = not filtered)
  *   /<dataset>/vol_0000/image   float32 (D, H, W) = (z, y, x), chunked
  *   /<dataset>/vol_0000/label   uint8   (D, H, W): class index, 0 = background
  *
@@ -49,7 +50,7 @@ typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET } mn_role;
  *             (MR | CT | other), role (pretrain | target), classes (comma-separated names, background first),
  *             label_map ("code:class" or "lo-hi:class", comma-separated; default identity), label_grid
  *             (same | world), spacing, normalisation (zscore | ct | window | none; default zscore, ct for CT),
- *             window (lo, hi), crop (bool, default true)
+ *             window (lo, hi), crop (bool, default true), antialias (bool, default true)
  */
 typedef struct mn_dataset_def {
     char name[MN_CORPUS_NAME_LEN];
@@ -66,6 +67,7 @@ typedef struct mn_dataset_def {
     mn_norm normalisation;
     double window[2];
     int crop;
+    int antialias;          /* Gaussian low-pass before downsampling an image (mn_antialias) */
     char image_pattern[1024], label_pattern[1024];
     int num_pairs;          /* after mn_corpus_def_expand */
     char **images, **labels;

@@ -8,13 +8,15 @@
  * label's own affine, which is how an atlas on a different grid (HarvardOxford's flipped 182x218x182 MNI grid
  * under Colin27's 181x217x181) lands on its image.  Images: trilinear; labels: nearest neighbour.  A source
  * voxel covers [-0.5, n-0.5) in index space: points inside are clamped to the edge voxels, points outside get
- * the fill value.  No anti-aliasing filter is applied when downsampling (as nnU-Net's resampling).
+ * the fill value.  Before downsampling an image, prep low-pass filters it (mn_antialias; per-dataset key
+ * `antialias`, on by default): nnU-Net and MONAI point-sample without it, skimage's resize filters first.
  *
  * Stored arrays use the tensor layout D,H,W = (k, j, i): x is the fastest axis, as in NIfTI's own order.
  *
  * Intensity normalisation (nnU-Net's rules):
- *   MN_NORM_ZSCORE  MR/other: mean and std over the voxels > 0 of the volume; voxels > 0 become (x-mean)/std,
- *                   the others stay 0 (MONAI's nonzero=True).
+ *   MN_NORM_ZSCORE  MR/other: mean and std over the foreground mask of the volume (the source's voxels > 0,
+ *                   resampled with nearest); voxels inside become (x-mean)/std, the others 0 (nnU-Net's
+ *                   use_mask_for_norm, MONAI's nonzero=True).
  *   MN_NORM_CT      CT: clip to the 0.5/99.5 percentiles of the dataset's foreground (label > 0) intensities,
  *                   then z-score with the mean/std of those clipped foreground intensities (dataset statistics).
  *   MN_NORM_WINDOW  a fixed window [lo, hi] (e.g. HU), then z-score with the dataset's clipped foreground stats.
@@ -42,6 +44,15 @@ void mn_volume_world_spacing(const mn_volume *vol, double spacing[3]);
 /* The canonical grid covering the voxel centres of `vol` at `spacing` (all > 0).  MN_ERR_ARG for a degenerate
  * (singular) affine or a grid above 2^31 voxels. */
 mn_err mn_grid_for_volume(const mn_volume *vol, const double spacing[3], mn_grid *grid);
+
+/* Anti-aliasing before downsampling: a Gaussian low-pass along each voxel axis a of `vol` (in place) with
+ * sigma_a = max(0, (f_a - 1) / 2) voxels, f_a = target spacing / source spacing along that axis (the rule of
+ * skimage.transform.resize(anti_aliasing=True)); the target spacing of a voxel axis is that of the world axis it
+ * is most aligned with.  Same result as scipy.ndimage.gaussian_filter(mode='nearest', truncate=4) axis by axis
+ * (i, then j, then k, each pass rounded to float).  sigma[3] gets the sigmas used (0: axis not smoothed).
+ * Without it, a 4x downsampling by trilinear point sampling keeps 1 voxel in 64 and aliases fine texture.
+ * MN_ERR_MEM on allocation failure.  Not collective. */
+mn_err mn_antialias(mn_volume *vol, const double target_spacing[3], double sigma[3]);
 
 /* Resample `src` onto `grid` into out[grid voxels] (layout k, j, i; overwritten).  order 1: trilinear, order 0:
  * nearest.  Points outside the source get `fill`.  MN_ERR_ARG for a singular affine. */
@@ -81,9 +92,11 @@ typedef enum mn_norm { MN_NORM_ZSCORE = 0, MN_NORM_CT, MN_NORM_WINDOW, MN_NORM_N
 void mn_masked_stats(const float *x, const float *mask, int64_t n, double lo, double hi, double *mean,
                      double *std, int64_t *count);
 
-/* Apply a normalisation in place: MN_NORM_ZSCORE uses (mean, std) on voxels > 0 only; CT and WINDOW clip to
- * [lo, hi] then z-score every voxel.  std <= 0 is replaced by 1 (a constant volume stays finite). */
-void mn_normalise(float *x, int64_t n, mn_norm mode, double lo, double hi, double mean, double std);
+/* Apply a normalisation in place: MN_NORM_ZSCORE z-scores the voxels inside the mask (mask > 0; mask NULL: the
+ * voxels > 0) with (mean, std) and sets the others to 0; CT and WINDOW clip every voxel to [lo, hi] then z-score
+ * it (mask unused).  std <= 0 is replaced by 1 (a constant volume stays finite). */
+void mn_normalise(float *x, const float *mask, int64_t n, mn_norm mode, double lo, double hi, double mean,
+                  double std);
 
 /* The q-quantile (0..1) of v[0..n) by linear interpolation between order statistics (numpy's default).
  * Sorts v in place.  n must be > 0. */

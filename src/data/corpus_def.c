@@ -104,6 +104,7 @@ static mn_err parse_dataset(mn_config *cfg, const char *section, mn_dataset_def 
     MN_CALL(mn_config_choice(cfg, section, "label_grid", "same", grid_names, &v));
     d->label_grid = v;
     MN_CALL(mn_config_bool(cfg, section, "crop", 1, &d->crop));
+    MN_CALL(mn_config_bool(cfg, section, "antialias", 1, &d->antialias));
     MN_CALL(parse_spacing(cfg, section, &d->has_spacing, d->spacing));
     int nw = 0;
     MN_CALL(mn_config_doubles(cfg, section, "window", d->window, 2, &nw));

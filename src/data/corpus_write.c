@@ -7,9 +7,10 @@
  *      spacing; the records are combined on every rank (MPI_Allreduce with MPI_BOR over zero-initialised bytes:
  *      exactly one rank wrote each record) and each dataset's target spacing is fixed (configured, or the
  *      per-axis median of its images, as Med3D and nnU-Net do).
- *   1. each rank reads its pairs, validates them (NaN/Inf, labels in the map, empty labels), resamples image
- *      (trilinear) and label (nearest) onto the canonical grid, crops to the foreground box and z-scores MR;
- *      all of it in memory.  Errors are agreed on (mn_mpi_agree) before any file exists.
+ *   1. each rank reads its pairs, validates them (NaN/Inf, labels in the map, empty labels), takes the source's
+ *      foreground mask (voxels > 0 for z-score, != 0 otherwise), low-pass filters the image when it is
+ *      downsampled (mn_antialias), resamples image (trilinear), label and mask (nearest) onto the canonical grid,
+ *      crops to the box of mask or label, and z-scores MR inside the mask; all of it in memory.  Errors are agreed on (mn_mpi_agree) before any file exists.
  *   2. CT/window datasets: each volume contributes a fixed-size, evenly strided sample of its foreground
  *      intensities (as nnU-Net samples 10^4 voxels per case); the samples are combined in volume order, so the
  *      percentiles and statistics do not depend on P; owners normalise.
@@ -48,6 +49,7 @@ typedef struct vol_rec {
     int64_t img_bytes, lab_bytes;
     uint32_t img_crc, lab_crc, data_crc, nsample;
     double mean, std, clip[2], fg_share;
+    double aa_sigma[3];      /* anti-aliasing sigmas (source voxels) */
     char affine_source[8];
     char reason[400];
 } vol_rec;
@@ -141,9 +143,9 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     const mn_dataset_def *d = &p->def->datasets[r->dataset];
     const char *ip = d->images[r->pair], *lp = d->labels[r->pair];
     const double *sp = p->spacing[r->dataset];
-    mn_volume img = {0}, lab = {0};
+    mn_volume img = {0}, lab = {0}, msk = {0};
     mn_nifti_info ii, li;
-    float *rimg = NULL, *rlab = NULL;
+    float *rimg = NULL, *rlab = NULL, *rmsk = NULL, *cmsk = NULL;
     mn_err e = MN_OK;
 #define TRY(x)                                                                                                 \
     do {                                                                                                       \
@@ -171,6 +173,15 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     if (nbad)
         FAIL(MN_ERR_NUMERIC, "image '%s' has %lld NaN/Inf voxel(s) (first at voxel %lld of %lld)", ip,
              (long long)nbad, (long long)first_bad, (long long)nv);
+    /* The foreground mask of the source (nnU-Net's nonzero mask): voxels > 0 for z-score, != 0 otherwise.  Taken
+     * before the low-pass and resampled with nearest, so that neither blur nor trilinear weights leak the
+     * background into it; it decides the crop box and which voxels are z-scored. */
+    const int zs = d->normalisation == MN_NORM_ZSCORE;
+    msk = img;
+    msk.data = malloc((size_t)nv * sizeof(float));
+    if (!msk.data) FAIL(MN_ERR_MEM, "out of memory for the mask of '%s'", ip);
+    for (int64_t i = 0; i < nv; i++) msk.data[i] = zs ? img.data[i] > 0 : img.data[i] != 0;
+    if (d->antialias) TRY(mn_antialias(&img, sp, r->aa_sigma));
     TRY(mn_label_map_apply(&lab, d->ranges, d->num_ranges, d->num_classes, lp));
     int64_t nfg = 0, nl = mn_volume_voxels(&lab);
     for (int64_t i = 0; i < nl; i++) nfg += lab.data[i] > 0;
@@ -182,26 +193,31 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     int64_t dims[3] = {g.n[2], g.n[1], g.n[0]}, ng = g.n[0] * g.n[1] * g.n[2];
     rimg = malloc((size_t)ng * sizeof *rimg);
     rlab = malloc((size_t)ng * sizeof *rlab);
-    if (!rimg || !rlab) FAIL(MN_ERR_MEM, "out of memory resampling '%s'", ip);
+    rmsk = malloc((size_t)ng * sizeof *rmsk);
+    if (!rimg || !rlab || !rmsk) FAIL(MN_ERR_MEM, "out of memory resampling '%s'", ip);
     /* Outside the image's own grid the background is its minimum (0 for MR, air for CT). */
     TRY(mn_resample(&img, &g, 1, vmin, rimg));
     TRY(mn_resample(&lab, &g, 0, 0, rlab));
+    TRY(mn_resample(&msk, &g, 0, 0, rmsk));
     mn_volume_free(&img);
     mn_volume_free(&lab);
-    /* Crop to the foreground box (image != 0 or label > 0). */
+    mn_volume_free(&msk);
+    /* Crop to the foreground box (mask or label > 0). */
     int64_t lo[3] = {0, 0, 0}, hi[3] = {dims[0], dims[1], dims[2]};
-    if (d->crop) mn_foreground_bbox(rimg, rlab, dims, lo, hi);
+    if (d->crop) mn_foreground_bbox(rmsk, rlab, dims, lo, hi);
     int64_t n = 1;
     for (int a = 0; a < 3; a++) r->shape[a] = hi[a] - lo[a], n *= r->shape[a];
     out->image = malloc((size_t)n * sizeof(float));
     float *clab = malloc((size_t)n * sizeof(float));
+    cmsk = malloc((size_t)n * sizeof(float));
     out->label = malloc((size_t)n);
-    if (!out->image || !clab || !out->label) {
+    if (!out->image || !clab || !cmsk || !out->label) {
         free(clab);
         FAIL(MN_ERR_MEM, "out of memory cropping '%s'", ip);
     }
     mn_crop(rimg, dims, lo, hi, out->image);
     mn_crop(rlab, dims, lo, hi, clab);
+    mn_crop(rmsk, dims, lo, hi, cmsk);
     int64_t fg = 0;
     for (int64_t i = 0; i < n; i++) {
         out->label[i] = (uint8_t)clab[i];
@@ -223,8 +239,8 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     /* Intensities. */
     if (d->normalisation == MN_NORM_ZSCORE) {
         int64_t cnt;
-        mn_masked_stats(out->image, NULL, n, 0, 0, &r->mean, &r->std, &cnt);
-        mn_normalise(out->image, n, MN_NORM_ZSCORE, 0, 0, r->mean, r->std);
+        mn_masked_stats(out->image, cmsk, n, 0, 0, &r->mean, &r->std, &cnt);
+        mn_normalise(out->image, cmsk, n, MN_NORM_ZSCORE, 0, 0, r->mean, r->std);
     } else if (needs_dataset_stats(d)) {
         /* Evenly strided foreground sample, in voxel order: deterministic and independent of the rank. */
         int64_t step = fg > SAMPLES_PER_VOLUME ? (fg + SAMPLES_PER_VOLUME - 1) / SAMPLES_PER_VOLUME : 1, k = 0, s = 0;
@@ -239,8 +255,11 @@ done:
 #undef FAIL
     mn_volume_free(&img);
     mn_volume_free(&lab);
+    mn_volume_free(&msk);
     free(rimg);
     free(rlab);
+    free(rmsk);
+    free(cmsk);
     if (e) {
         free(out->image), free(out->label);
         out->image = NULL, out->label = NULL;
@@ -349,6 +368,7 @@ static mn_err write_volume(prep *p, hid_t dgrp, int g, int index)
     MN_CALL(mn_h5_attr_f64(grp, "norm_clip", r->clip, 2));
     MN_CALL(mn_h5_attr_f64(grp, "foreground_share", &r->fg_share, 1));
     MN_CALL(mn_h5_attr_u32(grp, "data_crc32", r->data_crc));
+    MN_CALL(mn_h5_attr_f64(grp, "antialias_sigma", r->aa_sigma, 3));
 
     hsize_t dims[3], chunk[3];
     /* As many chunks per axis as `chunk` asks for, but evened out over the extent, so that edge chunks are not
@@ -425,6 +445,8 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
         MN_CALL(mn_h5_attr_strs(grp, "class_names", ds->class_names[0], ds->num_classes, MN_CORPUS_NAME_LEN));
         MN_CALL(mn_h5_attr_f64(grp, "spacing", p->spacing[d], 3));
         MN_CALL(mn_h5_attr_str(grp, "normalisation", norm[ds->normalisation]));
+        int64_t aa = ds->antialias;
+        MN_CALL(mn_h5_attr_i64(grp, "antialias", &aa, 1));
         MN_CALL(mn_h5_attr_str(grp, "label_map", ds->label_map_text));
         MN_CALL(mn_h5_attr_i64(grp, "num_volumes", &nok, 1));
         MN_CALL(mn_h5_attr_i64(grp, "skipped", &nskip, 1));
@@ -568,7 +590,7 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
             if (needs_dataset_stats(ds)) {
                 const double *st = p->dstats[r->dataset];
                 r->clip[0] = st[0], r->clip[1] = st[1], r->mean = st[2], r->std = st[3];
-                mn_normalise(p->data[g].image, n, ds->normalisation, st[0], st[1], st[2], st[3]);
+                mn_normalise(p->data[g].image, NULL, n, ds->normalisation, st[0], st[1], st[2], st[3]);
             }
             r->data_crc = mn_corpus_data_crc(p->data[g].image, p->data[g].label, n);
             bytes_written += n * 5;

@@ -134,6 +134,58 @@ mn_err mn_resample(const mn_volume *src, const mn_grid *grid, int order, float f
     return MN_OK;
 }
 
+/* Smooth every line of x along `axis` with the kernel w[0..2r] (clamped edges); line is scratch of n[axis]. */
+static void smooth_axis(float *x, const int64_t n[3], int axis, const double *w, int r, float *line)
+{
+    const int64_t stride[3] = {1, n[0], n[0] * n[1]};
+    const int64_t len = n[axis], st = stride[axis];
+    /* The two other axes enumerate the line starts. */
+    const int a1 = axis == 0 ? 1 : 0, a2 = axis == 2 ? 1 : 2;
+    for (int64_t q = 0; q < n[a2]; q++)
+        for (int64_t p = 0; p < n[a1]; p++) {
+            float *base = x + p * stride[a1] + q * stride[a2];
+            for (int64_t t = 0; t < len; t++) line[t] = base[t * st];
+            for (int64_t t = 0; t < len; t++) {
+                double acc = 0;
+                for (int d = -r; d <= r; d++) {
+                    int64_t u = t + d < 0 ? 0 : t + d >= len ? len - 1 : t + d;
+                    acc += w[d + r] * line[u];
+                }
+                base[t * st] = (float)acc;
+            }
+        }
+}
+
+mn_err mn_antialias(mn_volume *vol, const double target_spacing[3], double sigma[3])
+{
+    int64_t maxlen = 0;
+    for (int a = 0; a < 3; a++) {
+        /* Source spacing along voxel axis a and the world axis it points along. */
+        double col[3] = {vol->affine[0][a], vol->affine[1][a], vol->affine[2][a]};
+        double norm = sqrt(col[0] * col[0] + col[1] * col[1] + col[2] * col[2]);
+        int w = 0;
+        for (int k = 1; k < 3; k++)
+            if (fabs(col[k]) > fabs(col[w])) w = k;
+        double f = norm > 0 ? target_spacing[w] / norm : 1;
+        sigma[a] = f > 1 ? (f - 1) / 2 : 0;
+        if (vol->dim[a] > maxlen) maxlen = vol->dim[a];
+    }
+    float *line = malloc((size_t)maxlen * sizeof *line);
+    MN_CHECK(line, MN_ERR_MEM, "out of memory for the anti-aliasing line buffer");
+    for (int a = 0; a < 3; a++) {
+        if (sigma[a] <= 0) continue;
+        /* scipy's truncate = 4: radius int(4 sigma + 0.5). */
+        int r = (int)(4 * sigma[a] + 0.5);
+        double w[201], sum = 0;
+        if (r > 100) r = 100;
+        for (int d = -r; d <= r; d++) sum += w[d + r] = exp(-0.5 * d * d / (sigma[a] * sigma[a]));
+        for (int d = 0; d <= 2 * r; d++) w[d] /= sum;
+        smooth_axis(vol->data, vol->dim, a, w, r, line);
+    }
+    free(line);
+    return MN_OK;
+}
+
 int mn_volume_same_grid(const mn_volume *a, const mn_volume *b, double tol)
 {
     for (int i = 0; i < 3; i++)
@@ -251,14 +303,16 @@ void mn_masked_stats(const float *x, const float *mask, int64_t n, double lo, do
     *std = var > 0 ? sqrt(var) : 0;
 }
 
-void mn_normalise(float *x, int64_t n, mn_norm mode, double lo, double hi, double mean, double std)
+void mn_normalise(float *x, const float *mask, int64_t n, mn_norm mode, double lo, double hi, double mean,
+                  double std)
 {
     if (mode == MN_NORM_NONE) return;
     double inv = std > 0 ? 1.0 / std : 1.0;
     for (int64_t i = 0; i < n; i++) {
         double v = x[i];
         if (mode == MN_NORM_ZSCORE) {
-            if (v > 0) x[i] = (float)((v - mean) * inv);
+            int in = mask ? mask[i] > 0 : v > 0;
+            x[i] = in ? (float)((v - mean) * inv) : 0;
             continue;
         }
         v = v < lo ? lo : v > hi ? hi : v;

@@ -2,8 +2,9 @@
 
 Reads the source NIfTI files itself (gzip + struct + numpy, no libnifti), recomputes every stored volume from
 the stored affine -- nearest-neighbour labels through the label file's own sform (HarvardOxford's flipped grid
-included) and the label map, trilinear image values with the same edge rule as mednet (clamp inside half a voxel),
-z-scored over voxels > 0 -- and compares with what the corpus holds.  It also recomputes the normalisation
+included) and the label map; the image low-pass filtered with the stored anti-aliasing sigmas, then trilinear
+with the same edge rule as mednet (clamp inside half a voxel), z-scored inside the source's foreground mask
+(voxels > 0, resampled with nearest) -- and compares with what the corpus holds.  It also recomputes the normalisation
 statistics and the foreground share.  Run with /usr/bin/python3 (numpy, h5py).
 """
 import gzip
@@ -74,6 +75,26 @@ def trilinear(vol, C, fill):
     return out
 
 
+def smooth(vol, sigma):
+    """Gaussian low-pass along x (i), then y (j), then z (k): sampled kernel, radius int(4 sigma + 0.5), clamped
+    edges, float32 after each pass (scipy.ndimage.gaussian_filter(mode='nearest', truncate=4))."""
+    out = vol.astype(np.float32)
+    for a, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        r = int(4 * s + 0.5)
+        d = np.arange(-r, r + 1)
+        w = np.exp(-0.5 * d * d / (s * s))
+        w /= w.sum()
+        axis = 2 - a  # arrays are (k, j, i)
+        n = out.shape[axis]
+        acc = np.zeros(out.shape)
+        for wi, di in zip(w, d):
+            acc += wi * np.take(out, np.clip(np.arange(n) + di, 0, n - 1), axis=axis)
+        out = acc.astype(np.float32)
+    return out.astype(np.float64)
+
+
 def label_lut(text, maxcode):
     lut = np.full(maxcode + 1, -1, np.int64)
     for e in text.split(","):
@@ -97,8 +118,11 @@ def main():
             lut = label_lut(f[ds].attrs["label_map"].decode(), int(lab.max()))
             l_ref, _ = nearest(lut[lab].astype(np.float64), source_index(lab_s.shape, A_out, A_lab))
             l_bad = int((l_ref.reshape(lab_s.shape) != lab_s).sum())
-            x_ref = trilinear(img, source_index(img_s.shape, A_out, A_img), img.min()).reshape(img_s.shape)
-            fg = x_ref > 0
+            C = source_index(img_s.shape, A_out, A_img)
+            # the foreground mask (source voxels > 0) is taken before the low-pass and resampled with nearest
+            fg, _ = nearest((img > 0).astype(np.float64), C)
+            fg = fg.reshape(img_s.shape) > 0
+            x_ref = trilinear(smooth(img, g.attrs["antialias_sigma"]), C, img.min()).reshape(img_s.shape)
             mean, std = x_ref[fg].mean(), x_ref[fg].std()
             x_norm = np.where(fg, (x_ref - mean) / std, 0)
             x_err = float(np.abs(x_norm - img_s).max())

@@ -6,7 +6,7 @@
  *   is reproduced exactly by trilinear resampling (to 1e-4), at the native spacing the flip is an exact index
  *   reversal, labels (nearest) are exact, and a label on another (flipped, coarser) grid lands through world
  *   coordinates on the expected codes;
- * - intensity statistics (z-score over foreground, CT clip + z-score, quantiles), label maps;
+ * - intensity statistics (z-score over foreground, CT clip + z-score, quantiles), anti-aliasing, label maps;
  * - bad files: missing, wrong magic, truncated .nii.gz and .nii, 4-D: each a clear error naming the file. */
 #include "mednet/nifti.h"
 #include "mednet/preprocess.h"
@@ -209,13 +209,13 @@ static void test_intensity(void)
     mn_masked_stats(x, NULL, 10, 0, 0, &mean, &std, &cnt);
     TEST_EXPECT(cnt == 7 && fabs(mean - 4) < 1e-12 && fabs(std - 2) < 1e-12, "fg stats %lld %g %g", (long long)cnt,
                 mean, std);
-    mn_normalise(x, 10, MN_NORM_ZSCORE, 0, 0, mean, std);
+    mn_normalise(x, NULL, 10, MN_NORM_ZSCORE, 0, 0, mean, std);
     mn_masked_stats(x, x, 10, 0, 0, &mean, &std, &cnt); /* mask = x: only voxels that were and stay > 0 */
     TEST_EXPECT(x[0] == 0 && x[1] == 0 && x[7] == 0, "background stays 0");
     TEST_EXPECT(fabs(x[2] + 1.5) < 1e-6 && fabs(x[9] - 1.5) < 1e-6, "z-scored values %g %g", x[2], x[9]);
     /* CT: clip then z-score every voxel. */
     float ct[5] = {-2000, -100, 0, 100, 3000};
-    mn_normalise(ct, 5, MN_NORM_CT, -1000, 1000, 0, 500);
+    mn_normalise(ct, NULL, 5, MN_NORM_CT, -1000, 1000, 0, 500);
     TEST_EXPECT(ct[0] == -2 && ct[1] == -0.2f && ct[2] == 0 && ct[4] == 2, "ct %g %g %g %g", ct[0], ct[1], ct[2], ct[4]);
     float q[1000];
     for (int i = 0; i < 1000; i++) q[i] = (float)((i * 617) % 1000); /* a permutation of 0..999 */
@@ -225,7 +225,51 @@ static void test_intensity(void)
     float v[4] = {1, 2, 100, 0}, m[4] = {1, 1, 1, 0};
     mn_masked_stats(v, m, 4, 0, 10, &mean, &std, &cnt);
     TEST_EXPECT(cnt == 3 && fabs(mean - 13.0 / 3) < 1e-12, "clipped mean %g", mean);
-    printf("intensity: foreground z-score, CT clip + z-score, quantiles 0.5/99.5 = %g/%g\n", lo, hi);
+    /* With a mask: only masked voxels are z-scored, the rest become 0 even if positive. */
+    float y[4] = {2, 4, 7, 0}, ym[4] = {1, 1, 0, 0};
+    mn_normalise(y, ym, 4, MN_NORM_ZSCORE, 0, 0, 3, 1);
+    TEST_EXPECT(y[0] == -1 && y[1] == 1 && y[2] == 0 && y[3] == 0, "masked z-score %g %g %g %g", y[0], y[1], y[2], y[3]);
+    printf("intensity: foreground z-score (masked), CT clip + z-score, quantiles 0.5/99.5 = %g/%g\n", lo, hi);
+}
+
+static void test_antialias(void)
+{
+    /* 1 mm source, flipped x, to 4 mm on x/y and 1 mm on z: sigma (4-1)/2 = 1.5 voxels on i and j, 0 on k. */
+    mn_volume v = {0};
+    v.dim[0] = 24, v.dim[1] = 20, v.dim[2] = 6;
+    double A[4][4] = {{-1, 0, 0, 5}, {0, 1, 0, 0}, {0, 0, 1, 0}, {0, 0, 0, 1}};
+    memcpy(v.affine, A, sizeof A);
+    int64_t n = mn_volume_voxels(&v);
+    v.data = malloc((size_t)n * sizeof *v.data);
+    const double sp[3] = {4, 4, 1};
+    double sigma[3];
+    /* A linear field stays linear away from the edges (the kernel is symmetric and sums to 1). */
+    for (int64_t k = 0, o = 0; k < 6; k++)
+        for (int64_t j = 0; j < 20; j++)
+            for (int64_t i = 0; i < 24; i++, o++) v.data[o] = (float)(2 * i - 3 * j + 5 * k);
+    TEST_EXPECT(mn_antialias(&v, sp, sigma) == MN_OK, "antialias");
+    TEST_EXPECT(sigma[0] == 1.5 && sigma[1] == 1.5 && sigma[2] == 0, "sigmas %g %g %g", sigma[0], sigma[1], sigma[2]);
+    double worst = 0;
+    for (int64_t k = 0; k < 6; k++)
+        for (int64_t j = 6; j < 14; j++)
+            for (int64_t i = 6; i < 18; i++)
+                worst = fmax(worst, fabs(v.data[i + 24 * (j + 20 * k)] - (2 * i - 3 * j + 5 * k)));
+    TEST_EXPECT(worst < 1e-4, "linear field away from edges: error %g", worst);
+    /* An impulse spreads into the product of two sampled Gaussians (radius 6 = int(4*1.5+0.5)), mass preserved. */
+    memset(v.data, 0, (size_t)n * sizeof *v.data);
+    v.data[12 + 24 * (10 + 20 * 3)] = 1;
+    mn_antialias(&v, sp, sigma);
+    double mass = 0, g0 = 0, g1 = 0;
+    for (int64_t i = 0; i < n; i++) mass += v.data[i];
+    for (int d = -6; d <= 6; d++) g0 += exp(-0.5 * d * d / 2.25);
+    g1 = exp(-0.5 / 2.25) / g0;
+    g0 = 1 / g0;
+    TEST_EXPECT(fabs(mass - 1) < 1e-6, "mass %g", mass);
+    TEST_EXPECT(fabs(v.data[12 + 24 * (10 + 20 * 3)] - g0 * g0) < 1e-7 && fabs(v.data[13 + 24 * (10 + 20 * 3)] - g1 * g0) < 1e-7,
+                "impulse response %g vs %g", v.data[12 + 24 * (10 + 20 * 3)], g0 * g0);
+    TEST_EXPECT(v.data[12 + 24 * (10 + 20 * 2)] == 0, "k axis (not downsampled) untouched");
+    mn_volume_free(&v);
+    printf("antialias: sigma (f-1)/2 per axis, linear fields kept, impulse response = sampled Gaussian, mass kept\n");
 }
 
 static void test_label_map(void)
@@ -319,6 +363,7 @@ int main(void)
     test_affines();
     test_resample();
     test_intensity();
+    test_antialias();
     test_label_map();
     test_bad_files();
     for (int i = 0; i < g_nfiles; i++) unlink(g_files[i]);
