@@ -5,13 +5,15 @@
  * Each "step" sleeps 100 ms and agrees on the signal flag.  On an agreed SIGUSR1/SIGTERM, rank 0 writes a
  * checkpoint of the step into DIR and every rank exits with MN_EXIT_REQUEUE.  When DIR already has a checkpoint
  * (the requeued run), it resumes from it, checks its contents, runs 10 more steps and exits 0.  A first run that is
- * never signalled gives up after 150 s with status 1. */
+ * never signalled gives up after 150 s with status 1, unless an argument sigprog.steps=N asks it to finish after N
+ * steps with status 0 (for jobs that are not meant to be signalled, e.g. the scaling sweep). */
 #include "mednet/ckpt.h"
 #include "mednet/dist.h"
 #include "mednet/mpicheck.h"
 #include "mednet/signals.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -22,8 +24,11 @@ static mn_err run(int argc, char **argv, int *status)
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
     MN_CALL(mn_dist_check_launch(MPI_COMM_WORLD));
     const char *out = NULL;
-    for (int i = 1; i < argc; i++)
+    long long max_steps = 0;
+    for (int i = 1; i < argc; i++) {
         if (!strncmp(argv[i], "train.out_dir=", 14)) out = argv[i] + 14;
+        if (!strncmp(argv[i], "sigprog.steps=", 14)) max_steps = atoll(argv[i] + 14);
+    }
     MN_CHECK(argc >= 3 && !strcmp(argv[1], "pretrain") && out, MN_ERR_ARG,
              "usage: sigprog pretrain CONFIG train.out_dir=DIR (got %d arguments)", argc - 1);
     MN_CALL(mn_signals_install());
@@ -74,6 +79,11 @@ static mn_err run(int argc, char **argv, int *status)
             }
             MN_MPI(MPI_Barrier(MPI_COMM_WORLD));
             *status = MN_EXIT_REQUEUE;
+            return MN_OK;
+        }
+        if (max_steps > 0 && step + 1 >= max_steps) {
+            if (rank == 0) printf("sigprog: finished %lld steps on %d ranks\n", max_steps, size);
+            *status = 0;
             return MN_OK;
         }
         if (resumed && step >= start + 10) {

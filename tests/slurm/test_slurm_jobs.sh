@@ -4,6 +4,7 @@
 # 1. `mednet info` as a 2-task batch job through `srun --mpi=pmix`: must report 2 MPI ranks (one MPI job, not two
 #    singletons).
 # 1b. sigprog started without srun in a 2-task allocation: the launch check must stop it with the PMIx hint.
+# 1c. jobs/scaling_sweep.sh with P = 1 and 2 (sigprog finishing after 5 steps): one job per P, own directories.
 # 2. jobs/pretrain.sbatch with a 1-minute limit and --signal=B:USR1@45, running tests/slurm/sigprog as the mednet
 #    binary: the batch shell traps USR1, forwards it to the srun step, sigprog's ranks agree on it, rank 0 writes a
 #    checkpoint, all exit with MN_EXIT_REQUEUE, the script runs `scontrol requeue`, and the second run resumes from
@@ -49,6 +50,18 @@ cat "$D/nosrun-$id.out"
 check "a 1-rank launch in a 2-task allocation fails (state $state)" [ "$state" = FAILED ]
 check "and says why" grep -q "MPI world size is 1 but SLURM_NTASKS=2.*" "$D/nosrun-$id.out"
 check "with the srun --mpi=pmix hint" grep -q "HINT: .*srun --mpi=pmix" "$D/nosrun-$id.out"
+
+# ---- 1c: jobs/scaling_sweep.sh submits one pretrain.sbatch job per rank count ------------------------------------
+MEDNET_BIN=$sigprog MEDNET_CONFIG=/dev/null MEDNET_OUT=$D/sweep \
+    bash "$jobs/scaling_sweep.sh" -t 2 1 2 -- sigprog.steps=5 >"$D/sweep.ids"
+cat "$D/sweep.ids"
+check "sweep submitted 2 jobs" [ "$(wc -l <"$D/sweep.ids")" -eq 2 ]
+while read -r p sid; do
+    wait_job "$sid" 60
+    check "sweep P=$p completed (state $state)" [ "$state" = COMPLETED ]
+    check "sweep P=$p ran on $p rank(s)" grep -q "sigprog: finished 5 steps on $p ranks" "$D/sweep/scale-P$p-$sid.out"
+    check "sweep P=$p has its own output directory" [ -d "$D/sweep/P$p" ]
+done <"$D/sweep.ids"
 
 # ---- 2: time limit -> signal -> checkpoint -> requeue -> resume -------------------------------------------------
 t0=$(date +%s)
