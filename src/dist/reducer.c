@@ -87,8 +87,9 @@ mn_err mn_reducer_create(MPI_Comm comm, float *grad, mn_range range, size_t buck
     if (!e) e = mn_calloc(nb * sizeof(double), "reducer start times", (void **)&r->t_start);
     if (!e) e = mn_calloc(nb * sizeof(double), "reducer done times", (void **)&r->t_done);
     if (e) {
+        int nbuckets = r->nb;
         mn_reducer_destroy(&r);
-        MN_FAIL(e, "cannot allocate a reducer of %d buckets", r ? r->nb : 0);
+        MN_FAIL(e, "cannot allocate a reducer of %d buckets", nbuckets);
     }
     for (int i = 0; i < r->nb; i++) {
         size_t hi = range.count - (size_t)i * bf;
