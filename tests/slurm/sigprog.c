@@ -6,7 +6,8 @@
  * checkpoint of the step into DIR and every rank exits with MN_EXIT_REQUEUE.  When DIR already has a checkpoint
  * (the requeued run), it resumes from it, checks its contents, runs 10 more steps and exits 0.  A first run that is
  * never signalled gives up after 150 s with status 1, unless an argument sigprog.steps=N asks it to finish after N
- * steps with status 0 (for jobs that are not meant to be signalled, e.g. the scaling sweep). */
+ * steps with status 0 (for jobs that are not meant to be signalled, e.g. the scaling sweep).  sigprog.fail_rank=R
+ * makes rank R fail on purpose at step 3 (an error only it sees: it must end the whole job through MPI_Abort). */
 #include "mednet/ckpt.h"
 #include "mednet/dist.h"
 #include "mednet/mpicheck.h"
@@ -25,9 +26,11 @@ static mn_err run(int argc, char **argv, int *status)
     MN_CALL(mn_dist_check_launch(MPI_COMM_WORLD));
     const char *out = NULL;
     long long max_steps = 0;
+    int fail_rank = -1;
     for (int i = 1; i < argc; i++) {
         if (!strncmp(argv[i], "train.out_dir=", 14)) out = argv[i] + 14;
         if (!strncmp(argv[i], "sigprog.steps=", 14)) max_steps = atoll(argv[i] + 14);
+        if (!strncmp(argv[i], "sigprog.fail_rank=", 18)) fail_rank = atoi(argv[i] + 18);
     }
     MN_CHECK(argc >= 3 && !strcmp(argv[1], "pretrain") && out, MN_ERR_ARG,
              "usage: sigprog pretrain CONFIG train.out_dir=DIR (got %d arguments)", argc - 1);
@@ -63,6 +66,8 @@ static mn_err run(int argc, char **argv, int *status)
     for (long long step = start;; step++) {
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
+        MN_CHECK(!(rank == fail_rank && step == start + 3), MN_ERR_IO,
+                 "rank %d cannot read its shard at step %lld (deliberate failure)", rank, step);
         int stop = 0;
         MN_CALL(mn_dist_agree_flag(MPI_COMM_WORLD, mn_signals_pending() != 0, &stop));
         if (stop) {

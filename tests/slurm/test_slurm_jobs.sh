@@ -4,6 +4,7 @@
 # 1. `mednet info` as a 2-task batch job through `srun --mpi=pmix`: must report 2 MPI ranks (one MPI job, not two
 #    singletons).
 # 1b. sigprog started without srun in a 2-task allocation: the launch check must stop it with the PMIx hint.
+# 1d. a rank of a 2-task srun step fails on purpose: the job must end FAILED within seconds with its message.
 # 1c. jobs/scaling_sweep.sh with P = 1 and 2 (sigprog finishing after 5 steps): one job per P, own directories.
 # 2. jobs/pretrain.sbatch with a 1-minute limit and --signal=B:USR1@45, running tests/slurm/sigprog as the mednet
 #    binary: the batch shell traps USR1, forwards it to the srun step, sigprog's ranks agree on it, rank 0 writes a
@@ -50,6 +51,18 @@ cat "$D/nosrun-$id.out"
 check "a 1-rank launch in a 2-task allocation fails (state $state)" [ "$state" = FAILED ]
 check "and says why" grep -q "MPI world size is 1 but SLURM_NTASKS=2.*" "$D/nosrun-$id.out"
 check "with the srun --mpi=pmix hint" grep -q "HINT: .*srun --mpi=pmix" "$D/nosrun-$id.out"
+
+# ---- 1d: a rank failing on purpose under srun ends the whole job quickly, with its message ------------------------
+t1=$(date +%s)
+id=$(sbatch --parsable -J mn-fail -n 2 -c 1 -t 2 -o "$D/fail-%j.out" \
+    --wrap "srun --mpi=pmix '$sigprog' pretrain /dev/null train.out_dir=$D/fail sigprog.fail_rank=1")
+wait_job "$id" 60
+cat "$D/fail-$id.out"
+el=$(($(date +%s) - t1))
+check "a failing rank fails the job (state $state)" [ "$state" = FAILED ]
+check "within 30 s (took $el s, including scheduling)" [ "$el" -le 30 ]
+check "with the failing rank's message" grep -q "\[rank 1\] .*cannot read its shard at step 3 (deliberate" "$D/fail-$id.out"
+check "and the abort line" grep -q "\[rank 1\] mednet: fatal error MN_ERR_IO on this rank; aborting the job" "$D/fail-$id.out"
 
 # ---- 1c: jobs/scaling_sweep.sh submits one pretrain.sbatch job per rank count ------------------------------------
 MEDNET_BIN=$sigprog MEDNET_CONFIG=/dev/null MEDNET_OUT=$D/sweep \
