@@ -134,7 +134,8 @@ mn_err mn_resample(const mn_volume *src, const mn_grid *grid, int order, float f
     return MN_OK;
 }
 
-/* Smooth every line of x along `axis` with the kernel w[0..2r] (clamped edges); line is scratch of n[axis]. */
+/* Smooth every line of x along `axis` with the kernel w[0..2r] (clamped edges).  line is scratch of n[axis]+2r:
+ * each line is copied with r edge values repeated on both sides, so the tap loop has no branches. */
 static void smooth_axis(float *x, const int64_t n[3], int axis, const double *w, int r, float *line)
 {
     const int64_t stride[3] = {1, n[0], n[0] * n[1]};
@@ -144,13 +145,12 @@ static void smooth_axis(float *x, const int64_t n[3], int axis, const double *w,
     for (int64_t q = 0; q < n[a2]; q++)
         for (int64_t p = 0; p < n[a1]; p++) {
             float *base = x + p * stride[a1] + q * stride[a2];
-            for (int64_t t = 0; t < len; t++) line[t] = base[t * st];
+            for (int64_t t = 0; t < len; t++) line[r + t] = base[t * st];
+            for (int d = 0; d < r; d++) line[d] = line[r], line[r + len + d] = line[r + len - 1];
             for (int64_t t = 0; t < len; t++) {
+                const float *l = line + t;
                 double acc = 0;
-                for (int d = -r; d <= r; d++) {
-                    int64_t u = t + d < 0 ? 0 : t + d >= len ? len - 1 : t + d;
-                    acc += w[d + r] * line[u];
-                }
+                for (int d = 0; d <= 2 * r; d++) acc += w[d] * l[d];
                 base[t * st] = (float)acc;
             }
         }
@@ -170,7 +170,7 @@ mn_err mn_antialias(mn_volume *vol, const double target_spacing[3], double sigma
         sigma[a] = f > 1 ? (f - 1) / 2 : 0;
         if (vol->dim[a] > maxlen) maxlen = vol->dim[a];
     }
-    float *line = malloc((size_t)maxlen * sizeof *line);
+    float *line = malloc((size_t)(maxlen + 2 * 100) * sizeof *line);
     MN_CHECK(line, MN_ERR_MEM, "out of memory for the anti-aliasing line buffer");
     for (int a = 0; a < 3; a++) {
         if (sigma[a] <= 0) continue;
