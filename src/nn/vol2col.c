@@ -5,7 +5,9 @@
  * (tap_range), so the inner loops carry no bounds tests: zeros before, a copy (contiguous for stride 1, a strided
  * gather otherwise) in the middle, zeros after.  One source channel (at most a few hundred KiB here) stays in cache
  * while its kvol rows stream out.  col2vol walks the same segments and adds; it is parallel over (sample,
- * channel) so that accumulation is race-free without atomics.
+ * channel) so that accumulation is race-free without atomics.  The tap-box variants (mn_vol2col_taps) copy only
+ * the in-volume part of each tap, block by block, and fold back the same way; the row gather/scatter helpers move
+ * whole channels-last rows (cout floats) between a tap's box and the full output.
  */
 #include "nn/vol2col.h"
 
