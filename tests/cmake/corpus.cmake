@@ -4,6 +4,7 @@ mn_test(test_nifti SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_nifti.c TIMEOUT
 # The synthetic inputs (a fixture: the 1-, 2- and 4-rank runs read the same files), the MPI corpus test, and the
 # identity of the 1-, 2- and 4-rank corpora checked with h5diff (hdf5-tools).
 set(MN_CORPUS_TEST_DIR ${CMAKE_BINARY_DIR}/corpus_test)
+file(MAKE_DIRECTORY ${MN_CORPUS_TEST_DIR})  # the working directory of the tests below must exist before they start
 mn_test(test_corpus_inputs SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_corpus_inputs.c ARGS ${MN_CORPUS_TEST_DIR}
         TIMEOUT 60 LABELS corpus)
 set_tests_properties(test_corpus_inputs PROPERTIES FIXTURES_SETUP corpus_inputs)
