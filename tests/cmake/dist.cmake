@@ -6,7 +6,7 @@ mn_mpi_test(test_dist SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist.c NPROCS
 add_executable(test_dist_abort ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_abort.c)
 target_compile_options(test_dist_abort PRIVATE ${MN_WARNINGS})
 target_link_libraries(test_dist_abort PRIVATE mednet_lib)
-foreach(np 2 4)
+foreach(np 1 2 3 4)
   add_test(NAME test_dist_abort_np${np}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_abort.sh ${np} $<TARGET_FILE:test_dist_abort>
                    ${MN_MPIEXEC})
@@ -19,9 +19,10 @@ mn_mpi_test(test_ckpt SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_ckpt.c NPROCS
 # Signals: the flag set by SIGUSR1/SIGTERM and its agreement over the ranks.
 mn_mpi_test(test_dist_signals SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_signals.c NPROCS 1 2 3 4 TIMEOUT 60)
 
-# Slurm: a private single-node Slurm (tests/slurm/slurm_harness.sh) runs a 2-task `mednet info` job, and
-# jobs/pretrain.sbatch with a stand-in program whose time limit runs out: signal -> trap -> forward -> checkpoint ->
-# requeue -> resume.  Runs serially (it starts daemons) and takes about a minute.
+# Slurm: a private single-node Slurm (tests/slurm/slurm_harness.sh) runs a 2-task `mednet info` job, a forgotten
+# srun (launch check), a rank failing on purpose under srun, jobs/scaling_sweep.sh, and jobs/pretrain.sbatch with a
+# stand-in program (tests/slurm/sigprog.c) whose time limit runs out: signal -> trap -> forward -> checkpoint ->
+# requeue -> resume.  Runs serially (it starts daemons) and takes about 70 s.
 add_executable(sigprog ${CMAKE_CURRENT_SOURCE_DIR}/slurm/sigprog.c)
 target_compile_options(sigprog PRIVATE ${MN_WARNINGS})
 target_link_libraries(sigprog PRIVATE mednet_lib)
