@@ -203,7 +203,8 @@ mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, dou
 
 /* Backward through every head batch of the last forward (using the logit gradients of mn_model_loss; a head batch
  * whose loss was not computed contributes nothing) and the encoder.  ACCUMULATES into grads (call zero_grad once per
- * step).  Calls the hooks (above).  Needs a preceding forward. */
+ * step).  Calls the hooks (above).  Needs a preceding forward, and consumes it (some saved activations are reused
+ * as gradient scratch): a second backward, or mn_model_loss, needs a new forward.  Logits stay readable. */
 mn_err mn_model_backward(mn_model *m);
 
 /* ---- safetensors (src/model/model_io.c) ---- */

@@ -163,11 +163,12 @@ static void bn(planner *pl, mn_bnl *b, const char *name, int c)
     b->save = act(pl, 2 * (size_t)c);
 }
 
-/* Track the largest encoder activation (sizes the gradient scratch). */
-static size_t shape_act(mn_model *m, const mn_shape *s)
+/* Track the largest encoder activations, which size the gradient scratch: *max is m->max_io (block inputs and
+ * outputs: g0/g1), m->max_int (tensors inside a block: t1/t2) or m->max_stem (the stem, t1 only). */
+static size_t shape_act(size_t *max, const mn_shape *s)
 {
     size_t n = mn_shape_numel(s);
-    if (n > m->max_act) m->max_act = n;
+    if (n > *max) *max = n;
     return n;
 }
 
@@ -239,13 +240,14 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
     b->in = *in;
     MN_CALL(conv_shape(m, &b->c1, in, &b->s1));
     MN_CALL(conv_shape(m, &b->c2, &b->s1, &b->s2));
-    b->c1o = act(pl, shape_act(m, &b->s1));
-    b->a1 = act(pl, shape_act(m, &b->s1));
-    b->c2o = act(pl, shape_act(m, &b->s2));
+    shape_act(&m->max_io, &b->in);
+    b->c1o = act(pl, shape_act(&m->max_int, &b->s1));
+    b->a1 = act(pl, shape_act(&m->max_int, &b->s1));
+    b->c2o = act(pl, shape_act(&m->max_int, &b->s2));
     if (b->bottleneck) {
         MN_CALL(conv_shape(m, &b->c3, &b->s2, &b->out));
-        b->a2 = act(pl, shape_act(m, &b->s2));
-        b->c3o = act(pl, shape_act(m, &b->out));
+        b->a2 = act(pl, shape_act(&m->max_int, &b->s2));
+        b->c3o = act(pl, shape_act(&m->max_int, &b->out));
     } else {
         b->out = b->s2;
     }
@@ -254,7 +256,7 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
         MN_CALL(conv_shape(m, &b->dsc, in, &ds));
         MN_CHECK(mn_shape_eq(&ds, &b->out), MN_ERR_INTERNAL, "layer%d.%d: shortcut shape differs from the block's",
                  stage, idx);
-        b->dso = act(pl, shape_act(m, &ds));
+        b->dso = act(pl, shape_act(&m->max_int, &ds));
     } else if (b->shortcut == SC_A) {
         mn_shape one = *in, ds;
         one.n = 1;
@@ -262,7 +264,8 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
         MN_CHECK(ds.d == b->out.d && ds.h == b->out.h && ds.w == b->out.w, MN_ERR_INTERNAL,
                  "layer%d.%d: type-A shortcut shape differs from the block's", stage, idx);
     }
-    b->y = act(pl, shape_act(m, &b->out));
+    shape_act(&m->max_int, &b->out); /* the shortcut's BN output and the output gradient's temporaries */
+    b->y = act(pl, shape_act(&m->max_io, &b->out));
     return MN_OK;
 }
 
@@ -373,7 +376,7 @@ static mn_err plan(mn_model *m, int pass)
     pl.acts = m->cfg.input.n > 0;
     pl.part = -1;
     pl.arena = (float *)m->act_arena;
-    m->max_act = 0;
+    m->max_io = m->max_int = m->max_stem = 0;
     m->ws_floats = 0;
 
     /* Stem. */
@@ -389,9 +392,9 @@ static mn_err plan(mn_model *m, int pass)
         m->in_shape = m->cfg.input;
         MN_CALL(conv_shape(m, &m->conv1, &m->in_shape, &m->stem_shape));
         MN_CALL(mn_maxpool3d_out_shape(&m->pool, &m->stem_shape, &m->pool_shape));
-        m->stem_c = act(&pl, shape_act(m, &m->stem_shape));
-        m->stem_a = act(&pl, shape_act(m, &m->stem_shape));
-        m->pooled = act(&pl, shape_act(m, &m->pool_shape));
+        m->stem_c = act(&pl, shape_act(&m->max_stem, &m->stem_shape));
+        m->stem_a = act(&pl, shape_act(&m->max_stem, &m->stem_shape));
+        m->pooled = act(&pl, shape_act(&m->max_io, &m->pool_shape));
         m->argmax = (int32_t *)act(&pl, mn_shape_numel(&m->pool_shape));
     }
 
@@ -476,6 +479,8 @@ mn_err mn_model_init(mn_model *m, uint64_t seed)
 
 /* ---- create / destroy ---- */
 
+static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
+
 static mn_err check_config(const mn_model_config *cfg)
 {
     int layers[4], bott;
@@ -546,19 +551,20 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
     if (!err && m->cfg.input.n > 0) {
         /* Zero-filled now, so every page is faulted in at setup and not during the first steps. */
         err = mn_calloc(m->act_floats * sizeof(float), "model activations", &m->act_arena);
-        m->scratch_floats = 4 * ((m->max_act + 15) & ~(size_t)15) + m->ws_floats;
+        m->scratch_floats = 2 * pad16(m->max_io) + pad16(m->max_stem > m->max_int ? m->max_stem : m->max_int) +
+                            pad16(m->max_int) + m->ws_floats;
         if (!err) err = mn_calloc(m->scratch_floats * sizeof(float), "model gradient scratch and conv workspace",
                                   &m->scratch_arena);
     }
     if (!err) err = plan(m, 1);
     if (!err && m->scratch_arena) {
-        size_t a = (m->max_act + 15) & ~(size_t)15;
+        size_t io = pad16(m->max_io), t1 = pad16(m->max_stem > m->max_int ? m->max_stem : m->max_int);
         float *s = m->scratch_arena;
         m->g0 = s;
-        m->g1 = s + a;
-        m->t1 = s + 2 * a;
-        m->t2 = s + 3 * a;
-        m->ws = s + 4 * a;
+        m->g1 = s + io;
+        m->t1 = s + 2 * io;
+        m->t2 = s + 2 * io + t1;
+        m->ws = s + 2 * io + t1 + pad16(m->max_int);
     }
     if (!err) err = mn_model_init(m, cfg->seed);
     if (err) {

@@ -274,6 +274,7 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
     }
     m->nhb = nhb;
     m->forwarded = 1;
+    m->consumed = 0;
     return MN_OK;
 }
 
@@ -297,6 +298,7 @@ const float *mn_model_loss_logits(const mn_model *m, int i, mn_shape *shape)
 mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss)
 {
     MN_CHECK(m && labels && loss, MN_ERR_ARG, "NULL model, labels or loss");
+    MN_CHECK(!m->consumed, MN_ERR_ARG, "loss: the last forward was consumed by a backward; run forward again");
     MN_CHECK(m->forwarded && i >= 0 && i < m->nhb, MN_ERR_ARG,
              "loss: head batch %d does not exist in the last forward (%d head batches)", i, m->nhb);
     mn_hb_state *st = &m->hbs[i];
@@ -341,7 +343,8 @@ mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, dou
 
 mn_err mn_model_backward(mn_model *m)
 {
-    MN_CHECK(m && m->forwarded, MN_ERR_ARG, "backward needs a preceding forward");
+    MN_CHECK(m && m->forwarded && !m->consumed, MN_ERR_ARG,
+             "backward needs a preceding forward (one backward per forward: backward reuses saved activations)");
     float *G = m->g0, *Gi = m->g1;
 
     /* Heads, into the encoder-output gradient. */
@@ -359,14 +362,17 @@ mn_err mn_model_backward(mn_model *m)
         Gi = t;
     }
 
-    /* Stem: max pool, ReLU, BN, conv1 (no input gradient). */
+    /* Stem: max pool, ReLU, BN, conv1 (no input gradient).  The post-ReLU activation is dead once its mask has
+     * been applied, so it receives the BN input gradient: no second stem-sized scratch buffer (the largest tensor
+     * of the network).  This is why a backward consumes its forward. */
     size_t ns = mn_shape_numel(&m->stem_shape);
     mn_zero(ns, m->t1);
     MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1));
     relu_mask(ns, m->t1, m->stem_a);
-    mn_zero(ns, m->t2);
-    MN_CALL(mn_bn3d_backward(&m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->t2, m->bn1.save, m->training));
-    MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->t2, NULL, m->ws));
+    mn_zero(ns, m->stem_a);
+    MN_CALL(mn_bn3d_backward(&m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->bn1.save, m->training));
+    MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws));
+    m->consumed = 1;
     if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);
     progress(m);
     return MN_OK;

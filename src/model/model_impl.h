@@ -96,9 +96,10 @@ struct mn_model {
     int32_t *labels_ds;       /* labels resized to the logits (N, q voxels) */
     size_t logit_vox;         /* voxels per channel of the logits held in `logits` */
 
-    /* scratch (encoder gradient ping-pong and temporaries), each of max_act floats */
+    /* scratch: g0/g1 carry block input/output gradients (max_io floats each), t1 the temporaries inside a block and
+     * the stem's pooling gradient (max(max_stem, max_int)), t2 block temporaries (max_int) */
     float *g0, *g1, *t1, *t2;
-    size_t max_act;
+    size_t max_io, max_int, max_stem;
     float *ws;
     size_t ws_floats;
 
@@ -112,6 +113,7 @@ struct mn_model {
     mn_hb_state hbs[MN_MODEL_MAX_HEADS];
     int nhb;
     int forwarded;
+    int consumed; /* 1 after a backward: saved activations were overwritten */
     mn_grad_ready_fn grad_ready;
     mn_progress_fn progress;
     void *hook_ctx;
