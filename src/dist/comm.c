@@ -61,7 +61,7 @@ static mn_err dist_setup(MPI_Comm parent, int ndatasets, const int *holders, mn_
         if (n == 0 && bad_ds < 0) bad_ds = ds, local = MN_ERR_ARG;
     }
     mn_err agreed = mn_mpi_agree(d->world, local);
-    MN_CHECK(bad_ds < 0 || agreed == MN_OK, MN_ERR_ARG,
+    MN_CHECK(bad_ds < 0, MN_ERR_ARG,
              "holder table: dataset %d is held by no rank (every dataset needs at least one holder)", bad_ds);
     MN_CHECK(agreed == MN_OK, agreed, "holder table rejected on another rank");
     MN_CALL(mn_dist_check_replicas(d->world, d->holds, cells, "holder table", NULL));
