@@ -38,6 +38,7 @@
  */
 #include "mednet/conv3d.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -102,6 +103,11 @@ static mn_err conv_check(const mn_conv3d *l, const mn_shape *in, mn_shape *out)
              d, mn_shape_str(in, sh), in->d, l->p[0], l->dil[0] * (l->k[0] - 1) + 1, in->h, l->p[1],
              l->dil[1] * (l->k[1] - 1) + 1, in->w, l->p[2], l->dil[2] * (l->k[2] - 1) + 1);
     *out = (mn_shape){in->n, l->cout, o[0], o[1], o[2]};
+    /* GEMM dimensions are ints (BLIS dim_t is wider, our wrapper is not): batch*voxels and cin*kvol must fit. */
+    MN_CHECK((double)in->n * mn_shape_voxels(in) <= INT_MAX && (double)in->n * mn_shape_voxels(out) <= INT_MAX &&
+                 (double)l->cin * l->k[0] * l->k[1] * l->k[2] <= INT_MAX,
+             MN_ERR_SHAPE, "%s: input %s is too large (batch x voxels or cin x kernel volume exceeds 2^31)", d,
+             mn_shape_str(in, sh));
     return MN_OK;
 }
 

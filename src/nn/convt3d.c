@@ -13,6 +13,7 @@
  */
 #include "mednet/conv3d.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -77,6 +78,11 @@ static mn_err convt_check(const mn_convt3d *l, const mn_shape *in, mn_shape *out
     MN_CHECK(convt_out_ext(l, ext, o), MN_ERR_SHAPE,
              "%s: input %s gives an empty output ((in-1)*s - 2p + dil*(k-1) + op + 1 < 1)", d, mn_shape_str(in, sh));
     *out = (mn_shape){in->n, l->cout, o[0], o[1], o[2]};
+    /* GEMM dimensions are ints: batch*voxels and cout*kvol must fit. */
+    MN_CHECK((double)in->n * mn_shape_voxels(in) <= INT_MAX && (double)in->n * mn_shape_voxels(out) <= INT_MAX &&
+                 (double)l->cout * l->k[0] * l->k[1] * l->k[2] <= INT_MAX,
+             MN_ERR_SHAPE, "%s: input %s is too large (batch x voxels or cout x kernel volume exceeds 2^31)", d,
+             mn_shape_str(in, sh));
     return MN_OK;
 }
 

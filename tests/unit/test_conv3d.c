@@ -291,6 +291,12 @@ static void check_errors(void)
     e = mn_conv3d_forward(&c, &in, dummy, dummy, NULL);
     TEST_EXPECT(e == MN_ERR_ARG, "NULL workspace: got %s", mn_err_name(e));
 
+    mn_conv3d big = {.cin = 1, .cout = 1, .k = {1, 1, 1}, .s = {1, 1, 1}, .dil = {1, 1, 1}, .w = dummy};
+    in = (mn_shape){2, 1, 1024, 1024, 1024};
+    e = mn_conv3d_out_shape(&big, &in, &out);
+    TEST_EXPECT(e == MN_ERR_SHAPE && strstr(mn_error_last(), "too large"),
+                "2 x 1024^3 voxels must be refused (32-bit GEMM sizes): got %s '%s'", mn_err_name(e), mn_error_last());
+
     mn_convt3d t = {.cin = 8, .cout = 2, .k = {2, 2, 2}, .s = {2, 2, 2}, .dil = {1, 1, 1}, .w = dummy};
     in = (mn_shape){1, 5, 4, 4, 4};
     e = mn_convt3d_forward(&t, &in, dummy, dummy, ws);
