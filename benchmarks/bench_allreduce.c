@@ -5,8 +5,9 @@
  *
  * Bandwidth as nccl-tests define it: algbw = bytes / time, busbw = algbw * 2 (P - 1) / P (the bytes each link must
  * carry in a ring all-reduce), time = the slowest rank's median over the timed iterations.  The reducer's time runs
- * from mn_reducer_start to the end of mn_reducer_finish (division by the sample count included), with the whole
- * buffer declared ready in 1 MiB "layers" from the end and a progress call after each, as the backward pass does.
+ * from mn_reducer_start to the end of mn_reducer_finish (division by the sample count included; the plain
+ * all-reduce is timed with the same division), with the whole buffer declared ready in 1 MiB "layers" from the
+ * end and a progress call after each, as the backward pass does.
  * Before timing, each variant's result is checked against MPI_Allreduce (relative error printed).
  *
  * The overlap run declares the layers ready with a busy-wait of `compute_ms` per layer before each (the backward
@@ -119,6 +120,7 @@ static mn_err bench_size(double mib, size_t bucket_bytes)
         MN_MPI(MPI_Barrier(MPI_COMM_WORLD));
         double t0 = MPI_Wtime();
         MN_MPI(MPI_Allreduce(MPI_IN_PLACE, g, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+        for (size_t i = 0; i < n; i++) g[i] *= inv; /* the mean, as the reducer forms it */
         if (it >= 0) tp[it] = MPI_Wtime() - t0;
         fill(g, n, it);
         MN_MPI(MPI_Barrier(MPI_COMM_WORLD));
