@@ -127,6 +127,31 @@ static int conv_group(int n, size_t cols)
     return (int)g;
 }
 
+/* Column-matrix floats per slab of the dense path: the output is processed a few z-planes at a time so that the
+ * unfolded slab (written by vol2col, packed by BLIS, or written by the GEMM and folded by col2vol) stays in the
+ * 32 MiB L3 instead of going to memory and back; measured 1.3x on the stem and layer1 forward. */
+#define MN_CONV_SLAB_FLOATS ((size_t)2 << 20)
+
+/* Output z-planes per slab for a group of nb samples. */
+static int conv_slab(const mn_vgeom *g, int nb)
+{
+    const size_t per_plane = mn_vgeom_rows(g) * (size_t)nb * (size_t)g->out[1] * (size_t)g->out[2];
+    size_t nz = MN_CONV_SLAB_FLOATS / (per_plane ? per_plane : 1);
+    if (nz < 1) nz = 1;
+    if (nz > (size_t)g->out[0]) nz = (size_t)g->out[0];
+    return (int)nz;
+}
+
+/* Geometry of output planes [z0, z0+nz) (clipped): the same input volume with the padding shifted by z0*stride,
+ * so vol2col/col2vol need no slab logic.  Returns the slab's voxels. */
+static size_t conv_slab_geom(const mn_vgeom *g, int z0, int nz, mn_vgeom *gs)
+{
+    *gs = *g;
+    gs->out[0] = z0 + nz <= g->out[0] ? nz : g->out[0] - z0;
+    gs->p[0] = g->p[0] - z0 * g->s[0];
+    return (size_t)gs->out[0] * g->out[1] * g->out[2];
+}
+
 static void conv_vgeom(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, mn_vgeom *g)
 {
     *g = (mn_vgeom){.c = l->cin, .in = {in->d, in->h, in->w}, .out = {out->d, out->h, out->w}};
@@ -215,7 +240,7 @@ static mn_err conv_forward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn_
         }
         float *yn = y + (size_t)n0 * K * P;
         for (int i = 0; i < nb; i++)
-            mn_transpose(stage + (size_t)i * P * K, P, (size_t)K, l->b, 0, yn + (size_t)i * K * P);
+            mn_transpose(stage + (size_t)i * P * K, P, (size_t)K, l->b, 0, yn + (size_t)i * K * P, P);
     }
     return MN_OK;
 }
@@ -234,7 +259,7 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
         const int nb = N - n0 < G ? N - n0 : G;
         /* dY of the group channels-last: stage[(i*P + v)*K + k]. */
         for (int i = 0; i < nb; i++)
-            mn_transpose(dy + (size_t)(n0 + i) * K * P, (size_t)K, P, NULL, 0, stage + (size_t)i * P * K);
+            mn_transpose(dy + (size_t)(n0 + i) * K * P, (size_t)K, P, NULL, 0, stage + (size_t)i * P * K, (size_t)K);
         if (l->dw) mn_vol2col_taps(g, tp, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col);
         for (int t = 0; t < tp->n; t++) {
             if (!tp->nv[t]) continue;
@@ -329,16 +354,21 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
     if (conv_use_taps(&g, &tp)) return conv_forward_taps(l, &g, &tp, N, x, y, ws);
     const int rows = (int)mn_vgeom_rows(&g);
     const int G = conv_group(N, P);
+    const size_t plane = (size_t)out.h * out.w;
     float *col = ws, *stage = ws + (size_t)rows * G * P;
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
-        const size_t ld = (size_t)nb * P;
-        float *yn = y + (size_t)n0 * K * P;
-        mn_vol2col(&g, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, P);
-        /* Channels-last product (nb*P x K) = col^T W^T, then transposed into NCDHW with the bias (see above). */
-        MN_CALL(mn_gemm((int)ld, K, rows, 1.0f, col, 1, (ptrdiff_t)ld, l->w, 1, rows, 0.0f, stage, K, 1));
-        for (int i = 0; i < nb; i++)
-            mn_transpose(stage + (size_t)i * P * K, P, (size_t)K, l->b, 0, yn + (size_t)i * K * P);
+        const int nz = conv_slab(&g, nb);
+        for (int z0 = 0; z0 < out.d; z0 += nz) {
+            mn_vgeom gs;
+            const size_t sv = conv_slab_geom(&g, z0, nz, &gs), ld = (size_t)nb * sv;
+            mn_vol2col(&gs, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, sv);
+            /* Channels-last product (nb*sv x K) = col^T W^T, transposed into the slab of y with the bias. */
+            MN_CALL(mn_gemm((int)ld, K, rows, 1.0f, col, 1, (ptrdiff_t)ld, l->w, 1, rows, 0.0f, stage, K, 1));
+            for (int i = 0; i < nb; i++)
+                mn_transpose(stage + (size_t)i * sv * K, sv, (size_t)K, l->b, 0,
+                             y + (size_t)(n0 + i) * K * P + (size_t)z0 * plane, P);
+        }
     }
     return MN_OK;
 }
@@ -376,29 +406,37 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     if (conv_use_taps(&g, &tp)) return conv_backward_taps(l, &g, &tp, N, x, dy, dx, ws);
     const int rows = (int)mn_vgeom_rows(&g);
     const int G = conv_group(N, P);
+    const size_t plane = (size_t)out.h * out.w;
     float *col = ws, *stage = ws + (size_t)rows * G * P, *dwt = stage + (size_t)K * G * P;
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
-        const size_t ld = (size_t)nb * P;
-        /* dY of the group as a (K x nb*P) matrix: the tensor itself for one sample, else a packed copy. */
-        const float *dyg = dy + (size_t)n0 * K * P;
-        if (nb > 1) {
-            mn_batch_pack(dyg, nb, K, P, stage);
-            dyg = stage;
-        }
-        if (l->dw) {
-            mn_vol2col(&g, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, P);
-            /* dW^T (rows x K) = col dY^T, summed over the groups in the staging block, added to dW at the end. */
-            MN_CALL(mn_gemm(rows, K, (int)ld, 1.0f, col, (ptrdiff_t)ld, 1, dyg, 1, (ptrdiff_t)ld, n0 ? 1.0f : 0.0f,
-                            dwt, K, 1));
-        }
-        if (dx) {
-            MN_CALL(mn_gemm(rows, (int)ld, K, 1.0f, l->w, 1, rows, dyg, (ptrdiff_t)ld, 1, 0.0f, col, (ptrdiff_t)ld,
-                            1));
-            mn_col2vol(&g, nb, col, ld, P, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
+        const int nz = conv_slab(&g, nb);
+        for (int z0 = 0; z0 < out.d; z0 += nz) {
+            mn_vgeom gs;
+            const size_t sv = conv_slab_geom(&g, z0, nz, &gs), ld = (size_t)nb * sv;
+            /* dY of the group's slab as a (K x nb*sv) matrix: the tensor itself (row stride P) for one sample,
+             * else a packed copy. */
+            const float *dyg = dy + (size_t)n0 * K * P + (size_t)z0 * plane;
+            size_t ldy = P;
+            if (nb > 1) {
+                mn_batch_pack(dyg, nb, K, sv, P, stage);
+                dyg = stage;
+                ldy = ld;
+            }
+            if (l->dw) {
+                mn_vol2col(&gs, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, sv);
+                /* dW^T (rows x K) += col dY^T, accumulated over groups and slabs, added to dW at the end. */
+                MN_CALL(mn_gemm(rows, K, (int)ld, 1.0f, col, (ptrdiff_t)ld, 1, dyg, 1, (ptrdiff_t)ldy,
+                                (n0 || z0) ? 1.0f : 0.0f, dwt, K, 1));
+            }
+            if (dx) {
+                MN_CALL(mn_gemm(rows, (int)ld, K, 1.0f, l->w, 1, rows, dyg, (ptrdiff_t)ldy, 1, 0.0f, col,
+                                (ptrdiff_t)ld, 1));
+                mn_col2vol(&gs, nb, col, ld, sv, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
+            }
         }
     }
-    if (l->dw) mn_transpose(dwt, (size_t)rows, (size_t)K, NULL, 1, l->dw);
+    if (l->dw) mn_transpose(dwt, (size_t)rows, (size_t)K, NULL, 1, l->dw, (size_t)rows);
     return MN_OK;
 }
 

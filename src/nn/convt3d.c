@@ -145,7 +145,7 @@ mn_err mn_convt3d_forward(const mn_convt3d *l, const mn_shape *in, const float *
         const size_t ld = (size_t)nb * Pin;
         const float *xg = x + (size_t)n0 * Ci * Pin;
         if (nb > 1) {
-            mn_batch_pack(xg, nb, Ci, Pin, stage);
+            mn_batch_pack(xg, nb, Ci, Pin, Pin, stage);
             xg = stage;
         }
         MN_CALL(mn_gemm(rows, (int)ld, Ci, 1.0f, l->w, 1, rows, xg, (ptrdiff_t)ld, 1, 0.0f, col, (ptrdiff_t)ld, 1));
@@ -184,7 +184,7 @@ mn_err mn_convt3d_backward(const mn_convt3d *l, const mn_shape *in, const float 
         if (l->dw) {
             const float *xg = x + (size_t)n0 * Ci * Pin;
             if (nb > 1) {
-                mn_batch_pack(xg, nb, Ci, Pin, stage);
+                mn_batch_pack(xg, nb, Ci, Pin, Pin, stage);
                 xg = stage;
             }
             MN_CALL(mn_gemm(Ci, rows, (int)ld, 1.0f, xg, (ptrdiff_t)ld, 1, col, 1, (ptrdiff_t)ld, 1.0f, l->dw, rows,

@@ -120,12 +120,12 @@ void mn_col2vol(const mn_vgeom *g, int nb, const float *col, size_t ldc, size_t 
     }
 }
 
-void mn_batch_pack(const float *src, int nb, int ch, size_t P, float *dst)
+void mn_batch_pack(const float *src, int nb, int ch, size_t len, size_t cstride, float *dst)
 {
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)nb * ch * P > 65536)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)nb * ch * len > 65536)
     for (int c = 0; c < ch; c++)
         for (int i = 0; i < nb; i++)
-            memcpy(dst + ((size_t)c * nb + i) * P, src + ((size_t)i * ch + c) * P, sizeof(float) * P);
+            memcpy(dst + ((size_t)c * nb + i) * len, src + ((size_t)i * ch + c) * cstride, sizeof(float) * len);
 }
 
 void mn_batch_unpack(const float *src, int nb, int ch, size_t P, const float *bias, int accumulate, float *dst)
@@ -173,7 +173,7 @@ void mn_bias_grad(const float *dy, int nb, int ch, size_t P, float *db)
     }
 }
 
-void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int accumulate, float *dst)
+void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int accumulate, float *dst, size_t ldd)
 {
     enum { TB = 32 };
     const long nrb = (long)((nr + TB - 1) / TB);
@@ -183,7 +183,7 @@ void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int
         for (size_t c0 = 0; c0 < nc; c0 += TB) {
             const size_t c1 = c0 + TB < nc ? c0 + TB : nc;
             for (size_t c = c0; c < c1; c++) {
-                float *d = dst + c * nr;
+                float *d = dst + c * ldd;
                 if (accumulate) {
                     for (size_t r = r0; r < r1; r++) d[r] += src[r * nc + c];
                 } else {

@@ -81,16 +81,17 @@ void mn_taps_scatter_add_rows(const mn_vgeom *g, const mn_taps *tp, int t, int n
 /* Batch layout helpers.  A "packed" batch of nb samples with ch channels of P voxels is a (ch x nb*P) row-major
  * matrix: packed[c*nb*P + i*P + v] = nchw[i*ch*P + c*P + v].  It lets one GEMM cover several small volumes. */
 
-/* dst (packed) = src (NC...). */
-void mn_batch_pack(const float *src, int nb, int ch, size_t P, float *dst);
+/* dst (packed, len voxels per sample and channel) = src (NC..., channel stride cstride >= len, sample stride
+ * ch*cstride): dst[c*nb*len + i*len + v] = src[(i*ch + c)*cstride + v].  cstride > len packs a slab of planes. */
+void mn_batch_pack(const float *src, int nb, int ch, size_t len, size_t cstride, float *dst);
 
 /* dst (NC...) = src (packed) + bias[c] (bias may be NULL); accumulate != 0 adds into dst instead (bias ignored). */
 void mn_batch_unpack(const float *src, int nb, int ch, size_t P, const float *bias, int accumulate, float *dst);
 
-/* Transpose an (nr x nc) row-major matrix src into the (nc x nr) row-major dst: dst[c*nr + r] = src[r*nc + c]
- * + bias[c] (bias may be NULL), or dst[...] += src[...] when accumulate != 0 (bias ignored).  Cache-blocked, OpenMP
- * parallel over column blocks of dst (no two threads write the same element). */
-void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int accumulate, float *dst);
+/* Transpose an (nr x nc) row-major matrix src into the (nc x nr) matrix dst with row stride ldd >= nr:
+ * dst[c*ldd + r] = src[r*nc + c] + bias[c] (bias may be NULL), or dst[...] += src[...] when accumulate != 0 (bias
+ * ignored).  Cache-blocked, OpenMP parallel over column blocks of dst (no two threads write the same element). */
+void mn_transpose(const float *src, size_t nr, size_t nc, const float *bias, int accumulate, float *dst, size_t ldd);
 
 /* y[i, c, :] += bias[c] for nb samples of ch channels of P voxels. */
 void mn_bias_add(float *y, int nb, int ch, size_t P, const float *bias);

@@ -350,6 +350,12 @@ int main(void)
          0},
         {"conv 3->4 k3 p1 dil2 13x12x11 n2 bias (dense)", mk_conv(3, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 2),
          {2, 3, 13, 12, 11}, 1},
+        /* Dense path in several z-slabs (2M-float slab budget): 2+2+1 planes, and 4+1 planes with stride 2 and a
+         * packed batch of two. */
+        {"conv 16->8 k3 p1 5x48x48 n1 bias (dense, slabs)", mk_conv(16, 8, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+         {1, 16, 5, 48, 48}, 1},
+        {"conv 8->6 k3 s2 p1 9x64x64 n2 (dense, slabs)", mk_conv(8, 6, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1),
+         {2, 8, 9, 64, 64}, 0},
         {"conv 3->4 k3 p3 5x6x5 n2 bias (taps, empty rim)", mk_conv(3, 4, 3, 3, 3, 1, 1, 1, 3, 3, 3, 1, 1, 1),
          {2, 3, 5, 6, 5}, 1},
         {"conv 4->5 k3 s2 p3 dil3 9x8x10 n2 (taps, s2)", mk_conv(4, 5, 3, 3, 3, 2, 2, 2, 3, 3, 3, 3, 3, 3),
