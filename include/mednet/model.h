@@ -27,6 +27,15 @@
  * branch.*, fc.*), which MedicalNet's own classes load; otherwise they are prefixed `heads.<id>.`.
  *
  * Nothing here knows about MPI or files except the safetensors import/export at the end (src/model/model_io.c).
+ *
+ * A training step (samples of the local batch grouped by dataset, one head batch per held head):
+ *
+ *   mn_model_set_hooks(m, on_grad_ready, on_progress, comm_ctx);   once: start bucket all-reduces as ranges finish
+ *   mn_model_forward(m, x, hb, nhb);                               encoder over N samples, head h over its slice
+ *   for i: mn_model_loss(m, i, labels + hb[i].offset * D*H*W, scale_i, &loss_i);
+ *   mn_model_zero_grad(m);  mn_model_backward(m);                  heads, then blocks last to first (hooks fire)
+ *   ... reduce head ranges (mn_model_param_range(m, h)) and BN buffers (mn_model_bn_range), optimizer step on the
+ *   flat buffers.
  */
 #ifndef MEDNET_MODEL_H
 #define MEDNET_MODEL_H
