@@ -17,3 +17,12 @@ add_test(NAME test_convert_medicalnet
          COMMAND sh -c "rm -rf '${MN_CVT_DIR}' && mkdir -p '${MN_CVT_DIR}' && '${MN_PYTHON}' '${CMAKE_CURRENT_SOURCE_DIR}/ref/convert_medicalnet.py' --selftest '${MN_CVT_DIR}' && '$<TARGET_FILE:mednet>' model --depth 10 --classes 2 --import '${MN_CVT_DIR}/resnet_10.safetensors' --strict")
 set_tests_properties(test_convert_medicalnet PROPERTIES TIMEOUT 120 LABELS "model;ref"
                      PASS_REGULAR_EXPRESSION "72 tensors loaded, 0 missing, 0 unexpected, 0 mis-shaped")
+# `mednet model`: the parameter table of the seven depths, and an export -> strict import round trip by the CLI.
+add_test(NAME cli_model_table COMMAND mednet model)
+set_tests_properties(cli_model_table PROPERTIES TIMEOUT 120 LABELS model
+                     PASS_REGULAR_EXPRESSION "resnet10 .*14355520.*resnet18 .*32986176.*resnet34 .*63295808.*resnet50 .*46155072.*resnet101 .*85201216.*resnet152 .*117359936.*resnet200 .*126559552")
+set(MN_CLI_ST ${CMAKE_CURRENT_BINARY_DIR}/cli_model_r50.safetensors)
+add_test(NAME cli_model_export_import
+         COMMAND sh -c "'$<TARGET_FILE:mednet>' model --depth 50 --heads 2:4,7:3 --input 1x24x24x24 --export '${MN_CLI_ST}' && '$<TARGET_FILE:mednet>' model --depth 50 --heads 2:4,7:3 --import '${MN_CLI_ST}' --strict && rm -f '${MN_CLI_ST}'")
+set_tests_properties(cli_model_export_import PROPERTIES TIMEOUT 120 LABELS model
+                     PASS_REGULAR_EXPRESSION "memory plan for input 1x1x24x24x24.*imported .*loaded, 0 missing, 0 unexpected, 0 mis-shaped")
