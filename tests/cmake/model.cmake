@@ -26,3 +26,4 @@ add_test(NAME cli_model_export_import
          COMMAND sh -c "'$<TARGET_FILE:mednet>' model --depth 50 --heads 2:4,7:3 --input 1x24x24x24 --export '${MN_CLI_ST}' && '$<TARGET_FILE:mednet>' model --depth 50 --heads 2:4,7:3 --import '${MN_CLI_ST}' --strict && rm -f '${MN_CLI_ST}'")
 set_tests_properties(cli_model_export_import PROPERTIES TIMEOUT 120 LABELS model
                      PASS_REGULAR_EXPRESSION "memory plan for input 1x1x24x24x24.*imported .*loaded, 0 missing, 0 unexpected, 0 mis-shaped")
+mn_test(test_model_heads SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_model_heads.c TIMEOUT 60 LABELS model)
