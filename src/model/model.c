@@ -449,6 +449,8 @@ static uint64_t name_seed(uint64_t seed, const char *name)
 mn_err mn_model_init(mn_model *m, uint64_t seed)
 {
     MN_CHECK(m, MN_ERR_ARG, "NULL model");
+    /* Tensors are independent streams, so they can be filled in parallel with identical results. */
+#pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < m->ntensors; i++) {
         const mn_tensor_info *t = &m->tensors[i];
         float *p = (t->kind == MN_TENSOR_PARAM ? m->params : m->bufs) + t->offset;
