@@ -187,6 +187,11 @@ mn_err mn_model_init(mn_model *m, uint64_t seed);
 
 /* ---- training ---- */
 
+/* BN num_batches_tracked of the encoder (part -1) or of head h: the number of training-mode forwards it saw.  Only
+ * exported (PyTorch's state dict has it); a checkpoint that wants bit-identical exports after resume saves it. */
+long mn_model_bn_batches(const mn_model *m, int part);
+void mn_model_set_bn_batches(mn_model *m, int part, long batches);
+
 void mn_model_set_training(mn_model *m, int training); /* 1: BN uses batch statistics (default), 0: running stats */
 /* Install the backward hooks (either may be NULL; ctx is passed back unchanged). */
 void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx);

@@ -734,6 +734,20 @@ mn_err mn_model_set_params(mn_model *m, const float *p, size_t n)
     return MN_OK;
 }
 
+long mn_model_bn_batches(const mn_model *m, int part)
+{
+    if (part < 0) return m->enc_bn_batches;
+    return part < m->nheads ? m->heads[part].bn_batches : 0;
+}
+
+void mn_model_set_bn_batches(mn_model *m, int part, long batches)
+{
+    if (part < 0)
+        m->enc_bn_batches = batches;
+    else if (part < m->nheads)
+        m->heads[part].bn_batches = batches;
+}
+
 void mn_model_set_training(mn_model *m, int training) { m->training = training ? 1 : 0; }
 
 void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx)

@@ -123,7 +123,12 @@ int main(void)
     TEST_EXPECT(mn_model_save_safetensors(a, p1, -2) == MN_OK, "save");
     TEST_EXPECT(memcmp(mn_model_params(a), mn_model_params(b), 4096) != 0, "seeds differ");
     mn_import_report rep;
+    mn_model_set_bn_batches(a, -1, 17);
+    mn_model_set_bn_batches(a, 1, 5);
+    TEST_EXPECT(mn_model_save_safetensors(a, p1, -2) == MN_OK, "save");
     TEST_EXPECT(mn_model_load_safetensors(b, p1, 1, &rep) == MN_OK, "strict load");
+    TEST_EXPECT(mn_model_bn_batches(b, -1) == 17 && mn_model_bn_batches(b, 1) == 5 && mn_model_bn_batches(b, 0) == 0,
+                "num_batches_tracked restored per part");
     TEST_EXPECT(rep.loaded == mn_model_num_tensors(a) && !rep.missing && !rep.unexpected && !rep.mis_shaped,
                 "report: loaded %d of %d", rep.loaded, mn_model_num_tensors(a));
     TEST_EXPECT(!memcmp(mn_model_params(a), mn_model_params(b), mn_model_num_params(a) * sizeof(float)) &&
