@@ -2,8 +2,8 @@
 """torch_conv3d.py: PyTorch (oneDNN) timings of the conv shapes measured by bench_conv3d, for comparison.
 
 Usage: torch_conv3d.py THREADS REPS SPEC...   with SPEC = kind,n,cin,cout,d,h,w,k,s,p,dil,op,bias
-(kind: conv or convt).  Prints one line per spec: "shape <i> <fwd_s> <bwd_data_s> <bwd_weights_s>" (median seconds
-over REPS timed calls after two warm-up calls).  The backward passes are timed separately through
+(kind: conv or convt).  Prints one line per spec: "shape <i> <fwd> <bwd_data> <bwd_weights>" as median seconds over
+REPS timed calls after two warm-up calls, followed by the three minimum times.  The backward passes are timed separately through
 aten::convolution_backward with an output mask, the same split bench_conv3d times.  Run it with jemalloc preloaded
 (bench_conv3d does) or PyTorch spends much of its time in page faults on this machine.
 """
@@ -14,7 +14,8 @@ import time
 import torch
 
 
-def median_time(fn, reps):
+def times(fn, reps):
+    """(median, min) seconds of reps timed calls after two warm-up calls."""
     fn()
     fn()
     ts = []
@@ -22,7 +23,7 @@ def median_time(fn, reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return statistics.median(ts), min(ts)
 
 
 def main():
@@ -56,10 +57,10 @@ def main():
                 return torch.ops.aten.convolution_backward(dy, x, wt, bsz, [s] * 3, [p] * 3, [dil] * 3, transposed,
                                                            [op] * 3, 1, mask)
 
-            t_f = median_time(fwd, reps)
-            t_d = median_time(lambda: bwd([True, False, False]), reps)
-            t_w = median_time(lambda: bwd([False, True, bool(bias)]), reps)
-        print(f"shape {i} {t_f:.6e} {t_d:.6e} {t_w:.6e}", flush=True)
+            t_f = times(fwd, reps)
+            t_d = times(lambda: bwd([True, False, False]), reps)
+            t_w = times(lambda: bwd([False, True, bool(bias)]), reps)
+        print(f"shape {i} {t_f[0]:.6e} {t_d[0]:.6e} {t_w[0]:.6e} {t_f[1]:.6e} {t_d[1]:.6e} {t_w[1]:.6e}", flush=True)
 
 
 if __name__ == "__main__":
