@@ -36,3 +36,12 @@ set_tests_properties(test_slurm_jobs PROPERTIES TIMEOUT 240 LABELS "slurm" RUN_S
 add_test(NAME test_run_local
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_run_local.sh $<TARGET_FILE:sigprog> ${PROJECT_SOURCE_DIR}/jobs)
 set_tests_properties(test_run_local PROPERTIES TIMEOUT 90 LABELS "mpi" PROCESSORS 2)
+
+# The real pre-training under Slurm: a 2-task job to completion, and a job whose 1-minute limit runs out
+# (signal -> checkpoint -> requeue -> resume -> done).
+add_test(NAME test_slurm_pretrain
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/slurm_harness.sh
+                 bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_pretrain.sh $<TARGET_FILE:mednet>
+                 ${PROJECT_SOURCE_DIR}/configs ${PROJECT_SOURCE_DIR}/jobs)
+set_tests_properties(test_slurm_pretrain PROPERTIES TIMEOUT 330 LABELS "slurm" RUN_SERIAL TRUE
+                     ENVIRONMENT "MN_SLURM_TIMEOUT=310")
