@@ -196,6 +196,17 @@ void mn_model_set_training(mn_model *m, int training); /* 1: BN uses batch stati
 /* Install the backward hooks (either may be NULL; ctx is passed back unchanged). */
 void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx);
 
+/* Synchronised batch norm (SyncBN) of the ENCODER.  When set, every encoder batch-norm layer in training mode calls
+ * sync(ctx, sums, n, count) twice per forward/backward pair: with the local per-channel sums of its split form
+ * (forward: sum x, sum x^2; backward: sum dy, sum dy*xhat; n = 2*channels doubles) and the local voxel count per
+ * channel, which the callback must replace in place by their sums over every replica (an all-reduce over the world
+ * communicator): the layer then normalises with the statistics of the global batch.  Every replica must call
+ * forward/backward together.  Head batch norm keeps the statistics of the local sub-batch (a rank may hold no sample
+ * of a dataset in a micro-batch, so a head-level collective could not be matched).  fn = NULL: local statistics. */
+#define MN_MODEL_BN_SYNC_MAX 4096
+typedef mn_err (*mn_bn_sync_fn)(void *ctx, double *sums, int n, double *count);
+void mn_model_set_bn_sync(mn_model *m, mn_bn_sync_fn fn, void *ctx);
+
 /* Forward: the encoder over the whole local batch x (N, 1, D, H, W) of the planned shape, then head hb[i].head over
  * its sub-batch.  Sub-batches must be disjoint and within [0, N), each head at most once.  The model keeps x (the
  * caller must not change it before backward) and the head batches.  Training mode updates BN running stats. */

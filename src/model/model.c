@@ -750,6 +750,12 @@ void mn_model_set_bn_batches(mn_model *m, int part, long batches)
 
 void mn_model_set_training(mn_model *m, int training) { m->training = training ? 1 : 0; }
 
+void mn_model_set_bn_sync(mn_model *m, mn_bn_sync_fn fn, void *ctx)
+{
+    m->bn_sync = fn;
+    m->bn_sync_ctx = ctx;
+}
+
 void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx)
 {
     m->grad_ready = grad_ready;

@@ -31,6 +31,33 @@ static void progress(mn_model *m)
     if (m->progress) m->progress(m->hook_ctx);
 }
 
+/* Encoder batch norm in training mode: local batch statistics (DDP's default), or, when a synchronisation callback
+ * is set (mn_model_set_bn_sync), statistics of the global batch: the per-channel sums of the split form (layers.h)
+ * are replaced by their all-reduced values between the two halves, in forward (sum x, sum x^2) and in backward
+ * (sum dy, sum dy*xhat).  Head batch norm always uses the local sub-batch (see model.h). */
+static mn_err enc_bn_forward(mn_model *m, const mn_bn3d *l, const mn_shape *s, const float *x, float *y, float *save,
+                             int tr)
+{
+    if (!tr || !m->bn_sync) return mn_bn3d_forward(l, s, x, y, save, tr);
+    MN_CHECK(2 * l->c <= MN_MODEL_BN_SYNC_MAX, MN_ERR_INTERNAL, "batch norm with %d channels: sync buffer too small", l->c);
+    double count = (double)s->n * (double)mn_shape_voxels(s);
+    MN_CALL(mn_bn3d_stats(l, s, x, m->bn_sums));
+    MN_CALL(m->bn_sync(m->bn_sync_ctx, m->bn_sums, 2 * l->c, &count));
+    MN_CALL(mn_bn3d_apply(l, s, x, y, save, m->bn_sums, count));
+    return MN_OK;
+}
+
+static mn_err enc_bn_backward(mn_model *m, const mn_bn3d *l, const mn_shape *s, const float *x, const float *dy,
+                              float *dx, const float *save, int tr)
+{
+    if (!tr || !m->bn_sync) return mn_bn3d_backward(l, s, x, dy, dx, save, tr);
+    double count = (double)s->n * (double)mn_shape_voxels(s);
+    MN_CALL(mn_bn3d_bwd_stats(l, s, x, dy, save, m->bn_sums));
+    MN_CALL(m->bn_sync(m->bn_sync_ctx, m->bn_sums, 2 * l->c, &count));
+    MN_CALL(mn_bn3d_bwd_apply(l, s, x, dy, dx, save, m->bn_sums, count));
+    return MN_OK;
+}
+
 /* ---- encoder ---- */
 
 mn_err mn_model_block_forward(mn_model *m, mn_block *b)
@@ -38,22 +65,22 @@ mn_err mn_model_block_forward(mn_model *m, mn_block *b)
     int tr = m->training;
     size_t nout = mn_shape_numel(&b->out);
     MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws));
-    MN_CALL(mn_bn3d_forward(&b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr));
+    MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr));
     mn_relu_forward(mn_shape_numel(&b->s1), b->a1, b->a1);
     MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, b->a1, b->c2o, m->ws));
     if (b->bottleneck) {
-        MN_CALL(mn_bn3d_forward(&b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr));
+        MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr));
         mn_relu_forward(mn_shape_numel(&b->s2), b->a2, b->a2);
         MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, b->a2, b->c3o, m->ws));
-        MN_CALL(mn_bn3d_forward(&b->b3.l, &b->out, b->c3o, b->y, b->b3.save, tr));
+        MN_CALL(enc_bn_forward(m, &b->b3.l, &b->out, b->c3o, b->y, b->b3.save, tr));
     } else {
-        MN_CALL(mn_bn3d_forward(&b->b2.l, &b->s2, b->c2o, b->y, b->b2.save, tr));
+        MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->y, b->b2.save, tr));
     }
     if (b->shortcut == SC_NONE) {
         mn_add_inplace(nout, b->y, b->x);
     } else if (b->shortcut == SC_B) {
         MN_CALL(mn_conv3d_forward(&b->dsc, &b->in, b->x, b->dso, m->ws));
-        MN_CALL(mn_bn3d_forward(&b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr));
+        MN_CALL(enc_bn_forward(m, &b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr));
         mn_add_inplace(nout, b->y, m->t1);
     } else {
         /* Type A: subsample x with the stride, add it to the first cin channels; the rest get zeros (no-op). */
@@ -84,7 +111,7 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
         memcpy(dx, dy, nout * sizeof *dx);
     } else if (b->shortcut == SC_B) {
         mn_zero(nout, t1);
-        MN_CALL(mn_bn3d_backward(&b->dsb.l, &b->out, b->dso, dy, t1, b->dsb.save, tr));
+        MN_CALL(enc_bn_backward(m, &b->dsb.l, &b->out, b->dso, dy, t1, b->dsb.save, tr));
         mn_zero(nin, dx);
         MN_CALL(mn_conv3d_backward(&b->dsc, &b->in, b->x, t1, dx, m->ws));
         progress(m);
@@ -101,7 +128,7 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
     const float *g = dy;
     if (b->bottleneck) {
         mn_zero(nout, t1);
-        MN_CALL(mn_bn3d_backward(&b->b3.l, &b->out, b->c3o, dy, t1, b->b3.save, tr));
+        MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, t1, b->b3.save, tr));
         mn_zero(n2, t2);
         MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, b->a2, t1, t2, m->ws));
         progress(m);
@@ -109,13 +136,13 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
         g = t2;
     }
     mn_zero(n2, t1);
-    MN_CALL(mn_bn3d_backward(&b->b2.l, &b->s2, b->c2o, g, t1, b->b2.save, tr));
+    MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, t1, b->b2.save, tr));
     mn_zero(n1, t2);
     MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, b->a1, t1, t2, m->ws));
     progress(m);
     relu_mask(n1, t2, b->a1);
     mn_zero(n1, t1);
-    MN_CALL(mn_bn3d_backward(&b->b1.l, &b->s1, b->c1o, t2, t1, b->b1.save, tr));
+    MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, t1, b->b1.save, tr));
     MN_CALL(mn_conv3d_backward(&b->c1, &b->in, b->x, t1, dx, m->ws));
     progress(m);
     return MN_OK;
@@ -260,7 +287,7 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
 
     /* Encoder. */
     MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws));
-    MN_CALL(mn_bn3d_forward(&m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr));
+    MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr));
     mn_relu_forward(mn_shape_numel(&m->stem_shape), m->stem_a, m->stem_a);
     MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax));
     for (int i = 0; i < m->nblocks; i++) MN_CALL(mn_model_block_forward(m, &m->blocks[i]));
@@ -370,7 +397,7 @@ mn_err mn_model_backward(mn_model *m)
     MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1));
     relu_mask(ns, m->t1, m->stem_a);
     mn_zero(ns, m->stem_a);
-    MN_CALL(mn_bn3d_backward(&m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->bn1.save, m->training));
+    MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->bn1.save, m->training));
     MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws));
     m->consumed = 1;
     if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);

@@ -117,6 +117,9 @@ struct mn_model {
     mn_grad_ready_fn grad_ready;
     mn_progress_fn progress;
     void *hook_ctx;
+    mn_bn_sync_fn bn_sync; /* synchronised batch norm of the encoder (NULL: local statistics) */
+    void *bn_sync_ctx;
+    double bn_sums[MN_MODEL_BN_SYNC_MAX];
 };
 
 /* One block's forward (b->y from b->x) and backward (dy: gradient of b->y, masked in place; dx: overwritten with

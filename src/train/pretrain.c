@@ -62,7 +62,7 @@ typedef struct run_cfg {
     mn_sampler_config sampler;
     long steps, batch, micro, threads, ckpt_every, keep, consistency_every, log_every, eval_every, eval_batches;
     double bucket_mb;
-    int nan_abort, trace, resume;
+    int nan_abort, trace, resume, sync_bn;
     const char *out;
     mn_optim_config optim;
 } run_cfg;
@@ -139,6 +139,7 @@ static mn_err read_cfg(mn_config *c, run_cfg *r)
     static const char *const nan_policy[] = {"skip", "abort", NULL};
     MN_CALL(mn_config_choice(c, "train", "nan_policy", "skip", nan_policy, &r->nan_abort));
     MN_CALL(mn_config_bool(c, "train", "trace", 0, &r->trace));
+    MN_CALL(mn_config_bool(c, "train", "sync_bn", 0, &r->sync_bn));
     MN_CALL(mn_config_bool(c, "train", "resume", 1, &r->resume));
     MN_CALL(mn_config_string(c, "train", "out_dir", "run", &r->out));
 
@@ -189,6 +190,7 @@ typedef struct run {
     mn_reducer *reducer;
     mn_trace *trace;
     mn_err hook_err;
+    double bn_buf[MN_MODEL_BN_SYNC_MAX + 1]; /* SyncBN: sums and count, all-reduced together */
     long step;          /* the next step to run */
     int64_t enc_updates;
     int64_t *head_updates; /* [nheads] */
@@ -204,6 +206,18 @@ static void hook_ready(void *ctx, size_t off, size_t count)
 {
     run *r = ctx;
     if (!r->hook_err) r->hook_err = mn_reducer_ready(r->reducer, off, count);
+}
+
+/* SyncBN: one all-reduce of a layer's per-channel sums and voxel count over the world (see mn_model_set_bn_sync). */
+static mn_err bn_sync(void *ctx, double *sums, int n, double *count)
+{
+    run *r = ctx;
+    memcpy(r->bn_buf, sums, sizeof(double) * (size_t)n);
+    r->bn_buf[n] = *count;
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, r->bn_buf, n + 1, MPI_DOUBLE, MPI_SUM, r->dist->world));
+    memcpy(sums, r->bn_buf, sizeof(double) * (size_t)n);
+    *count = r->bn_buf[n];
+    return MN_OK;
 }
 
 static void hook_progress(void *ctx)
@@ -306,6 +320,7 @@ static mn_err setup_model(run *r)
     mc.loss.ignore_label = MN_LABEL_IGNORE;
     mc.seed = (uint64_t)c->model_seed;
     MN_CALL(mn_model_create(&mc, &r->model));
+    if (c->sync_bn) mn_model_set_bn_sync(r->model, bn_sync, r);
     mn_model_memory mem = mn_model_memory_plan(r->model);
     mn_log_info("model: resnet%d, %s head, %zu parameters on rank 0 (encoder %zu), %.1f MiB planned per rank "
                 "(activations %.1f MiB)",

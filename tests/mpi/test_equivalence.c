@@ -10,6 +10,9 @@
  *     printed too (float32 sums in another order: a few ulps);
  *   - the encoder is bitwise identical on every rank, each head among its holders (replica checksums);
  *   - a rank that does not hold dataset d holds no head d (the model has only the heads it was given).
+ * With the argument `syncbn`: synchronised batch norm of the encoder (sums all-reduced per layer in forward and
+ * backward), Med3D branch heads (no batch norm), and the reference is ONE batch of P x BATCH samples on one rank,
+ * the global batch whose statistics SyncBN reproduces.
  */
 #include "mednet/dist.h"
 #include "mednet/model.h"
@@ -32,15 +35,17 @@ static void make_batch(int v, int s, float *x, int32_t *lab, size_t vox)
     for (size_t i = 0; i < BATCH * vox; i++) lab[i] = (int32_t)(mn_test_rng_u64(&rng) % (uint64_t)classes[v % NDS]);
 }
 
-static mn_model_config model_cfg(const mn_head_spec *heads, int nheads)
+static int g_sync; /* 1: SyncBN mode */
+
+static mn_model_config model_cfg(const mn_head_spec *heads, int nheads, int batch)
 {
     mn_model_config c = mn_model_config_default();
     c.depth = 10;
-    c.head_kind = MN_HEAD_SEG;
+    c.head_kind = g_sync ? MN_HEAD_BRANCH : MN_HEAD_SEG;
     c.nheads = nheads;
     c.heads = heads;
     c.prefix_heads = 1;
-    c.input = (mn_shape){BATCH, 1, SIDE, SIDE, SIDE};
+    c.input = (mn_shape){batch, 1, SIDE, SIDE, SIDE};
     c.loss.ce_weight = 1;
     c.loss.ignore_label = -1;
     c.seed = 5;
@@ -57,6 +62,15 @@ static double update_relerr(const float *a, const float *b, const float *init, s
         den += ub * ub;
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* SyncBN callback: all-reduce the sums and the count over the world. */
+static mn_err sync_world(void *ctx, double *sums, int n, double *count)
+{
+    (void)ctx;
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, count, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    return MN_OK;
 }
 
 typedef struct hook_ctx {
@@ -95,16 +109,17 @@ static mn_err run(void)
     int nheld = 0, hidx[NDS] = {-1, -1};
     for (int d = 0; d < NDS; d++)
         if (mn_dist_holds(dist, d)) hidx[d] = nheld, held[nheld++] = (mn_head_spec){d, classes[d]};
-    mn_model_config mc = model_cfg(held, nheld);
+    mn_model_config mc = model_cfg(held, nheld, BATCH);
     mn_model *m = NULL;
     MN_CALL(mn_model_create(&mc, &m));
+    if (g_sync) mn_model_set_bn_sync(m, sync_world, NULL);
     float *init = malloc(sizeof(float) * mn_model_num_params(m));
     MN_CHECK(init, MN_ERR_MEM, "out of memory");
     memcpy(init, mn_model_params(m), sizeof(float) * mn_model_num_params(m));
     /* A rank not holding d has no head d: its model has exactly the held heads and no tensor named heads.<d>. */
     for (int d = 0; d < NDS; d++) {
         char name[64];
-        snprintf(name, sizeof name, "heads.%d.conv_seg.0.weight", d);
+        snprintf(name, sizeof name, g_sync ? "heads.%d.branch.weight" : "heads.%d.conv_seg.0.weight", d);
         TEST_EXPECT((mn_model_find_tensor(m, name) >= 0) == mn_dist_holds(dist, d), "rank %d head %d presence", rank, d);
     }
     mn_optim_config oc = mn_optim_defaults();
@@ -156,25 +171,53 @@ static mn_err run(void)
                                            "head", &nbad));
         }
 
-    /* ---- the single-rank reference: P micro-batches accumulated ---- */
+    /* ---- the single-rank reference ----
+     * local BN: P micro-batches of BATCH accumulated; SyncBN: one batch of P x BATCH samples, grouped by dataset. */
     mn_head_spec all[NDS] = {{0, classes[0]}, {1, classes[1]}};
-    mn_model_config rc = model_cfg(all, NDS);
+    int rbatch = g_sync ? BATCH * size : BATCH;
+    mn_model_config rc = model_cfg(all, NDS, rbatch);
     mn_model *ref = NULL;
     MN_CALL(mn_model_create(&rc, &ref));
     mn_optim *ropt = NULL;
     MN_CALL(mn_optim_create(&oc, mn_model_num_params(ref), &ropt));
     mn_range renc = mn_model_param_range(ref, -1);
+    float *gx = malloc(sizeof(float) * (size_t)rbatch * vox);
+    int32_t *glab = malloc(sizeof(int32_t) * (size_t)rbatch * vox);
+    MN_CHECK(gx && glab, MN_ERR_MEM, "out of memory");
     for (int s = 0; s < STEPS; s++) {
         MN_CALL(mn_model_zero_grad(ref));
         double count[NDS] = {0, 0};
-        for (int v = 0; v < size; v++) {
-            make_batch(v, s, x, lab, vox);
-            mn_head_batch hb = {v % NDS, 0, BATCH};
-            MN_CALL(mn_model_forward(ref, x, &hb, 1));
-            double loss;
-            MN_CALL(mn_model_loss(ref, 0, lab, (float)BATCH, &loss));
+        if (g_sync) {
+            /* The global batch, samples of dataset 0 first. */
+            int at = 0;
+            mn_head_batch hb[NDS];
+            int nhb = 0;
+            for (int d = 0; d < NDS; d++) {
+                int start = at;
+                for (int v = d; v < size; v += NDS) {
+                    make_batch(v, s, gx + (size_t)at * vox, glab + (size_t)at * vox, vox);
+                    at += BATCH;
+                }
+                if (at > start) hb[nhb++] = (mn_head_batch){d, start, at - start};
+                count[d] = at - start;
+            }
+            MN_CALL(mn_model_forward(ref, gx, hb, nhb));
+            for (int i = 0; i < nhb; i++) {
+                double loss;
+                /* scale = BATCH per virtual rank: the sum over ranks of each rank's mean loss */
+                MN_CALL(mn_model_loss(ref, i, glab + (size_t)hb[i].offset * vox, (float)hb[i].count, &loss));
+            }
             MN_CALL(mn_model_backward(ref));
-            count[v % NDS] += BATCH;
+        } else {
+            for (int v = 0; v < size; v++) {
+                make_batch(v, s, x, lab, vox);
+                mn_head_batch hb = {v % NDS, 0, BATCH};
+                MN_CALL(mn_model_forward(ref, x, &hb, 1));
+                double loss;
+                MN_CALL(mn_model_loss(ref, 0, lab, (float)BATCH, &loss));
+                MN_CALL(mn_model_backward(ref));
+                count[v % NDS] += BATCH;
+            }
         }
         float *g = mn_model_grads(ref);
         for (size_t i = 0; i < renc.count; i++) g[renc.offset + i] /= (float)(BATCH * size);
@@ -186,6 +229,8 @@ static mn_err run(void)
             MN_CALL(mn_optim_update(ropt, mn_model_params(ref), g, hr.offset, hr.count, oc.lr, s + 1));
         }
     }
+    free(gx);
+    free(glab);
     /* Compare the updates (from the common initialisation): encoder, and each held head against the reference
      * head of the same dataset.  Both models were initialised from the same seed by tensor name. */
     double e_enc = update_relerr(mn_model_params(m) + enc.offset, mn_model_params(ref) + renc.offset,
@@ -206,9 +251,10 @@ static mn_err run(void)
     double worst[3] = {e_enc, e_head, a_enc};
     MN_MPI(MPI_Allreduce(MPI_IN_PLACE, worst, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     if (rank == 0)
-        printf("%d rank(s), %d steps: updates vs the 1-rank micro-batch reference: encoder %.2e, heads %.2e "
+        printf("%s%d rank(s), %d steps: updates vs the 1-rank %s reference: encoder %.2e, heads %.2e "
                "(relative 2-norm); worst parameter element %.2e (relative, floor 1e-3); replicas bitwise identical\n",
-               size, STEPS, worst[0], worst[1], worst[2]);
+               g_sync ? "SyncBN: " : "", size, STEPS, g_sync ? "global-batch" : "micro-batch", worst[0], worst[1],
+               worst[2]);
     free(init);
     mn_reducer_destroy(&red);
     mn_optim_destroy(&opt);
@@ -224,6 +270,7 @@ static mn_err run(void)
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED)) return 1;
+    g_sync = argc > 1 && !strcmp(argv[1], "syncbn");
     mn_err e = run();
     if (e) mn_mpi_abort(MPI_COMM_WORLD, e);
     int fails = mn_test_failures, any = 0;
