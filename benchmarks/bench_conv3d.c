@@ -388,6 +388,9 @@ int main(int argc, char **argv)
            tot_fl * 1e-9, tot_t * 1e3, net, pf[0] / pt[0] * 1e-9, pf[1] / pt[1] * 1e-9, pf[2] / pt[2] * 1e-9);
     printf("(fastest call of each pass instead of the median: %.1f GFLOP/s; the machine is shared, see README-conv.md)\n",
            tot_fl / tot_tb * 1e-9);
+    /* A training step never needs the gradient of the input image: without the stem's backward-data pass. */
+    const double train_fl = tot_fl - fl[0], train_t = tot_t - tm[0][1];
+    printf("training step (no stem backward-data): %.1f GFLOP/s\n", train_fl / train_t * 1e-9);
     printf("BLIS sgemm 2048^3: %.1f GFLOP/s before, %.1f after\n", gemm0, gemm1);
     printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
            ws_max * 4.0 / 1048576.0);
@@ -412,6 +415,8 @@ int main(int argc, char **argv)
                tot_fl / ttot * 1e-9, ttot * 1e3, pf[0] / tf[0] * 1e-9, pf[1] / tf[1] * 1e-9, pf[2] / tf[2] * 1e-9);
         printf("mednet / PyTorch speed: %.2f (medians; fastest calls: PyTorch %.1f GFLOP/s, mednet/PyTorch %.2f)\n",
                ttot / tot_t, tot_fl / tfb * 1e-9, tfb / tot_tb);
+        printf("training step (no stem backward-data): PyTorch %.1f GFLOP/s, mednet/PyTorch %.2f\n",
+               train_fl / (ttot - tt[0][1]) * 1e-9, (ttot - tt[0][1]) / train_t);
     }
     return 0;
 }
