@@ -711,7 +711,16 @@ static mn_err train_step(run *r, step_stats *st)
         MN_CALL(mn_model_forward(m, r->x, hb, nhb));
         for (int i = 0; i < nhb; i++) {
             double l = 0;
-            MN_CALL(mn_model_loss(m, i, r->labels + (size_t)hb[i].offset * r->vox, (float)hb[i].count, &l));
+            /* Non-finite logits are MN_ERR_NUMERIC from the loss: numerical trouble is state, not an error here.
+             * That head batch then contributes no gradient, and the ranks agree below to skip the step. */
+            mn_error_set_quiet(1);
+            mn_err le = mn_model_loss(m, i, r->labels + (size_t)hb[i].offset * r->vox, (float)hb[i].count, &l);
+            mn_error_set_quiet(0);
+            if (le == MN_ERR_NUMERIC) {
+                l = NAN;
+            } else if (le) {
+                MN_CALL(mn_model_loss(m, i, r->labels + (size_t)hb[i].offset * r->vox, (float)hb[i].count, &l));
+            }
             int k = r->kidx[r->ds[hb[i].offset]];
             if (!isfinite(l)) bad = 1;
             st->loss[2 * k] += l * hb[i].count;
@@ -905,6 +914,7 @@ static mn_err train_loop(run *r, mn_train_result *res)
     while (!e && r->step < c->steps) {
         double t0 = MPI_Wtime();
         e = train_step(r, &st);
+        if (e == MN_ERR_NUMERIC) res->agreed = 1; /* nan_policy = abort: every rank took that branch together */
         if (e) break;
         double dt = MPI_Wtime() - t0;
         sum_step += dt, nsteps++;

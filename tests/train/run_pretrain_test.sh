@@ -94,6 +94,16 @@ print(f"fine-tuning Dice {ev['untrained']:.4f} -> {ev['trained']:.4f}")
 sys.exit(0 if ev["trained"] > ev["untrained"] else 1)
 PY
   ;;
+nan)
+  # A diverging run (lr 1000): the ranks agree to skip the non-finite steps (default) or to stop (abort policy).
+  run 2 nan train.steps=20 optim.lr=1000
+  [ $status -eq 0 ] || { cat nan.log; fail "skip policy: exited with $status"; }
+  grep -q "non-finite loss or gradient at step .*update skipped" nan.log || { cat nan.log; fail "no step skipped"; }
+  run 2 nan2 train.steps=20 optim.lr=1000 train.nan_policy=abort
+  [ $status -eq 1 ] || { cat nan2.log; fail "abort policy: expected the agreed exit status 1, got $status"; }
+  grep -q "non-finite loss or gradient at step .*nan_policy = abort" nan2.log || { cat nan2.log; fail "no message"; }
+  echo "nan: skipped with a warning; with nan_policy=abort every rank stopped with the message (exit 1)"
+  ;;
 badconfig)
   # An unknown key and a bad value: one clear message, non-zero exit, no hang, on 2 ranks.
   run 2 bad train.stpes=5
