@@ -31,6 +31,7 @@
 #include "mednet/mem.h"
 #include "mednet/model.h"
 #include "mednet/mpicheck.h"
+#include "mednet/threads.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -279,6 +280,10 @@ int main(int argc, char **argv)
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
+    /* BLIS kernels (they matter for --model) are chosen and reported like in every mednet program. */
+    if (mn_threads_init(mn_threads_resolve(0)) != MN_OK) mn_mpi_abort(MPI_COMM_WORLD, MN_ERR_ARG);
+    if (rank == 0) printf("BLIS kernels: %s (%s), %d thread(s) per rank\n", mn_blis_arch(), mn_blis_arch_reason(),
+                          mn_threads_count());
     if (argc > 1 && !strcmp(argv[1], "--model")) {
         int depth = argc > 2 ? atoi(argv[2]) : 10, edge = argc > 3 ? atoi(argv[3]) : 48;
         int batch = argc > 4 ? atoi(argv[4]) : 1;
