@@ -194,6 +194,7 @@ typedef struct run {
     long step;          /* the next step to run */
     int64_t enc_updates;
     int64_t *head_updates; /* [nheads] */
+    double *head_total;    /* [npd] global sample count of each dataset in the current step */
     size_t vox;         /* voxels of one crop */
     float *x, *bn_saved;
     int32_t *labels, *labels_small;
@@ -331,6 +332,7 @@ static mn_err setup_model(run *r)
     MN_CALL(mn_optim_create(&c->optim, mn_model_num_params(r->model), &r->optim));
     MN_CALL(mn_calloc(sizeof(int64_t) * (size_t)(nheads ? nheads : 1), "head update counts",
                       (void **)&r->head_updates));
+    MN_CALL(mn_calloc(sizeof(double) * (size_t)(r->npd ? r->npd : 1), "head totals", (void **)&r->head_total));
 
     /* Every replica starts from rank 0's encoder and each head root's head. */
     mn_range *hr = NULL;
@@ -738,8 +740,8 @@ static mn_err train_step(run *r, step_stats *st)
     mn_reducer_stats rs;
     MN_CALL(mn_reducer_finish(r->reducer, &rs));
     st->hidden = rs.hidden;
-    double *total = NULL;
-    MN_CALL(mn_calloc(sizeof(double) * (size_t)(r->npd ? r->npd : 1), "head totals", (void **)&total));
+    double *total = r->head_total;
+    memset(total, 0, sizeof(double) * (size_t)r->npd);
     mn_err e = MN_OK;
     for (int k = 0; k < r->npd && !e; k++) {
         int h = r->hidx[r->pd[k]];
@@ -753,7 +755,6 @@ static mn_err train_step(run *r, step_stats *st)
     st->skipped = any_bad;
     if (!e && any_bad) {
         if (c->nan_abort) {
-            mn_free(&total);
             MN_FAIL(MN_ERR_NUMERIC, "non-finite loss or gradient at step %ld (train.nan_policy = abort)", r->step);
         }
         mn_log_info("warning: non-finite loss or gradient at step %ld: update skipped (train.nan_policy = skip)",
@@ -781,7 +782,6 @@ static mn_err train_step(run *r, step_stats *st)
             e = mn_dist_average(r->dist->dcomm[k], mn_model_bn_buffers(m) + hb2.offset, hb2.count);
         }
     }
-    mn_free(&total);
     MN_CALL(e);
     double t4 = MPI_Wtime();
     st->t_comm = t4 - t3;
@@ -886,6 +886,7 @@ static void run_destroy(run *r)
     mn_free(&r->kidx);
     mn_free(&r->hidx);
     mn_free(&r->head_updates);
+    mn_free(&r->head_total);
     mn_free(&r->x);
     mn_free(&r->labels);
     mn_free(&r->labels_small);
