@@ -29,7 +29,9 @@
  *   backward-data     dblock_t = W_t^T * dY_t, then col2vol of the blocks
  * where dY_t gathers the box's rows of the channels-last dY.  The permutations of w and dw cost one pass over the
  * weights each; the layer4 convs then run 2.5x faster than dense (dense-FLOP rate above the sgemm rate, as
- * oneDNN's does by the same skipping).
+ * oneDNN's does by the same skipping).  The taps are processed one at a time (unfold block t, its GEMMs, fold it
+ * back), so the workspace holds one block, not the whole tap-box matrix: the block (at most cin x 2*14^3 floats,
+ * 11 MiB for layer4 at input 112^3) is still in L3 when BLIS packs it and when col2vol reads it back.
  *
  * A 1x1x1 convolution with stride 1 and no padding needs no unfolding: x itself is the column matrix (one GEMM per
  * sample, no workspace).  A strided 1x1x1 convolution goes through vol2col, which is then a cheap strided gather.
@@ -165,9 +167,11 @@ static void conv_vgeom(const mn_conv3d *l, const mn_shape *in, const mn_shape *o
 
 /* Use the tap-box layout (vol2col.h) when the taps that read inside the volume cover less than this fraction of
  * the dense column matrix.  Below it the smaller GEMMs and the gather/scatter of output rows are cheaper than the
- * multiplications by padding they avoid (measured on the dilated ResNet stages: 0.30 and 0.58 of dense); above it
- * (ordinary 3x3x3 convs with padding 1: 0.77 on 8^3, 0.88 on 16^3) one dense GEMM wins. */
-#define MN_CONV_TAPS_FRAC 0.7
+ * multiplications by padding they avoid (measured on the dilated ResNet stages: 0.30 and 0.58 of dense at 8^3;
+ * at 14^3 (input 112^3) layer4 is 0.53 and layer3 (dilation 2) 0.74, where taps run layer3 1.25x faster than
+ * dense: 196 vs 249 ms for its two convs' three passes); above it (ordinary 3x3x3 convs with padding 1: 0.77 on
+ * 8^3, 0.88 on 16^3) one dense GEMM wins. */
+#define MN_CONV_TAPS_FRAC 0.75
 
 /* 1 (and fills tp) if geometry g should run on the tap-box layout. */
 static int conv_use_taps(const mn_vgeom *g, mn_taps *tp)
@@ -206,10 +210,11 @@ static void add_dw_from_tap_major(const float *dwt2, const mn_taps *tp, int K, i
         }
 }
 
-/* Workspace of the tap path: blocks, channels-last output, one tap's rows, tap-major weights and their gradient. */
+/* Workspace of the tap path: one tap's block, channels-last output, one tap's rows, tap-major weights and their
+ * gradient. */
 static size_t taps_workspace(const mn_taps *tp, int C, int K, int G, size_t P)
 {
-    return (size_t)C * G * tp->total + (size_t)K * G * P + (size_t)K * G * tp->maxnv + 2 * (size_t)C * tp->n * K;
+    return (size_t)C * G * tp->maxnv + (size_t)K * G * P + (size_t)K * G * tp->maxnv + 2 * (size_t)C * tp->n * K;
 }
 
 /* Forward on the tap-box layout: per tap, Ycl[box rows] += block_t^T * W_t^T, then transpose into NCDHW + bias. */
@@ -219,17 +224,18 @@ static mn_err conv_forward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn_
     const int C = l->cin, K = l->cout;
     const size_t P = mn_vgeom_cols(g), Pin = (size_t)g->in[0] * g->in[1] * g->in[2];
     const int G = conv_group(N, P);
-    float *col = ws, *stage = col + (size_t)C * G * tp->total, *tmp = stage + (size_t)K * G * P;
+    float *colt = ws, *stage = colt + (size_t)C * G * tp->maxnv, *tmp = stage + (size_t)K * G * P;
     float *w2 = tmp + (size_t)K * G * tp->maxnv;
     permute_w_tap_major(l->w, K, C, tp->n, w2);
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
-        mn_vol2col_taps(g, tp, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col);
         memset(stage, 0, sizeof(float) * (size_t)nb * P * K);
         for (int t = 0; t < tp->n; t++) {
             if (!tp->nv[t]) continue;
             const int nt = (int)((size_t)nb * tp->nv[t]);
-            const float *colt = col + (size_t)C * nb * tp->off[t], *w2t = w2 + (size_t)t * K * C;
+            const float *w2t = w2 + (size_t)t * K * C;
+            /* One tap's block at a time: unfolded right before BLIS packs it, so it is read back from L3. */
+            mn_vol2col_tap(g, tp, t, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, colt);
             if (tp->nv[t] == P) {
                 /* The box is the whole output: block rows are stage rows. */
                 MN_CALL(mn_gemm(nt, K, C, 1.0f, colt, 1, nt, w2t, 1, C, 1.0f, stage, K, 1));
@@ -252,7 +258,7 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
     const int C = l->cin, K = l->cout;
     const size_t P = mn_vgeom_cols(g), Pin = (size_t)g->in[0] * g->in[1] * g->in[2];
     const int G = conv_group(N, P);
-    float *col = ws, *stage = col + (size_t)C * G * tp->total, *tmp = stage + (size_t)K * G * P;
+    float *colt = ws, *stage = colt + (size_t)C * G * tp->maxnv, *tmp = stage + (size_t)K * G * P;
     float *w2 = tmp + (size_t)K * G * tp->maxnv, *dwt2 = w2 + (size_t)C * tp->n * K;
     if (dx) permute_w_tap_major(l->w, K, C, tp->n, w2);
     for (int n0 = 0; n0 < N; n0 += G) {
@@ -260,11 +266,12 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
         /* dY of the group channels-last: stage[(i*P + v)*K + k]. */
         for (int i = 0; i < nb; i++)
             mn_transpose(dy + (size_t)(n0 + i) * K * P, (size_t)K, P, NULL, 0, stage + (size_t)i * P * K, (size_t)K);
-        if (l->dw) mn_vol2col_taps(g, tp, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col);
         for (int t = 0; t < tp->n; t++) {
             if (!tp->nv[t]) continue;
             const int nt = (int)((size_t)nb * tp->nv[t]);
-            float *colt = col + (size_t)C * nb * tp->off[t];
+            /* Tap by tap: the block is unfolded, used, overwritten by its gradient and folded back while it is in
+             * L3 (a whole-layer column matrix is 150 MiB for layer4 at 14^3 and went to memory and back twice). */
+            if (l->dw) mn_vol2col_tap(g, tp, t, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, colt);
             /* dY at the box's voxels, (nt x K) row-major. */
             const float *dyt = stage;
             if (tp->nv[t] != P) {
@@ -275,10 +282,11 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
             if (l->dw)
                 MN_CALL(mn_gemm(K, C, nt, 1.0f, dyt, 1, K, colt, 1, nt, n0 ? 1.0f : 0.0f, dwt2 + (size_t)t * K * C,
                                 C, 1));
-            if (dx)
+            if (dx) {
                 MN_CALL(mn_gemm(C, nt, K, 1.0f, w2 + (size_t)t * K * C, 1, C, dyt, 1, K, 0.0f, colt, nt, 1));
+                mn_col2vol_tap(g, tp, t, nb, colt, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
+            }
         }
-        if (dx) mn_col2vol_taps(g, tp, nb, col, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
     }
     if (l->dw) add_dw_from_tap_major(dwt2, tp, K, C, l->dw);
     return MN_OK;

@@ -261,36 +261,38 @@ static void tap_add_back(const mn_vgeom *g, const mn_taps *tp, int t, const floa
                  for (int x = 0; x < nx; x++) vol[vo + (size_t)x * s2] += blk[j + x])
 }
 
+void mn_vol2col_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *x, size_t x_nstride,
+                    float *blk)
+{
+    const size_t in_vox = (size_t)g->in[0] * g->in[1] * g->in[2], nv = tp->nv[t];
+    const int C = g->c;
+    if (!nv) return;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)nb * C * nv > 65536)
+    for (int ch = 0; ch < C; ch++)
+        for (int i = 0; i < nb; i++)
+            tap_copy_out(g, tp, t, x + (size_t)i * x_nstride + (size_t)ch * in_vox, blk + ((size_t)ch * nb + i) * nv);
+}
+
+void mn_col2vol_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *blk, float *x,
+                    size_t x_nstride)
+{
+    const size_t in_vox = (size_t)g->in[0] * g->in[1] * g->in[2], nv = tp->nv[t];
+    const int C = g->c;
+    if (!nv) return;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)nb * C * nv > 65536)
+    for (int i = 0; i < nb; i++)
+        for (int ch = 0; ch < C; ch++)
+            tap_add_back(g, tp, t, blk + ((size_t)ch * nb + i) * nv, x + (size_t)i * x_nstride + (size_t)ch * in_vox);
+}
+
 void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *x, size_t x_nstride, float *col)
 {
-    const size_t in_vox = (size_t)g->in[0] * g->in[1] * g->in[2];
-    const int C = g->c;
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if ((size_t)nb * C * tp->total > 65536)
-    for (int t = 0; t < tp->n; t++) {
-        for (int ch = 0; ch < C; ch++) {
-            const size_t n_t = (size_t)nb * tp->nv[t];
-            float *row = col + (size_t)C * nb * tp->off[t] + (size_t)ch * n_t;
-            for (int i = 0; i < nb && tp->nv[t]; i++)
-                tap_copy_out(g, tp, t, x + (size_t)i * x_nstride + (size_t)ch * in_vox, row + (size_t)i * tp->nv[t]);
-        }
-    }
+    for (int t = 0; t < tp->n; t++) mn_vol2col_tap(g, tp, t, nb, x, x_nstride, col + (size_t)g->c * nb * tp->off[t]);
 }
 
 void mn_col2vol_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *col, float *x, size_t x_nstride)
 {
-    const size_t in_vox = (size_t)g->in[0] * g->in[1] * g->in[2];
-    const int C = g->c;
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)nb * C * tp->total > 65536)
-    for (int i = 0; i < nb; i++) {
-        for (int ch = 0; ch < C; ch++) {
-            for (int t = 0; t < tp->n; t++) {
-                if (!tp->nv[t]) continue;
-                const size_t n_t = (size_t)nb * tp->nv[t];
-                const float *row = col + (size_t)C * nb * tp->off[t] + (size_t)ch * n_t + (size_t)i * tp->nv[t];
-                tap_add_back(g, tp, t, row, x + (size_t)i * x_nstride + (size_t)ch * in_vox);
-            }
-        }
-    }
+    for (int t = 0; t < tp->n; t++) mn_col2vol_tap(g, tp, t, nb, col + (size_t)g->c * nb * tp->off[t], x, x_nstride);
 }
 
 /* Channels-last row index of block row j (sample i, box voxel zy*nx + x) of tap t: shared by gather and scatter. */

@@ -66,6 +66,15 @@ typedef struct mn_taps {
  * taps. */
 int mn_taps_plan(const mn_vgeom *g, mn_taps *tp);
 
+/* Fill block t alone: blk (c x nb*nv[t], row-major) gets what mn_vol2col_taps writes at col + c*nb*off[t].  Lets a
+ * caller unfold, multiply and fold back one tap at a time with a block small enough to stay in the L3 cache. */
+void mn_vol2col_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *x, size_t x_nstride,
+                    float *blk);
+
+/* The adjoint of mn_vol2col_tap: x += block t's entries at the voxels they were read from. */
+void mn_col2vol_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *blk, float *x,
+                    size_t x_nstride);
+
 /* Fill every tap block (overwrites c*nb*total floats of col). */
 void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *x, size_t x_nstride, float *col);
 
