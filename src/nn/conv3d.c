@@ -154,6 +154,22 @@ static size_t conv_slab_geom(const mn_vgeom *g, int z0, int nz, mn_vgeom *gs)
     return (size_t)gs->out[0] * g->out[1] * g->out[2];
 }
 
+/* Columns of the largest slab of the dense path over the groups of N samples (G per group, the last one may be
+ * smaller and then gets more planes per slab): the column matrix and the staging block hold one slab, not the
+ * whole group (273 MiB for the stem at input 112^3 before slabs were sized; 8 MiB now). */
+static size_t conv_slab_max_cols(const mn_vgeom *g, int N, int G)
+{
+    const size_t plane = (size_t)g->out[1] * (size_t)g->out[2];
+    const int nbs[2] = {G, N % G};
+    size_t best = 0;
+    for (int i = 0; i < 2; i++) {
+        if (nbs[i] <= 0) continue;
+        const size_t c = (size_t)nbs[i] * (size_t)conv_slab(g, nbs[i]) * plane;
+        if (c > best) best = c;
+    }
+    return best;
+}
+
 static void conv_vgeom(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, mn_vgeom *g)
 {
     *g = (mn_vgeom){.c = l->cin, .in = {in->d, in->h, in->w}, .out = {out->d, out->h, out->w}};
@@ -313,7 +329,8 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     conv_vgeom(l, in, &out, &vg);
     mn_taps tp;
     if (conv_use_taps(&vg, &tp)) return taps_workspace(&tp, l->cin, l->cout, g, P);
-    return rows * g * P + (size_t)l->cout * g * P + rows * l->cout;
+    const size_t cols = conv_slab_max_cols(&vg, in->n, g);
+    return rows * cols + (size_t)l->cout * cols + rows * l->cout;
 }
 
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in)
@@ -362,8 +379,8 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
     if (conv_use_taps(&g, &tp)) return conv_forward_taps(l, &g, &tp, N, x, y, ws);
     const int rows = (int)mn_vgeom_rows(&g);
     const int G = conv_group(N, P);
-    const size_t plane = (size_t)out.h * out.w;
-    float *col = ws, *stage = ws + (size_t)rows * G * P;
+    const size_t plane = (size_t)out.h * out.w, cols = conv_slab_max_cols(&g, N, G);
+    float *col = ws, *stage = ws + (size_t)rows * cols;
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
         const int nz = conv_slab(&g, nb);
@@ -414,8 +431,8 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     if (conv_use_taps(&g, &tp)) return conv_backward_taps(l, &g, &tp, N, x, dy, dx, ws);
     const int rows = (int)mn_vgeom_rows(&g);
     const int G = conv_group(N, P);
-    const size_t plane = (size_t)out.h * out.w;
-    float *col = ws, *stage = ws + (size_t)rows * G * P, *dwt = stage + (size_t)K * G * P;
+    const size_t plane = (size_t)out.h * out.w, cols = conv_slab_max_cols(&g, N, G);
+    float *col = ws, *stage = ws + (size_t)rows * cols, *dwt = stage + (size_t)K * cols;
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
         const int nz = conv_slab(&g, nb);
