@@ -10,7 +10,8 @@
  *
  * Every loop is split over the N*C independent slices, so backward scatters (max, avg) never race and no atomics
  * are needed.  Global average pooling reduces each slice in double.  Max-pool forward has a vectorised path (one
- * row of outputs at a time over a -inf padded copy of each input row) and a loop-nest twin,
+ * row of outputs at a time over a -inf padded copy of each input row; separable, with the row maxima of the current
+ * z window cached, when they fit in MN_POOL_XS_MAX) and a loop-nest twin,
  * mn_maxpool3d_forward_ref, which it matches bit for bit (values and argmax); the tests check this.
  */
 #include "mednet/layers.h"
@@ -154,7 +155,8 @@ mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const flo
          * combine the cached row maxima over the (z, y) window in scan order with the same rule.  Equivalent to
          * the full scan: the scan's last take is the last NaN if any, else the first occurrence of the window
          * maximum, and both are found row by row.  Each input row's strided x pass is done about once per output
-         * plane that reads it instead of once per output row (k_h/s_h times fewer; the stem's pool at 2x64x56^3: 15.7 -> 10.9 ms on 2 threads). */
+         * plane that reads it instead of once per output row (k_h/s_h times fewer; the stem's pool at 2x64x56^3:
+         * 15.7 -> 10.9 ms on 2 threads). */
 #pragma omp parallel
         {
             float prow[MN_POOL_PROW_MAX], best[MN_POOL_ROW_MAX], xb[MN_POOL_XS_MAX];
