@@ -50,6 +50,10 @@ static void unfold_row(const mn_vgeom *g, const float *src, int a, int b, int e,
             for (int ox = 0; ox < lo2; ox++) d[ox] = 0.0f;
             if (s2 == 1) {
                 if (hi2 > lo2) memcpy(d + lo2, sl + lo2 + off2, sizeof(float) * (size_t)(hi2 - lo2));
+            } else if (s2 == 2) {
+                /* Literal stride: vectorised as loads + permutes (the stem); the general loop stays scalar. */
+                const float *sl2 = sl + off2;
+                for (int ox = lo2; ox < hi2; ox++) d[ox] = sl2[2 * ox];
             } else {
                 for (int ox = lo2; ox < hi2; ox++) d[ox] = sl[ox * s2 + off2];
             }
