@@ -170,6 +170,22 @@ typedef struct loss_acc {
     long nvalid, bad_logit, bad_label;
 } loss_acc;
 
+/* Pass-1 prologue shared by CE and Dice: per-voxel max/sum-exp and labels of one block, recording the first
+ * non-finite logit and the first out-of-range label in a.  Returns 0 when the block has a non-finite logit (its
+ * labels are then not read). */
+MN_INLINE int block_checked(const loss_block *k, int nb, int C, size_t V, int ignore_label, float *m, double *s,
+                            int *yv, loss_acc *a)
+{
+    int bf = block_stats(k, nb, C, V, m, s);
+    if (bf >= 0) {
+        if (k->t0 + bf < a->bad_logit) a->bad_logit = k->t0 + bf;
+        return 0;
+    }
+    int bl = block_labels(k, nb, C, ignore_label, yv);
+    if (bl >= 0 && k->t0 + bl < a->bad_label) a->bad_label = k->t0 + bl;
+    return 1;
+}
+
 /* CE pass 1 on one block: validate, loss += w[y] (lse - x_y), wsum += w[y]. */
 MN_INLINE void ce_block1(const loss_block *k, int nb, int C, size_t V, int ignore_label, const float *cw,
                          loss_acc *a)
@@ -177,13 +193,7 @@ MN_INLINE void ce_block1(const loss_block *k, int nb, int C, size_t V, int ignor
     double s[MN_LOSS_BLOCK];
     float m[MN_LOSS_BLOCK];
     int yv[MN_LOSS_BLOCK];
-    int bf = block_stats(k, nb, C, V, m, s);
-    if (bf >= 0) {
-        if (k->t0 + bf < a->bad_logit) a->bad_logit = k->t0 + bf;
-        return;
-    }
-    int bl = block_labels(k, nb, C, ignore_label, yv);
-    if (bl >= 0 && k->t0 + bl < a->bad_label) a->bad_label = k->t0 + bl;
+    if (!block_checked(k, nb, C, V, ignore_label, m, s, yv, a)) return;
     for (int j = 0; j < nb; j++) {
         if (yv[j] < 0) continue;
         double w = cw ? cw[yv[j]] : 1.0;
@@ -288,13 +298,7 @@ MN_INLINE void dice_block1(const loss_block *k, int nb, int C, size_t V, int ign
     double s[MN_LOSS_BLOCK];
     float m[MN_LOSS_BLOCK], inv[MN_LOSS_BLOCK];
     int yv[MN_LOSS_BLOCK];
-    int bf = block_stats(k, nb, C, V, m, s);
-    if (bf >= 0) {
-        if (k->t0 + bf < a->bad_logit) a->bad_logit = k->t0 + bf;
-        return;
-    }
-    int bl = block_labels(k, nb, C, ignore_label, yv);
-    if (bl >= 0 && k->t0 + bl < a->bad_label) a->bad_label = k->t0 + bl;
+    if (!block_checked(k, nb, C, V, ignore_label, m, s, yv, a)) return;
     for (int j = 0; j < nb; j++) {
         inv[j] = yv[j] < 0 ? 0.0f : (float)(1.0 / s[j]);
         if (yv[j] >= fc) acc[2 * C + yv[j]] += 1.0;
