@@ -34,7 +34,23 @@ typedef enum mn_err {
     MN_ERR_INTERNAL  /* a broken invariant of mednet itself */
 } mn_err;
 
-/* Short name of an error code ("MN_ERR_SHAPE"); never NULL. Not collective. */
+/* Agreement bits, carried unchanged up the stack by MN_CALL and set ONLY by mn_agree (mednet/mpicheck.h), the one
+ * place where ranks compare outcomes:
+ *   MN_ERR_AGREED  every rank of the communicator returned this error from the same mn_agree call, so the job can
+ *                  end cleanly (MPI_Finalize, exit status 1) instead of in MPI_Abort;
+ *   MN_ERR_REMOTE  the error happened on another rank, which printed it; this rank prints nothing more for it.
+ * An error without MN_ERR_AGREED may have been seen by this rank alone: the application must end the job with
+ * MPI_Abort, or the other ranks may wait forever in their next collective. */
+#define MN_ERR_AGREED 0x100
+#define MN_ERR_REMOTE 0x200
+
+/* The code without the agreement bits (compare this, not the raw value, with MN_ERR_NUMERIC etc.). */
+static inline mn_err mn_err_code(mn_err e) { return (mn_err)((int)e & 0xff); }
+
+/* 1 if every rank returned this error together (see MN_ERR_AGREED). */
+static inline int mn_err_is_agreed(mn_err e) { return ((int)e & MN_ERR_AGREED) != 0; }
+
+/* Short name of an error code ("MN_ERR_SHAPE"), agreement bits ignored; never NULL. Not collective. */
 const char *mn_err_name(mn_err code);
 
 /* Record the rank printed in front of every message (-1: print no rank).  Called once after MPI_Init. */
@@ -47,8 +63,9 @@ int mn_error_rank(void);
  * use it to keep expected failures out of the log; the return codes are unchanged. */
 void mn_error_set_quiet(int quiet);
 
-/* Print one error line "[rank r] file:line func: message" to stderr and return `code` unchanged.
- * Used by the macros; call it directly where a macro does not fit. */
+/* Print one error line "[rank r] file:line func: message" to stderr and return `code` unchanged.  Prints nothing for
+ * a code carrying MN_ERR_REMOTE (another rank's error, printed there).  Used by the macros; call it directly where a
+ * macro does not fit. */
 mn_err mn_error_report(mn_err code, const char *file, int line, const char *func, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 

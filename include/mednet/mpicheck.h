@@ -32,9 +32,32 @@ mn_err mn_mpi_init(int *argc, char ***argv, int required);
  * other rank is left waiting in a collective.  Never returns.  Use for errors that only some ranks may see. */
 _Noreturn void mn_mpi_abort(MPI_Comm comm, mn_err code);
 
-/* Agree on an error: every rank passes its local status; returns MN_OK on every rank if all were MN_OK, else the
- * largest code on every rank (so all ranks take the same branch).  Collective on comm.  If the reduction itself
- * fails, aborts. */
-mn_err mn_mpi_agree(MPI_Comm comm, mn_err local);
+/* ---- error agreement ----------------------------------------------------------------------------------------
+ *
+ * How a failure on some ranks becomes a clean end of the whole job (in the spirit of PETSc's collective checks):
+ *
+ *   - LOCAL work is work that makes no collective call on the communicator after something could have failed:
+ *     reading this rank's files, parsing, checking, allocating.  Every rank reaches the end of local work whatever
+ *     happens inside it, so its outcome can be agreed:  MN_CALL(mn_agree(comm, local_work(...)));
+ *   - COLLECTIVE work (a training step, a checkpoint gather) may leave other ranks inside a collective when one rank
+ *     fails; its errors are returned without MN_ERR_AGREED and the application ends the job with MPI_Abort.
+ *
+ * mn_agree is the only function that sets MN_ERR_AGREED, so "was this error agreed" is a property of the value the
+ * caller holds, never a flag kept by hand.  An agreement on a sub-communicator is NOT an agreement of the job: call
+ * mn_agree on the communicator of the next collective (the world, for anything that ends a run). */
+
+/* Agree on the outcome of local work.  Collective on comm.  Returns MN_OK on every rank if every `local` is MN_OK;
+ * otherwise, on every rank, the largest failing code with MN_ERR_AGREED set, plus MN_ERR_REMOTE on the ranks that did
+ * not fail themselves (their MN_CALL lines stay silent: the failing rank printed the cause).  Rank 0 of comm, when it
+ * did not fail itself, prints one line naming the lowest failing rank.  A local code that is already agreed (from an
+ * agreement on a sub-communicator) counts as a failure like any other.  If the reduction itself fails: MPI_Abort. */
+mn_err mn_agree(MPI_Comm comm, mn_err local);
+
+/* Former name of mn_agree, same contract. */
+static inline mn_err mn_mpi_agree(MPI_Comm comm, mn_err local) { return mn_agree(comm, local); }
+
+/* The application's end of a failed run, collective or not: an agreed error (mn_err_is_agreed) ends with
+ * MPI_Finalize and exit status 1 on every rank; any other error ends in mn_mpi_abort(comm).  Never returns. */
+_Noreturn void mn_mpi_exit_error(MPI_Comm comm, mn_err e);
 
 #endif

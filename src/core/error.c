@@ -17,7 +17,7 @@ static _Thread_local char g_last[1024];
 
 const char *mn_err_name(mn_err code)
 {
-    switch (code) {
+    switch (mn_err_code(code)) {
     case MN_OK: return "MN_OK";
     case MN_ERR_ARG: return "MN_ERR_ARG";
     case MN_ERR_SHAPE: return "MN_ERR_SHAPE";
@@ -48,7 +48,7 @@ mn_err mn_error_report(mn_err code, const char *file, int line, const char *func
     va_end(ap);
     /* Keep the first (innermost) message: "called from" lines only add the path. */
     if (strncmp(msg, "called from", 11) != 0) snprintf(g_last, sizeof g_last, "%s", msg);
-    if (!g_quiet) {
+    if (!g_quiet && !((int)code & MN_ERR_REMOTE)) {
         if (g_rank >= 0)
             fprintf(stderr, "[rank %d] %s:%d %s: %s\n", g_rank, file, line, func, msg);
         else

@@ -39,17 +39,43 @@ _Noreturn void mn_mpi_abort(MPI_Comm comm, mn_err code)
     fprintf(stderr, "[rank %d] mednet: fatal error %s on this rank; aborting the job\n", rank, mn_err_name(code));
     fflush(stderr);
     fflush(stdout);
-    MPI_Abort(comm, 10 + (int)code);
+    MPI_Abort(comm, 10 + (int)mn_err_code(code));
     exit(1); /* MPI_Abort does not return; keep the compiler honest. */
 }
 
-mn_err mn_mpi_agree(MPI_Comm comm, mn_err local)
+mn_err mn_agree(MPI_Comm comm, mn_err local)
 {
-    int in = (int)local, out = 0;
-    int rc = MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_MAX, comm);
+    int rank = 0;
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS) mn_mpi_abort(comm, MN_ERR_MPI);
+    /* MAXLOC: the largest code, and the lowest rank that has it. */
+    struct {
+        int code, rank;
+    } in = {(int)mn_err_code(local), rank}, out = {0, 0};
+    int rc = MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MAXLOC, comm);
     if (rc != MPI_SUCCESS) {
         mn_mpi_report(rc, "MPI_Allreduce(error agreement)", __FILE__, __LINE__, __func__);
         mn_mpi_abort(comm, MN_ERR_MPI);
     }
-    return (mn_err)out;
+    if (out.code == MN_OK) return MN_OK;
+    if (local != MN_OK) return (mn_err)(out.code | MN_ERR_AGREED);
+    if (rank == 0) {
+        int wrank = out.rank;
+        MPI_Group g = MPI_GROUP_NULL, gw = MPI_GROUP_NULL;
+        if (MPI_Comm_group(comm, &g) == MPI_SUCCESS && MPI_Comm_group(MPI_COMM_WORLD, &gw) == MPI_SUCCESS)
+            MPI_Group_translate_ranks(g, 1, &out.rank, gw, &wrank);
+        if (g != MPI_GROUP_NULL) MPI_Group_free(&g);
+        if (gw != MPI_GROUP_NULL) MPI_Group_free(&gw);
+        fprintf(stderr, "[rank %d] mednet: stopping every rank: rank %d failed with %s (its message above)\n",
+                mn_error_rank(), wrank, mn_err_name((mn_err)out.code));
+        fflush(stderr);
+    }
+    return (mn_err)(out.code | MN_ERR_AGREED | MN_ERR_REMOTE);
+}
+
+_Noreturn void mn_mpi_exit_error(MPI_Comm comm, mn_err e)
+{
+    if (!mn_err_is_agreed(e)) mn_mpi_abort(comm, mn_err_code(e));
+    fflush(stdout);
+    MPI_Finalize();
+    exit(1);
 }
