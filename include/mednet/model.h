@@ -32,7 +32,7 @@
  *
  *   mn_model_set_hooks(m, on_grad_ready, on_progress, comm_ctx);   once: start bucket all-reduces as ranges finish
  *   mn_model_forward(m, x, hb, nhb);                               encoder over N samples, head h over its slice
- *   for i: mn_model_loss(m, i, labels + hb[i].offset * D*H*W, scale_i, &loss_i);
+ *   for i: mn_model_loss_samples(m, i, labels + hb[i].offset * D*H*W, weights + hb[i].offset, losses);
  *   mn_model_zero_grad(m);  mn_model_backward(m);                  heads, then blocks last to first (hooks fire)
  *   ... reduce head ranges (mn_model_param_range(m, h)) and BN buffers (mn_model_bn_range), optimizer step on the
  *   flat buffers.
@@ -89,6 +89,13 @@ typedef struct mn_model_config {
 
 /* A config with the defaults above (depth 10, default shortcut, conv_seg, no heads, no input, seed 1). */
 mn_model_config mn_model_config_default(void);
+
+/* Read a model configuration from [section] of a run config (mednet/config.h): depth (10, 18, 34, 50, 101, 152 or
+ * 200: anything else is MN_ERR_CONFIG naming the valid depths), shortcut (default | A | B), head (seg | branch),
+ * loss_full_size, ce_weight, dice_weight, seed.  Starts from mn_model_config_default(); heads and input are left
+ * for the caller.  Each key is marked used. */
+struct mn_config;
+mn_err mn_model_config_read(struct mn_config *cfg, const char *section, mn_model_config *out);
 
 /* The default shortcut of a depth (A for 18/34, B otherwise). */
 mn_shortcut mn_model_default_shortcut(int depth);
@@ -220,10 +227,21 @@ const float *mn_model_logits(const mn_model *m, int i, mn_shape *shape);
  * loss_full_size, otherwise the same as mn_model_logits.  For evaluation (hard Dice) against full-size labels. */
 const float *mn_model_loss_logits(const mn_model *m, int i, mn_shape *shape);
 
-/* Loss of the i-th head batch of the last forward against `labels`: segmentation (count, D, H, W) int32 at the
- * INPUT size (the model downsamples them as configured); classification (count) int32.  Writes *loss (unscaled) and
- * OVERWRITES the head's logit gradient with scale * dloss/dlogits (scale: e.g. count / global batch of the dataset).
- * Errors: labels out of range (named), non-finite logits. */
+/* Largest local batch a head batch can have for mn_model_loss (its per-sample scratch is on the stack). */
+#define MN_MODEL_MAX_BATCH 4096
+
+/* Per-sample loss of the i-th head batch of the last forward against `labels`: segmentation (count, D, H, W) int32
+ * at the INPUT size (the model downsamples them as configured); classification (count) int32.  The loss of sample j
+ * is l_j = ce_weight * CE_j + dice_weight * Dice_j, with CE_j the cross-entropy averaged over the sample's
+ * non-ignored voxels (0 if all are ignored) and Dice_j the soft Dice loss of the sample alone, so a sample's loss
+ * never depends on the samples that share its batch, rank or micro-batch.  Writes loss[j] for j < count and
+ * OVERWRITES the head's logit gradient with sum_j weight[j] * dl_j/dlogits.  Non-finite logits are numerical state,
+ * not an error: every loss[j] is NaN and the logit gradient zero (the caller agrees on what to do).
+ * Errors: labels out of range (named). */
+mn_err mn_model_loss_samples(mn_model *m, int i, const int32_t *labels, const float *weight, double *loss);
+
+/* The batch form: *loss = the mean of the per-sample losses of head batch i, and the logit gradient is
+ * scale * d(loss)/dlogits (every sample weighted scale / count).  Non-finite logits: MN_ERR_NUMERIC. */
 mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss);
 
 /* Backward through every head batch of the last forward (using the logit gradients of mn_model_loss; a head batch

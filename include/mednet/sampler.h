@@ -24,6 +24,15 @@
 /* Label value of padded voxels: to be ignored by the losses. */
 #define MN_LABEL_IGNORE (-1)
 
+/* The sampling rule: which volume a training crop comes from, in expectation over the whole job.
+ *   MN_MIXTURE_VOLUMES   every pre-training volume of the corpus equally likely (the default);
+ *   MN_MIXTURE_DATASETS  every dataset equally likely, then its volumes equally likely.
+ * A rank draws from its own shard only (uniformly over its volumes), so each sample carries an importance weight
+ * w(v) = pi(v) / q(v), with pi the rule's probability of v and q(v) the probability that a draw of a uniformly
+ * chosen rank is v (mn_sampler_weights).  The training loss is the w-weighted mean over samples, whose expectation
+ * is the rule's mixture for every rank count: the objective does not change with P. */
+typedef enum mn_mixture { MN_MIXTURE_VOLUMES = 0, MN_MIXTURE_DATASETS } mn_mixture;
+
 typedef struct mn_sampler_config {
     int crop[3];           /* D, H, W of a crop, each > 0 */
     double fg_share;       /* 0..1: share of crops centred on foreground */
@@ -31,6 +40,7 @@ typedef struct mn_sampler_config {
     double jitter_scale;   /* >= 0 */
     double jitter_shift;   /* >= 0 */
     uint64_t seed;
+    mn_mixture mixture;    /* the sampling rule (above) */
 } mn_sampler_config;
 
 typedef struct mn_sampler mn_sampler;
@@ -52,5 +62,19 @@ void mn_sampler_destroy(mn_sampler **s);
  *   dataset  (n) corpus dataset index of each sample, non-decreasing (may be NULL)
  * Deterministic from (seed, rank, step).  Not collective. */
 mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset);
+
+/* As mn_sampler_next, and weight[k] (n floats, may be NULL) receives the importance weight of sample k (the weight
+ * of its volume, mn_sampler_set_weights; 1 by default).  Not collective. */
+mn_err mn_sampler_next_weighted(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset,
+                                float *weight);
+
+/* The importance weights of the volumes of `rank`'s shard under `mixture` (mednet/sampler.h, mn_mixture):
+ * weight[k] for the k-th item of the rank's shard in plan order (the order of mn_shard_load's volumes).
+ * Deterministic from (info, plan, mixture): every rank computes the same value for a volume.  Not collective. */
+mn_err mn_sampler_weights(const mn_corpus_info *info, const mn_shard_plan *plan, int rank, mn_mixture mixture,
+                          double *weight);
+
+/* Set the per-volume weights (shard->num_volumes positive values, copied).  Not collective. */
+mn_err mn_sampler_set_weights(mn_sampler *s, const double *weight);
 
 #endif

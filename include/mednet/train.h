@@ -20,7 +20,6 @@
 /* What a run ended with. */
 typedef struct mn_train_result {
     int exit_status;      /* 0: finished; MN_EXIT_REQUEUE: checkpointed on a signal */
-    int agreed;           /* on error: 1 if every rank returned the same error (clean exit possible) */
     long steps_done;      /* the step count reached */
     double first_loss, last_loss;        /* mean loss over heads, first and last logged step */
     double dice_before, dice_after;      /* mean foreground Dice over datasets, before and after training */
@@ -29,7 +28,8 @@ typedef struct mn_train_result {
 /* Run pre-training with the config file `path` plus `noverrides` overrides "section.key=value".  finetune = 1
  * only changes the wording of the log ("finetune"); what is trained comes from the config (corpus.role,
  * train.init_encoder).
- * Collective on comm.  Errors that every rank sees alike (config, corpus metadata) set res->agreed. */
+ * Collective on comm.  An error every rank agreed on carries MN_ERR_AGREED (exit 1 possible); any other error must
+ * end the job with MPI_Abort (mn_mpi_exit_error). */
 mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, int finetune,
                        mn_train_result *res);
 

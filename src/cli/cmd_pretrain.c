@@ -45,7 +45,7 @@ static mn_err run(int argc, char **argv, mn_cmd_result *res, int finetune)
     mn_train_result tr;
     mn_err e = mn_pretrain_run(MPI_COMM_WORLD, argv[1], ov, n, finetune, &tr);
     free(ov);
-    res->agreed = tr.agreed;
+    res->agreed = 0; /* from here on the error value says whether every rank agreed (MN_ERR_AGREED) */
     res->exit_status = tr.exit_status;
     MN_CALL(e);
     return MN_OK;

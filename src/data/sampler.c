@@ -24,6 +24,7 @@ struct mn_sampler {
     mn_sampler_config cfg;
     int rank;
     fg_list *fg;
+    double *weight; /* [shard volumes]: importance weight of a sample of each volume (default 1) */
 };
 
 typedef struct draw {
@@ -73,6 +74,10 @@ mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_co
     long seed;
     MN_CALL(mn_config_int(cfg, section, "seed", 0, 0, 0x7fffffffL, &seed));
     out->seed = (uint64_t)seed;
+    static const char *const mixtures[] = {"volumes", "datasets", NULL};
+    int mix = 0;
+    MN_CALL(mn_config_choice(cfg, section, "mixture", "volumes", mixtures, &mix));
+    out->mixture = (mn_mixture)mix;
     return MN_OK;
 }
 
@@ -83,6 +88,7 @@ void mn_sampler_destroy(mn_sampler **ps)
     if (s->fg)
         for (int v = 0; v < s->shard->num_volumes; v++) free(s->fg[v].idx);
     free(s->fg);
+    free(s->weight);
     free(s);
     *ps = NULL;
 }
@@ -99,10 +105,12 @@ mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, in
     MN_CHECK(s, MN_ERR_MEM, "out of memory");
     s->shard = shard, s->cfg = *cfg, s->rank = rank;
     s->fg = calloc((size_t)shard->num_volumes, sizeof *s->fg);
-    if (!s->fg) {
+    s->weight = malloc((size_t)shard->num_volumes * sizeof *s->weight);
+    if (!s->fg || !s->weight) {
         mn_sampler_destroy(&s);
         MN_FAIL(MN_ERR_MEM, "out of memory");
     }
+    for (int v = 0; v < shard->num_volumes; v++) s->weight[v] = 1.0;
     for (int v = 0; v < shard->num_volumes; v++) {
         const mn_shard_volume *sv = &shard->volumes[v];
         fg_list *f = &s->fg[v];
@@ -156,6 +164,59 @@ static void render(const mn_sampler *s, const draw *dr, float *x, int32_t *label
 
 mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset)
 {
+    return mn_sampler_next_weighted(s, step, n, x, labels, dataset, NULL);
+}
+
+mn_err mn_sampler_weights(const mn_corpus_info *info, const mn_shard_plan *plan, int rank, mn_mixture mixture,
+                          double *weight)
+{
+    MN_CHECK(info && plan && weight && rank >= 0 && rank < plan->nranks, MN_ERR_ARG, "sampler weights: bad arguments");
+    /* q(v): probability that one draw of a random rank lands on volume v; the rank draws its shard uniformly. */
+    double *q = calloc((size_t)info->num_volumes, sizeof *q);
+    int *dsvol = calloc((size_t)info->num_datasets, sizeof *dsvol);
+    if (!q || !dsvol) {
+        free(q);
+        free(dsvol);
+        MN_FAIL(MN_ERR_MEM, "out of memory for the sampling weights of %d volumes", info->num_volumes);
+    }
+    int nds = 0, nvol = 0;
+    for (int r = 0; r < plan->nranks; r++) {
+        int nr = plan->offset[r + 1] - plan->offset[r];
+        for (int i = plan->offset[r]; i < plan->offset[r + 1]; i++)
+            q[plan->items[i].volume] += 1.0 / ((double)plan->nranks * nr);
+    }
+    for (int v = 0; v < info->num_volumes; v++)
+        if (q[v] > 0) {
+            if (dsvol[info->volumes[v].dataset]++ == 0) nds++;
+            nvol++;
+        }
+    /* pi(v): the rule's probability of volume v among the volumes in the plan. */
+    int k = 0;
+    for (int i = plan->offset[rank]; i < plan->offset[rank + 1]; i++, k++) {
+        int v = plan->items[i].volume;
+        double pi = mixture == MN_MIXTURE_DATASETS ? 1.0 / ((double)nds * dsvol[info->volumes[v].dataset])
+                                                   : 1.0 / nvol;
+        weight[k] = pi / q[v];
+    }
+    free(q);
+    free(dsvol);
+    return MN_OK;
+}
+
+mn_err mn_sampler_set_weights(mn_sampler *s, const double *weight)
+{
+    MN_CHECK(s && weight, MN_ERR_ARG, "sampler: NULL weights");
+    for (int v = 0; v < s->shard->num_volumes; v++) {
+        MN_CHECK(isfinite(weight[v]) && weight[v] > 0, MN_ERR_ARG, "sampler: weight %g of shard volume %d is not "
+                 "positive", weight[v], v);
+        s->weight[v] = weight[v];
+    }
+    return MN_OK;
+}
+
+mn_err mn_sampler_next_weighted(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset,
+                                float *weight)
+{
     MN_CHECK(n > 0 && step >= 0, MN_ERR_ARG, "sampler: n = %d and step = %lld must be positive", n, (long long)step);
     draw *dr = malloc((size_t)n * sizeof *dr);
     MN_CHECK(dr, MN_ERR_MEM, "out of memory");
@@ -201,6 +262,7 @@ mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *la
     for (int k = 0; k < n; k++) {
         render(s, &dr[k], x + (size_t)k * vox, labels + (size_t)k * vox);
         if (dataset) dataset[k] = s->shard->volumes[dr[k].vol].dataset;
+        if (weight) weight[k] = (float)s->weight[dr[k].vol];
     }
     free(dr);
     return MN_OK;

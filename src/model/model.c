@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mednet/config.h"
 #include "mednet/mem.h"
 #include "model/model_impl.h"
 
@@ -761,4 +762,34 @@ void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn
     m->grad_ready = grad_ready;
     m->progress = progress;
     m->hook_ctx = ctx;
+}
+
+mn_err mn_model_config_read(struct mn_config *c, const char *sec, mn_model_config *out)
+{
+    *out = mn_model_config_default();
+    long depth;
+    MN_CALL(mn_config_int(c, sec, "depth", 10, 0, 100000, &depth));
+    static const int depths[] = {10, 18, 34, 50, 101, 152, 200};
+    int ok = 0;
+    for (size_t i = 0; i < sizeof depths / sizeof depths[0]; i++) ok |= depth == depths[i];
+    MN_CHECK(ok, MN_ERR_CONFIG, "config %s: [%s] depth = %ld: MedicalNet's ResNets have depth 10, 18, 34, 50, 101, "
+             "152 or 200", mn_config_origin(c), sec, depth);
+    out->depth = (int)depth;
+    static const char *const shortcuts[] = {"default", "A", "B", NULL};
+    static const char *const heads[] = {"seg", "branch", NULL};
+    int k;
+    MN_CALL(mn_config_choice(c, sec, "shortcut", "default", shortcuts, &k));
+    out->shortcut = k == 0 ? MN_SHORTCUT_DEFAULT : k == 1 ? MN_SHORTCUT_A : MN_SHORTCUT_B;
+    MN_CALL(mn_config_choice(c, sec, "head", "seg", heads, &k));
+    out->head_kind = k == 0 ? MN_HEAD_SEG : MN_HEAD_BRANCH;
+    MN_CALL(mn_config_bool(c, sec, "loss_full_size", 0, &out->loss_full_size));
+    double w;
+    MN_CALL(mn_config_double(c, sec, "ce_weight", 1.0, 0, 1e3, &w));
+    out->loss.ce_weight = (float)w;
+    MN_CALL(mn_config_double(c, sec, "dice_weight", 0.0, 0, 1e3, &w));
+    out->loss.dice_weight = (float)w;
+    long seed;
+    MN_CALL(mn_config_int(c, sec, "seed", 1, 0, 1L << 40, &seed));
+    out->seed = (uint64_t)seed;
+    return MN_OK;
 }

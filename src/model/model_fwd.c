@@ -13,6 +13,7 @@
  */
 #include "mednet/model.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "mednet/loss.h"
@@ -322,16 +323,24 @@ const float *mn_model_loss_logits(const mn_model *m, int i, mn_shape *shape)
     return m->up + (size_t)hb->offset * (size_t)m->max_classes * mn_shape_voxels(&m->in_shape);
 }
 
-mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss)
+/* 1 if every float of v[0..n) is finite. */
+static int all_finite(const float *v, size_t n)
 {
-    MN_CHECK(m && labels && loss, MN_ERR_ARG, "NULL model, labels or loss");
+    int ok = 1;
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+    for (size_t i = 0; i < n; i++) ok = ok && isfinite(v[i]);
+    return ok;
+}
+
+mn_err mn_model_loss_samples(mn_model *m, int i, const int32_t *labels, const float *weight, double *loss)
+{
+    MN_CHECK(m && labels && weight && loss, MN_ERR_ARG, "NULL model, labels, weights or losses");
     MN_CHECK(!m->consumed, MN_ERR_ARG, "loss: the last forward was consumed by a backward; run forward again");
     MN_CHECK(m->forwarded && i >= 0 && i < m->nhb, MN_ERR_ARG,
              "loss: head batch %d does not exist in the last forward (%d head batches)", i, m->nhb);
     mn_hb_state *st = &m->hbs[i];
     const mn_head_batch *hb = &st->hb;
     mn_head *hd = &m->heads[hb->head];
-    *loss = 0;
     st->have_loss = 1;
     if (hb->count == 0) return MN_OK;
     size_t off = (size_t)hb->offset, C = (size_t)m->max_classes;
@@ -353,18 +362,52 @@ mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, dou
             lab = ds;
         }
     }
-    mn_zero(mn_shape_numel(&ls), dL);
-    if (lc->ce_weight != 0.0f) {
-        double ce = 0;
-        MN_CALL(mn_ce_loss(&ls, L, lab, lc->ignore_label, NULL, scale * lc->ce_weight, &ce, dL, NULL));
-        *loss += lc->ce_weight * ce;
+    size_t numel = mn_shape_numel(&ls);
+    mn_zero(numel, dL);
+    /* Non-finite logits are numerical state, not an error: NaN losses and no gradient, for the caller to agree on. */
+    if (!all_finite(L, numel)) {
+        for (int j = 0; j < hb->count; j++) loss[j] = NAN;
+        return MN_OK;
     }
-    if (lc->dice_weight != 0.0f && m->cfg.head_kind != MN_HEAD_CLS) {
-        double dice = 0;
-        MN_CALL(mn_dice_loss(&ls, L, lab, lc->ignore_label, lc->dice_first_class, lc->dice_smooth,
-                             scale * lc->dice_weight, &dice, dL));
-        *loss += lc->dice_weight * dice;
+    /* One sample at a time: the loss of a sample does not depend on which samples share its batch. */
+    mn_shape one = ls;
+    one.n = 1;
+    size_t per = mn_shape_numel(&one), lper = numel / (size_t)ls.c / (size_t)hb->count;
+    for (int j = 0; j < hb->count; j++) {
+        const float *Lj = L + (size_t)j * per;
+        float *dLj = dL + (size_t)j * per;
+        const int32_t *labj = lab + (size_t)j * lper;
+        loss[j] = 0;
+        if (lc->ce_weight != 0.0f) {
+            double ce = 0;
+            MN_CALL(mn_ce_loss(&one, Lj, labj, lc->ignore_label, NULL, weight[j] * lc->ce_weight, &ce, dLj, NULL));
+            loss[j] += lc->ce_weight * ce;
+        }
+        if (lc->dice_weight != 0.0f && m->cfg.head_kind != MN_HEAD_CLS) {
+            double dice = 0;
+            MN_CALL(mn_dice_loss(&one, Lj, labj, lc->ignore_label, lc->dice_first_class, lc->dice_smooth,
+                                 weight[j] * lc->dice_weight, &dice, dLj));
+            loss[j] += lc->dice_weight * dice;
+        }
     }
+    return MN_OK;
+}
+
+mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss)
+{
+    MN_CHECK(m && loss, MN_ERR_ARG, "NULL model or loss");
+    MN_CHECK(m->forwarded && i >= 0 && i < m->nhb, MN_ERR_ARG,
+             "loss: head batch %d does not exist in the last forward (%d head batches)", i, m->nhb);
+    int n = m->hbs[i].hb.count;
+    *loss = 0;
+    float w[MN_MODEL_MAX_BATCH];
+    double l[MN_MODEL_MAX_BATCH];
+    MN_CHECK(n <= MN_MODEL_MAX_BATCH, MN_ERR_ARG, "loss: head batch of %d samples (at most %d)", n,
+             MN_MODEL_MAX_BATCH);
+    for (int j = 0; j < n; j++) w[j] = n ? scale / (float)n : 0;
+    MN_CALL(mn_model_loss_samples(m, i, labels, w, l));
+    for (int j = 0; j < n; j++) *loss += l[j] / n;
+    MN_CHECK(isfinite(*loss), MN_ERR_NUMERIC, "loss: non-finite logits in head batch %d", i);
     return MN_OK;
 }
 

@@ -5,6 +5,7 @@
  * arithmetic).  Adam's bias corrections are computed in double once per call.
  */
 #include "mednet/optim.h"
+#include "mednet/config.h"
 #include "mednet/mem.h"
 
 #include <math.h>
@@ -138,4 +139,31 @@ float *mn_optim_state(mn_optim *opt, int i, size_t *len)
 {
     *len = opt->n;
     return i == 0 ? opt->m : i == 1 ? opt->v : NULL;
+}
+
+mn_err mn_optim_config_read(struct mn_config *c, const char *sec, long total_steps, mn_optim_config *o,
+                            double *head_lr_mult)
+{
+    *o = mn_optim_defaults();
+    static const char *const kinds[] = {"sgd", "adam", NULL};
+    static const char *const scheds[] = {"constant", "exponential", "cosine", NULL};
+    int k;
+    MN_CALL(mn_config_choice(c, sec, "kind", "sgd", kinds, &k));
+    o->kind = (mn_optim_kind)k;
+    MN_CALL(mn_config_double(c, sec, "lr", o->lr, 1e-12, 1e3, &o->lr));
+    MN_CALL(mn_config_double(c, sec, "head_lr_mult", 1.0, 0, 1e6, head_lr_mult));
+    MN_CALL(mn_config_double(c, sec, "momentum", o->momentum, 0, 0.999999, &o->momentum));
+    MN_CALL(mn_config_bool(c, sec, "nesterov", 0, &o->nesterov));
+    MN_CALL(mn_config_double(c, sec, "weight_decay", o->weight_decay, 0, 1, &o->weight_decay));
+    MN_CALL(mn_config_double(c, sec, "beta1", o->beta1, 0, 0.999999, &o->beta1));
+    MN_CALL(mn_config_double(c, sec, "beta2", o->beta2, 0, 0.999999999, &o->beta2));
+    MN_CALL(mn_config_double(c, sec, "eps", o->eps, 1e-30, 1, &o->eps));
+    MN_CALL(mn_config_choice(c, sec, "schedule", "exponential", scheds, &k));
+    o->schedule = (mn_sched_kind)k;
+    MN_CALL(mn_config_double(c, sec, "gamma", o->gamma, 1e-9, 1, &o->gamma));
+    MN_CALL(mn_config_int(c, sec, "decay_steps", o->decay_steps, 1, 1L << 40, &o->decay_steps));
+    MN_CALL(mn_config_int(c, sec, "warmup_steps", 0, 0, 1L << 40, &o->warmup_steps));
+    MN_CALL(mn_config_double(c, sec, "min_lr", 0, 0, 1e3, &o->min_lr));
+    o->total_steps = total_steps > 0 ? total_steps : 1;
+    return MN_OK;
 }
