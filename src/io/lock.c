@@ -286,7 +286,7 @@ static enum verdict holder_verdict(const holder *old, const holder *me)
     return HOLDER_UNCHECKABLE;
 }
 
-/* ---- taking the lock (rank 0) ----------------------------------------------------------------------------------- */
+/* ---- taking the lock (rank 0) --------------------------------------------------------------------------------- */
 
 /* Rank 0's local work: take the lock of `dir` or fail with a message naming the holder.  On success lk->nonce names
  * our file.  The private file is removed on every path. */
@@ -440,8 +440,8 @@ mn_err mn_outdir_lock(MPI_Comm comm, const char *dir, mn_lock **out)
     MN_MPI(MPI_Comm_rank(comm, &rank));
     /* Local work on every rank (the allocation; rank 0 also the file), then one agreement. */
     mn_lock *lk = NULL;
-    mn_err e = (dir && *dir) ? MN_OK
-                             : mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "output folder name is empty");
+    mn_err e = MN_OK;
+    if (!dir || !*dir) e = mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "output folder name is empty");
     if (!e) e = mn_calloc(sizeof *lk, "output folder lock", (void **)&lk);
     if (!e && rank == 0) e = lock_local(dir, lk);
     e = mn_agree(comm, e);

@@ -60,8 +60,8 @@ static void plant(const char *h, long pid, unsigned long long proc_start, const 
     FILE *f = fopen(lockpath, "w");
     TEST_EXPECT(f != NULL, "cannot plant %s", lockpath);
     if (!f) return;
-    fprintf(f, "host=%s\npid=%ld\nproc_start=%llu\nslurm_job_id=%s\nslurm_cluster=%s\nstart=2020-01-02 03:04:05 +0000\n"
-               "nonce=planted\n",
+    fprintf(f, "host=%s\npid=%ld\nproc_start=%llu\nslurm_job_id=%s\nslurm_cluster=%s\n"
+               "start=2020-01-02 03:04:05 +0000\nnonce=planted\n",
             h, pid, proc_start, job ? job : "", cluster ? cluster : "");
     fclose(f);
 }
@@ -226,8 +226,8 @@ int main(int argc, char **argv)
     snprintf(lockname, sizeof lockname, "%s/.mednet.lock", dir);
     {
         plant(host, (long)child, 0, "1234", NULL);
-        const char *want[] = {"output folder", dir, "is in use by job 1234", chost, cpid, "since 2020-01-02", lockname,
-                              "HINT: use another train.out_dir", NULL};
+        const char *want[] = {"output folder", dir, "is in use by job 1234", chost, cpid, "since 2020-01-02",
+                              lockname, "HINT: use another train.out_dir", NULL};
         expect_refused("live pid, job 1234, this run outside Slurm", want);
         slurm_env("4242", NULL);
         expect_refused("live pid, job 1234, this run job 4242", want);
