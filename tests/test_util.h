@@ -58,15 +58,32 @@ static inline double mn_test_relerr(double a, double b, double floor_)
     return fabs(a - b) / m;
 }
 
-/* Worst relative error over two arrays. */
-static inline double mn_test_max_relerr(const float *a, const float *b, size_t n, double floor_)
+/* Worst relative error of a[i] against s * b[i] (s = 2: a second backward call doubles what one accumulated). */
+static inline double mn_test_max_relerr_s(const float *a, double s, const float *b, size_t n, double floor_)
 {
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
-        double e = mn_test_relerr(a[i], b[i], floor_);
+        double e = mn_test_relerr(a[i], s * b[i], floor_);
         if (e > worst || e != e) worst = e;
     }
     return worst;
+}
+
+/* Worst relative error over two arrays. */
+static inline double mn_test_max_relerr(const float *a, const float *b, size_t n, double floor_)
+{
+    return mn_test_max_relerr_s(a, 1.0, b, n, floor_);
+}
+
+/* n zeroed floats (at least one); exits on out of memory. */
+static inline float *mn_test_alloc(size_t n)
+{
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
 }
 
 #endif

@@ -5,8 +5,8 @@
  *     the tap-box path of the dilated stages (with stride, with outputs that see no tap at all), batch 1-5
  *     including a partial GEMM group, channels 1..9, asymmetric kernels, with/without bias): y, dx, dw,
  *     db to a relative error of 1e-4 with an absolute floor of 1% of the largest reference value;
- * (b) finite differences of L = sum r*y (r fixed random, L summed in double, central differences) against the fast
- *     backward pass on a sampled subset of dx, dw, db;
+ * (b) finite differences of L = sum r*y (gradcheck.h: r fixed random, L summed in double, central differences)
+ *     against the fast backward pass on 16 entries each of dx, dw, db;
  * (c) a second backward call doubles every gradient (accumulation);
  * (d) bad shapes and hyper-parameters return MN_ERR_SHAPE / MN_ERR_ARG with a message naming the layer;
  * (e) all of the above for convt3d, plus <conv(x), z> == <x, convT(z)> with shared weights.
@@ -19,14 +19,14 @@
 #include "mednet/conv3d.h"
 #include "mednet/mem.h"
 #include "mednet/threads.h"
-#include "test_util.h"
+#include "gradcheck.h"
 
 #define TOL_REF 1e-4
 #define TOL_FD 5e-3
 #define FD_EPS 3e-2f
 #define FD_SAMPLES 16
 
-static double g_worst_ref, g_worst_fd, g_worst_acc, g_worst_adj;
+static double g_worst_ref, g_worst_acc, g_worst_adj;
 
 /* Change the BLIS and OpenMP thread counts after mn_threads_init (which may run only once per process). */
 static void set_threads(int n)
@@ -53,19 +53,11 @@ static double maxabs(const float *a, size_t n)
     return m;
 }
 
-/* Relative error of a against the reference b with a floor of 1% of max|b|. */
-static double cmp(const float *a, const float *b, size_t n)
+/* Relative error of a against the reference s * b with a floor of 1% of max|s * b|. */
+static double cmp(const float *a, double s, const float *b, size_t n)
 {
-    double floor_ = 0.01 * maxabs(b, n);
-    if (floor_ < 1e-6) floor_ = 1e-6;
-    return mn_test_max_relerr(a, b, n, floor_);
-}
-
-static double sum_ry(const float *r, const float *y, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)r[i] * y[i];
-    return s;
+    double floor_ = 0.01 * s * maxabs(b, n);
+    return mn_test_max_relerr_s(a, s, b, n, floor_ < 1e-6 ? 1e-6 : floor_);
 }
 
 /* A generic layer so that conv and convT share the test driver. */
@@ -73,6 +65,10 @@ typedef struct layer {
     int transposed;
     mn_conv3d c;
     mn_convt3d t;
+    const mn_shape *fd_in; /* input shape, x, y, r and workspace of fd_loss */
+    const float *fd_x, *fd_r;
+    float *fd_y, *fd_ws;
+    size_t fd_ny;
 } layer;
 
 static float **lw(layer *L) { return L->transposed ? &L->t.w : &L->c.w; }
@@ -106,6 +102,13 @@ static mn_err l_bwd(layer *L, const mn_shape *in, const float *x, const float *d
     return ref ? mn_conv3d_backward_ref(&L->c, in, x, dy, dx) : mn_conv3d_backward(&L->c, in, x, dy, dx, ws);
 }
 
+/* L = sum r*y of the fast forward pass at the current x, w, b (the layer's fd fields): the finite differences. */
+static double fd_loss(void *p)
+{
+    layer *L = p;
+    return l_fwd(L, L->fd_in, L->fd_x, L->fd_y, L->fd_ws, 0) == MN_OK ? mn_gc_dot(L->fd_r, L->fd_y, L->fd_ny) : NAN;
+}
+
 /* One full check of a layer on input shape `in`: (a), (b), (c). */
 static void check_layer(const char *name, layer *L, mn_shape in, int bias, uint64_t seed)
 {
@@ -132,14 +135,14 @@ static void check_layer(const char *name, layer *L, mn_shape in, int bias, uint6
     /* (a) forward and backward against the loop nests. */
     TEST_EXPECT(l_fwd(L, &in, x, y, ws, 0) == MN_OK, "%s: forward failed", name);
     TEST_EXPECT(l_fwd(L, &in, x, yr, NULL, 1) == MN_OK, "%s: forward_ref failed", name);
-    double ey = cmp(y, yr, ny);
+    double ey = cmp(y, 1, yr, ny);
     *ldw(L) = dw;
     *ldb(L) = bias ? db : NULL;
     TEST_EXPECT(l_bwd(L, &in, x, r, dx, ws, 0) == MN_OK, "%s: backward failed", name);
     *ldw(L) = dwr;
     *ldb(L) = bias ? dbr : NULL;
     TEST_EXPECT(l_bwd(L, &in, x, r, dxr, NULL, 1) == MN_OK, "%s: backward_ref failed", name);
-    double edx = cmp(dx, dxr, nx), edw = cmp(dw, dwr, nw), edb = bias ? cmp(db, dbr, K) : 0.0;
+    double edx = cmp(dx, 1, dxr, nx), edw = cmp(dw, 1, dwr, nw), edb = bias ? cmp(db, 1, dbr, K) : 0.0;
     double ea = fmax(fmax(ey, edx), fmax(edw, edb));
     TEST_EXPECT(ea <= TOL_REF, "%s: fast vs ref: y %.2e dx %.2e dw %.2e db %.2e (tol %.0e)", name, ey, edx, edw, edb,
                 TOL_REF);
@@ -148,43 +151,21 @@ static void check_layer(const char *name, layer *L, mn_shape in, int bias, uint6
     /* (b) finite differences of L = sum r*y on a sample of x, w, b entries.  One thread: a hundred small forward
      * calls, each with several thread barriers, take seconds on a loaded 2-core machine with two. */
     set_threads(1);
-    double efd = 0;
-    for (int what = 0; what < 3; what++) {
-        if (what == 2 && !bias) break;
-        float *p = what == 0 ? x : what == 1 ? w : b;
-        const float *g = what == 0 ? dx : what == 1 ? dw : db;
-        const size_t np = what == 0 ? nx : what == 1 ? nw : (size_t)K;
-        for (int s = 0; s < FD_SAMPLES; s++) {
-            size_t i = (size_t)(mn_test_rng_u64(&rng) % np);
-            float keep = p[i];
-            p[i] = keep + FD_EPS;
-            l_fwd(L, &in, x, y, ws, 0);
-            double lp = sum_ry(r, y, ny);
-            p[i] = keep - FD_EPS;
-            l_fwd(L, &in, x, y, ws, 0);
-            double lm = sum_ry(r, y, ny);
-            p[i] = keep;
-            double num = (lp - lm) / (2.0 * FD_EPS);
-            double e = mn_test_relerr(num, g[i], 0.1);
-            if (e > efd) efd = e;
-        }
-    }
+    L->fd_in = &in, L->fd_x = x, L->fd_r = r, L->fd_y = y, L->fd_ws = ws, L->fd_ny = ny;
+    mn_gc_run(&(mn_gc_case){.name = name, .ctx = L, .loss = fd_loss,
+                            .t = {{"x", x, dx, nx}, {"w", w, dw, nw}, {"b", bias ? b : NULL, db, (size_t)K}},
+                            .eps = FD_EPS, .tol = TOL_FD, .floor_abs = 0.1, .samples = FD_SAMPLES, .seed = seed});
     set_threads(2);
-    TEST_EXPECT(efd <= TOL_FD, "%s: finite differences: worst relative error %.2e (tol %.0e)", name, efd, TOL_FD);
-    if (efd > g_worst_fd) g_worst_fd = efd;
 
     /* (c) a second backward call adds the same gradients again. */
-    float *dx2 = falloc(nx), *dw2 = falloc(nw), *db2 = falloc(K);
-    memcpy(dx2, dx, sizeof(float) * nx);
-    memcpy(dw2, dw, sizeof(float) * nw);
-    memcpy(db2, db, sizeof(float) * K);
-    for (size_t i = 0; i < nx; i++) dx2[i] *= 2;
-    for (size_t i = 0; i < nw; i++) dw2[i] *= 2;
-    for (int i = 0; i < K; i++) db2[i] *= 2;
+    float *dx1 = falloc(nx), *dw1 = falloc(nw), *db1 = falloc(K);
+    memcpy(dx1, dx, sizeof(float) * nx);
+    memcpy(dw1, dw, sizeof(float) * nw);
+    memcpy(db1, db, sizeof(float) * K);
     *ldw(L) = dw;
     *ldb(L) = bias ? db : NULL;
     TEST_EXPECT(l_bwd(L, &in, x, r, dx, ws, 0) == MN_OK, "%s: second backward failed", name);
-    double eacc = fmax(fmax(cmp(dx, dx2, nx), cmp(dw, dw2, nw)), bias ? cmp(db, db2, K) : 0.0);
+    double eacc = fmax(fmax(cmp(dx, 2, dx1, nx), cmp(dw, 2, dw1, nw)), bias ? cmp(db, 2, db1, K) : 0.0);
     TEST_EXPECT(eacc <= TOL_REF, "%s: backward twice != 2 x backward: %.2e", name, eacc);
     if (eacc > g_worst_acc) g_worst_acc = eacc;
 
@@ -199,9 +180,9 @@ static void check_layer(const char *name, layer *L, mn_shape in, int bias, uint6
     if (!L->transposed && strstr(name, "(taps"))
         TEST_EXPECT(strcmp(mn_conv3d_algo(&L->c, &in), "taps") == 0, "%s: expected the tap path, got %s", name,
                     mn_conv3d_algo(&L->c, &in));
-    printf("  %-44s %-6s y %.1e dx %.1e dw %.1e db %.1e  fd %.1e  acc %.1e\n", name,
-           L->transposed ? "convT" : mn_conv3d_algo(&L->c, &in), ey, edx, edw, edb, efd, eacc);
-    float *bufs[] = {x, w, b, r, y, yr, ws, dx, dxr, dw, dwr, db, dbr, dx2, dw2, db2};
+    printf("  %-46s %-6s vs ref: y %.1e dx %.1e dw %.1e db %.1e  acc %.1e\n", "", L->transposed ? "convT" :
+           mn_conv3d_algo(&L->c, &in), ey, edx, edw, edb, eacc);
+    float *bufs[] = {x, w, b, r, y, yr, ws, dx, dxr, dw, dwr, db, dbr, dx1, dw1, db1};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mn_free(&bufs[i]);
     *lw(L) = *lb(L) = NULL;
 }
@@ -258,7 +239,7 @@ static void check_adjoint(const char *name, mn_conv3d c, mn_shape in, uint64_t s
     c.b = t.b = NULL;
     TEST_EXPECT(mn_conv3d_forward(&c, &in, x, y, ws) == MN_OK, "%s: conv forward failed", name);
     TEST_EXPECT(mn_convt3d_forward(&t, &out, z, u, ws) == MN_OK, "%s: convT forward failed", name);
-    double a = sum_ry(z, y, ny), bb = sum_ry(x, u, nx);
+    double a = mn_gc_dot(z, y, ny), bb = mn_gc_dot(x, u, nx);
     double e = mn_test_relerr(a, bb, 1.0);
     TEST_EXPECT(e <= 1e-4, "%s: <conv x, z> = %.6f but <x, convT z> = %.6f", name, a, bb);
     if (e > g_worst_adj) g_worst_adj = e;
@@ -403,7 +384,7 @@ int main(void)
     printf("(d) errors:\n");
     check_errors();
 
-    printf("worst: fast vs ref %.2e (tol %.0e), finite differences %.2e (tol %.0e), accumulation %.2e, adjoint %.2e\n",
-           g_worst_ref, TOL_REF, g_worst_fd, TOL_FD, g_worst_acc, g_worst_adj);
+    printf("worst: fast vs ref %.2e (tol %.0e), accumulation %.2e, adjoint %.2e\n", g_worst_ref, TOL_REF, g_worst_acc,
+           g_worst_adj);
     return mn_test_finish("test_conv3d");
 }

@@ -7,65 +7,28 @@
  * r, summed in double; BN in training mode, and in eval mode for one block.  Whole models: the model's own loss
  * (cross-entropy, plus soft Dice in one case) through encoder and two heads on sub-batches.
  *
- * Method.  For every parameter tensor (and the block input), the directional derivative along a random +-1
- * direction is compared with sum(g * dir).  A float32 forward pass of a residual block has rounding noise of about
- * 1e-7 * |y| * sqrt(numel) in L, and ReLU / max-pool kinks make L piecewise smooth, so no single step is right for
- * every tensor: the check takes the best of four steps (1e-4 .. 1e-2 of the tensor's RMS), as a bug shows up at
- * every step.  Error |fd - an| / max(|fd|, |an|, floor), floor = 1e-2 * mean|g| * sqrt(numel) (for gradients that
- * are zero in exact arithmetic, such as a bias before training-mode BN).  Tolerance 3e-2 (blocks).  For whole models per-tensor
- * differences drown in the rounding noise of a deep float32 forward pass, so one end-to-end check moves all
- * parameters at once along a random direction (each tensor scaled by its RMS): tolerance 3e-2.  (conv_seg in eval mode
- * is left to the parity test: its loss is nearly flat there, so the kinks of the piecewise-linear network dominate
- * any difference quotient.)
+ * Method (gradcheck.h, directional mode).  For every parameter tensor (and the block input), the directional
+ * derivative along a random +-1 direction is compared with sum(g * dir).  A float32 forward pass of a residual block
+ * has rounding noise of about 1e-7 * |y| * sqrt(numel) in L, and ReLU / max-pool kinks make L piecewise smooth, so no
+ * single step is right for every tensor: the check takes the best of four steps (1e-4 .. 1e-2 of the tensor's RMS,
+ * of 1 for BN parameters), as a bug shows up at every step.  Error |fd - an| / max(|fd|, |an|, floor), floor = 1e-2 *
+ * mean|g| * sqrt(numel) (for gradients that are zero in exact arithmetic, such as a bias before training-mode BN).
+ * Tolerance 3e-2 (blocks).  For whole models per-tensor differences drown in the rounding noise of a deep float32
+ * forward pass, so one end-to-end check moves all parameters at once along a random direction (each tensor scaled by
+ * its RMS): tolerance 3e-2.  (conv_seg in eval mode is left to the parity test: its loss is nearly flat there, so the
+ * kinks of the piecewise-linear network dominate any difference quotient.)
  * Exact agreement of every gradient with PyTorch is test_model_parity's job. */
 #include "mednet/model.h"
 #include "mednet/threads.h"
 #include "model/model_impl.h"
-#include "test_util.h"
+#include "gradcheck.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef double (*loss_fn)(void *ctx);
-
-/* Best relative error of the directional derivative of f along a random direction over a few steps. */
-static double dir_check(loss_fn f, void *ctx, float *v, const float *g, size_t n, int is_bn, mn_test_rng *rng,
-                        double *fd_out, double *an_out)
-{
-    float *v0 = malloc(n * sizeof *v0);
-    signed char *dir = malloc(n);
-    memcpy(v0, v, n * sizeof *v0);
-    double rms = 0, an = 0, gabs = 0;
-    for (size_t j = 0; j < n; j++) {
-        rms += (double)v0[j] * v0[j];
-        dir[j] = (mn_test_rng_u64(rng) & 1) ? 1 : -1;
-        an += dir[j] * (double)g[j];
-        gabs += fabs(g[j]);
-    }
-    rms = is_bn ? 1.0 : sqrt(rms / (double)n);
-    double floor_ = 1e-2 * gabs / sqrt((double)n) + 1e-30, best = INFINITY, best_fd = 0;
-    static const double rel[] = {1e-4, 4e-4, 2e-3, 1e-2};
-    for (int k = 0; k < 4; k++) {
-        double step = rel[k] * rms;
-        for (size_t j = 0; j < n; j++) v[j] = v0[j] + (float)(step * dir[j]);
-        double lp = f(ctx);
-        for (size_t j = 0; j < n; j++) v[j] = v0[j] - (float)(step * dir[j]);
-        double lm = f(ctx);
-        double fd = (lp - lm) / (2 * step);
-        double e = mn_test_relerr(fd, an, floor_);
-        if (e < best) {
-            best = e;
-            best_fd = fd;
-        }
-    }
-    memcpy(v, v0, n * sizeof *v0);
-    free(v0);
-    free(dir);
-    *fd_out = best_fd;
-    *an_out = an;
-    return best;
-}
+/* Steps of the directional check, relative to each tensor's RMS (1 for BN parameters). */
+static const double g_steps[] = {1e-4, 4e-4, 2e-3, 1e-2};
 
 /* ---- blocks ---- */
 
@@ -116,22 +79,21 @@ static void block_check(const char *label, int depth, mn_shortcut sc, int bi, in
     block_loss(&ctx);
     memcpy(dy, r, nout * sizeof *dy);
     TEST_EXPECT(mn_model_block_backward(m, b, dy, dx) == MN_OK, "%s: backward", label);
-    const float *G = mn_model_grads(m);
-    double worst_all = 0;
-    int ntens = 0;
-    for (int i = -1; i < mn_model_num_tensors(m); i++) {
-        const mn_tensor_info *t = i >= 0 ? mn_model_tensor(m, i) : NULL;
-        if (t && (t->kind != MN_TENSOR_PARAM || t->offset < b->p_off || t->offset >= b->p_off + b->p_len)) continue;
-        double fd, an;
-        double e = dir_check(block_loss, &ctx, t ? P + t->offset : x, t ? G + t->offset : dx, t ? t->numel : nin,
-                             t && t->ndim == 1, &rng, &fd, &an);
-        TEST_EXPECT(e < 3e-2 && an != 0, "%s: %s fd %.6e analytic %.6e rel err %.3e", label, t ? t->name : "input",
-                    fd, an, e);
-        if (e > worst_all) worst_all = e;
-        ntens++;
+    float *G = mn_model_grads(m);
+    mn_gc_case gc = {.ctx = &ctx, .loss = block_loss, .t = {{"input", x, dx, nin}}, .tol = 3e-2, .floor_rel = 1e-2,
+                     .dsteps = g_steps, .ndsteps = 4, .seed = rng.s};
+    char name[96];
+    snprintf(name, sizeof name, "block %s, %s", label, training ? "train" : "eval");
+    gc.name = name;
+    int nt = 1;
+    for (int i = 0; i < mn_model_num_tensors(m); i++) {
+        const mn_tensor_info *t = mn_model_tensor(m, i);
+        if (t->kind != MN_TENSOR_PARAM || t->offset < b->p_off || t->offset >= b->p_off + b->p_len) continue;
+        TEST_EXPECT(nt < MN_GC_MAX_TENSORS, "%s: too many tensors", label);
+        if (nt < MN_GC_MAX_TENSORS)
+            gc.t[nt++] = (mn_gc_tensor){t->name, P + t->offset, G + t->offset, t->numel, .unit = t->ndim == 1};
     }
-    printf("block %-40s %s: %d tensors + input, worst rel err %.2e\n", label, training ? "train" : "eval ", ntens - 1,
-           worst_all);
+    mn_gc_run(&gc);
     free(r);
     free(dy);
     free(dx);
@@ -160,20 +122,6 @@ static double model_loss(void *ctx)
         total += l;
     }
     return total;
-}
-
-/* The model's loss as a function of scaled parameters ps (p = ps * scale). */
-typedef struct sctx {
-    probe *p;
-    float *P, *Ps, *scale;
-    size_t n;
-} sctx;
-
-static double scaled_loss(void *ctx)
-{
-    sctx *c = ctx;
-    for (size_t j = 0; j < c->n; j++) c->P[j] = c->Ps[j] * c->scale[j];
-    return model_loss(c->p);
 }
 
 static void model_check(const char *label, int depth, mn_head_kind kind, int training, float dice)
@@ -223,22 +171,12 @@ static void model_check(const char *label, int depth, mn_head_kind kind, int tra
         rms = t->ndim == 1 ? 0.1 : sqrt(rms / (double)t->numel);
         for (size_t j = 0; j < t->numel; j++) scale[t->offset + j] = (float)rms;
     }
-    /* The direction (scaled) is folded into the gradient: perturbing p_j by step*scale_j*dir_j changes L by
-     * step * sum(g_j * scale_j * dir_j); dir_check perturbs by step*dir_j, so hand it scaled copies. */
-    float *Ps = malloc(np * sizeof *Ps), *Gs = malloc(np * sizeof *Gs);
-    for (size_t j = 0; j < np; j++) {
-        Ps[j] = P[j] / scale[j];
-        Gs[j] = G[j] * scale[j];
-    }
-    sctx sc = {&p, P, Ps, scale, np};
-    double fd, an;
-    double e = dir_check(scaled_loss, &sc, Ps, Gs, np, 1, &r, &fd, &an);
-    for (size_t j = 0; j < np; j++) P[j] = Ps[j] * scale[j];
-    TEST_EXPECT(e < 3e-2, "%s: end-to-end directional derivative fd %.6e analytic %.6e rel err %.3e", label, fd, an, e);
-    printf("model %-42s all %zu parameters at once: fd %.6e analytic %.6e rel err %.2e\n", label, np, fd, an, e);
+    char name[96];
+    snprintf(name, sizeof name, "model %s, all %zu parameters", label, np);
+    mn_gc_run(&(mn_gc_case){.name = name, .ctx = &p, .loss = model_loss,
+                            .t = {{"params", P, G, np, .unit = 1, .dscale = scale}}, .tol = 3e-2, .floor_rel = 1e-2,
+                            .dsteps = g_steps, .ndsteps = 4, .seed = r.s});
     free(scale);
-    free(Ps);
-    free(Gs);
     free(G);
     free(x);
     free(lab);
