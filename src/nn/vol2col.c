@@ -5,9 +5,9 @@
  * (tap_range), so the inner loops carry no bounds tests: zeros before, a copy (contiguous for stride 1, a strided
  * gather otherwise) in the middle, zeros after.  One source channel (at most a few hundred KiB here) stays in cache
  * while its kvol rows stream out.  col2vol walks the same segments and adds; it is parallel over (sample,
- * channel) so that accumulation is race-free without atomics.  The tap-box variants (mn_vol2col_taps) copy only
- * the in-volume part of each tap, block by block, and fold back the same way; the row gather/scatter helpers move
- * whole channels-last rows (cout floats) between a tap's box and the full output.
+ * channel) so that accumulation is race-free without atomics.  The tap-box variants (mn_vol2col_tap) copy only
+ * the in-volume part of one tap, and fold back the same way; the row gather/scatter helpers move whole
+ * channels-last rows (cout floats) between a tap's box and the full output.
  */
 #include "nn/vol2col.h"
 
@@ -223,7 +223,6 @@ int mn_taps_plan(const mn_vgeom *g, mn_taps *tp)
             nv *= (size_t)(tp->hi[t][d] - tp->lo[t][d]);
         }
         tp->nv[t] = nv;
-        tp->off[t] = tp->total;
         tp->total += nv;
         if (nv > tp->maxnv) tp->maxnv = nv;
     }
@@ -287,16 +286,6 @@ void mn_col2vol_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const f
     for (int i = 0; i < nb; i++)
         for (int ch = 0; ch < C; ch++)
             tap_add_back(g, tp, t, blk + ((size_t)ch * nb + i) * nv, x + (size_t)i * x_nstride + (size_t)ch * in_vox);
-}
-
-void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *x, size_t x_nstride, float *col)
-{
-    for (int t = 0; t < tp->n; t++) mn_vol2col_tap(g, tp, t, nb, x, x_nstride, col + (size_t)g->c * nb * tp->off[t]);
-}
-
-void mn_col2vol_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *col, float *x, size_t x_nstride)
-{
-    for (int t = 0; t < tp->n; t++) mn_col2vol_tap(g, tp, t, nb, col + (size_t)g->c * nb * tp->off[t], x, x_nstride);
 }
 
 /* Channels-last row index of block row j (sample i, box voxel zy*nx + x) of tap t: shared by gather and scatter. */

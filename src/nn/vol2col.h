@@ -48,9 +48,9 @@ void mn_col2vol(const mn_vgeom *g, int nb, const float *col, size_t ldc, size_t 
  *
  * Tap t = (a, b, e) reads inside the volume exactly for the outputs of one box V_t = [lo, hi) in each dimension.
  * With large padding and dilation on small volumes (MedicalNet's dilated stages: dilation 4, padding 4 on 8^3)
- * most of the dense column matrix is zeros (70% there).  The tap layout stores, for each tap, only the columns of
- * its box: block t is a (c x nb*nv[t]) row-major matrix at col + c*nb*off[t], column i*nv[t] + (box voxel in
- * z, y, x order) for sample i.  All its entries are in-volume copies: no zero fill. */
+ * most of the dense column matrix is zeros (70% there).  The tap layout stores, for one tap at a time, only the
+ * columns of its box: block t is a (c x nb*nv[t]) row-major matrix, column i*nv[t] + (box voxel in z, y, x order)
+ * for sample i.  All its entries are in-volume copies: no zero fill. */
 #define MN_TAPS_MAX 64
 
 typedef struct mn_taps {
@@ -58,7 +58,6 @@ typedef struct mn_taps {
     int lo[MN_TAPS_MAX][3];       /* box of outputs that tap t reads inside the volume: [lo, hi) per dim */
     int hi[MN_TAPS_MAX][3];
     size_t nv[MN_TAPS_MAX];       /* voxels of the box (0 if empty) */
-    size_t off[MN_TAPS_MAX];      /* sum of nv over the taps before t */
     size_t total, maxnv;          /* sum and maximum of nv */
 } mn_taps;
 
@@ -66,20 +65,15 @@ typedef struct mn_taps {
  * taps. */
 int mn_taps_plan(const mn_vgeom *g, mn_taps *tp);
 
-/* Fill block t alone: blk (c x nb*nv[t], row-major) gets what mn_vol2col_taps writes at col + c*nb*off[t].  Lets a
- * caller unfold, multiply and fold back one tap at a time with a block small enough to stay in the L3 cache. */
+/* Fill block t: blk (c x nb*nv[t], row-major) gets the in-volume entries of tap t's rows of the column matrix
+ * (overwrites).  The caller unfolds, multiplies and folds back one tap at a time with a block small enough to stay in
+ * the L3 cache. */
 void mn_vol2col_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *x, size_t x_nstride,
                     float *blk);
 
 /* The adjoint of mn_vol2col_tap: x += block t's entries at the voxels they were read from. */
 void mn_col2vol_tap(const mn_vgeom *g, const mn_taps *tp, int t, int nb, const float *blk, float *x,
                     size_t x_nstride);
-
-/* Fill every tap block (overwrites c*nb*total floats of col). */
-void mn_vol2col_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *x, size_t x_nstride, float *col);
-
-/* The adjoint: x += every block entry at the voxel it was read from.  Parallel over (sample, channel). */
-void mn_col2vol_taps(const mn_vgeom *g, const mn_taps *tp, int nb, const float *col, float *x, size_t x_nstride);
 
 /* Rows of a channels-last (nb*P x k) matrix src (P = output voxels) at the voxels of tap t's box, in block column
  * order: dst[j*k + :] = src[(i*P + voxel)*k + :] (gather), or the reverse with += (scatter_add). */
