@@ -325,8 +325,9 @@ static void pool_gradcheck(int kind, mn_shape in, const int k[3], const int s[3]
     c.r = rand_f(ny, 1);
     c.dx = mn_test_alloc(n);
     c.arg = calloc(ny, sizeof(int32_t));
-    mn_gc_run(&(mn_gc_case){.name = name, .ctx = &c, .loss = pool_loss, .backward = pool_bwd, .t = {{"x", c.x, c.dx, n}},
-                            .eps = 2e-3, .tol = 1e-3, .floor_abs = 1e-3, .samples = 40, .kink = kind == 0 ? 1e-2 : 0});
+    mn_gc_run(&(mn_gc_case){.name = name, .ctx = &c, .loss = pool_loss, .backward = pool_bwd,
+                            .t = {{"x", c.x, c.dx, n}}, .eps = 2e-3, .tol = 1e-3, .floor_abs = 1e-3, .samples = 40,
+                            .kink = kind == 0 ? 1e-2 : 0});
     free(c.x), free(c.y), free(c.r), free(c.dx), free(c.arg);
 }
 
