@@ -117,15 +117,16 @@ typedef struct mn_prep_summary {
     int64_t bytes_written;   /* voxel bytes written */
     double seconds;
     uint32_t checksum;
-    int error_agreed;        /* on error: 1 if every rank returned the same error (clean exit), 0: abort */
 } mn_prep_summary;
 
 /* Build the corpus: volumes are spread round-robin over the ranks of comm, each rank preprocesses its own in
  * memory, the metadata is combined, the file is created collectively at "<output>.tmp" with the MPI-IO driver,
  * each rank writes its volumes (independent writes), and rank 0 renames it to <output>.
- * Collective on comm.  Input errors (bad files, labels, grids) are agreed on by all ranks before any file is
- * created, so they return the same error everywhere and leave nothing behind; an existing output is never
- * touched without opt->force.  Errors inside the HDF5 write phase may differ between ranks: the caller aborts. */
+ * Collective on comm.  Checks before the write (an existing output without opt->force, an output directory some
+ * rank cannot write to, the definition) and input errors (bad files, labels, grids) are agreed (mn_err_is_agreed)
+ * by all ranks before any file is created, so they return the same error everywhere and leave nothing behind; an
+ * existing output is never touched without opt->force.  A failed rename is agreed too.  Errors inside the HDF5
+ * write phase may differ between ranks and are not agreed: the caller aborts. */
 mn_err mn_corpus_prep(MPI_Comm comm, const mn_corpus_def *def, const mn_prep_options *opt, mn_prep_summary *sum);
 
 /* ---- reading ------------------------------------------------------------------------------------------------- */
@@ -160,9 +161,13 @@ typedef struct mn_corpus_info {
     mn_corpus_volume *volumes;  /* dataset-major order */
 } mn_corpus_info;
 
-/* Open a corpus file and read its metadata: rank 0 reads it (serial HDF5) and broadcasts it, so thousands of
- * ranks cost one reader.  Collective on comm; a missing, truncated or edited file (a dataset or volume listed but
- * missing, a wrong format version) gives the same MN_ERR_FORMAT/MN_ERR_IO on every rank, naming the file. */
+/* Open a corpus file and read its metadata: every rank first checks that it can read the file itself (POSIX open,
+ * the HDF5 signature, the same size as on rank 0), then rank 0 reads the metadata (serial HDF5) and broadcasts it,
+ * so thousands of ranks cost one reader.  `path` may differ between ranks (each checks its own; the metadata is
+ * rank 0's).  Collective on comm.  Every error is agreed (mn_err_is_agreed): a file missing or unreadable on some
+ * ranks (each failing rank names its path and the OS reason, rank 0 lists the failing ranks), a truncated or edited
+ * file (a dataset or volume listed but missing, a wrong format version) give the same MN_ERR_IO/MN_ERR_FORMAT on
+ * every rank; only a failing MPI call is not agreed. */
 mn_err mn_corpus_open(MPI_Comm comm, const char *path, mn_corpus_info **out);
 
 void mn_corpus_info_destroy(mn_corpus_info **info);
@@ -221,13 +226,15 @@ typedef struct mn_shard {
     int64_t bytes;            /* voxel bytes held by this rank */
 } mn_shard;
 
-/* Read this rank's volumes of `plan` from the corpus into memory: the file is opened with the MPI-IO driver on
- * comm, and every volume held by any rank is read with one collective H5Dread (ranks that do not hold it select
- * nothing), so each rank reads exactly its volumes, once.  The CRC-32 of each volume is checked against the
- * file's data_crc32; a mismatch on any rank gives MN_ERR_FORMAT on every rank.  File locking is disabled for the
- * open (parallel file systems reject it) unless HDF5_USE_FILE_LOCKING is set in the environment.  Collective on
- * comm (size must equal plan->nranks).  Other errors (allocation, HDF5) may be seen by some ranks only: the
- * caller aborts.  On error *out may hold a partly loaded shard: release it with mn_shard_destroy. */
+/* Read this rank's volumes of `plan` from the corpus into memory.  Every rank first checks that it can read
+ * info->path (as mn_corpus_open does); then the file is opened collectively with the MPI-IO driver on comm, each
+ * rank reads its own volumes with independent reads and checks the CRC-32 of each against the file's data_crc32,
+ * and the file is closed collectively.  Allocation, the open, the reads and the CRC checks are agreed: a corrupt
+ * volume on any rank (named by file, dataset and volume on the rank that read it) gives the same agreed
+ * MN_ERR_FORMAT on every rank.  File locking is disabled for the open (parallel file systems reject it) unless
+ * HDF5_USE_FILE_LOCKING is set in the environment.  Collective on comm (size must equal plan->nranks).  Only a
+ * failing MPI call gives an error that is not agreed (the caller aborts).  On error *out may hold a partly loaded
+ * shard: release it with mn_shard_destroy. */
 mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_plan *plan, mn_shard **out);
 
 void mn_shard_destroy(mn_shard **shard);

@@ -1,27 +1,151 @@
-/* corpus_h5.c: checked HDF5 attribute helpers and the file-access policy of corpus files.
+/* corpus_h5.c: checked HDF5 attribute helpers, the file-access policy of corpus files and the agreed check that
+ * precedes every collective open.
  *
  * Strings are stored as fixed-length, NUL-terminated HDF5 strings (variable-length strings would go through
  * the global heap, which parallel HDF5 writes less reliably); h5py returns them as bytes and h5dump prints them.
+ *
+ * The open check uses plain POSIX calls, not H5Fis_accessible: with the MPI-IO driver that call opens the file
+ * collectively itself, which is the very wait we must avoid when one rank cannot see the file.
  */
 #include "corpus_impl.h"
 #include "mednet/mpicheck.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
-mn_err mn_corpus_fapl(MPI_Comm comm, hid_t *fapl)
+mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, hid_t *fapl)
 {
     hid_t p;
     MN_H5(p = H5Pcreate(H5P_FILE_ACCESS));
     *fapl = p;
     if (comm != MPI_COMM_NULL) {
         MN_H5(H5Pset_fapl_mpio(p, comm, MPI_INFO_NULL));
-        MN_H5(H5Pset_all_coll_metadata_ops(p, 1));
-        MN_H5(H5Pset_coll_metadata_write(p, 1));
+        if (coll_metadata) {
+            MN_H5(H5Pset_all_coll_metadata_ops(p, 1));
+            MN_H5(H5Pset_coll_metadata_write(p, 1));
+        }
     }
     if (!getenv("HDF5_USE_FILE_LOCKING")) MN_H5(H5Pset_file_locking(p, 0, 1));
     return MN_OK;
+}
+
+/* Why a rank cannot read the corpus, sent to rank 0 with the data: 0 = it can, > 0 an errno value, or one of: */
+enum { WHY_NOT_HDF5 = -1, WHY_SIZE = -2, WHY_MEM = -3 };
+
+static const char *why_text(int why)
+{
+    switch (why) {
+    case WHY_NOT_HDF5: return "not an HDF5 file";
+    case WHY_SIZE: return "a different file size than rank 0 (not the same file)";
+    case WHY_MEM: return "out of memory";
+    default: return strerror(why);
+    }
+}
+
+/* Not collective: can this rank open `path` and find the HDF5 signature?  *bytes = the file size (-1 on failure),
+ * *why as above. */
+static mn_err readable_local(const char *path, long long *bytes, int *why)
+{
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    *bytes = -1, *why = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        *why = errno;
+        MN_FAIL(MN_ERR_IO, "corpus file '%s' does not exist or is not readable on this rank: %s\n---> HINT: check "
+                "the path as this node sees it (build the corpus with `mednet prep CONFIG`)", path, strerror(*why));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+        *why = S_ISDIR(st.st_mode) ? EISDIR : errno;
+        close(fd);
+        MN_FAIL(MN_ERR_IO, "corpus file '%s' cannot be read on this rank: %s", path, strerror(*why));
+    }
+    /* The superblock sits at 0 or, after a user block, at 512, 1024, 2048, ... (the HDF5 file format). */
+    int found = 0;
+    for (off_t off = 0; !found && off + 8 <= st.st_size; off = off ? 2 * off : 512) {
+        unsigned char b[8];
+        ssize_t n = pread(fd, b, sizeof b, off);
+        if (n < 0) {
+            *why = errno;
+            close(fd);
+            MN_FAIL(MN_ERR_IO, "corpus file '%s' cannot be read on this rank: %s", path, strerror(*why));
+        }
+        found = n == (ssize_t)sizeof b && !memcmp(b, sig, sizeof sig);
+    }
+    close(fd);
+    if (!found) {
+        *why = WHY_NOT_HDF5;
+        MN_FAIL(MN_ERR_FORMAT, "corpus file '%s' (%lld bytes on this rank) is not an HDF5 file: no HDF5 signature found\n---> "
+                "HINT: a corpus is written by `mednet prep CONFIG`", path, (long long)st.st_size);
+    }
+    *bytes = (long long)st.st_size;
+    return MN_OK;
+}
+
+mn_err mn_corpus_check_readable(MPI_Comm comm, const char *path)
+{
+    int rank = 0, size = 1;
+    MN_MPI(MPI_Comm_rank(comm, &rank));
+    MN_MPI(MPI_Comm_size(comm, &size));
+    /* Local work: the POSIX check, and rank 0's buffer for the reasons (allocated now so that the gather below is
+     * made by every rank or by none). */
+    long long bytes = -1, bytes0;
+    int why = 0;
+    int *whys = rank == 0 ? malloc((size_t)size * 2 * sizeof *whys) : NULL;
+    mn_err local = readable_local(path, &bytes, &why);
+    if (!local && rank == 0 && !whys) {
+        why = WHY_MEM;
+        local = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    /* Every rank reaches the broadcast, whatever its check found. */
+    bytes0 = bytes;
+    int rc = MPI_Bcast(&bytes0, 1, MPI_LONG_LONG, 0, comm);
+    if (rc != MPI_SUCCESS) {
+        free(whys);
+        return mn_mpi_report(rc, "MPI_Bcast(file size)", __FILE__, __LINE__, __func__);
+    }
+    if (!local && bytes0 >= 0 && bytes != bytes0) {
+        why = WHY_SIZE;
+        local = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "corpus file '%s' has %lld bytes on this "
+                                "rank but %lld on rank 0: the ranks do not see the same file (a stale copy, or "
+                                "one still being written?)", path, bytes, bytes0);
+    }
+    mn_err e = mn_agree(comm, local);
+    if (e == MN_OK) {
+        free(whys);
+        return MN_OK;
+    }
+    /* Agreed failure: every rank knows, so one more collective is safe.  Rank 0 lists the failing ranks (as world
+     * ranks, the numbers in front of every message) with their reasons. */
+    int mine[2] = {local ? why : 0, rank};
+    MPI_Group g = MPI_GROUP_NULL, gw = MPI_GROUP_NULL;
+    if (MPI_Comm_group(comm, &g) == MPI_SUCCESS && MPI_Comm_group(MPI_COMM_WORLD, &gw) == MPI_SUCCESS)
+        MPI_Group_translate_ranks(g, 1, &rank, gw, &mine[1]);
+    if (g != MPI_GROUP_NULL) MPI_Group_free(&g);
+    if (gw != MPI_GROUP_NULL) MPI_Group_free(&gw);
+    rc = MPI_Gather(mine, 2, MPI_INT, whys, 2, MPI_INT, 0, comm);
+    if (rc == MPI_SUCCESS && rank == 0 && whys) {
+        char list[512] = "";
+        size_t len = 0;
+        int nbad = 0;
+        for (int r = 0; r < size; r++) {
+            if (!whys[2 * r]) continue;
+            if (nbad++ < 8 && len < sizeof list)
+                len += (size_t)snprintf(list + len, sizeof list - len, "%srank %d: %s", nbad > 1 ? "; " : "",
+                                        whys[2 * r + 1], why_text(whys[2 * r]));
+        }
+        if (nbad > 8 && len < sizeof list) snprintf(list + len, sizeof list - len, "; ...");
+        mn_error_report(mn_err_code(e), __FILE__, __LINE__, __func__, "the corpus file cannot be opened on %d of %d "
+                        "rank(s) (each printed its path above): %s", nbad, size, list);
+    }
+    free(whys);
+    if (rc != MPI_SUCCESS) return mn_mpi_report(rc, "MPI_Gather(open check)", __FILE__, __LINE__, __func__);
+    return e;
 }
 
 static mn_err write_attr(hid_t loc, const char *name, hid_t type, int rank, const hsize_t *dims, const void *buf)

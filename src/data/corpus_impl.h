@@ -1,5 +1,6 @@
 /* corpus_impl.h: private helpers shared by the corpus writer (corpus_write.c) and reader (corpus_read.c):
- * checked attribute writes/reads and the file-access property list policy. */
+ * checked attribute writes/reads, the file-access property list policy and the agreed pre-check that comes before
+ * every collective open of a corpus file. */
 #ifndef MN_DATA_CORPUS_IMPL_H
 #define MN_DATA_CORPUS_IMPL_H
 
@@ -8,9 +9,19 @@
 #include "mednet/h5check.h"
 
 /* File-access property list: MPI-IO on comm (serial sec2 when comm == MPI_COMM_NULL), collective metadata
- * operations, and file locking off unless the user set HDF5_USE_FILE_LOCKING (parallel file systems such as
- * Lustre reject the lock calls; HDF5 itself honours the variable when it is set).  Caller closes *fapl. */
-mn_err mn_corpus_fapl(MPI_Comm comm, hid_t *fapl);
+ * operations when coll_metadata is 1 (every rank must then make the same metadata calls: the writer), and file
+ * locking off unless the user set HDF5_USE_FILE_LOCKING (parallel file systems such as Lustre reject the lock
+ * calls; HDF5 itself honours the variable when it is set).  Not collective.  Caller closes *fapl. */
+mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, hid_t *fapl);
+
+/* The check before a collective open of an existing corpus file (MPI_File_open inside H5Fopen waits for every rank:
+ * a rank that cannot open the file would leave the others waiting forever).  Every rank opens `path` with plain
+ * POSIX calls, looks for the HDF5 signature (offset 0, 512, 1024, ...: a user block may precede the superblock) and
+ * takes the file size; ranks whose size differs from rank 0's do not see the same file.  The outcome is agreed
+ * with mn_agree; on failure every failing rank has printed its path and the OS reason, and rank 0 prints one line
+ * listing the failing ranks with their reasons.
+ * Collective on comm.  Returns MN_OK everywhere, or the same agreed MN_ERR_IO/MN_ERR_FORMAT on every rank. */
+mn_err mn_corpus_check_readable(MPI_Comm comm, const char *path);
 
 /* Attribute writers (create + write + close; every call checked).  In a parallel file every rank must call them
  * with identical values (attributes are metadata). */

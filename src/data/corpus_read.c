@@ -1,19 +1,27 @@
 /* corpus_read.c: reading a corpus: metadata (rank 0 reads, everyone receives), the deterministic shard
- * assignment, and the per-rank shard load with collective MPI-IO reads.
+ * assignment, and the per-rank shard load with independent MPI-IO reads.
  *
  * Metadata is small and read by rank 0 alone with the serial driver, then broadcast as three flat arrays
  * (header, datasets, volumes: all plain structs), so opening a corpus on thousands of ranks costs one reader and
- * three broadcasts, and any inconsistency in the file is the same error on every rank.  The voxels are read with
- * the MPI-IO driver: for every volume that any rank holds, one collective H5Dread in which the holders select
- * the whole dataset and the others select nothing.  That is O(volumes) collective calls per rank, which is fine
- * for corpora of thousands of volumes; H5Dread_multi (HDF5 1.14) would batch them.
+ * three broadcasts, and any inconsistency in the file is the same error on every rank.
+ *
+ * Errors are agreed (mn_agree) before every collective call: whatever can fail on one rank only (the file as this
+ * node sees it, memory, the voxels this rank reads) is local work whose outcome every rank learns together, so a
+ * bad path on one node or a corrupt volume ends the job cleanly instead of leaving ranks waiting.  Before any
+ * collective open, every rank checks with plain POSIX calls that it can read the file (mn_corpus_check_readable).
+ *
+ * The voxels are read with the MPI-IO driver and INDEPENDENT transfers, collective metadata operations off: the
+ * file is opened and closed collectively, and in between each rank opens and reads only its own volumes.  Rejected:
+ * one collective H5Dread per volume held by any rank (holders select the volume, the others nothing).  That costs
+ * O(volumes) collective calls on every rank, and a rank whose read or CRC check fails inside the loop either leaves
+ * the others waiting in the next collective read or has to go on issuing empty collective reads until the end; a
+ * whole chunked dataset read independently is one contiguous request per chunk anyway.
  */
 #include "corpus_impl.h"
 #include "mednet/mpicheck.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char *role_name(mn_role r) { return r == MN_ROLE_TARGET ? "target" : "pretrain"; }
 
@@ -121,12 +129,11 @@ void mn_corpus_info_destroy(mn_corpus_info **pinfo)
     *pinfo = NULL;
 }
 
+/* Rank 0, local work: open the file with the serial driver and read its metadata. */
 static mn_err read_rank0(const char *path, mn_corpus_info *info)
 {
-    MN_CHECK(access(path, R_OK) == 0, MN_ERR_IO, "corpus file '%s' does not exist or is not readable\n---> HINT: "
-             "build it with `mednet prep CONFIG`", path);
     hid_t fapl, file;
-    MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, &fapl));
+    MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, &fapl));
     /* Strong close: H5Fclose also closes any object an error path left open. */
     MN_H5(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG));
     file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
@@ -139,41 +146,45 @@ static mn_err read_rank0(const char *path, mn_corpus_info *info)
     return MN_OK;
 }
 
+/* Every rank but 0, local work: room for the broadcast arrays. */
+static mn_err alloc_meta(mn_corpus_info *info)
+{
+    info->datasets = calloc((size_t)info->num_datasets, sizeof *info->datasets);
+    info->volumes = calloc((size_t)info->num_volumes, sizeof *info->volumes);
+    MN_CHECK(info->datasets && info->volumes, MN_ERR_MEM, "out of memory for the corpus metadata (%d datasets, %d "
+             "volumes)", info->num_datasets, info->num_volumes);
+    return MN_OK;
+}
+
 mn_err mn_corpus_open(MPI_Comm comm, const char *path, mn_corpus_info **out)
 {
     *out = NULL;
     int rank = 0;
     MN_MPI(MPI_Comm_rank(comm, &rank));
-    MN_CALL(mn_h5_init());
+    /* Step 1: every rank can read the file (a rank that cannot must not leave the others waiting below). */
+    mn_err e = mn_h5_init();
     mn_corpus_info *info = calloc(1, sizeof *info);
-    MN_CHECK(info, MN_ERR_MEM, "out of memory");
-    int status = 0;
-    if (rank == 0) status = (int)read_rank0(path, info);
-    int rc = MPI_Bcast(&status, 1, MPI_INT, 0, comm);
-    if (rc != MPI_SUCCESS || status) {
+    if (!e && !info) e = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    e = mn_agree(comm, e);
+    if (!e) e = mn_corpus_check_readable(comm, path);
+    /* Step 2: rank 0 reads the metadata (local work), the outcome is agreed. */
+    if (!e) e = mn_agree(comm, rank == 0 ? read_rank0(path, info) : MN_OK);
+    if (e) {
         mn_corpus_info_destroy(&info);
-        if (rc != MPI_SUCCESS) return mn_mpi_report(rc, "MPI_Bcast(status)", __FILE__, __LINE__, __func__);
-        /* Rank 0 already said why (and keeps that as its last message); the others say where to look. */
-        if (rank == 0) return mn_error_report((mn_err)status, __FILE__, __LINE__, __func__, "called from read_rank0");
-        MN_FAIL((mn_err)status, "cannot open corpus '%s' (rank 0 reported the cause)", path);
+        MN_CHECK(!e, e, "called from opening corpus '%s'", path);
     }
-    /* Header (everything but the two arrays), then the arrays. */
+    /* Step 3: header (everything but the two arrays), room for the arrays (agreed), the arrays. */
     mn_corpus_dataset *ds = info->datasets;
     mn_corpus_volume *vs = info->volumes;
     MN_MPI(MPI_Bcast(info, (int)sizeof *info, MPI_BYTE, 0, comm));
-    if (rank != 0) {
-        ds = calloc((size_t)info->num_datasets, sizeof *ds);
-        vs = calloc((size_t)info->num_volumes, sizeof *vs);
-    }
     info->datasets = ds, info->volumes = vs;
-    int okm = ds && vs, all = 0;
-    MN_MPI(MPI_Allreduce(&okm, &all, 1, MPI_INT, MPI_MIN, comm));
-    if (!all) {
+    e = mn_agree(comm, rank != 0 ? alloc_meta(info) : MN_OK);
+    if (e) {
         mn_corpus_info_destroy(&info);
-        MN_FAIL(MN_ERR_MEM, "out of memory for the corpus metadata");
+        MN_CHECK(!e, e, "called from opening corpus '%s'", path);
     }
-    MN_MPI(MPI_Bcast(ds, (int)(info->num_datasets * sizeof *ds), MPI_BYTE, 0, comm));
-    MN_MPI(MPI_Bcast(vs, (int)(info->num_volumes * sizeof *vs), MPI_BYTE, 0, comm));
+    MN_MPI(MPI_Bcast(info->datasets, (int)(info->num_datasets * sizeof *info->datasets), MPI_BYTE, 0, comm));
+    MN_MPI(MPI_Bcast(info->volumes, (int)(info->num_volumes * sizeof *info->volumes), MPI_BYTE, 0, comm));
     snprintf(info->path, sizeof info->path, "%s", path);
     *out = info;
     return MN_OK;
@@ -361,46 +372,41 @@ void mn_shard_destroy(mn_shard **pshard)
     *pshard = NULL;
 }
 
-/* One collective read of dataset `path` (under file): `buf` NULL selects nothing on this rank. */
-static mn_err read_collective(hid_t file, const char *path, hid_t memtype, void *buf, hid_t dxpl)
+/* Local work: read the whole dataset `name` of the open file into buf (n voxels of memtype) with an independent
+ * H5Dread, after checking that its shape is the one the metadata promised (buf was sized by it). */
+static mn_err read_volume_part(hid_t file, const char *path, const char *name, const int64_t shape[3], hid_t memtype,
+                               void *buf)
 {
-    hid_t d, fs, ms;
-    MN_H5(d = H5Dopen2(file, path, H5P_DEFAULT));
-    MN_H5(fs = H5Dget_space(d));
-    if (buf) {
-        MN_H5(ms = H5Scopy(fs));
-    } else {
-        hsize_t one = 1;
-        MN_H5(ms = H5Screate_simple(1, &one, NULL));
-        MN_H5(H5Sselect_none(ms));
-        MN_H5(H5Sselect_none(fs));
+    hid_t d, fs;
+    if ((d = H5Dopen2(file, name, H5P_DEFAULT)) < 0) {
+        mn_h5_report("H5Dopen2", __FILE__, __LINE__, __func__);
+        MN_FAIL(MN_ERR_FORMAT, "corpus '%s': cannot open dataset %s (corrupt file?)", path, name);
     }
-    MN_H5(H5Dread(d, memtype, ms, fs, dxpl, buf));
-    MN_H5(H5Sclose(ms));
-    MN_H5(H5Sclose(fs));
-    MN_H5(H5Dclose(d));
+    hsize_t dims[3] = {0, 0, 0};
+    int ok = (fs = H5Dget_space(d)) >= 0 && H5Sget_simple_extent_ndims(fs) == 3 &&
+             H5Sget_simple_extent_dims(fs, dims, NULL) == 3;
+    if (fs >= 0) H5Sclose(fs);
+    for (int a = 0; a < 3; a++) ok = ok && (int64_t)dims[a] == shape[a];
+    if (!ok) {
+        H5Dclose(d);
+        MN_FAIL(MN_ERR_FORMAT, "corpus '%s': dataset %s is %llux%llux%llu, the metadata says %lldx%lldx%lld (the file "
+                "changed since it was opened?)", path, name, (unsigned long long)dims[0], (unsigned long long)dims[1],
+                (unsigned long long)dims[2], (long long)shape[0], (long long)shape[1], (long long)shape[2]);
+    }
+    herr_t r = H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+    if (r < 0) mn_h5_report("H5Dread", __FILE__, __LINE__, __func__);
+    herr_t c = H5Dclose(d);
+    MN_CHECK(r >= 0, MN_ERR_FORMAT, "corpus '%s': cannot read dataset %s (corrupt or truncated file?)", path, name);
+    MN_CHECK(c >= 0, MN_ERR_HDF5, "corpus '%s': H5Dclose failed for %s", path, name);
     return MN_OK;
 }
 
-mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_plan *plan, mn_shard **out)
+/* Local work: allocate the shard's volumes for this rank's items of the plan. */
+static mn_err alloc_shard(const mn_corpus_info *info, const mn_shard_plan *plan, int rank, mn_shard *s)
 {
-    *out = NULL;
-    int rank, size;
-    MN_MPI(MPI_Comm_rank(comm, &rank));
-    MN_MPI(MPI_Comm_size(comm, &size));
-    MN_CHECK(size == plan->nranks, MN_ERR_ARG, "shard plan is for %d ranks, communicator has %d", plan->nranks, size);
-    MN_CALL(mn_h5_init());
-    mn_shard *s = calloc(1, sizeof *s);
-    MN_CHECK(s, MN_ERR_MEM, "out of memory");
-    *out = s;
     int mine = plan->offset[rank + 1] - plan->offset[rank];
     s->volumes = calloc((size_t)(mine ? mine : 1), sizeof *s->volumes);
-    /* held[v]: slot of volume v in this shard (-1: not mine); any[v]: some rank holds it. */
-    int *held = malloc((size_t)info->num_volumes * sizeof *held);
-    char *any = calloc((size_t)info->num_volumes, 1);
-    MN_CHECK(s->volumes && held && any, MN_ERR_MEM, "out of memory");
-    for (int v = 0; v < info->num_volumes; v++) held[v] = -1;
-    for (int i = 0; i < plan->offset[size]; i++) any[plan->items[i].volume] = 1;
+    MN_CHECK(s->volumes, MN_ERR_MEM, "out of memory");
     for (int i = 0; i < mine; i++) {
         const mn_shard_item *it = &plan->items[plan->offset[rank] + i];
         mn_shard_volume *sv = &s->volumes[i];
@@ -410,43 +416,75 @@ mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_p
         int64_t n = cv->shape[0] * cv->shape[1] * cv->shape[2];
         sv->image = malloc((size_t)n * sizeof(float));
         sv->label = malloc((size_t)n);
+        s->num_volumes++;
         MN_CHECK(sv->image && sv->label, MN_ERR_MEM, "out of memory for volume %d (%lld voxels)", it->volume,
                  (long long)n);
         s->bytes += n * 5;
-        held[it->volume] = i;
-        s->num_volumes++;
     }
-    hid_t fapl, file, dxpl;
-    MN_CALL(mn_corpus_fapl(comm, &fapl));
-    file = H5Fopen(info->path, H5F_ACC_RDONLY, fapl);
-    MN_H5(H5Pclose(fapl));
-    MN_CHECK(file >= 0, MN_ERR_FORMAT, "cannot open corpus '%s' with the MPI-IO driver", info->path);
-    MN_H5(dxpl = H5Pcreate(H5P_DATASET_XFER));
-    MN_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-    mn_err bad = MN_OK;
-    for (int v = 0; v < info->num_volumes; v++) {
-        if (!any[v]) continue;
-        const mn_corpus_volume *cv = &info->volumes[v];
-        char path[160];
-        mn_shard_volume *sv = held[v] >= 0 ? &s->volumes[held[v]] : NULL;
-        snprintf(path, sizeof path, "/%s/vol_%04d/image", info->datasets[cv->dataset].name, cv->index);
-        MN_CALL(read_collective(file, path, H5T_NATIVE_FLOAT, sv ? sv->image : NULL, dxpl));
-        snprintf(path, sizeof path, "/%s/vol_%04d/label", info->datasets[cv->dataset].name, cv->index);
-        MN_CALL(read_collective(file, path, H5T_NATIVE_UINT8, sv ? sv->label : NULL, dxpl));
-        /* A CRC mismatch is recorded, not returned: the other ranks are still in the collective loop. */
-        if (sv && !bad) {
-            uint32_t crc = mn_corpus_data_crc(sv->image, sv->label, cv->shape[0] * cv->shape[1] * cv->shape[2]);
-            if (crc != cv->data_crc32)
-                bad = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "corpus '%s': volume /%s/vol_%04d "
-                                      "has CRC-32 %08x, the file says %08x (corrupt or modified file)", info->path,
-                                      info->datasets[cv->dataset].name, cv->index, (unsigned)crc,
-                                      (unsigned)cv->data_crc32);
-        }
+    return MN_OK;
+}
+
+/* Local work: read and CRC-check this rank's volumes from the open file; stops at the first bad volume. */
+static mn_err read_shard(hid_t file, const mn_corpus_info *info, mn_shard *s)
+{
+    for (int i = 0; i < s->num_volumes; i++) {
+        mn_shard_volume *sv = &s->volumes[i];
+        const mn_corpus_volume *cv = &info->volumes[sv->volume];
+        const char *dname = info->datasets[cv->dataset].name;
+        char name[160];
+        snprintf(name, sizeof name, "/%s/vol_%04d/image", dname, cv->index);
+        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_FLOAT, sv->image));
+        snprintf(name, sizeof name, "/%s/vol_%04d/label", dname, cv->index);
+        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_UINT8, sv->label));
+        uint32_t crc = mn_corpus_data_crc(sv->image, sv->label, cv->shape[0] * cv->shape[1] * cv->shape[2]);
+        MN_CHECK(crc == cv->data_crc32, MN_ERR_FORMAT, "corpus '%s': volume /%s/vol_%04d (image + label) has CRC-32 "
+                 "%08x, the file says %08x (corrupt or modified file)\n---> HINT: rebuild it with `mednet prep`",
+                 info->path, dname, cv->index, (unsigned)crc, (unsigned)cv->data_crc32);
     }
-    MN_H5(H5Pclose(dxpl));
-    MN_H5(H5Fclose(file));
-    free(held), free(any);
-    /* Every rank learns that some shard is corrupt and returns the same code. */
-    MN_CALL(mn_mpi_agree(comm, bad));
+    return MN_OK;
+}
+
+mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_plan *plan, mn_shard **out)
+{
+    *out = NULL;
+    int rank, size;
+    MN_MPI(MPI_Comm_rank(comm, &rank));
+    MN_MPI(MPI_Comm_size(comm, &size));
+    /* Step 1 (local, agreed): arguments and memory. */
+    mn_err e = mn_h5_init();
+    if (!e && size != plan->nranks)
+        e = mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "shard plan is for %d ranks, communicator has "
+                            "%d", plan->nranks, size);
+    mn_shard *s = e ? NULL : calloc(1, sizeof *s);
+    if (!e && !s) e = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!e) {
+        *out = s;
+        e = alloc_shard(info, plan, rank, s);
+    }
+    MN_CALL(mn_agree(comm, e));
+    /* Step 2: every rank can read the file before anyone opens it collectively. */
+    MN_CALL(mn_corpus_check_readable(comm, info->path));
+    /* Step 3: the collective open.  Its outcome is the same on every rank (MPI_File_open is collective, and after
+     * step 2 every rank reads the same superblock bytes), but it is agreed all the same. */
+    hid_t fapl, file;
+    e = mn_corpus_fapl(comm, 0, &fapl);
+    file = e ? -1 : H5Fopen(info->path, H5F_ACC_RDONLY, fapl);
+    if (!e && H5Pclose(fapl) < 0) e = mn_h5_report("H5Pclose", __FILE__, __LINE__, __func__);
+    if (!e && file < 0) {
+        mn_h5_report("H5Fopen", __FILE__, __LINE__, __func__);
+        e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "cannot open corpus '%s' with the MPI-IO "
+                            "driver: truncated or corrupt file?", info->path);
+    }
+    e = mn_agree(comm, e);
+    if (e) {
+        if (file >= 0) H5Fclose(file);
+        MN_CHECK(!e, e, "called from opening '%s' for the shard load", info->path);
+    }
+    /* Step 4 (local): independent reads of this rank's volumes, CRC-checked.  Collective metadata operations are
+     * off for this file, so nothing in here waits for another rank and every rank reaches the close below. */
+    e = read_shard(file, info, s);
+    /* Step 5: the collective close, then one agreement on everything since the open. */
+    if (H5Fclose(file) < 0 && !e) e = mn_h5_report("H5Fclose", __FILE__, __LINE__, __func__);
+    MN_CALL(mn_agree(comm, e));
     return MN_OK;
 }

@@ -10,7 +10,9 @@
  *   1. each rank reads its pairs, validates them (NaN/Inf, labels in the map, empty labels), takes the source's
  *      foreground mask (voxels > 0 for z-score, != 0 otherwise), low-pass filters the image when it is
  *      downsampled (mn_antialias), resamples image (trilinear), label and mask (nearest) onto the canonical grid,
- *      crops to the box of mask or label, and z-scores MR inside the mask; all of it in memory.  Errors are agreed on (mn_mpi_agree) before any file exists.
+ *      crops to the box of mask or label, and z-scores MR inside the mask; all of it in memory.  Errors are agreed
+ *      on (mn_agree) before any file exists; why a pair failed is written into its record (vol_rec.reason), so the
+ *      reason travels with the record to rank 0's skip log and into the file.
  *   2. CT/window datasets: each volume contributes a fixed-size, evenly strided sample of its foreground
  *      intensities (as nnU-Net samples 10^4 voxels per case); the samples are combined in volume order, so the
  *      percentiles and statistics do not depend on P; owners normalise.
@@ -28,6 +30,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,35 +75,68 @@ typedef struct prep {
     float *samples;           /* nvol * SAMPLES_PER_VOLUME, only for CT/window datasets */
     double (*spacing)[3];     /* per dataset target spacing */
     double (*dstats)[4];      /* per dataset: clip lo, hi, mean, std (CT/window) */
+    double *median_buf;       /* nvol: scratch for the median spacing */
+    int force;                /* replace an existing output */
 } prep;
 
 static int needs_dataset_stats(const mn_dataset_def *d) { return d->normalisation == MN_NORM_CT || d->normalisation == MN_NORM_WINDOW; }
 
-/* An error on a pair: skipped (recorded, warned) when skip_bad allows it, else returned. */
+/* A pair's failure, in its record: the reason is written into r->reason (it travels with the record to every rank,
+ * into the skip log and the file's skipped_pairs) and printed as an error line.  Returns `code`. */
+__attribute__((format(printf, 6, 7))) static mn_err pair_fail(vol_rec *r, mn_err code, const char *file, int line,
+                                                               const char *func, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->reason, sizeof r->reason, fmt, ap);
+    va_end(ap);
+    return mn_error_report(code, file, line, func, "%s", r->reason);
+}
+
+/* A step on a file of the pair failed in a function that printed its own message: the record names the step, the
+ * file and the code. */
+static mn_err pair_step_failed(vol_rec *r, mn_err e, const char *step, const char *path, const char *file, int line,
+                               const char *func)
+{
+    snprintf(r->reason, sizeof r->reason, "%s '%s' failed (%s)", step, path, mn_err_name(e));
+    return mn_error_report(e, file, line, func, "called from %s '%s'", step, path);
+}
+
+#define PAIR_CHECK(r, cond, code, ...)                                                                         \
+    do {                                                                                                       \
+        if (!(cond)) return pair_fail((r), (code), __FILE__, __LINE__, __func__, __VA_ARGS__);                \
+    } while (0)
+#define PAIR_CALL(r, expr, step, path)                                                                         \
+    do {                                                                                                       \
+        mn_err pc__e = (expr);                                                                                 \
+        if (pc__e) return pair_step_failed((r), pc__e, (step), (path), __FILE__, __LINE__, __func__);         \
+    } while (0)
+
+/* An error on a pair: skipped (recorded, warned) when skip_bad allows it, else returned.  Not collective. */
 static mn_err pair_error(prep *p, vol_rec *r, mn_err e)
 {
     if (!p->skip_bad || e == MN_ERR_MEM || e == MN_ERR_INTERNAL || e == MN_ERR_MPI) return e;
     r->status = REC_SKIPPED;
     r->skipped_err = (int32_t)e;
-    snprintf(r->reason, sizeof r->reason, "%s", mn_error_last());
+    if (!r->reason[0]) snprintf(r->reason, sizeof r->reason, "%s", mn_err_name(e));
     mn_log_warn("skipping pair %d of dataset [%s]: %s", r->pair, p->def->datasets[r->dataset].name, r->reason);
     return MN_OK;
 }
 
-/* Phase 0 for one pair: headers, grid check, spacing. */
+/* Phase 0 for one pair: headers, grid check, spacing.  Local work; on failure r->reason says why. */
 static mn_err header_pass(prep *p, vol_rec *r)
 {
     const mn_dataset_def *d = &p->def->datasets[r->dataset];
     const char *ip = d->images[r->pair], *lp = d->labels[r->pair];
     mn_volume img = {0}, lab = {0};
     mn_nifti_info ii;
-    MN_CALL(mn_nifti_read_header(ip, &img, &ii));
-    MN_CALL(mn_nifti_read_header(lp, &lab, NULL));
+    PAIR_CALL(r, mn_nifti_read_header(ip, &img, &ii), "reading the NIfTI header of image", ip);
+    PAIR_CALL(r, mn_nifti_read_header(lp, &lab, NULL), "reading the NIfTI header of label", lp);
     for (int a = 0; a < 3; a++) r->src_dim[a] = img.dim[a];
     mn_volume_world_spacing(&img, r->src_spacing);
     snprintf(r->affine_source, sizeof r->affine_source, "%s", ii.affine_source);
     if (!d->label_grid) {
-        MN_CHECK(mn_volume_same_grid(&img, &lab, p->def->affine_tolerance), MN_ERR_FORMAT,
+        PAIR_CHECK(r, mn_volume_same_grid(&img, &lab, p->def->affine_tolerance), MN_ERR_FORMAT,
                  "label grid of '%s' (%lldx%lldx%lld, x row %g %g %g %g) does not match image '%s' (%lldx%lldx%lld, "
                  "x row %g %g %g %g) within %g mm\n---> HINT: set `label_grid = world` in [%s] to resample the label "
                  "through world coordinates", lp, (long long)lab.dim[0], (long long)lab.dim[1], (long long)lab.dim[2],
@@ -111,9 +147,9 @@ static mn_err header_pass(prep *p, vol_rec *r)
         mn_grid g;
         double sp[3];
         mn_volume_world_spacing(&img, sp);
-        MN_CALL(mn_grid_for_volume(&img, sp, &g));
+        PAIR_CALL(r, mn_grid_for_volume(&img, sp, &g), "building the grid of image", ip);
         double ov = mn_grid_overlap(&g, &lab);
-        MN_CHECK(ov >= 0.5, MN_ERR_FORMAT, "label '%s' covers only %.0f%% of the world box of image '%s' (expected "
+        PAIR_CHECK(r, ov >= 0.5, MN_ERR_FORMAT, "label '%s' covers only %.0f%% of the world box of image '%s' (expected "
                  ">= 50%%): wrong label file or affine?", lp, 100 * ov, ip);
     }
     r->status = REC_OK;
@@ -137,7 +173,8 @@ static mn_err combine_records(prep *p)
     return MN_OK;
 }
 
-/* Phase 1 for one pair: read, validate, resample, crop, normalise (MR) or sample (CT).  Fills r and *out. */
+/* Phase 1 for one pair: read, validate, resample, crop, normalise (MR) or sample (CT).  Fills r and *out.  Local
+ * work; on failure r->reason says why. */
 static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
 {
     const mn_dataset_def *d = &p->def->datasets[r->dataset];
@@ -147,17 +184,20 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     mn_nifti_info ii, li;
     float *rimg = NULL, *rlab = NULL, *rmsk = NULL, *cmsk = NULL;
     mn_err e = MN_OK;
-#define TRY(x)                                                                                                 \
+#define TRY(x, step, path)                                                                                     \
     do {                                                                                                       \
-        if ((e = (x)) != MN_OK) goto done;                                                                     \
+        if ((e = (x)) != MN_OK) {                                                                              \
+            e = pair_step_failed(r, e, (step), (path), __FILE__, __LINE__, __func__);                          \
+            goto done;                                                                                         \
+        }                                                                                                      \
     } while (0)
 #define FAIL(code, ...)                                                                                        \
     do {                                                                                                       \
-        e = mn_error_report((code), __FILE__, __LINE__, __func__, __VA_ARGS__);                                \
+        e = pair_fail(r, (code), __FILE__, __LINE__, __func__, __VA_ARGS__);                                   \
         goto done;                                                                                             \
     } while (0)
-    TRY(mn_nifti_read(ip, &img, &ii));
-    TRY(mn_nifti_read(lp, &lab, &li));
+    TRY(mn_nifti_read(ip, &img, &ii), "reading image", ip);
+    TRY(mn_nifti_read(lp, &lab, &li), "reading label", lp);
     r->img_bytes = ii.file_bytes, r->img_crc = ii.crc32;
     r->lab_bytes = li.file_bytes, r->lab_crc = li.crc32;
     /* Validation on the source voxels. */
@@ -181,24 +221,24 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     msk.data = malloc((size_t)nv * sizeof(float));
     if (!msk.data) FAIL(MN_ERR_MEM, "out of memory for the mask of '%s'", ip);
     for (int64_t i = 0; i < nv; i++) msk.data[i] = zs ? img.data[i] > 0 : img.data[i] != 0;
-    if (d->antialias) TRY(mn_antialias(&img, sp, r->aa_sigma));
-    TRY(mn_label_map_apply(&lab, d->ranges, d->num_ranges, d->num_classes, lp));
+    if (d->antialias) TRY(mn_antialias(&img, sp, r->aa_sigma), "low-pass filtering image", ip);
+    TRY(mn_label_map_apply(&lab, d->ranges, d->num_ranges, d->num_classes, lp), "mapping the label values of", lp);
     int64_t nfg = 0, nl = mn_volume_voxels(&lab);
     for (int64_t i = 0; i < nl; i++) nfg += lab.data[i] > 0;
     if (!nfg) FAIL(MN_ERR_FORMAT, "label '%s' is empty: no voxel maps to a foreground class (label_map: %s)", lp,
                    d->label_map_text);
     /* Resample both onto the image's canonical grid. */
     mn_grid g;
-    TRY(mn_grid_for_volume(&img, sp, &g));
+    TRY(mn_grid_for_volume(&img, sp, &g), "building the grid of image", ip);
     int64_t dims[3] = {g.n[2], g.n[1], g.n[0]}, ng = g.n[0] * g.n[1] * g.n[2];
     rimg = malloc((size_t)ng * sizeof *rimg);
     rlab = malloc((size_t)ng * sizeof *rlab);
     rmsk = malloc((size_t)ng * sizeof *rmsk);
     if (!rimg || !rlab || !rmsk) FAIL(MN_ERR_MEM, "out of memory resampling '%s'", ip);
     /* Outside the image's own grid the background is its minimum (0 for MR, air for CT). */
-    TRY(mn_resample(&img, &g, 1, vmin, rimg));
-    TRY(mn_resample(&lab, &g, 0, 0, rlab));
-    TRY(mn_resample(&msk, &g, 0, 0, rmsk));
+    TRY(mn_resample(&img, &g, 1, vmin, rimg), "resampling image", ip);
+    TRY(mn_resample(&lab, &g, 0, 0, rlab), "resampling label", lp);
+    TRY(mn_resample(&msk, &g, 0, 0, rmsk), "resampling the foreground mask of image", ip);
     mn_volume_free(&img);
     mn_volume_free(&lab);
     mn_volume_free(&msk);
@@ -407,7 +447,7 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
 {
     const mn_corpus_def *def = p->def;
     hid_t fapl, file;
-    MN_CALL(mn_corpus_fapl(p->size > 1 ? p->comm : MPI_COMM_NULL, &fapl));
+    MN_CALL(mn_corpus_fapl(p->size > 1 ? p->comm : MPI_COMM_NULL, 1, &fapl));
     MN_H5(file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
     MN_H5(H5Pclose(fapl));
     int64_t fmt = MN_CORPUS_FORMAT, nd = def->num_datasets;
@@ -496,24 +536,15 @@ static uint32_t corpus_checksum(const prep *p)
     return (uint32_t)c;
 }
 
-static void prep_free(prep *p)
-{
-    if (p->data)
-        for (int g = 0; g < p->nvol; g++) free(p->data[g].image), free(p->data[g].label);
-    free(p->data), free(p->rec), free(p->samples), free(p->first), free(p->spacing), free(p->dstats);
-}
-
-/* Everything between the output check and the rename; returns an error agreed on by all ranks, or a local one
- * from the write phase. */
-static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_prep_summary *sum)
+/* Local work: the per-dataset tables and the volume records (zeroed, each naming its dataset and pair). */
+static mn_err alloc_records(prep *p)
 {
     const mn_corpus_def *def = p->def;
-    int nd = def->num_datasets;
+    int nd = def->num_datasets, any_stats = 0;
     p->first = calloc((size_t)nd + 1, sizeof *p->first);
     p->spacing = calloc((size_t)nd, sizeof *p->spacing);
     p->dstats = calloc((size_t)nd, sizeof *p->dstats);
     MN_CHECK(p->first && p->spacing && p->dstats, MN_ERR_MEM, "out of memory");
-    int any_stats = 0;
     for (int d = 0; d < nd; d++) {
         p->first[d + 1] = p->first[d] + def->datasets[d].num_pairs;
         any_stats |= needs_dataset_stats(&def->datasets[d]);
@@ -521,11 +552,77 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
     p->nvol = p->first[nd];
     p->rec = calloc((size_t)p->nvol, sizeof *p->rec);
     p->data = calloc((size_t)p->nvol, sizeof *p->data);
+    p->median_buf = malloc((size_t)(p->nvol ? p->nvol : 1) * sizeof *p->median_buf);
     if (any_stats) p->samples = calloc((size_t)p->nvol * SAMPLES_PER_VOLUME, sizeof(float));
-    MN_CHECK(p->rec && p->data && (!any_stats || p->samples), MN_ERR_MEM, "out of memory for %d volume records",
-             p->nvol);
+    MN_CHECK(p->rec && p->data && p->median_buf && (!any_stats || p->samples), MN_ERR_MEM, "out of memory for %d "
+             "volume records", p->nvol);
     for (int d = 0; d < nd; d++)
         for (int g = p->first[d]; g < p->first[d + 1]; g++) p->rec[g].dataset = d, p->rec[g].pair = g - p->first[d];
+    return MN_OK;
+}
+
+/* Not collective: every dataset keeps at least one pair (on the combined records). */
+static mn_err check_not_empty(const prep *p)
+{
+    for (int d = 0; d < p->def->num_datasets; d++) {
+        int ok = 0;
+        for (int g = p->first[d]; g < p->first[d + 1]; g++) ok += p->rec[g].status == REC_OK;
+        MN_CHECK(ok, MN_ERR_FORMAT, "dataset [%s]: all %d pair(s) were rejected; nothing to write",
+                 p->def->datasets[d].name, p->first[d + 1] - p->first[d]);
+    }
+    return MN_OK;
+}
+
+/* Not collective: the checks before anything is read, each made by the rank(s) that can answer it.  Rank 0 answers
+ * for the definition and for whether the output exists (one answer, not one per rank); every rank checks that it
+ * can write into the output's directory, because every rank opens the file for writing with MPI-IO. */
+static mn_err preflight(const prep *p, const char *output)
+{
+    const mn_corpus_def *def = p->def;
+    MN_CALL(mn_h5_init());
+    if (p->rank == 0) {
+        MN_CHECK(def->compress == 0 || p->size == 1, MN_ERR_CONFIG, "compress = %d needs a single rank: parallel "
+                 "HDF5 1.10 cannot write compressed datasets independently (run prep on 1 rank or set compress = 0)",
+                 def->compress);
+        for (int d = 0; d < def->num_datasets; d++)
+            MN_CHECK(def->datasets[d].num_pairs > 0, MN_ERR_ARG, "dataset [%s] has no file pairs (call "
+                     "mn_corpus_def_expand first)", def->datasets[d].name);
+        /* Never touch an existing corpus without --force. */
+        MN_CHECK(access(output, F_OK) != 0 || p->force, MN_ERR_IO, "output '%s' exists; refusing to overwrite it\n"
+                 "---> HINT: pass --force to replace it, or choose another output", output);
+    }
+    /* A directory we cannot write to is found now rather than by H5Fcreate in the write phase (whose errors are
+     * not agreed and end in MPI_Abort). */
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s", output);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) dir[1] = 0;
+    else if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    if (access(dir, W_OK | X_OK) != 0) {
+        int why = errno;
+        MN_FAIL(MN_ERR_IO, "cannot write the corpus '%s' on this rank: its directory does not exist or is not "
+                "writable ('%s': %s)", output, dir, strerror(why));
+    }
+    return MN_OK;
+}
+
+static void prep_free(prep *p)
+{
+    if (p->data)
+        for (int g = 0; g < p->nvol; g++) free(p->data[g].image), free(p->data[g].label);
+    free(p->data), free(p->rec), free(p->samples), free(p->first), free(p->spacing), free(p->dstats);
+    free(p->median_buf);
+}
+
+/* Everything between the output check and the rename.  Collective on p->comm.  Errors of the input phases (0-2)
+ * and the rename are agreed (mn_agree); errors of the write phase and failing MPI calls are not. */
+static mn_err run(prep *p, const char *output, const char *tmp, mn_prep_summary *sum)
+{
+    const mn_corpus_def *def = p->def;
+    int nd = def->num_datasets;
+    /* Memory for the records: local work, agreed. */
+    MN_CALL(mn_agree(p->comm, alloc_records(p)));
 
     /* Phase 0: headers. */
     mn_err e = MN_OK;
@@ -533,22 +630,19 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
         e = header_pass(p, &p->rec[g]);
         if (e) e = pair_error(p, &p->rec[g], e);
     }
-    *agreed = 1;
-    MN_CALL(mn_mpi_agree(p->comm, e));
-    *agreed = 0;
+    MN_CALL(mn_agree(p->comm, e));
     MN_CALL(combine_records(p));
-    double *v = malloc((size_t)(p->nvol ? p->nvol : 1) * sizeof *v);
-    MN_CHECK(v, MN_ERR_MEM, "out of memory");
+    /* The target spacing of each dataset: the same on every rank (from the combined records). */
     for (int d = 0; d < nd; d++) {
         const mn_dataset_def *ds = &def->datasets[d];
         for (int a = 0; a < 3; a++) {
             int n = 0;
             for (int g = p->first[d]; g < p->first[d + 1]; g++)
-                if (p->rec[g].status == REC_OK) v[n++] = p->rec[g].src_spacing[a];
-            p->spacing[d][a] = ds->has_spacing ? ds->spacing[a] : def->has_spacing ? def->spacing[a] : n ? median(v, n) : 1;
+                if (p->rec[g].status == REC_OK) p->median_buf[n++] = p->rec[g].src_spacing[a];
+            p->spacing[d][a] = ds->has_spacing ? ds->spacing[a] : def->has_spacing ? def->spacing[a]
+                                                                   : n ? median(p->median_buf, n) : 1;
         }
     }
-    free(v);
     /* Records are rebuilt in phase 1: each owner keeps only what the header pass found. */
     for (int g = 0; g < p->nvol; g++) {
         int own = g % p->size == p->rank;
@@ -573,9 +667,7 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
         if (e) e = pair_error(p, &p->rec[g], e);
         else bytes_read += p->rec[g].img_bytes + p->rec[g].lab_bytes;
     }
-    *agreed = 1;
-    MN_CALL(mn_mpi_agree(p->comm, e));
-    *agreed = 0;
+    MN_CALL(mn_agree(p->comm, e));
 
     /* Phase 2: dataset statistics, then owners finish their volumes. */
     MN_CALL(combine_records(p));
@@ -599,30 +691,21 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
         }
     }
     MN_CALL(combine_records(p));
-    /* A dataset whose every pair was skipped cannot be written: the same verdict on every rank. */
-    for (int d = 0; d < nd; d++) {
-        int ok = 0;
-        for (int g = p->first[d]; g < p->first[d + 1]; g++) ok += p->rec[g].status == REC_OK;
-        if (!ok) {
-            *agreed = 1;
-            MN_FAIL(MN_ERR_FORMAT, "dataset [%s]: all %d pair(s) were rejected; nothing to write",
-                    def->datasets[d].name, p->first[d + 1] - p->first[d]);
-        }
-    }
+    /* A dataset whose every pair was skipped cannot be written.  The combined records give every rank the same
+     * verdict: rank 0 says it, the agreement tells the others. */
+    MN_CALL(mn_agree(p->comm, p->rank == 0 ? check_not_empty(p) : MN_OK));
     uint32_t checksum = corpus_checksum(p);
 
     /* Phase 3: the file, then the rename by rank 0. */
     MN_CALL(write_file(p, tmp, checksum));
-    int rc = 0;
+    e = MN_OK;
     if (p->rank == 0 && rename(tmp, output) != 0) {
-        rc = errno;
-        mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename '%s' to '%s': %s", tmp, output,
-                        strerror(rc));
+        int rc = errno;
+        e = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "corpus not written: cannot rename '%s' to '%s': "
+                            "%s", tmp, output, strerror(rc));
         unlink(tmp);
     }
-    MN_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, p->comm));
-    *agreed = 1;
-    MN_CHECK(rc == 0, MN_ERR_IO, "corpus not written: rename to '%s' failed", output);
+    MN_CALL(mn_agree(p->comm, e));
 
     long long loc[2] = {bytes_read, bytes_written}, tot[2];
     MN_MPI(MPI_Allreduce(loc, tot, 2, MPI_LONG_LONG, MPI_SUM, p->comm));
@@ -643,48 +726,17 @@ static mn_err run(prep *p, const char *output, const char *tmp, int *agreed, mn_
 mn_err mn_corpus_prep(MPI_Comm comm, const mn_corpus_def *def, const mn_prep_options *opt, mn_prep_summary *sum)
 {
     memset(sum, 0, sizeof *sum);
-    sum->error_agreed = 1; /* every check before run() gives the same verdict on every rank */
-    prep p = {.comm = comm, .def = def};
+    prep p = {.comm = comm, .def = def, .force = opt->force};
     MN_MPI(MPI_Comm_rank(comm, &p.rank));
     MN_MPI(MPI_Comm_size(comm, &p.size));
-    MN_CALL(mn_h5_init());
     p.skip_bad = opt->skip_bad >= 0 ? opt->skip_bad : def->skip_bad;
     const char *output = opt->output ? opt->output : def->output;
     char tmp[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp", output);
-    MN_CHECK(def->compress == 0 || p.size == 1, MN_ERR_CONFIG,
-             "compress = %d needs a single rank: parallel HDF5 1.10 cannot write compressed datasets independently "
-             "(run prep on 1 rank or set compress = 0)", def->compress);
-    for (int d = 0; d < def->num_datasets; d++)
-        MN_CHECK(def->datasets[d].num_pairs > 0, MN_ERR_ARG, "dataset [%s] has no file pairs (call "
-                 "mn_corpus_def_expand first)", def->datasets[d].name);
-    /* Never touch an existing corpus without --force (decided by rank 0, the same answer everywhere). */
-    int exists = 0;
-    if (p.rank == 0) exists = access(output, F_OK) == 0;
-    MN_MPI(MPI_Bcast(&exists, 1, MPI_INT, 0, comm));
-    MN_CHECK(!exists || opt->force, MN_ERR_IO, "output '%s' exists; refusing to overwrite it\n---> HINT: pass "
-             "--force to replace it, or choose another output", output);
-    /* A directory we cannot write to is found now, by rank 0, rather than by H5Fcreate in the write phase (where
-     * an error is no longer agreed on and ends in MPI_Abort). */
-    int writable = 1;
-    if (p.rank == 0) {
-        char dir[1100];
-        snprintf(dir, sizeof dir, "%s", output);
-        char *slash = strrchr(dir, '/');
-        if (slash == dir) dir[1] = 0;
-        else if (slash) *slash = 0;
-        else snprintf(dir, sizeof dir, ".");
-        writable = access(dir, W_OK | X_OK) == 0;
-    }
-    MN_MPI(MPI_Bcast(&writable, 1, MPI_INT, 0, comm));
-    MN_CHECK(writable, MN_ERR_IO, "cannot write the corpus '%s': its directory does not exist or is not writable",
-             output);
+    MN_CALL(mn_agree(comm, preflight(&p, output)));
     double t0 = MPI_Wtime();
-    int agreed = 0;
-    mn_err e = run(&p, output, tmp, &agreed, sum);
+    mn_err e = run(&p, output, tmp, sum);
     prep_free(&p);
-    sum->error_agreed = agreed;
-    if (e && !agreed) return e; /* a local write-phase error: the caller aborts */
     MN_CHECK(!e, e, "called from run");
     double dt = MPI_Wtime() - t0;
     MN_MPI(MPI_Allreduce(&dt, &sum->seconds, 1, MPI_DOUBLE, MPI_MAX, comm));

@@ -1,4 +1,4 @@
-# Corpus (issue 4): NIfTI reading, normalisation, the parallel-HDF5 corpus, shards, sampler, mednet prep.
+# Corpus: NIfTI reading, normalisation, the parallel-HDF5 corpus, shards, sampler, mednet prep.
 mn_test(test_nifti SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_nifti.c TIMEOUT 60 LABELS corpus)
 
 # The synthetic inputs (a fixture: the 1-, 2- and 4-rank runs read the same files), the MPI corpus test, and the
@@ -65,3 +65,16 @@ add_test(NAME test_prep_example
          COMMAND sh -c "$<TARGET_FILE:mednet> prep ${PROJECT_SOURCE_DIR}/configs/corpus_example.ini --output example.h5 --force > example.log && cat example.log && grep -Eq 'colin_window +pretrain other' example.log"
          WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
 set_tests_properties(test_prep_example PROPERTIES FIXTURES_REQUIRED corpus_inputs LABELS corpus)
+
+# A corpus file that one rank cannot open (a path only it gets wrong, a directory, not HDF5, another file): every
+# rank returns an agreed error within seconds from mn_corpus_open and mn_shard_load; the TIMEOUT turns a hang into
+# a failure.
+mn_mpi_test(test_corpus_open_fault SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_corpus_open_fault.c NPROCS 3
+            ARGS ${MN_CORPUS_TEST_DIR} TIMEOUT 30 LABELS corpus)
+set_tests_properties(test_corpus_open_fault_np3 PROPERTIES FIXTURES_REQUIRED corpus_np1)
+
+# Damaged copies of the corpus (seeded byte flips in the voxel data, truncations before and after the open): the
+# open or the shard load returns an agreed error on every rank, never a local one (MPI_Abort), never a hang.
+mn_mpi_test(test_corpus_damage SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_corpus_damage.c NPROCS 2
+            ARGS ${MN_CORPUS_TEST_DIR} TIMEOUT 60 LABELS corpus)
+set_tests_properties(test_corpus_damage_np2 PROPERTIES FIXTURES_REQUIRED corpus_np1)

@@ -8,9 +8,13 @@
  * - the sampler is deterministic from (seed, rank, step), orders samples by dataset, oversamples foreground,
  *   and pads crops larger than a volume with MN_LABEL_IGNORE;
  * - bad inputs (missing file, wrong magic, truncated .nii.gz, 4-D, mismatched label grid, empty label, NaN,
- *   label code outside the map) fail on every rank with the expected error, leave no output or temporary file,
- *   and never touch an existing corpus, even with --force; --skip-bad skips and counts a bad pair;
- * - a truncated corpus, one with a dataset or a volume removed, or with modified voxels is rejected.
+ *   label code outside the map) fail on every rank with the expected error, agreed (mn_err_is_agreed) on every
+ *   rank, leave no output or temporary file, and never touch an existing corpus, even with --force; an existing
+ *   output without --force and compression on several ranks are refused with an agreed error; --skip-bad skips and
+ *   counts a bad pair, and the skip reason recorded in the file names the file;
+ * - a truncated corpus, one with a dataset or a volume removed, or with modified voxels is rejected with an
+ *   agreed error on every rank.
+ * Error codes are compared with mn_err_code (the agreement bits set by mn_agree ride on the value).
  */
 #include "mednet/corpus.h"
 #include "mednet/mpicheck.h"
@@ -34,6 +38,7 @@ static mn_err prep_text(const char *text, const char *output, int force, int ski
     if (!e) e = mn_corpus_def_from_config(cfg, &def);
     mn_config_destroy(&cfg);
     if (!e) e = mn_corpus_def_expand(MPI_COMM_WORLD, def);
+    e = mn_agree(MPI_COMM_WORLD, e); /* as `mednet prep` does: the definition gives the same verdict everywhere */
     mn_prep_options opt = {.output = output, .force = force, .skip_bad = skip};
     if (!e) e = mn_corpus_prep(MPI_COMM_WORLD, def, &opt, sum);
     mn_corpus_def_destroy(&def);
@@ -106,7 +111,7 @@ static void test_prep_and_info(char *out, size_t cap)
     if (size == 1)
         TEST_EXPECT(e == MN_OK && sum.volumes_written == 7, "compressed prep on 1 rank: %s", mn_err_name(e));
     else
-        TEST_EXPECT(e == MN_ERR_CONFIG && sum.error_agreed && access(gz, F_OK) != 0, "compress on %d ranks must be "
+        TEST_EXPECT(mn_err_code(e) == MN_ERR_CONFIG && mn_err_is_agreed(e) && access(gz, F_OK) != 0, "compress on %d ranks must be "
                     "refused on every rank before writing: %s", size, mn_err_name(e));
     mn_corpus_def_destroy(&def);
 }
@@ -276,12 +281,12 @@ static void bad_case(const char *name, const char *image, const char *label, con
     mn_error_set_quiet(1);
     mn_err e = prep_text(text, out, 1, 0, &sum);
     mn_error_set_quiet(0);
-    int all_same = 0, code = (int)e, mx, mnv;
+    int all_same = 0, code = (int)mn_err_code(e), mx, mnv;
     MPI_Allreduce(&code, &mx, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(&code, &mnv, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     all_same = mx == mnv;
-    TEST_EXPECT(e == want && all_same, "%s: got %s on rank %d, want %s on every rank", name, mn_err_name(e), rank,
-                mn_err_name(want));
+    TEST_EXPECT(mn_err_code(e) == want && mn_err_is_agreed(e) && all_same, "%s: got %s (agreed: %d) on rank %d, want "
+                "%s agreed on every rank", name, mn_err_name(e), mn_err_is_agreed(e), rank, mn_err_name(want));
     if (rank == 0) {
         TEST_EXPECT(file_crc(out) == before && before != 0, "%s: the existing corpus was modified", name);
         TEST_EXPECT(access(tmp, F_OK) != 0, "%s: temporary file left behind", name);
@@ -323,7 +328,9 @@ static void test_bad_inputs(const char *good_corpus)
     mn_error_set_quiet(1);
     mn_err e = prep_text(text, existing, 0, 0, &sum);
     mn_error_set_quiet(0);
-    TEST_EXPECT(e == MN_ERR_IO && strstr(mn_error_last(), "exists"), "no --force: %s", mn_error_last());
+    TEST_EXPECT(mn_err_code(e) == MN_ERR_IO && mn_err_is_agreed(e) && (rank || strstr(mn_error_last(), "exists")),
+                "no --force: %s (agreed: %d) on rank %d: %s", mn_err_name(e), mn_err_is_agreed(e), rank,
+                mn_error_last());
 
     /* --skip-bad: the NaN pair is skipped and counted, the good pair written. */
     char skip_out[1100];
@@ -335,6 +342,21 @@ static void test_bad_inputs(const char *good_corpus)
     mn_error_set_quiet(0);
     TEST_EXPECT(e == MN_OK && sum.volumes_written == 1 && sum.pairs_skipped == 2, "skip-bad: %s, %d written, %d "
                 "skipped", mn_err_name(e), sum.volumes_written, sum.pairs_skipped);
+    /* The reasons travel with the records: whichever rank processed a pair, the file names it and its problem. */
+    if (rank == 0 && e == MN_OK) {
+        char why[4096] = "";
+        hid_t f = H5Fopen(skip_out, H5F_ACC_RDONLY, H5P_DEFAULT), g = f >= 0 ? H5Gopen2(f, "d", H5P_DEFAULT) : -1;
+        hid_t a = g >= 0 ? H5Aopen(g, "skipped_pairs", H5P_DEFAULT) : -1, t = a >= 0 ? H5Aget_type(a) : -1;
+        if (t >= 0 && H5Tget_size(t) < sizeof why) H5Aread(a, t, why);
+        if (t >= 0) H5Tclose(t);
+        if (a >= 0) H5Aclose(a);
+        if (g >= 0) H5Gclose(g);
+        if (f >= 0) H5Fclose(f);
+        TEST_EXPECT(strstr(why, "nan.nii.gz | ") && strstr(why, "NaN/Inf") &&
+                        strstr(why, "four_d.nii.gz | ") && strstr(why, "four_d.nii.gz' failed"),
+                    "skipped_pairs names each file and why:\n%s", why);
+        printf("skipped_pairs of the --skip-bad corpus:\n%s", why);
+    }
 }
 
 /* Corrupt copies of a good corpus, made by rank 0 with serial HDF5. */
@@ -385,18 +407,20 @@ static void test_bad_corpus(const char *good)
     mn_corpus_info *info = NULL;
     mn_error_set_quiet(1);
     mn_err e = mn_corpus_open(MPI_COMM_WORLD, trunc, &info);
-    TEST_EXPECT(e == MN_ERR_FORMAT && !info, "truncated corpus: %s", mn_err_name(e));
+    TEST_EXPECT(mn_err_code(e) == MN_ERR_FORMAT && mn_err_is_agreed(e) && !info, "truncated corpus: %s", mn_err_name(e));
     if (rank == 0) printf("bad corpus truncated       -> %s: %s\n", mn_err_name(e), mn_error_last());
     e = mn_corpus_open(MPI_COMM_WORLD, nods, &info);
-    TEST_EXPECT(e == MN_ERR_FORMAT && (rank || strstr(mn_error_last(), "ct_b")), "dataset removed: %s %s",
+    TEST_EXPECT(mn_err_code(e) == MN_ERR_FORMAT && mn_err_is_agreed(e) && (rank || strstr(mn_error_last(), "ct_b")),
+                "dataset removed: %s %s",
                 mn_err_name(e), mn_error_last());
     if (rank == 0) printf("bad corpus dataset removed -> %s: %s\n", mn_err_name(e), mn_error_last());
     e = mn_corpus_open(MPI_COMM_WORLD, novol, &info);
-    TEST_EXPECT(e == MN_ERR_FORMAT && (rank || strstr(mn_error_last(), "vol_0001")), "volume removed: %s %s",
+    TEST_EXPECT(mn_err_code(e) == MN_ERR_FORMAT && mn_err_is_agreed(e) && (rank || strstr(mn_error_last(), "vol_0001")),
+                "volume removed: %s %s",
                 mn_err_name(e), mn_error_last());
     if (rank == 0) printf("bad corpus volume removed  -> %s: %s\n", mn_err_name(e), mn_error_last());
     e = mn_corpus_open(MPI_COMM_WORLD, "/nonexistent/corpus.h5", &info);
-    TEST_EXPECT(e == MN_ERR_IO, "missing corpus: %s", mn_err_name(e));
+    TEST_EXPECT(mn_err_code(e) == MN_ERR_IO && mn_err_is_agreed(e), "missing corpus: %s", mn_err_name(e));
     /* Modified voxels: opening works, loading the shard fails on every rank (CRC, agreed). */
     e = mn_corpus_open(MPI_COMM_WORLD, edited, &info);
     TEST_EXPECT(e == MN_OK, "edited corpus opens");
@@ -405,7 +429,8 @@ static void test_bad_corpus(const char *good)
     if (info) {
         TEST_EXPECT(mn_shard_assign(info, size, 0, MN_ROLE_PRETRAIN, &plan) == MN_OK, "plan");
         e = mn_shard_load(MPI_COMM_WORLD, info, plan, &shard);
-        TEST_EXPECT(e == MN_ERR_FORMAT, "modified voxels: %s on rank %d", mn_err_name(e), rank);
+        TEST_EXPECT(mn_err_code(e) == MN_ERR_FORMAT && mn_err_is_agreed(e), "modified voxels: %s on rank %d",
+                    mn_err_name(e), rank);
         if (rank == 0) printf("bad corpus modified voxels -> %s: %s\n", mn_err_name(e), mn_error_last());
     }
     mn_error_set_quiet(0);

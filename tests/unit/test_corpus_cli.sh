@@ -1,8 +1,9 @@
 #!/bin/sh
 # test_corpus_cli.sh MEDNET MPIEXEC...: `mednet prep` on bad input, run in the corpus test directory (the synthetic
 # inputs of test_corpus_inputs under bad/, the corrupt corpora of test_corpus_np1, mricron_np1.h5).
-# For every bad input: exit status non-zero, the cause named on stderr, no output and no temporary file written,
-# and an existing corpus never modified (without --force it is refused; with --force and a bad input it stays).
+# For every bad input: exit status 1 (an agreed error: every rank stops cleanly; MPI_Abort would give 10 + code and
+# an "MPI_ABORT" banner), the cause named on stderr, no output and no temporary file written, and an existing
+# corpus never modified (without --force it is refused; with --force and a bad input it stays).
 set -u
 MEDNET=$1
 shift
@@ -10,11 +11,14 @@ MPIEXEC="$*"
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-# expect_fail NAME PATTERN CMD...: CMD must exit non-zero and print PATTERN on stderr.
+# expect_fail NAME PATTERN CMD...: CMD must exit with status 1, print PATTERN on stderr and not abort.
 expect_fail() {
     what=$1 pattern=$2
     shift 2
-    if "$@" > cli.out 2> cli.err; then fail "$what: exit status 0"; return; fi
+    "$@" > cli.out 2> cli.err
+    status=$?
+    [ "$status" -eq 1 ] || fail "$what: exit status $status, expected 1 (an agreed error)"
+    grep -q "MPI_ABORT" cli.out cli.err && fail "$what: the job ended in MPI_Abort"
     grep -q -- "$pattern" cli.err || { fail "$what: stderr does not name '$pattern':"; cat cli.err; }
     echo "ok   $what: $(grep -m1 -- "$pattern" cli.err | cut -c1-160)"
 }
@@ -58,6 +62,11 @@ expect_fail "truncated corpus" "truncated, corrupt or not an HDF5 file" "$MEDNET
 expect_fail "dataset removed" "dataset 'ct_b' is listed" "$MEDNET" prep --info np1_nods.h5
 expect_fail "volume removed" "vol_0001' is missing" $MPIEXEC 2 "$MEDNET" prep --info np1_novol.h5
 expect_fail "missing corpus" "does not exist" "$MEDNET" prep --info no_such_corpus.h5
+expect_fail "truncated corpus (2 ranks)" "truncated, corrupt or not an HDF5 file" $MPIEXEC 2 "$MEDNET" prep --info np1_trunc.h5
+expect_fail "missing corpus (2 ranks)" "does not exist" $MPIEXEC 2 "$MEDNET" prep --info no_such_corpus.h5
+expect_fail "not an HDF5 file (2 ranks)" "is not an HDF5 file" $MPIEXEC 2 "$MEDNET" prep --info bad_cli.ini
+expect_fail "unknown option (2 ranks)" "unknown option '--frobnicate'" $MPIEXEC 2 "$MEDNET" prep --frobnicate bad_cli.ini
+[ "$(grep -c "unknown option" cli.err)" -eq 1 ] || fail "unknown option: reported $(grep -c "unknown option" cli.err) times, expected once"
 
 if [ "$fails" -ne 0 ]; then echo "test_corpus_cli: $fails check(s) FAILED"; exit 1; fi
 echo "test_corpus_cli: all checks passed"
