@@ -1,5 +1,6 @@
 # End-to-end pre-training on the real mricron corpus (tests/train/run_pretrain_test.sh): the corpus is built once
-# by a fixture, then the loss/Dice, resume, replica, signal and bad-config cases run against it.
+# by a fixture, then the loss/Dice, resume, replica, signal and bad-config cases, and the failure cases (replica
+# fault, signal during set-up, user errors, the output-folder lock, a damaged corpus) run against it.
 set(MN_TRAIN_DIR ${CMAKE_BINARY_DIR}/train-tests)
 file(MAKE_DIRECTORY ${MN_TRAIN_DIR})
 add_test(NAME train_prep_mricron
@@ -31,3 +32,12 @@ mn_train_case(nan TIMEOUT 300)
 foreach(np 1 2 3 4)
   mn_train_case(replicas NP ${np} TIMEOUT 300)
 endforeach()
+# Failures end the whole job cleanly: a replica mismatch injected on one holder of a head (5 ranks), SIGUSR1 during
+# set-up, user mistakes (depth, init_encoder, a checkpoint of another depth), a second run on a locked output
+# folder, damaged corpus files.  Each checks the exit status and the message; the script's own `timeout 120` per
+# run turns a hang into a failure.
+mn_train_case(replica_fault TIMEOUT 180)
+mn_train_case(signal_setup TIMEOUT 150)
+mn_train_case(user_errors TIMEOUT 400)
+mn_train_case(lock TIMEOUT 400)
+mn_train_case(corrupt_corpus TIMEOUT 300)

@@ -20,6 +20,36 @@ run() { # run NP OUT [overrides...]: mpirun NP ranks, output to OUT.log, status 
   status=$?
 }
 
+# The failure cases below also need the time of each line: stamp() prefixes every line with the epoch time (bash's
+# EPOCHREALTIME, no subprocess per line), and run_stamped leaves OUT.tlog (stamped) and OUT.log (plain).
+stamp() { while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done; }
+run_stamped() { # run_stamped CMD NP OUT [overrides...]: CMD is pretrain or finetune (with its own config)
+  local cmd=$1 np=$2 out=$3 cfg=$config
+  shift 3
+  [ "$cmd" = finetune ] && cfg=$(dirname "$config")/finetune_mricron.ini
+  t_start=$EPOCHREALTIME
+  timeout 120 "${mpiexec[@]}" -n "$np" "$mednet" "$cmd" "$cfg" "${common[@]}" train.out_dir="$out" "$@" 2>&1 |
+    stamp > "$out.tlog"
+  status=${PIPESTATUS[0]}
+  t_end=$EPOCHREALTIME
+  cut -d' ' -f2- "$out.tlog" > "$out.log"
+}
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# expect_agreed LOG WHAT PATTERN...: exit status 1 (an agreed error: not 124 = timeout, not 10+code = MPI_Abort),
+# no MPI_ABORT in the log, and every PATTERN (grep -E) in it.
+expect_agreed() {
+  local log=$1 what=$2
+  shift 2
+  [ "$status" -eq 1 ] || { cat "$log"; fail "$what: expected the agreed exit status 1, got $status"; }
+  ! grep -q "MPI_ABORT" "$log" || { cat "$log"; fail "$what: the job ended in MPI_Abort"; }
+  for pat in "$@"; do
+    grep -Eq -- "$pat" "$log" || { cat "$log"; fail "$what: no line matching '$pat'"; }
+  done
+  local nerr
+  nerr=$(grep -Ec '^\[rank [0-9]+\]' "$log")
+  echo "  $what: exit 1 (agreed) after $(secs "$t_start" "$t_end") s; $nerr error line(s)"
+}
+
 case "$case_name" in
 e2e)
   # Loss falls and every head's foreground Dice rises above the untrained model's, on 2 ranks.
@@ -114,6 +144,141 @@ badconfig)
   run 2 bad corpus.path=/nonexistent/corpus.h5
   grep -q "/nonexistent/corpus.h5" bad.log && [ $status -ne 0 ] || { cat bad.log; fail "missing corpus"; }
   echo "bad config: unknown key, bad value and missing corpus rejected with messages"
+  ;;
+replica_fault)
+  # 5 ranks: the 4-volume corpus puts colin_aal on ranks 0 and 1.  Rank 1 perturbs its colin_aal head after step 3;
+  # the check after that step must end EVERY rank (holders and the three others) with the agreed status 1 within
+  # seconds, naming the head and the rank that differs.  A check agreed only among the head's holders leaves the
+  # other ranks in their next collective: `timeout 120` turns that hang into status 124.
+  MEDNET_FAULT=head_mismatch:1:2 run_stamped pretrain 5 rf train.steps=6 train.consistency_every=1 sampler.crop=16
+  grep -Eq '^ +0 +1 +colin_aal:0$' rf.log && grep -Eq '^ +1 +1 +colin_aal:0$' rf.log ||
+    { cat rf.log; fail "the plan does not put colin_aal on ranks 0 and 1"; }
+  t_fault=$(awk '/MEDNET_FAULT: perturbed head/ { print $1; exit }' rf.tlog)
+  [ -n "$t_fault" ] || { cat rf.log; fail "the fault was not injected (no MEDNET_FAULT line)"; }
+  grep -q "MEDNET_FAULT: perturbed head colin_aal after step 3" rf.log ||
+    { cat rf.log; fail "rank 1 did not perturb colin_aal"; }
+  expect_agreed rf.log "head mismatch on rank 1" "replica mismatch in head colin_aal parameters.*world rank\(s\) 1 "
+  ! grep -q '^step [4-6]/6' rf.log || { cat rf.log; fail "training went on after the mismatch"; }
+  dt=$(secs "$t_fault" "$t_end")
+  awk -v d="$dt" 'BEGIN { exit !(d < 30) }' || { cat rf.log; fail "the job took $dt s from the fault to its end"; }
+  echo "replica_fault: head colin_aal perturbed on rank 1 of 5; every rank exited 1, $dt s from the fault to the" \
+    "end of the job"
+  ;;
+signal_setup)
+  # SIGUSR1 raised by rank 1 while the run sets up: no step trained, no checkpoint, exit 99 on every rank.
+  MEDNET_FAULT=signal_setup:1 run_stamped pretrain 2 ss train.steps=50
+  cat ss.log
+  [ $status -eq 99 ] || fail "expected the requeue status 99 after SIGUSR1 during set-up, got $status"
+  grep -q "caught SIGUSR1 at step 0: nothing trained yet, no checkpoint" ss.log || fail "no 'caught SIGUSR1' line"
+  ! grep -q '^step ' ss.log || fail "a step ran after the signal"
+  [ ! -e ss/latest ] || fail "a checkpoint was written although nothing was trained"
+  [ ! -e ss/.mednet.lock ] || fail "the output-folder lock was left behind"
+  echo "signal_setup: exit 99 after $(secs "$t_start" "$t_end") s, no step, no checkpoint, lock released"
+  ;;
+user_errors)
+  # Mistakes a user makes, on 2 ranks: each one clear message and the agreed status 1, never MPI_Abort.
+  run_stamped pretrain 2 ue_depth model.depth=11 train.steps=2
+  expect_agreed ue_depth.log "model.depth=11" "depth = 11.*10, 18, 34, 50, 101, 152 or 200"
+  # Rejected while reading the config, before the corpus is opened.
+  ! grep -q "shard assignment" ue_depth.log || { cat ue_depth.log; fail "model.depth=11: the corpus was loaded first"; }
+  echo "  model.depth=11: the cause is printed $(grep -c 'depth = 11' ue_depth.log) time(s) on 2 ranks"
+  ftcfg=$(dirname "$config")/finetune_mricron.ini
+  run_stamped finetune 2 ue_notckpt train.init_encoder="$ftcfg" train.steps=2
+  expect_agreed ue_notckpt.log "train.init_encoder = a config file" \
+    "$(basename "$ftcfg").* is not a (readable HDF5 file|mednet training checkpoint)"
+  ! grep -q "shard assignment" ue_notckpt.log || { cat ue_notckpt.log; fail "init_encoder checked after the corpus"; }
+  run_stamped finetune 2 ue_missing train.init_encoder="$work/no/such/ckpt-9.h5" train.steps=2
+  expect_agreed ue_missing.log "train.init_encoder = a missing file" "no/such/ckpt-9\.h5"
+  # A resnet10 checkpoint, then the same folder with model.depth=18 (resume), and as a fine-tuning encoder.
+  run 2 ue_r10 train.steps=2
+  [ $status -eq 0 ] && [ -f ue_r10/ckpt-2.h5 ] || { cat ue_r10.log; fail "the resnet10 run exited with $status"; }
+  run_stamped pretrain 2 ue_r10 model.depth=18 train.steps=4
+  expect_agreed ue_r10.log "resume a resnet10 checkpoint with model.depth=18" \
+    "ue_r10/ckpt-2\.h5 holds a resnet10 encoder; model\.depth is 18"
+  ! grep -q "shard assignment" ue_r10.log || { cat ue_r10.log; fail "the checkpoint was checked after the corpus"; }
+  [ "$(grep -c 'holds a resnet10 encoder' ue_r10.log)" -eq 1 ] ||
+    { cat ue_r10.log; fail "the cause is not printed once"; }
+  run_stamped finetune 2 ue_ft18 train.init_encoder=ue_r10/ckpt-2.h5 model.depth=18 train.steps=2
+  expect_agreed ue_ft18.log "fine-tune from a resnet10 checkpoint with model.depth=18" \
+    "ue_r10/ckpt-2\.h5 holds a resnet10 encoder; model\.depth is 18"
+  echo "user_errors: bad depth, non-checkpoint and missing init_encoder, depth mismatch on resume and fine-tune"
+  ;;
+lock)
+  # Two runs on one output folder: the second is refused (agreed exit 1 naming the holder) while the first goes
+  # on undisturbed; the first then checkpoints on SIGUSR1 and releases the lock, and a third run resumes from it.
+  "${mpiexec[@]}" -n 2 "$mednet" pretrain "$config" "${common[@]}" train.out_dir=lk train.steps=400 \
+    train.checkpoint_every=2 sampler.crop=16 > lkA.log 2>&1 &
+  pidA=$!
+  for _ in $(seq 1 240); do
+    grep -q '^step 1/' lkA.log 2>/dev/null && break
+    kill -0 $pidA 2>/dev/null || break
+    sleep 0.5
+  done
+  grep -q '^step 1/' lkA.log || { kill -9 $pidA; cat lkA.log; fail "the first run did not start"; }
+  holder_pid=$(sed -n 's/^pid=//p' lk/.mednet.lock)
+  [ -n "$holder_pid" ] || { kill -9 $pidA; fail "no pid in lk/.mednet.lock"; }
+  run_stamped pretrain 2 lk train.steps=400 sampler.crop=16
+  mv lk.log lkB.log
+  kill -0 $pidA 2>/dev/null || { cat lkA.log; fail "the first run died while the second started"; }
+  expect_agreed lkB.log "second run on the same folder" \
+    "output folder lk is in use by .*pid $holder_pid.*still running" "lk/\.mednet\.lock"
+  tB=$(secs "$t_start" "$t_end")
+  awk -v d="$tB" 'BEGIN { exit !(d < 60) }' || { kill -9 $pidA; fail "the refusal took $tB s"; }
+  # The first run still trains after the refusal.
+  nA=$(grep -c '^step ' lkA.log)
+  for _ in $(seq 1 120); do [ "$(grep -c '^step ' lkA.log)" -gt $((nA + 1)) ] && break; sleep 0.5; done
+  [ "$(grep -c '^step ' lkA.log)" -gt $((nA + 1)) ] ||
+    { kill -9 $pidA; cat lkA.log; fail "the first run stopped training"; }
+  kill -USR1 $pidA
+  wait $pidA
+  statusA=$?
+  [ $statusA -eq 99 ] || { cat lkA.log; fail "the first run exited with $statusA after SIGUSR1, expected 99"; }
+  [ ! -e lk/.mednet.lock ] || fail "the first run left its lock behind"
+  ck=$(cat lk/latest) || fail "no latest pointer"
+  step=$(echo "$ck" | sed -n 's/.*ckpt-\([0-9]*\)\.h5.*/\1/p')
+  [ -n "$step" ] && [ -f "lk/ckpt-$step.h5" ] || fail "latest names '$ck', which is not there"
+  run 2 lk train.steps=$((step + 2)) sampler.crop=16
+  [ $status -eq 0 ] || { cat lk.log; fail "a run after the first one ended exited with $status (lock not released?)"; }
+  grep -q "resumed from lk/ckpt-$step.h5 at step $step" lk.log ||
+    { cat lk.log; fail "did not resume from the first run's checkpoint"; }
+  echo "lock: second run refused in $tB s naming pid $holder_pid; the first trained on, checkpointed at step" \
+    "$step and released the lock; a third run resumed from it"
+  ;;
+corrupt_corpus)
+  # Damaged copies of the corpus: bytes flipped inside one volume's voxel data (found through h5py: the chunk's
+  # byte offset), and a copy truncated to 60 %.  Every rank stops with the agreed status 1 and a message naming the
+  # file; never MPI_Abort, never a hang (timeout 120).
+  $py - "$corpus" flip.h5 trunc.h5 <<'PY' || fail "cannot make the damaged copies"
+import os, shutil, sys
+import h5py
+src, flip, trunc = sys.argv[1:4]
+shutil.copyfile(src, flip)
+shutil.copyfile(src, trunc)
+s = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+with h5py.File(src, "r") as f:
+    pre = [s(n) for n in f.attrs["datasets"] if s(f[s(n)].attrs["role"]) == "pretrain"]
+    name = pre[-1] + "/vol_0000/image"  # held by the last rank
+    d = f[name]
+    if d.chunks:
+        c = d.id.get_chunk_info(d.id.get_num_chunks() // 2)
+        off, size = c.byte_offset, c.size
+    else:
+        off, size = d.id.get_offset(), d.id.get_storage_size()
+with open(flip, "r+b") as g:
+    g.seek(off + size // 2)
+    b = g.read(64)
+    g.seek(off + size // 2)
+    g.write(bytes(x ^ 0xA5 for x in b))
+n = os.path.getsize(trunc)
+os.truncate(trunc, n * 6 // 10)
+print(f"flipped 64 bytes of {name} at byte {off + size // 2} (chunk of {size} bytes at {off}); "
+      f"truncated {n} -> {n * 6 // 10} bytes")
+PY
+  run_stamped pretrain 2 cc_flip corpus.path="$work/flip.h5" train.steps=2
+  expect_agreed cc_flip.log "flipped voxel bytes" "flip\.h5"
+  run_stamped pretrain 2 cc_trunc corpus.path="$work/trunc.h5" train.steps=2
+  expect_agreed cc_trunc.log "truncated corpus" "trunc\.h5"
+  echo "corrupt_corpus: flipped and truncated copies rejected with the agreed status 1 naming the file"
   ;;
 *)
   fail "unknown case"
