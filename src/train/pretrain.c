@@ -22,6 +22,7 @@
 #include "mednet/corpus.h"
 #include "mednet/dist.h"
 #include "mednet/layers.h"
+#include "mednet/lock.h"
 #include "mednet/loss.h"
 #include "mednet/mem.h"
 #include "mednet/model.h"
@@ -165,6 +166,7 @@ typedef struct run {
     int32_t *labels, *labels_small;
     int *ds;
     FILE *metrics;
+    mn_lock *lock;            /* this run's hold on the output folder */
     int fault_rank;           /* MEDNET_FAULT (testing): the rank and step of an injected fault, -1: none */
     long fault_step;
     char fault[32];
@@ -303,11 +305,11 @@ static mn_err setup_trainer(run *r)
 static mn_err setup(run *r)
 {
     const run_cfg *c = &r->cfg;
-    /* Checkpoints named by the config, and the output folder: rank 0's local work, agreed. */
-    mn_err e = MN_OK;
-    if (r->rank == 0) e = check_checkpoints(r);
-    if (r->rank == 0 && !e) e = mkdir_p1(c->out);
-    MN_CALL(mn_agree(r->comm, e));
+    /* The output folder, its lock, and the checkpoints named by the config: rank 0's local work, agreed. */
+    MN_CALL(mn_agree(r->comm, r->rank == 0 ? mkdir_p1(c->out) : MN_OK));
+    /* One run per output folder: a second job on it stops here, naming the holder (agreed). */
+    MN_CALL(mn_outdir_lock(r->comm, c->out, &r->lock));
+    MN_CALL(mn_agree(r->comm, r->rank == 0 ? check_checkpoints(r) : MN_OK));
     MN_MPI(MPI_Bcast(r->resume_path, (int)sizeof r->resume_path, MPI_CHAR, 0, r->comm));
 
     /* The corpus: metadata (agreed by mn_corpus_open), its identity against the checkpoint, the plan. */
@@ -333,7 +335,7 @@ static mn_err setup(run *r)
         MN_CALL(mn_train_ckpt_init_encoder(r->trainer, c->init_encoder));
         mn_log_info("encoder initialised from %s", c->init_encoder);
     }
-    e = MN_OK;
+    mn_err e = MN_OK;
     if (r->rank == 0) {
         char mpath[1200];
         snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
@@ -606,6 +608,7 @@ static void run_destroy(run *r)
     mn_free(&r->ds);
     free(r->config_text);
     if (r->metrics) fclose(r->metrics);
+    mn_outdir_unlock(&r->lock);
 }
 
 mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, int finetune,
