@@ -79,10 +79,10 @@ static mn_err table(void)
     return MN_OK;
 }
 
-mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res)
+/* The whole command is local work (no collective call): every rank parses the same arguments, imports read a file
+ * on every rank, and only rank 0 exports; the caller agrees on the outcome. */
+static mn_err model_cmd(int argc, char **argv, int rank)
 {
-    int rank = 0;
-    MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     mn_model_config c = mn_model_config_default();
     static mn_head_spec heads[MN_MODEL_MAX_HEADS];
     heads[0].id = 0;
@@ -91,7 +91,6 @@ mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res)
     c.heads = heads;
     int have_depth = 0, list = 0, strict = 0, part = -2;
     const char *export_path = NULL, *import_path = NULL;
-    res->agreed = 1; /* every rank parses the same arguments */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = 1;
@@ -188,10 +187,18 @@ mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res)
                               rep.loaded, rep.missing, rep.unexpected, rep.mis_shaped);
     }
     if (!err && export_path) {
-        if (rank == 0) res->agreed = 0; /* a write error is seen by rank 0 only */
         if (rank == 0) err = mn_model_save_safetensors(m, export_path, part);
         if (!err) mn_log_info("exported %s (part %d)", export_path, part);
     }
     mn_model_destroy(&m);
     return err;
+}
+
+mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res)
+{
+    (void)res;
+    int rank = 0;
+    MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    MN_CALL(mn_agree(MPI_COMM_WORLD, model_cmd(argc, argv, rank)));
+    return MN_OK;
 }

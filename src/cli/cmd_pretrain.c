@@ -21,13 +21,9 @@ static void usage(FILE *f)
                "  Exit status: 0 done, 99 checkpointed on SIGUSR1/SIGTERM (requeue me), other: error.\n");
 }
 
-static mn_err run(int argc, char **argv, mn_cmd_result *res, int finetune)
+/* The arguments: the same on every rank (local work, agreed by the caller). */
+static mn_err check_args(int argc, char **argv)
 {
-    res->agreed = 1;
-    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-        usage(stdout);
-        return MN_OK;
-    }
     if (argc < 2 || argv[1][0] == '-' || strchr(argv[1], '=')) {
         usage(stderr);
         MN_FAIL(MN_ERR_ARG, "%s: expected a config file as the first argument", argv[0]);
@@ -35,6 +31,16 @@ static mn_err run(int argc, char **argv, mn_cmd_result *res, int finetune)
     for (int i = 2; i < argc; i++)
         MN_CHECK(strchr(argv[i], '=') != NULL, MN_ERR_ARG, "%s: '%s' is not a section.key=value override", argv[0],
                  argv[i]);
+    return MN_OK;
+}
+
+static mn_err run(int argc, char **argv, mn_cmd_result *res, int finetune)
+{
+    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+        usage(stdout);
+        return MN_OK;
+    }
+    MN_CALL(mn_agree(MPI_COMM_WORLD, check_args(argc, argv)));
     /* finetune: corpus.role=target first, so that the config file and the command line can still override it. */
     char **ov = calloc((size_t)argc + 1, sizeof *ov);
     MN_CHECK(ov, MN_ERR_MEM, "out of memory");
@@ -45,7 +51,6 @@ static mn_err run(int argc, char **argv, mn_cmd_result *res, int finetune)
     mn_train_result tr;
     mn_err e = mn_pretrain_run(MPI_COMM_WORLD, argv[1], ov, n, finetune, &tr);
     free(ov);
-    res->agreed = 0; /* from here on the error value says whether every rank agreed (MN_ERR_AGREED) */
     res->exit_status = tr.exit_status;
     MN_CALL(e);
     return MN_OK;

@@ -1,7 +1,7 @@
 /* commands.h: the sub-commands of `mednet`.  Each runs after MPI_Init (MPI_ERRORS_RETURN set) with argv[0] = the
  * command name, and returns MN_OK or an error.  main() decides how the job ends: an error that every rank
- * reported together (returned as the result of mn_mpi_agree) ends with MPI_Finalize and exit status 1 on every
- * rank; any other error ends in MPI_Abort so that no rank waits forever.  A command that wants a specific exit
+ * reported together (carrying MN_ERR_AGREED, from mn_agree) ends with MPI_Finalize and exit status 1 on every rank;
+ * any other error ends in MPI_Abort so that no rank waits forever.  A command that wants a specific exit
  * status (e.g. "checkpointed on a signal, please requeue") sets *exit_status. */
 #ifndef MN_CLI_COMMANDS_H
 #define MN_CLI_COMMANDS_H
@@ -10,7 +10,6 @@
 
 typedef struct mn_cmd_result {
     int exit_status;  /* process exit status on success (0 by default) */
-    int agreed;       /* 1 if an error was agreed on by all ranks (clean exit instead of MPI_Abort) */
 } mn_cmd_result;
 
 typedef mn_err (*mn_cmd_fn)(int argc, char **argv, mn_cmd_result *res);

@@ -46,9 +46,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
-    mn_cmd_result res = {0, 0};
+    mn_cmd_result res = {0};
     mn_err err = fn(argc - 1, argv + 1, &res);
-    if (err && res.agreed && !mn_err_is_agreed(err)) err = (mn_err)(err | MN_ERR_AGREED);
     if (err) mn_mpi_exit_error(MPI_COMM_WORLD, err);
     MPI_Finalize();
     return err ? 1 : res.exit_status;

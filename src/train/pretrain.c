@@ -60,6 +60,16 @@ typedef struct run_cfg {
     const char *out;
 } run_cfg;
 
+/* Parse a config text and apply the overrides.  Local work; on error *out is NULL. */
+static mn_err parse_config(const char *text, const char *path, char **overrides, int noverrides, mn_config **out)
+{
+    mn_err e = mn_config_parse(text, path, out);
+    for (int i = 0; i < noverrides && !e; i++) e = mn_config_override(*out, overrides[i]);
+    if (e) mn_config_destroy(out);
+    MN_CALL(e);
+    return MN_OK;
+}
+
 mn_err mn_train_config_load(MPI_Comm comm, const char *path, char **overrides, int noverrides, mn_config **out)
 {
     int rank = 0;
@@ -80,12 +90,14 @@ mn_err mn_train_config_load(MPI_Comm comm, const char *path, char **overrides, i
         free(text);
         MN_CALL(be);
     }
-    e = mn_config_parse(text, path, out);
+    /* Every rank parses the same text, so the outcome is the same everywhere: rank 0 parses first and reports, the
+     * others parse only once rank 0 succeeded (one message per error, not one per rank). */
+    e = rank == 0 ? parse_config(text, path, overrides, noverrides, out) : MN_OK;
+    e = mn_agree(comm, e);
+    if (!e && rank != 0) e = mn_agree(comm, parse_config(text, path, overrides, noverrides, out));
+    else if (!e) e = mn_agree(comm, MN_OK);
     free(text);
-    for (int i = 0; i < noverrides && !e; i++) e = mn_config_override(*out, overrides[i]);
-    if (e) mn_config_destroy(out);
-    /* Every rank parsed the same text: the outcome is the same everywhere, and agreeing costs one all-reduce. */
-    MN_CALL(mn_agree(comm, e));
+    MN_CALL(e);
     return MN_OK;
 }
 
@@ -629,7 +641,8 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     if (!e) e = mn_agree(comm, mn_dist_check_launch(comm));
     if (!e) e = mn_train_config_load(comm, path, overrides, noverrides, &r.config);
     /* The whole configuration, validated before any heavy work (every rank parses the same text). */
-    if (!e) e = mn_agree(comm, read_cfg(r.config, &r.cfg));
+    if (!e) e = mn_agree(comm, r.rank == 0 ? read_cfg(r.config, &r.cfg) : MN_OK); /* rank 0 reports */
+    if (!e) e = mn_agree(comm, r.rank != 0 ? read_cfg(r.config, &r.cfg) : MN_OK);
     if (!e) e = mn_agree(comm, mn_config_dump(r.config, &r.config_text));
     if (!e) e = mn_agree(comm, mn_threads_init(mn_threads_resolve((int)r.cfg.threads)));
     if (!e) {
