@@ -9,6 +9,10 @@
  * all-reduce is timed with the same division), with the whole buffer declared ready in 1 MiB "layers" from the
  * end and a progress call after each, as the backward pass does.
  * Before timing, each variant's result is checked against MPI_Allreduce (relative error printed).
+ * The reducer's buckets are reduced out of place: with MPI_IN_PLACE Open MPI's libnbc runs a binomial tree through
+ * rank 0 (see src/dist/reducer.c), which shows here at 4 or more ranks as a bucketed busbw well below the blocking
+ * one.  The header line says when the ranks of a node outnumber its cores: the figures are then set by the
+ * scheduler as much as by the memory system, so compare the two paths of one run, not runs with each other.
  *
  * The overlap run declares the layers ready with a busy-wait of `compute_ms` per layer before each (the backward
  * compute of that layer), then reports the time of the step not spent computing against the plain all-reduce
@@ -35,6 +39,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -299,8 +304,18 @@ int main(int argc, char **argv)
         ns = 0;
         for (int i = 1; i < argc && ns < 16; i++) sizes[ns++] = atof(argv[i]);
     }
+    /* Ranks sharing this node against its online cores (the launcher may oversubscribe). */
+    MPI_Comm node;
+    int node_ranks = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_size(node, &node_ranks);
+        MPI_Comm_free(&node);
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (rank == 0)
-        printf("bench_allreduce: %d ranks, busbw = algbw * 2(P-1)/P, slowest rank's median\n", size);
+        printf("bench_allreduce: %d ranks (%d on this node of %ld online cores%s), busbw = algbw * 2(P-1)/P, "
+               "slowest rank's median\n",
+               size, node_ranks, cores, (long)node_ranks > cores ? ": OVERSUBSCRIBED" : "");
     for (int i = 0; i < ns; i++) {
         mn_err e = bench_size(sizes[i], 0);
         if (!e && sizes[i] > 4) e = bench_size(sizes[i], (size_t)4 << 20);

@@ -159,6 +159,9 @@ typedef struct mn_reducer_stats {
  * 25 MiB) starting from its END: bucket 0 is the last bucket_bytes of the range, the last bucket is the (possibly
  * shorter) start of it, because the backward pass produces the gradients of the last layers first.
  * The reducer keeps a pointer to grad (not owned) and a reference to comm (not duplicated: comm must outlive it).
+ * Memory: besides its bookkeeping (a ready bitmap of range.count bits) it allocates, and touches, one staging
+ * buffer of range.count floats, the receive buffers of its out-of-place reductions (an in-place MPI_Iallreduce
+ * makes Open MPI's libnbc use a binomial tree through rank 0; see reducer.c); nothing is allocated per step.
  * Optional `trace` (may be NULL, not owned) receives one "allreduce" event per bucket per step (lane tid 1), from
  * the start of its Iallreduce to the detection of its completion.
  * Not collective, but every rank must create it with the same range and bucket size. */
@@ -179,10 +182,12 @@ mn_err mn_reducer_start(mn_reducer *r, double local_samples);
 
 /* Declare grad[offset .. offset+count) final for this step (absolute offsets in the flat buffer; must lie inside
  * the reducer's range; ranges declared in one step must not overlap; count 0 is a no-op).  Every bucket that
- * becomes complete starts its MPI_Iallreduce (sum, in place), in bucket order: a bucket completed before a
- * lower-numbered one waits for it, so every rank starts the collectives in the same order whatever the order of
- * its ready calls.  A declared range is being reduced in place: the caller must not touch it until
- * mn_reducer_finish returns.  Collective on comm (non-blocking). */
+ * becomes complete starts its MPI_Iallreduce (sum, out of place: from grad into the bucket's part of the staging
+ * buffer; the mean is written back into grad once the bucket's reduction is seen complete), in bucket order: a
+ * bucket completed before a lower-numbered one waits for it, so every rank starts the collectives in the same
+ * order whatever the order of its ready calls.  A declared range is read by the reduction and then overwritten
+ * with the mean: the caller must not touch it until mn_reducer_finish returns.
+ * Collective on comm (non-blocking). */
 mn_err mn_reducer_ready(mn_reducer *r, size_t offset, size_t count);
 
 /* Drive outstanding reductions (Open MPI does not progress non-blocking collectives outside MPI calls): MPI_Test
@@ -190,10 +195,10 @@ mn_err mn_reducer_ready(mn_reducer *r, size_t offset, size_t count);
 mn_err mn_reducer_progress(mn_reducer *r);
 
 /* End a step: every bucket must have been declared ready (checked: MN_ERR_INTERNAL naming the first missing
- * bucket otherwise).  Waits for all reductions, then scales the range by 1 / (all-reduced sample count; buckets
- * seen complete in a progress call were scaled there already), so the range holds the mean gradient over all
- * samples of all ranks.  If the total count is 0 the range is left
- * as the (zero) sum and stats->total_samples is 0.  Fills *stats if not NULL.  Collective on comm.
+ * bucket otherwise).  Waits for all reductions, then writes the reduced sums times 1 / (all-reduced sample count)
+ * into the range (buckets seen complete in a progress call were written there already), so the range holds the
+ * mean gradient over all samples of all ranks.  If the total count is 0 the range receives the (zero) sum and
+ * stats->total_samples is 0.  Fills *stats if not NULL.  Collective on comm.
  * After an error from ready/progress/finish the step cannot be completed (reductions may be outstanding on some
  * ranks only): end the job with mn_mpi_abort. */
 mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats);

@@ -3,11 +3,28 @@
  *
  * As in PyTorch DDP: the range is cut into fixed-size buckets from its end (the backward pass produces the last
  * layers' gradients first), the backward pass declares ranges final with mn_reducer_ready, and each complete
- * bucket starts an in-place MPI_Iallreduce.  Buckets are started strictly in index order, so that every rank
+ * bucket starts an MPI_Iallreduce.  Buckets are started strictly in index order, so that every rank
  * issues the collectives in the same order even if its ready calls arrive in a different order.  Open MPI (4.1,
  * libnbc) advances a non-blocking collective only inside MPI calls, so mn_reducer_progress tests the outstanding
  * requests; the model calls it between layers.  A progress thread was rejected: it needs MPI_THREAD_MULTIPLE and
  * takes a core from the compute threads on small nodes.
+ *
+ * Out of place, through a staging buffer.  Open MPI's libnbc (the coll component behind MPI_Iallreduce) chooses
+ * its algorithm in nbc_allreduce_init (ompi/mca/coll/libnbc/nbc_iallreduce.c, the same test in v4.1.4 and on the
+ * main branch): with no forced algorithm it takes NBC_ARED_BINOMIAL when
+ *     p < 4 || size * count < 65536 || !ompi_op_is_commute(op) || inplace
+ * and otherwise reduce-scatter + all-gather (Rabenseifner) when count >= the largest power of two <= p.  The
+ * binomial schedule (allred_sched_diss) is a binomial-tree reduce to rank 0 followed by a binomial broadcast from
+ * it: every round moves the whole bucket, log2(P) rounds each way, and all the additions happen on the tree's
+ * inner ranks, rank 0 last.  At P = 4 ranks 0 and 1 send 2x the bucket and ranks 0 and 2 receive 2x, against
+ * 2(P-1)/P = 1.5x for reduce-scatter + all-gather (tests/mpi/test_reducer_pattern.sh measures exactly these
+ * figures).  MPI_IN_PLACE alone forces the tree.  So each bucket is reduced out of place, from the gradient buffer
+ * into its slot of `stage` (a twin of the whole range, allocated and touched once at create: page faults are
+ * expensive here and a step must not allocate), and the scaling by 1 / total samples, which reads every float
+ * anyway, writes stage * (1 / total) back into the gradient buffer: no extra pass over the data.  (Copying the
+ * bucket into a send buffer first would add one; libnbc's reduce-scatter already copies send into receive buffer.)
+ * A per-bucket staging area reused across buckets was rejected: buckets are in flight together, so reuse would
+ * serialise them.  Below 4 ranks libnbc takes the tree either way; at P = 2 it moves the same bytes as a ring.
  *
  * Readiness is tracked per float in a bitmap (1 bit per gradient: 1.7 MiB for a 56 MiB encoder, cleared once per
  * step) so that a range declared twice is caught exactly, and per bucket as a count that starts the bucket when it
@@ -40,8 +57,9 @@ struct mn_reducer {
     size_t bucket_floats;
     int nb;
     mn_range *bucket;     /* [nb] absolute float ranges, bucket 0 = end of the range */
+    float *stage;         /* [range.count] receive buffers: stage[i] stands for grad[range.offset + i] */
     size_t *nready;       /* [nb] floats declared ready this step */
-    unsigned char *scaled;/* [nb] bucket already divided by the total this step */
+    unsigned char *scaled;/* [nb] bucket's mean already written back into grad this step */
     uint64_t *bits;       /* [(range.count + 63) / 64] ready bitmap, bit i = float range.offset + i */
     size_t nwords;
     MPI_Request *req;     /* [nb] */
@@ -86,6 +104,10 @@ mn_err mn_reducer_create(MPI_Comm comm, float *grad, mn_range range, size_t buck
     if (!e) e = mn_calloc((r->nwords ? r->nwords : 1) * sizeof(uint64_t), "reducer ready bitmap", (void **)&r->bits);
     if (!e) e = mn_calloc(nb * sizeof(double), "reducer start times", (void **)&r->t_start);
     if (!e) e = mn_calloc(nb * sizeof(double), "reducer done times", (void **)&r->t_done);
+    /* Touched now (memset, not calloc's lazy zero pages) so that the first step pays no page faults either. */
+    if (!e) e = mn_malloc((range.count ? range.count : 1) * sizeof(float), "reducer staging buffer",
+                          (void **)&r->stage);
+    if (!e) memset(r->stage, 0, (range.count ? range.count : 1) * sizeof(float));
     if (e) {
         int nbuckets = r->nb;
         mn_reducer_destroy(&r);
@@ -113,6 +135,7 @@ void mn_reducer_destroy(mn_reducer **pr)
     mn_free(&r->req);
     mn_free(&r->t_start);
     mn_free(&r->t_done);
+    mn_free(&r->stage);
     mn_free(pr);
 }
 
@@ -157,15 +180,20 @@ static void mark_done(mn_reducer *r, int i, double now)
     if (--r->outstanding == 0) r->inflight += now - r->union_t0;
 }
 
-/* Divide bucket i by the all-reduced sample count (known: count request complete) unless done already. */
+/* Write bucket i's all-reduced sum (in its staging slot; request complete) divided by the all-reduced sample count
+ * (count request complete) into the gradient buffer, unless done already; a zero total copies the sum as is. */
 static void scale_bucket(mn_reducer *r, int i)
 {
     if (r->scaled[i]) return;
     r->scaled[i] = 1;
-    if (r->total_samples <= 0) return;
-    float inv = (float)(1.0 / r->total_samples);
     float *g = r->grad + r->bucket[i].offset;
-    for (size_t k = 0; k < r->bucket[i].count; k++) g[k] *= inv;
+    const float *s = r->stage + (r->bucket[i].offset - r->range.offset);
+    if (r->total_samples <= 0) {
+        memcpy(g, s, r->bucket[i].count * sizeof(float));
+        return;
+    }
+    float inv = (float)(1.0 / r->total_samples);
+    for (size_t k = 0; k < r->bucket[i].count; k++) g[k] = s[k] * inv;
 }
 
 /* Mask of bits [lo, hi) within one 64-bit word, 0 <= lo < hi <= 64. */
@@ -196,16 +224,17 @@ static void set_bits(uint64_t *bits, size_t a, size_t b)
     }
 }
 
-/* Start every bucket that is complete and whose predecessors have all been started. */
+/* Start every bucket that is complete and whose predecessors have all been started: reduce it out of place, from
+ * the gradient buffer into its staging slot (see the note at the top). */
 static mn_err start_ready_buckets(mn_reducer *r)
 {
     while (r->next_start < r->nb && r->nready[r->next_start] == r->bucket[r->next_start].count) {
         int i = r->next_start;
+        float *g = r->grad + r->bucket[i].offset, *s = r->stage + (r->bucket[i].offset - r->range.offset);
         double now = MPI_Wtime();
         if (r->outstanding++ == 0) r->union_t0 = now;
         r->t_start[i] = now;
-        MN_MPI(MPI_Iallreduce(MPI_IN_PLACE, r->grad + r->bucket[i].offset, (int)r->bucket[i].count, MPI_FLOAT,
-                              MPI_SUM, r->comm, &r->req[i]));
+        MN_MPI(MPI_Iallreduce(g, s, (int)r->bucket[i].count, MPI_FLOAT, MPI_SUM, r->comm, &r->req[i]));
         r->next_start++;
     }
     return MN_OK;
