@@ -1,14 +1,28 @@
 /* train_impl.h: the pieces of a training run that pretrain.c composes (private to src/train).
  *
+ *   run_config.c  the [corpus] and [train] sections of a run configuration (the other sections are read by their
+ *                 parts: [model] by the model, [optim] by the optimiser, [sampler] by the sampler), and the check
+ *                 of a checkpoint's model against the configuration;
+ *   setup.c       a run's set-up in failure-safe order: output folder and lock, checkpoints, corpus, shard,
+ *                 sampler, trainer, resume;
+ *   evaluate.c    the evaluator: mean foreground Dice per dataset on fixed crops;
  *   checkpoint.c  checkpoints of a trainer over its part table: write, resume, encoder initialisation, and the
- *                 description of a checkpoint file used to validate a run before any heavy work.
+ *                 description of a checkpoint file used to validate a run before any heavy work;
+ *   pretrain.c    the loop and its logging.
  */
 #ifndef MN_TRAIN_IMPL_H
 #define MN_TRAIN_IMPL_H
 
 #include <stdint.h>
 
+#include <stdio.h>
+
+#include "mednet/config.h"
+#include "mednet/corpus.h"
+#include "mednet/dist.h"
 #include "mednet/error.h"
+#include "mednet/lock.h"
+#include "mednet/sampler.h"
 #include "mednet/trainer.h"
 
 /* The identity written into every checkpoint, besides the arrays. */
@@ -47,5 +61,74 @@ mn_err mn_train_ckpt_init_encoder(mn_trainer *t, const char *path);
 /* Describe checkpoint `path` from its attributes.  Not collective.  Errors name the file: not a checkpoint (not
  * HDF5, or no mednet attributes), unreadable config. */
 mn_err mn_train_ckpt_describe(const char *path, mn_ckpt_desc *d);
+
+/* ---- run_config.c ---- */
+
+/* The [corpus] and [train] sections, and the parts' sections read through their modules. */
+typedef struct run_cfg {
+    const char *corpus;
+    long shard_seed;
+    int role;                 /* MN_ROLE_PRETRAIN or MN_ROLE_TARGET: the datasets this run trains on */
+    const char *init_encoder; /* checkpoint whose encoder initialises a fresh run (fine-tuning), or "" */
+    mn_model_config model;    /* [model] */
+    mn_optim_config optim;    /* [optim] */
+    double head_lr_mult;
+    mn_sampler_config sampler;/* [sampler] */
+    long steps, batch, micro, threads, ckpt_every, keep, consistency_every, log_every, eval_every, eval_batches;
+    double bucket_mb;
+    int nan_abort, trace, resume, sync_bn;
+    const char *out;
+} run_cfg;
+
+/* Read and validate a whole run configuration (every section; unknown keys are errors).  Local work. */
+mn_err mn_run_config_read(mn_config *c, run_cfg *r);
+
+/* A checkpoint the run will load must hold the model the configuration describes (depth, shortcut): otherwise
+ * MN_ERR_CONFIG in the user's terms ("... holds a resnet10 encoder; model.depth is 18").  `why` starts the message.
+ * Not collective. */
+mn_err mn_run_check_ckpt_model(const char *path, const char *why, const run_cfg *c);
+
+/* ---- evaluate.c ---- */
+
+typedef struct mn_evaluator mn_evaluator;
+
+/* An evaluator over this rank's shard: fixed crops (the sampler config with seed + 0x5eed and no jitter) of `batch`
+ * samples.  Local work. */
+mn_err mn_eval_create(const mn_shard *shard, const mn_sampler_config *scfg, int rank, int batch, mn_evaluator **out);
+void mn_eval_destroy(mn_evaluator **ev);
+
+/* Mean foreground Dice per dataset row of t's part table over `nbatches` fixed batches, batch norm in eval mode:
+ * dice[row] for rows >= 1 (NaN where no holder evaluated it), dice[0] the mean over the finite ones.  Collective on
+ * the world (the local evaluation is agreed before the reduction). */
+mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice);
+
+/* ---- setup.c ---- */
+
+typedef struct run {
+    run_cfg cfg;
+    mn_config *config;
+    char *config_text;
+    MPI_Comm comm;
+    int rank, size;
+    char resume_path[1400];   /* the checkpoint to resume from, or "" */
+    mn_corpus_info *info;
+    mn_shard_plan *plan;
+    mn_shard *shard;
+    mn_sampler *sampler;
+    mn_evaluator *eval;
+    mn_trainer *trainer;
+    mn_parts *parts;          /* the trainer's part table (rows: encoder, then the run's datasets) */
+    mn_trace *trace;
+    long step;                /* the next step to run */
+    FILE *metrics;
+    mn_lock *lock;            /* this run's hold on the output folder */
+    int fault_rank;           /* MEDNET_FAULT (testing): the rank and step of an injected fault, -1: none */
+    long fault_step;
+    char fault[32];
+} run;
+
+/* Set a run up (see pretrain.c's design note for the order).  Collective on r->comm; errors that every rank agreed
+ * on carry MN_ERR_AGREED. */
+mn_err mn_run_setup(run *r);
 
 #endif
