@@ -1,4 +1,4 @@
-/* bench_allreduce.c: bus bandwidth of the bucketed gradient reducer (src/dist/reducer.c) next to one plain
+/* bench_allreduce.c: bus bandwidth of the bucketed gradient reducer (src/parallel/reducer.c) next to one plain
  * MPI_Allreduce of the same bytes, and the overlap the reducer gets behind a simulated backward pass.
  *
  *   mpirun -n 2 build/benchmarks/bench_allreduce [MiB ...]        (default sizes: 1 16 56; 56 MiB = ResNet-10)
@@ -10,7 +10,7 @@
  * end and a progress call after each, as the backward pass does.
  * Before timing, each variant's result is checked against MPI_Allreduce (relative error printed).
  * The reducer's buckets are reduced out of place: with MPI_IN_PLACE Open MPI's libnbc runs a binomial tree through
- * rank 0 (see src/dist/reducer.c), which shows here at 4 or more ranks as a bucketed busbw well below the blocking
+ * rank 0 (see src/parallel/reducer.c), which shows here at 4 or more ranks as a bucketed busbw well below the blocking
  * one.  The header line says when the ranks of a node outnumber its cores: the figures are then set by the
  * scheduler as much as by the memory system, so compare the two paths of one run, not runs with each other.
  *

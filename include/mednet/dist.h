@@ -1,7 +1,8 @@
 /* dist.h: the MPI side of data-parallel training: communicators (world, one per dataset), parameter broadcast,
- * the bucketed gradient reducer overlapped with the backward pass, the per-dataset head reducer, averaging of
- * batch-norm running statistics, replica-consistency checksums, flag agreement, the launch check against Slurm,
- * and a per-rank Chrome-trace timeline.
+ * the bucketed gradient reducer overlapped with the backward pass, replica-consistency checksums, flag agreement,
+ * the launch check against Slurm, and a per-rank Chrome-trace timeline.  The whole gradient path of a training step
+ * (encoder buckets, head reductions, batch-norm statistics, replica checks of every part) is composed from these over
+ * the part table in mednet/parts.h.
  *
  * Layout assumed (DESIGN.md): parameters are one flat float buffer and gradients a twin buffer of the same layout;
  * the encoder is one contiguous range [offset, offset+count) and each dataset's head another.  Every function here
@@ -62,32 +63,13 @@ int mn_dist_root(const mn_dist *d, int ds);
  * Every rank sees the same outcome.  Not collective (reads MPI_Comm_size and the environment). */
 mn_err mn_dist_check_launch(MPI_Comm comm);
 
-/* ---- broadcast and averaging ----------------------------------------------------------------------------------- */
+/* ---- broadcast ------------------------------------------------------------------------------------------------- */
 
 /* mn_range (offset, count in floats) is defined in mednet/tensor.h. */
 
 /* Broadcast n floats from `root` of comm, in pieces of at most 2^30 floats (MPI counts are int).
  * Collective on comm.  Overwrites buf on every rank but root. */
 mn_err mn_dist_bcast_floats(MPI_Comm comm, float *buf, size_t n, int root);
-
-/* Make every replica start from rank 0's parameters: the encoder range from world rank 0 over the world
- * communicator, and for each dataset the head range heads[ds] from the root of its communicator over that
- * communicator (only holders take part; non-holders skip it and need not have the range allocated).
- * `heads` has ndatasets entries indexed by dataset (only those of held datasets are read), or is NULL when there
- * are no heads to broadcast.  Overwrites params.
- * Collective on the world duplicate and on every dataset communicator this rank belongs to. */
-mn_err mn_dist_bcast_params(const mn_dist *d, float *params, mn_range encoder, const mn_range *heads);
-
-/* Replace buf[0..n) by its mean over the ranks of comm (all-reduce sum, then divide by the size).  For the running
- * statistics of batch norm (world communicator for the encoder, a dataset communicator for its head), so that the
- * replicas stay identical.  Every rank gets the same bits.  comm == MPI_COMM_NULL is a no-op.
- * Collective on comm. */
-mn_err mn_dist_average(MPI_Comm comm, float *buf, size_t n);
-
-/* The same for a whole model-shaped buffer (batch-norm running statistics laid out as the parameters): the
- * encoder range averaged over the world, the range heads[ds] over dataset ds's communicator on its holders.
- * heads may be NULL.  Collective on the world duplicate and on every dataset communicator of this rank. */
-mn_err mn_dist_average_ranges(const mn_dist *d, float *buf, mn_range encoder, const mn_range *heads);
 
 /* ---- agreement and replica consistency ------------------------------------------------------------------------- */
 
@@ -104,13 +86,6 @@ uint64_t mn_hash64(const void *data, size_t bytes);
  * from the majority (ties: from the lowest rank's).  If `nbad` is not NULL it receives the number of such ranks.
  * comm == MPI_COMM_NULL is a no-op.  Collective on comm. */
 mn_err mn_dist_check_replicas(MPI_Comm comm, const void *buf, size_t bytes, const char *what, int *nbad);
-
-/* Check a whole model: the encoder range of params over the world, and head ds (heads[ds], may be NULL for no
- * heads) over its dataset communicator.  The outcome is agreed over the world, so every rank returns MN_OK or
- * every rank returns MN_ERR_INTERNAL (the holders of a mismatching part print which world ranks differ; the other
- * ranks print that a replica check failed elsewhere).  Collective on the world duplicate and on every dataset
- * communicator of this rank. */
-mn_err mn_dist_check_params(const mn_dist *d, const float *params, mn_range encoder, const mn_range *heads);
 
 /* ---- timeline (Chrome trace JSON) ------------------------------------------------------------------------------ */
 
@@ -210,19 +185,5 @@ mn_err mn_reducer_finish(mn_reducer *r, mn_reducer_stats *stats);
  * (and printed where it happened) and returned by the next mn_reducer_finish.  Collective as their targets. */
 void mn_reducer_hook_ready(void *ctx, size_t offset, size_t count);
 void mn_reducer_hook_progress(void *ctx);
-
-/* ---- per-dataset heads ----------------------------------------------------------------------------------------- */
-
-/* Heads can be reduced either with a blocking call (below), or overlapped with backward like the encoder by a
- * second mn_reducer created on the dataset's communicator over the head's range: its stats.total_samples is then
- * the head's all-reduced sample count (0: leave the head untouched). */
-
-/* Reduce the head of dataset `ds`: all-reduce the sample count over the dataset's communicator, and if the total
- * is positive all-reduce grad[head.offset .. +count) (sum) and divide by the total, giving the mean gradient over
- * the samples of ds.  *total receives the all-reduced count; 0 means no holder saw a sample of ds this step: the
- * gradient is left untouched and the optimiser must leave the head alone (no momentum, no weight decay).
- * A rank that does not hold ds must not call this.  Collective on the dataset communicator (blocking). */
-mn_err mn_dist_reduce_head(const mn_dist *d, int ds, float *grad, mn_range head, double local_samples,
-                           double *total);
 
 #endif

@@ -1,4 +1,4 @@
-/* mpicheck.h: the MPI check macro and the abort policy.  Only src/dist, src/data, src/io, src/train and src/cli
+/* mpicheck.h: the MPI check macro and the abort policy.  Only src/parallel, src/data, src/io, src/train and src/cli
  * include this (layers and models never see MPI).
  *
  * MN_MPI(call) checks an MPI return code; it needs MPI_ERRORS_RETURN on the communicator (set by mn_mpi_init), or

@@ -1,7 +1,7 @@
 /* pretrain.c: the pre-training and fine-tuning run (mednet/train.h): the loop and its logging.
  *
  * Everything else lives in its own file: the configuration in run_config.c, the set-up in setup.c, the step and the
- * gradient path in trainer.c over the part table (src/dist/parts.c), evaluation in evaluate.c, checkpoints in
+ * gradient path in trainer.c over the part table (src/parallel/parts.c), evaluation in evaluate.c, checkpoints in
  * checkpoint.c, the sampling rule in the sampler.  A run goes in an order that keeps failures clean (DESIGN.md,
  * "Failures"):
  *

@@ -1,4 +1,4 @@
-# Distributed training infrastructure: communicators, reducer, checksums (src/dist), checkpoints (src/io/ckpt.c),
+# Distributed training infrastructure: communicators, reducer, checksums (src/parallel), checkpoints (src/io/ckpt.c),
 # signals (src/train/signals.c), and the single-node Slurm tests (tests/slurm).
 mn_mpi_test(test_dist SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist.c NPROCS 1 2 3 4 TIMEOUT 60)
 

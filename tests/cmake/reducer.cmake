@@ -1,4 +1,4 @@
-# The bucketed reducer's message pattern (src/dist/reducer.c): test_reducer_pattern.sh runs the driver under Open
+# The bucketed reducer's message pattern (src/parallel/reducer.c): test_reducer_pattern.sh runs the driver under Open
 # MPI's PML monitoring and checks the bytes each rank sends and receives.  At 4 ranks it tells a tree rooted at
 # rank 0 from a bandwidth-optimal all-reduce; at 2 ranks both move the same bytes, so it checks the result and the
 # balance only.  Exit 77 (no PML monitoring in this MPI) is reported as skipped.

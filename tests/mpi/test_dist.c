@@ -1,4 +1,4 @@
-/* test_dist.c: src/dist on 1..4 ranks.
+/* test_dist.c: src/parallel on 1..4 ranks.
  *
  * Checks: per-dataset communicators have exactly the holders, in world order, with the lowest holder as root;
  * parameter broadcast (encoder from rank 0, heads from their roots, non-holders untouched); the bucketed reducer
@@ -55,24 +55,6 @@ static void test_comms(const mn_dist *d)
             TEST_EXPECT(members[i] == r, "dataset %d: member %d is world rank %d, expected %d", ds, i, members[i], r);
         }
     }
-}
-
-static void test_bcast(const mn_dist *d)
-{
-    /* Layout: encoder [0, 1000), head ds at [1000 + 100 ds, +100). */
-    enum { NP = 1400 };
-    float p[NP];
-    for (int i = 0; i < NP; i++) p[i] = (float)(rank * 10000 + i);
-    mn_range enc = {0, 1000}, heads[NDS];
-    for (int ds = 0; ds < NDS; ds++) heads[ds] = (mn_range){1000 + 100 * (size_t)ds, 100};
-    TEST_EXPECT(mn_dist_bcast_params(d, p, enc, heads) == MN_OK, "bcast_params failed");
-    int bad = 0;
-    for (int i = 0; i < 1000; i++) bad += p[i] != (float)i;
-    for (int ds = 0; ds < NDS; ds++) {
-        int from = mn_dist_holds(d, ds) ? mn_dist_root(d, ds) : rank; /* non-holders keep their own values */
-        for (int i = 1000 + 100 * ds; i < 1100 + 100 * ds; i++) bad += p[i] != (float)(from * 10000 + i);
-    }
-    TEST_EXPECT(bad == 0, "bcast_params: %d wrong values", bad);
 }
 
 /* The reducer against MPI_Allreduce of the same data: a flat buffer with a guard before and after the range. */
@@ -199,29 +181,9 @@ static void test_reducer_errors(void)
     mn_reducer_destroy(&red);
 }
 
+/* The bucketed reducer also works on a dataset communicator. */
 static void test_heads(const mn_dist *d)
 {
-    /* Dataset 0: rank r has r % 2 samples (total 0 when P == 1: untouched).  Dataset 1: its one holder has 0. */
-    for (int ds = 0; ds < 2; ds++) {
-        if (!mn_dist_holds(d, ds)) continue;
-        float g[50], orig[50];
-        for (int i = 0; i < 50; i++) orig[i] = g[i] = (float)(rank + 1) * (float)(i + 1);
-        double local = ds == 0 ? rank % 2 : 0, total = -1, want = 0;
-        for (int r = 0; r < size; r++) want += ds == 0 && holds_ref(0, r) ? r % 2 : 0;
-        TEST_EXPECT(mn_dist_reduce_head(d, ds, g, (mn_range){0, 50}, local, &total) == MN_OK, "reduce_head failed");
-        TEST_EXPECT(total == want, "head %d: total %g, expected %g", ds, total, want);
-        int bad = 0;
-        for (int i = 0; i < 50; i++) {
-            float expect = orig[i];
-            if (want > 0) {
-                double s = 0;
-                for (int r = 0; r < size; r++) s += (double)(r + 1) * (i + 1);
-                expect = (float)s * (float)(1.0 / want);
-            }
-            bad += mn_test_relerr(g[i], expect, 1e-6) > 1e-6;
-        }
-        TEST_EXPECT(bad == 0, "head %d: %d wrong gradient values (total %g)", ds, bad, total);
-    }
     /* The bucketed reducer also works on a dataset communicator (non-blocking heads): dataset 2's holders, none
      * of which has a sample this step -> total 0, gradients left as the (zero) sum. */
     if (mn_dist_holds(d, 2)) {
@@ -239,23 +201,10 @@ static void test_heads(const mn_dist *d)
             mn_reducer_destroy(&hr);
         }
     }
-    mn_error_set_quiet(1);
-    float g[4] = {0};
-    double t;
-    for (int ds = 0; ds < NDS; ds++)
-        if (!mn_dist_holds(d, ds))
-            TEST_EXPECT(mn_dist_reduce_head(d, ds, g, (mn_range){0, 4}, 1, &t) == MN_ERR_INTERNAL,
-                        "non-holder reduced head %d", ds);
-    mn_error_set_quiet(0);
 }
 
-static void test_average_and_flags(const mn_dist *d)
+static void test_flags(const mn_dist *d)
 {
-    float bn[3] = {(float)rank, 2.0f * (float)rank, 5.0f};
-    TEST_EXPECT(mn_dist_average(d->world, bn, 3) == MN_OK, "average failed");
-    float m = (float)(size - 1) / 2.0f;
-    TEST_EXPECT(fabsf(bn[0] - m) < 1e-6f && fabsf(bn[1] - 2 * m) < 1e-6f && fabsf(bn[2] - 5.0f) < 1e-6f,
-                "average wrong: %g %g %g, expected %g %g 5", bn[0], bn[1], bn[2], m, 2 * m);
     int global = -1;
     TEST_EXPECT(mn_dist_agree_flag(d->world, rank == size - 1, &global) == MN_OK && global == 1,
                 "flag raised on the last rank not agreed: %d", global);
@@ -319,34 +268,6 @@ static void test_checksum(const mn_dist *d)
     }
 }
 
-/* Whole-model helpers: averaging of BN-like buffers by range, and the agreed model check (a head differs). */
-static void test_model_helpers(const mn_dist *d)
-{
-    enum { NP = 1400 };
-    float p[NP];
-    mn_range enc = {0, 1000}, heads[NDS];
-    for (int ds = 0; ds < NDS; ds++) heads[ds] = (mn_range){1000 + 100 * (size_t)ds, 100};
-    for (int i = 0; i < NP; i++) p[i] = (float)rank;
-    TEST_EXPECT(mn_dist_average_ranges(d, p, enc, heads) == MN_OK, "average_ranges failed");
-    int bad = 0;
-    for (int i = 0; i < 1000; i++) bad += fabsf(p[i] - (float)(size - 1) / 2.0f) > 1e-6f;
-    for (int ds = 0; ds < NDS; ds++) {
-        double mean = 0;
-        for (int r = 0; r < size; r++) mean += holds_ref(ds, r) ? r : 0;
-        mean = mn_dist_holds(d, ds) ? mean / mn_dist_nholders(d, ds) : rank;
-        for (int i = 1000 + 100 * ds; i < 1100 + 100 * ds; i++) bad += fabs(p[i] - mean) > 1e-6;
-    }
-    TEST_EXPECT(bad == 0, "average_ranges: %d wrong values", bad);
-    /* Now every replica is consistent; then head 0 differs on the last rank. */
-    TEST_EXPECT(mn_dist_check_params(d, p, enc, heads) == MN_OK, "consistent model reported inconsistent");
-    if (size < 2) return;
-    if (rank == size - 1) p[1000 + 5] += 1.0f;
-    mn_error_set_quiet(1);
-    mn_err e = mn_dist_check_params(d, p, enc, heads);
-    mn_error_set_quiet(0);
-    TEST_EXPECT(e == MN_ERR_INTERNAL, "head 0 mismatch not agreed on rank %d: %s", rank, mn_err_name(e));
-}
-
 static void test_launch(void)
 {
     char val[16], ompi[16] = "";
@@ -388,7 +309,6 @@ int main(int argc, char **argv)
     TEST_EXPECT(d->rank == rank && d->size == size, "world dup rank/size wrong");
 
     test_comms(d);
-    test_bcast(d);
     char tracepath[256];
     snprintf(tracepath, sizeof tracepath, "test_dist_trace_np%d_r%d.json", size, rank);
     test_reducer(10007, 1000 * sizeof(float), tracepath);
@@ -397,9 +317,8 @@ int main(int argc, char **argv)
     remove(tracepath);
     test_reducer_errors();
     test_heads(d);
-    test_average_and_flags(d);
+    test_flags(d);
     test_checksum(d);
-    test_model_helpers(d);
     test_launch();
 
     /* A holder table with an empty dataset is rejected on every rank. */

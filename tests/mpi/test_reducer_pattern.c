@@ -1,5 +1,5 @@
 /* test_reducer_pattern.c: the driver of test_reducer_pattern.sh, which checks the message pattern of the bucketed
- * reducer (src/dist/reducer.c) with Open MPI's PML monitoring.
+ * reducer (src/parallel/reducer.c) with Open MPI's PML monitoring.
  *
  * It runs NSTEPS reducer steps over a 4 MiB gradient in four 1 MiB buckets, declared ready in 64 KiB "layers" from
  * the end with a progress call after each (as the backward pass does), and checks after each step that the range

@@ -169,64 +169,6 @@ mn_err mn_dist_bcast_floats(MPI_Comm comm, float *buf, size_t n, int root)
     return MN_OK;
 }
 
-mn_err mn_dist_bcast_params(const mn_dist *d, float *params, mn_range encoder, const mn_range *heads)
-{
-    MN_CHECK(d && params, MN_ERR_ARG, "NULL dist or params");
-    MN_CALL(mn_dist_bcast_floats(d->world, params + encoder.offset, encoder.count, 0));
-    if (!heads) return MN_OK;
-    for (int ds = 0; ds < d->ndatasets; ds++) {
-        if (d->dcomm[ds] == MPI_COMM_NULL) continue;
-        MN_CALL(mn_dist_bcast_floats(d->dcomm[ds], params + heads[ds].offset, heads[ds].count, 0));
-    }
-    return MN_OK;
-}
-
-mn_err mn_dist_average(MPI_Comm comm, float *buf, size_t n)
-{
-    if (comm == MPI_COMM_NULL || n == 0) return MN_OK;
-    int size = 0;
-    MN_MPI(MPI_Comm_size(comm, &size));
-    for (size_t off = 0; off < n; off += MN_DIST_CHUNK) {
-        size_t len = n - off < MN_DIST_CHUNK ? n - off : MN_DIST_CHUNK;
-        MN_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, comm));
-    }
-    /* Multiply by the reciprocal, as the reducer does: the same operation on the same bits on every rank. */
-    float inv = 1.0f / (float)size;
-    for (size_t i = 0; i < n; i++) buf[i] *= inv;
-    return MN_OK;
-}
-
-mn_err mn_dist_average_ranges(const mn_dist *d, float *buf, mn_range encoder, const mn_range *heads)
-{
-    MN_CHECK(d && buf, MN_ERR_ARG, "NULL dist or buffer");
-    MN_CALL(mn_dist_average(d->world, buf + encoder.offset, encoder.count));
-    if (!heads) return MN_OK;
-    for (int ds = 0; ds < d->ndatasets; ds++)
-        if (d->dcomm[ds] != MPI_COMM_NULL)
-            MN_CALL(mn_dist_average(d->dcomm[ds], buf + heads[ds].offset, heads[ds].count));
-    return MN_OK;
-}
-
-mn_err mn_dist_check_params(const mn_dist *d, const float *params, mn_range encoder, const mn_range *heads)
-{
-    MN_CHECK(d && params, MN_ERR_ARG, "NULL dist or params");
-    /* Every rank takes part in every collective whatever it finds, then the outcome is agreed on the world. */
-    mn_err local = mn_dist_check_replicas(d->world, params + encoder.offset, encoder.count * sizeof(float),
-                                          "encoder parameters", NULL);
-    for (int ds = 0; heads && ds < d->ndatasets; ds++) {
-        if (d->dcomm[ds] == MPI_COMM_NULL) continue;
-        char what[48];
-        snprintf(what, sizeof what, "head %d parameters", ds);
-        mn_err e = mn_dist_check_replicas(d->dcomm[ds], params + heads[ds].offset, heads[ds].count * sizeof(float),
-                                          what, NULL);
-        if (e != MN_OK && local == MN_OK) local = e;
-    }
-    mn_err agreed = mn_mpi_agree(d->world, local);
-    MN_CHECK(agreed == MN_OK, agreed, "replica check failed%s",
-             local == MN_OK ? " on other ranks (see their messages)" : "");
-    return MN_OK;
-}
-
 mn_err mn_dist_agree_flag(MPI_Comm comm, int local, int *global)
 {
     MN_CHECK(global != NULL, MN_ERR_ARG, "global is NULL");

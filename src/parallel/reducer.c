@@ -339,25 +339,3 @@ void mn_reducer_hook_progress(void *ctx)
     if (!r || r->hook_err != MN_OK) return;
     r->hook_err = mn_reducer_progress(r);
 }
-
-mn_err mn_dist_reduce_head(const mn_dist *d, int ds, float *grad, mn_range head, double local_samples,
-                           double *total)
-{
-    MN_CHECK(d && grad && total, MN_ERR_ARG, "NULL dist, grad or total");
-    MN_CHECK(ds >= 0 && ds < d->ndatasets, MN_ERR_ARG, "dataset %d out of range [0, %d)", ds, d->ndatasets);
-    MN_CHECK(d->dcomm[ds] != MPI_COMM_NULL, MN_ERR_INTERNAL,
-             "rank %d does not hold dataset %d and must not reduce its head", d->rank, ds);
-    MPI_Comm c = d->dcomm[ds];
-    *total = 0;
-    MN_MPI(MPI_Allreduce(&local_samples, total, 1, MPI_DOUBLE, MPI_SUM, c));
-    /* Every holder sees the same total, so all skip or all reduce. */
-    if (*total <= 0) return MN_OK;
-    float *g = grad + head.offset;
-    for (size_t off = 0; off < head.count; off += (size_t)1 << 30) {
-        size_t len = head.count - off < ((size_t)1 << 30) ? head.count - off : ((size_t)1 << 30);
-        MN_MPI(MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, c));
-    }
-    float inv = (float)(1.0 / *total);
-    for (size_t i = 0; i < head.count; i++) g[i] *= inv;
-    return MN_OK;
-}
