@@ -251,11 +251,13 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
     if (skip) {
         memcpy(mn_model_bn_buffers(m), t->bn_saved, sizeof(float) * mn_model_num_bn_buffers(m));
         if (c->nan_abort) {
-            if (mn_error_rank() <= 0)
-                mn_error_report(MN_ERR_NUMERIC, __FILE__, __LINE__, __func__,
-                                "non-finite loss or gradient at step %ld (train.nan_policy = abort)", step + 1);
-            /* Every rank took this branch from the same all-reduced flag: the stop is agreed. */
-            return mn_agree(p->dist->world, MN_ERR_NUMERIC);
+            /* Every rank took this branch from the same all-reduced flag: world rank 0 reports, the stop is agreed
+             * (the other ranks carry MN_ERR_REMOTE and stay silent). */
+            mn_err ne = MN_OK;
+            if (p->dist->rank == 0)
+                ne = mn_error_report(MN_ERR_NUMERIC, __FILE__, __LINE__, __func__,
+                                     "non-finite loss or gradient at step %ld (train.nan_policy = abort)", step + 1);
+            return mn_agree(p->dist->world, ne);
         }
         mn_log_info("warning: non-finite loss or gradient at step %ld: update skipped (train.nan_policy = skip)",
                     step + 1);

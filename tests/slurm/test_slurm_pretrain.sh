@@ -63,7 +63,7 @@ cat "$log"
 echo "requeue job: state $state, restarts $restarts, $(($(date +%s) - t0)) s"
 check "job completed" [ "$state" = COMPLETED ]
 check "job was requeued at least once" [ "${restarts:-0}" -ge 1 ]
-check "ranks checkpointed on the forwarded SIGUSR1" grep -q "caught SIGUSR1: writing a checkpoint at step" "$log"
+check "ranks checkpointed on the forwarded SIGUSR1" grep -q "caught SIGUSR1 at step [0-9]*: writing a checkpoint" "$log"
 check "the script requeued on exit status 99" grep -q "requeueing job $id" "$log"
 check "a requeued run resumed from the checkpoint" grep -q "^resumed from .*/ckpt-[0-9]*.h5 at step" "$log"
 check "every step was done" grep -q "checkpoint: .*/ckpt-$steps.h5 (step $steps)" "$log"
