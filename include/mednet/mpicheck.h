@@ -24,7 +24,10 @@ mn_err mn_mpi_report(int rc, const char *call, const char *file, int line, const
 mn_err mn_mpi_check_rc(int rc, const char *call, const char *file, int line, const char *func);
 #define mn_mpi_report_if(call) mn_mpi_check_rc((call), #call, __FILE__, __LINE__, __func__)
 
-/* MPI_Init_thread asking for `required`; fails unless at least that level is provided.  Sets MPI_ERRORS_RETURN on
+/* MPI_Init_thread asking for `required`; fails unless at least that level is provided.  Before it, glibc's malloc is
+ * told to keep freed memory (no mmap per large allocation, no trimming; see mpicheck.c: MPI's per-collective
+ * temporary buffers otherwise fault their pages in every step) unless MEDNET_MALLOC=system or glibc's own malloc
+ * settings are in the environment.  Sets MPI_ERRORS_RETURN on
  * MPI_COMM_WORLD and MPI_COMM_SELF, records the rank for error messages.  Collective on MPI_COMM_WORLD. */
 mn_err mn_mpi_init(int *argc, char ***argv, int required);
 
