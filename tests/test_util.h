@@ -1,5 +1,5 @@
 /* test_util.h: tiny helpers shared by the test executables: a failure counter, relative-error comparison, a
- * seeded RNG.  Each test prints what it checked and its worst error and exits non-zero on any failure. */
+ * seeded RNG, and for MPI tests the world-size assertion.  Each test prints what it checked and its worst error and exits non-zero on any failure. */
 #ifndef MN_TEST_UTIL_H
 #define MN_TEST_UTIL_H
 
@@ -30,6 +30,28 @@ static inline int mn_test_finish(const char *name)
     printf("%s: all checks passed\n", name);
     return 0;
 }
+
+#ifdef MPI_VERSION
+/* For MPI tests (defined when mpi.h was included first): check that MPI_COMM_WORLD has the size the test was
+ * registered with, MN_TEST_NP (set per entry by mn_mpi_test; unset: nothing is checked, e.g. a test run by hand).
+ * Call it right after mn_mpi_init.  A launcher that does not match the MPI library starts every process as a
+ * singleton (size 1), which would otherwise pass as a 1-rank run; a mismatch prints what was found on every rank
+ * and ends the process with status 1 (every rank sees the same mismatch, so MPI_Finalize is safe). */
+static inline void mn_test_expect_size(void)
+{
+    const char *np = getenv("MN_TEST_NP");
+    int size = 0, rank = 0;
+    if (!np || !*np) return;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (atoi(np) == size) return;
+    fprintf(stderr, "FAIL [rank %d]: registered for %s ranks (MN_TEST_NP) but MPI_COMM_WORLD has %d: the launcher "
+                    "does not match the MPI library the test is linked with (each process a singleton?)\n",
+            rank, np, size);
+    MPI_Finalize();
+    exit(1);
+}
+#endif
 
 /* xorshift64* RNG for test data: deterministic from the seed. */
 typedef struct mn_test_rng { uint64_t s; } mn_test_rng;

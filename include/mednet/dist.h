@@ -1,6 +1,6 @@
 /* dist.h: the MPI side of data-parallel training: communicators (world, one per dataset), parameter broadcast,
- * the bucketed gradient reducer overlapped with the backward pass, replica-consistency checksums, flag agreement,
- * the launch check against Slurm, and a per-rank Chrome-trace timeline.  The whole gradient path of a training step
+ * the bucketed gradient reducer overlapped with the backward pass, replica-consistency checksums, flag agreement
+ * and a per-rank Chrome-trace timeline.  The whole gradient path of a training step
  * (encoder buckets, head reductions, batch-norm statistics, replica checks of every part) is composed from these over
  * the part table in mednet/parts.h.
  *
@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "mednet/error.h"
+#include "mednet/launch.h" /* the launch check (mn_launch_check), formerly part of this header */
 #include "mednet/tensor.h"
 
 /* ---- communicators --------------------------------------------------------------------------------------------- */
@@ -54,14 +55,6 @@ int mn_dist_nholders(const mn_dist *d, int ds);
 
 /* World rank of the root (lowest-ranked holder) of dataset `ds`.  Not collective. */
 int mn_dist_root(const mn_dist *d, int ds);
-
-/* Check that the launch gave the expected number of ranks.  Under Open MPI's mpirun (OMPI_COMM_WORLD_SIZE set)
- * mpirun's -n decides and nothing is checked (mpirun -n 4 in a 2-task allocation is a deliberate choice).
- * Otherwise, inside an srun step the size of comm must equal SLURM_STEP_NUM_TASKS, and outside one (mednet started
- * directly in a batch script) SLURM_NTASKS.  A mismatch means P independent one-rank jobs (srun without PMIx) or a
- * forgotten srun, and returns MN_ERR_MPI with a hint ("use srun --mpi=pmix").  Without Slurm variables: MN_OK.
- * Every rank sees the same outcome.  Not collective (reads MPI_Comm_size and the environment). */
-mn_err mn_dist_check_launch(MPI_Comm comm);
 
 /* ---- broadcast ------------------------------------------------------------------------------------------------- */
 

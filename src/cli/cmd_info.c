@@ -1,5 +1,8 @@
-/* cmd_info.c: `mednet info`: version, MPI size, threads per rank and the BLIS kernel set in use. */
+/* cmd_info.c: `mednet info`: version, MPI size, the launch check's verdict (launcher and MPI library), threads per
+ * rank and the BLIS kernel set in use.  A wrong launcher is an agreed error here too, so `srun mednet info` is the
+ * cheap way to try a launch line before a long job. */
 #include "commands.h"
+#include "mednet/launch.h"
 #include "mednet/mpicheck.h"
 #include "mednet/threads.h"
 
@@ -7,9 +10,15 @@ mn_err mn_cmd_info(int argc, char **argv, mn_cmd_result *res)
 {
     int size = 0;
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    mn_launch launch;
+    MN_CALL(mn_agree(MPI_COMM_WORLD, mn_launch_check(MPI_COMM_WORLD, &launch)));
     MN_CALL(mn_agree(MPI_COMM_WORLD, mn_threads_init(mn_threads_resolve(0))));
     mn_log_info("mednet %s", MN_VERSION);
     mn_log_info("MPI ranks: %d", size);
+    mn_log_info("MPI library: %s (%s)", mn_mpi_flavour_name(launch.flavour), launch.library);
+    mn_log_info("launcher: %s%s%s%s", mn_launcher_name(launch.launcher), launch.plugin[0] ? " (--mpi=" : "",
+                launch.plugin, launch.plugin[0] ? ")" : "");
+    mn_log_info("launch check: %s", launch.message);
     mn_log_info("threads per rank: %d", mn_threads_count());
     mn_log_info("BLIS kernels: %s (%s)", mn_blis_arch(), mn_blis_arch_reason());
     return MN_OK;

@@ -8,6 +8,7 @@
  * printed once. */
 #include "commands.h"
 #include "mednet/corpus.h"
+#include "mednet/launch.h"
 #include "mednet/mpicheck.h"
 
 #include <stdio.h>
@@ -53,6 +54,8 @@ mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res)
     unsigned long long seed = 0;
     MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    /* A wrong launcher (P singletons writing one corpus file) is stopped before anything is read or written. */
+    MN_CALL(mn_agree(MPI_COMM_WORLD, mn_launch_check(MPI_COMM_WORLD, NULL)));
     char **overrides = calloc((size_t)argc + 1, sizeof *overrides);
     int nover = 0;
     /* The arguments are the same on every rank: rank 0 reports a bad one, the agreement stops everyone. */

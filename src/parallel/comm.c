@@ -1,4 +1,4 @@
-/* comm.c: communicators (world duplicate, one per dataset), the launch check, broadcast, averaging, flag
+/* comm.c: communicators (world duplicate, one per dataset), broadcast, averaging, flag
  * agreement and replica-consistency checks.
  *
  * Per-dataset communicators come from MPI_Comm_split on the world duplicate, one split per dataset, with
@@ -131,33 +131,6 @@ int mn_dist_root(const mn_dist *d, int ds)
     for (int r = 0; r < d->size; r++)
         if (d->holds[(size_t)ds * d->size + r]) return r;
     return -1;
-}
-
-mn_err mn_dist_check_launch(MPI_Comm comm)
-{
-    int size = 0;
-    MN_MPI(MPI_Comm_size(comm, &size));
-    /* Measured with Slurm 22.05 + Open MPI 4.1: ranks started by mpirun carry OMPI_COMM_WORLD_SIZE and the batch
-     * step's SLURM_NTASKS (the allocation's count, which mpirun may legitimately differ from); ranks of an srun
-     * step carry SLURM_STEP_NUM_TASKS; a program started directly in the batch script carries only SLURM_NTASKS. */
-    const char *ompi = getenv("OMPI_COMM_WORLD_SIZE");
-    if (ompi && *ompi) return MN_OK;
-    const char *var = "SLURM_STEP_NUM_TASKS";
-    const char *val = getenv(var);
-    if (!val || !*val) {
-        var = "SLURM_NTASKS";
-        val = getenv(var);
-    }
-    if (!val || !*val) return MN_OK;
-    char *end = NULL;
-    long want = strtol(val, &end, 10);
-    MN_CHECK(end && *end == '\0' && want > 0, MN_ERR_ARG, "%s='%s' is not a positive task count", var, val);
-    MN_CHECK(want == size, MN_ERR_MPI,
-             "MPI world size is %d but %s=%ld: the ranks did not join one MPI job.\n"
-             "---> HINT: launched without PMIx, or without srun? Use `srun --mpi=pmix mednet ...` (Debian's Open "
-             "MPI has no PMI-2), or mpirun inside the allocation.",
-             size, var, want);
-    return MN_OK;
 }
 
 mn_err mn_dist_bcast_floats(MPI_Comm comm, float *buf, size_t n, int root)

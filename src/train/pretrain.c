@@ -263,7 +263,7 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     fault_parse(&r);
     if (!e && fault_is(&r, "signal_setup")) raise(SIGUSR1);
     /* The launch check reads the same environment on every rank; agreeing makes a wrong launch an exit 1. */
-    if (!e) e = mn_agree(comm, mn_dist_check_launch(comm));
+    if (!e) e = mn_agree(comm, mn_launch_check(comm, NULL));
     if (!e) e = mn_train_config_load(comm, path, overrides, noverrides, &r.config);
     /* The whole configuration, validated before any heavy work (every rank parses the same text). */
     if (!e) e = mn_agree(comm, r.rank == 0 ? mn_run_config_read(r.config, &r.cfg) : MN_OK); /* rank 0 reports */

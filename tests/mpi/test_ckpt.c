@@ -312,6 +312,7 @@ static void check_damage(const char *dir, int64_t step)
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    mn_test_expect_size();
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     for (size_t i = 0; i < sizeof big_config - 1; i++) big_config[i] = (char)('a' + i % 26);

@@ -99,6 +99,7 @@ static int agreed_everywhere(const char *what, mn_err e, mn_err want)
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    mn_test_expect_size();
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (argc < 2) {

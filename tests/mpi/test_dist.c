@@ -5,7 +5,7 @@
  * against MPI_Allreduce of the same data with uneven sample counts (one rank contributing none), with buckets cut
  * from the end and ready calls in a rank-dependent order; the head reducer's mean and its zero-sample case;
  * averaging; flag agreement; the replica checksum (a flipped bit on one rank is found and named by world rank, on
- * the world and on a dataset communicator); the Slurm launch check; the timeline file; reducer misuse errors.
+ * the world and on a dataset communicator); the timeline file; reducer misuse errors.
  */
 #include "mednet/dist.h"
 #include "mednet/mpicheck.h"
@@ -268,36 +268,10 @@ static void test_checksum(const mn_dist *d)
     }
 }
 
-static void test_launch(void)
-{
-    char val[16], ompi[16] = "";
-    /* Under mpirun (this test's launcher) the check defers to mpirun: pretend to be an srun/direct launch. */
-    if (getenv("OMPI_COMM_WORLD_SIZE")) snprintf(ompi, sizeof ompi, "%s", getenv("OMPI_COMM_WORLD_SIZE"));
-    unsetenv("OMPI_COMM_WORLD_SIZE");
-    unsetenv("SLURM_STEP_NUM_TASKS");
-    snprintf(val, sizeof val, "%d", size);
-    setenv("SLURM_NTASKS", val, 1);
-    TEST_EXPECT(mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK, "launch check rejected a matching SLURM_NTASKS");
-    snprintf(val, sizeof val, "%d", size + 1);
-    setenv("SLURM_NTASKS", val, 1);
-    mn_error_set_quiet(1);
-    TEST_EXPECT(mn_dist_check_launch(MPI_COMM_WORLD) == MN_ERR_MPI, "launch check accepted a wrong SLURM_NTASKS");
-    TEST_EXPECT(strstr(mn_error_last(), "--mpi=pmix") != NULL, "no pmix hint: %s", mn_error_last());
-    setenv("SLURM_STEP_NUM_TASKS", "1", 1); /* the step's count wins over the allocation's */
-    TEST_EXPECT((mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK) == (size == 1), "step task count not preferred");
-    mn_error_set_quiet(0);
-    setenv("OMPI_COMM_WORLD_SIZE", "7", 1); /* mpirun's -n wins over the allocation's task count */
-    TEST_EXPECT(mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK, "launch check overrode mpirun's -n");
-    unsetenv("OMPI_COMM_WORLD_SIZE");
-    unsetenv("SLURM_STEP_NUM_TASKS");
-    unsetenv("SLURM_NTASKS");
-    TEST_EXPECT(mn_dist_check_launch(MPI_COMM_WORLD) == MN_OK, "launch check failed without Slurm");
-    if (*ompi) setenv("OMPI_COMM_WORLD_SIZE", ompi, 1);
-}
-
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    mn_test_expect_size();
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int holders[NDS * 8];
@@ -319,7 +293,6 @@ int main(int argc, char **argv)
     test_heads(d);
     test_flags(d);
     test_checksum(d);
-    test_launch();
 
     /* A holder table with an empty dataset is rejected on every rank. */
     int empty[2 * 8] = {0};

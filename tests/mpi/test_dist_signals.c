@@ -12,6 +12,7 @@
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    mn_test_expect_size();
     int rank = 0, size = 0, stop = -1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);

@@ -214,6 +214,7 @@ static mn_err run(int sync)
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED)) return 1;
+    mn_test_expect_size();
     int sync = argc > 1 && !strcmp(argv[1], "syncbn");
     mn_err e = run(sync);
     if (e) mn_mpi_exit_error(MPI_COMM_WORLD, e);

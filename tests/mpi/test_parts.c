@@ -61,6 +61,7 @@ static void continue_like_a_run(MPI_Comm next_step, const char *what)
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
+    mn_test_expect_size();
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     if (size_ < 3) {

@@ -23,7 +23,7 @@ static mn_err run(int argc, char **argv, int *status)
     int rank = 0, size = 0;
     MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    MN_CALL(mn_dist_check_launch(MPI_COMM_WORLD));
+    MN_CALL(mn_launch_check(MPI_COMM_WORLD, NULL));
     const char *out = NULL;
     long long max_steps = 0;
     int fail_rank = -1;
