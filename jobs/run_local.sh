@@ -12,8 +12,10 @@
 #
 # Signals: SIGUSR1, SIGTERM and SIGINT (^C) to this script are forwarded to the ranks as SIGUSR1 (mpirun relays
 # USR1 to every rank, whereas a TERM to mpirun tears the job down), so mednet checkpoints at the next step
-# boundary and exits with 99 (MN_EXIT_REQUEUE); the script then says how to resume: run the same command again.
-# A second ^C is passed on as SIGTERM to stop at once.
+# boundary, and rank 0 leaves MEDNET_OUT/REQUEUE ("checkpointed at step N, requeue me"); the script reads that
+# marker, not mpirun's exit status (which launchers may lose), exits with 99 (MN_EXIT_REQUEUE) and says how to
+# resume: run the same command again.  A second ^C is passed on as SIGTERM to stop at once.
+# Exit status: 99 when the run left the marker, otherwise mpirun's.
 set -u
 MN_EXIT_REQUEUE=99   # must equal MN_EXIT_REQUEUE in include/mednet/signals.h
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -74,6 +76,8 @@ trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 
+# A marker of an earlier run says nothing about this one (mednet removes it too, once it holds the folder).
+rm -f "$MEDNET_OUT/REQUEUE"
 # shellcheck disable=SC2086  # MEDNET_MPIRUN_ARGS is a word list on purpose
 mpirun -n "$ranks" --oversubscribe --bind-to none "${root_args[@]}" -x OMP_NUM_THREADS -x BLIS_NUM_THREADS \
     -x HDF5_USE_FILE_LOCKING $MEDNET_MPIRUN_ARGS \
@@ -85,8 +89,10 @@ while :; do
     if [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
     break
 done
-if [ "$rc" -eq "$MN_EXIT_REQUEUE" ]; then
-    log "checkpointed on a signal; run the same command again to resume from $MEDNET_OUT"
+if [ -f "$MEDNET_OUT/REQUEUE" ]; then
+    log "$(head -n 1 "$MEDNET_OUT/REQUEUE") (mpirun status $rc); run the same command again to resume from" \
+        "$MEDNET_OUT"
+    rc=$MN_EXIT_REQUEUE
 else
     log "mednet $cmd ended with status $rc"
 fi

@@ -18,6 +18,7 @@
  */
 #include "mednet/train.h"
 
+#include "mednet/ckpt.h"
 #include "mednet/dist.h"
 #include "mednet/mem.h"
 #include "mednet/model.h"
@@ -28,11 +29,13 @@
 #include "mednet/trainer.h"
 #include "train/train_impl.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Fault injection for the failure tests, from MEDNET_FAULT=<kind>:<rank>[:<step>]:
  *   head_mismatch:R:S   after step S, rank R perturbs one parameter of the first head it holds (a replica
@@ -151,6 +154,45 @@ static mn_err write_checkpoint(run *r)
     return MN_OK;
 }
 
+/* ---- the requeue marker -------------------------------------------------------------------------------------- */
+
+/* <out_dir>/REQUEUE tells the job script that this run stopped on a signal with its progress saved, so it should be
+ * requeued.  Exit statuses are not reliable for that: a launcher may report a rank's 99 as a signal or lose it
+ * (MPICH's Hydra does about one run in three, srun --kill-on-bad-exit kills the last ranks while they exit).  A file
+ * is: rank 0 writes it through REQUEUE.tmp + rename AFTER the checkpoint is on disk, so a marker always names a
+ * complete checkpoint; `start` (remove = 1) deletes a stale one once the run holds the output folder.  Rank 0's
+ * local work, agreed over the world; so collective on it.  Errors (a folder that cannot be written) are agreed
+ * MN_ERR_IO naming the file. */
+static mn_err requeue_marker(run *r, int remove)
+{
+    mn_err e = MN_OK;
+    if (r->rank == 0) {
+        char path[1400], tmp[1400], ckpt[1400] = "";
+        snprintf(path, sizeof path, "%s/REQUEUE", r->cfg.out);
+        snprintf(tmp, sizeof tmp, "%s/REQUEUE.tmp", r->cfg.out);
+        if (remove) {
+            if (unlink(path) != 0 && errno != ENOENT) e = MN_ERR_IO;
+            if (e) mn_log_warn("cannot remove the stale requeue marker %s: %s", path, strerror(errno));
+            else if (unlink(tmp) != 0 && errno != ENOENT) e = MN_ERR_IO;
+        } else {
+            int found = 0;
+            if (mn_ckpt_latest(r->cfg.out, ckpt, sizeof ckpt, &found) != MN_OK || !found)
+                snprintf(ckpt, sizeof ckpt, "none");
+            FILE *f = fopen(tmp, "w");
+            int ok = f && fprintf(f, "checkpointed at step %ld, requeue me\ncheckpoint: %s\n", r->step, ckpt) > 0;
+            ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+            if (f && fclose(f) != 0) ok = 0;
+            ok = ok && rename(tmp, path) == 0;
+            if (!ok) {
+                mn_log_warn("cannot write the requeue marker %s: %s", path, strerror(errno));
+                e = MN_ERR_IO;
+            }
+        }
+    }
+    MN_CALL(mn_agree(r->parts->dist->world, e));
+    return MN_OK;
+}
+
 static mn_err train_loop(run *r, mn_train_result *res)
 {
     const run_cfg *c = &r->cfg;
@@ -158,6 +200,7 @@ static mn_err train_loop(run *r, mn_train_result *res)
     mn_model *m = mn_trainer_model(r->trainer);
     mn_step_stats st = {0};
     double *dice = NULL;
+    MN_CALL(requeue_marker(r, 1)); /* the output folder is ours (set-up took its lock): a marker there is stale */
     MN_CALL(mn_calloc(sizeof(double) * (size_t)p->nrows, "step losses", (void **)&st.loss));
     mn_err e = mn_calloc(sizeof(double) * (size_t)p->nrows, "step weights", (void **)&st.weight);
     if (!e) e = mn_calloc(sizeof(double) * (size_t)p->nrows, "dice", (void **)&dice);
@@ -182,6 +225,7 @@ static mn_err train_loop(run *r, mn_train_result *res)
                         r->step, nsteps ? "writing a checkpoint" : "nothing trained yet, no checkpoint",
                         MN_EXIT_REQUEUE);
             if (nsteps) e = write_checkpoint(r);
+            if (!e) e = requeue_marker(r, 0);
             res->exit_status = MN_EXIT_REQUEUE;
             break;
         }

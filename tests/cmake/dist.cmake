@@ -20,9 +20,8 @@ mn_mpi_test(test_ckpt SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_ckpt.c NPROCS
 mn_mpi_test(test_dist_signals SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_dist_signals.c NPROCS 1 2 3 4 TIMEOUT 60)
 
 # Slurm: a private single-node Slurm (tests/slurm/slurm_harness.sh) runs a 2-task `mednet info` job, a forgotten
-# srun (launch check), a rank failing on purpose under srun, jobs/scaling_sweep.sh, and jobs/pretrain.sbatch with a
-# stand-in program (tests/slurm/sigprog.c) whose time limit runs out: signal -> trap -> forward -> checkpoint ->
-# requeue -> resume.  Runs serially (it starts daemons) and takes about 70 s.
+# srun (launch check), a rank failing on purpose under srun and jobs/scaling_sweep.sh, with a stand-in program
+# (tests/slurm/sigprog.c) where mednet itself is not needed.  Runs serially (it starts daemons), about 30 s.
 add_executable(sigprog ${CMAKE_CURRENT_SOURCE_DIR}/slurm/sigprog.c)
 target_compile_options(sigprog PRIVATE ${MN_WARNINGS})
 target_link_libraries(sigprog PRIVATE mednet_lib)
@@ -32,13 +31,24 @@ add_test(NAME test_slurm_jobs
                  ${PROJECT_SOURCE_DIR}/jobs)
 set_tests_properties(test_slurm_jobs PROPERTIES TIMEOUT 240 LABELS "slurm" RUN_SERIAL TRUE)
 
+# The requeue rule of jobs/pretrain.sbatch with sigprog (which leaves the REQUEUE marker as mednet does): one drill
+# `sbatch --export=NONE -N 1 --ntasks-per-node=3` (3 ranks) -> SIGUSR1 to the batch shell -> checkpoint -> marker
+# -> requeue -> resume -> done (MN_DRILL_N=20 in the environment repeats it); a plain scancel ends CANCELLED without
+# a requeue; a preemption (SIGTERM to the ranks only) requeues.  About 60 s.
+add_test(NAME test_slurm_requeue
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/slurm_harness.sh
+                 bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_requeue.sh $<TARGET_FILE:sigprog>
+                 ${PROJECT_SOURCE_DIR}/jobs)
+set_tests_properties(test_slurm_requeue PROPERTIES TIMEOUT 240 LABELS "slurm" RUN_SERIAL TRUE)
+
 # The local runner: signal forwarding to mpirun's ranks and resume, with the same stand-in.
 add_test(NAME test_run_local
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_run_local.sh $<TARGET_FILE:sigprog> ${PROJECT_SOURCE_DIR}/jobs)
 set_tests_properties(test_run_local PROPERTIES TIMEOUT 90 LABELS "mpi" PROCESSORS 2)
 
-# The real pre-training under Slurm: a 2-task job to completion, and a job whose 1-minute limit runs out
-# (signal -> checkpoint -> requeue -> resume -> done).
+# The real mednet under Slurm: jobs/prep.sbatch builds the corpus (--export=NONE), a 2-task pre-training job runs
+# to completion, and a job whose 1-minute limit runs out (--signal=B:USR1@45 -> checkpoint -> marker -> requeue ->
+# resume -> done).  About 90 s.
 add_test(NAME test_slurm_pretrain
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/slurm_harness.sh
                  bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_slurm_pretrain.sh $<TARGET_FILE:mednet>

@@ -7,7 +7,9 @@
  * (the requeued run), it resumes from it, checks its contents, runs 10 more steps and exits 0.  A first run that is
  * never signalled gives up after 150 s with status 1, unless an argument sigprog.steps=N asks it to finish after N
  * steps with status 0 (for jobs that are not meant to be signalled, e.g. the scaling sweep).  sigprog.fail_rank=R
- * makes rank R fail on purpose at step 3 (an error only it sees: it must end the whole job through MPI_Abort). */
+ * makes rank R fail on purpose at step 3 (an error only it sees: it must end the whole job through MPI_Abort).
+ * Like mednet pretrain, rank 0 removes a stale DIR/REQUEUE at start and, after a checkpoint on a signal, writes
+ * "checkpointed at step N, requeue me" there through REQUEUE.tmp + rename: the job scripts requeue on that marker. */
 #include "mednet/ckpt.h"
 #include "mednet/dist.h"
 #include "mednet/mpicheck.h"
@@ -17,6 +19,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+/* The requeue marker, as src/train/pretrain.c writes it (rank 0). */
+static mn_err marker_write(const char *out, long long step, const char *ckpt)
+{
+    char path[4096], tmp[4096];
+    snprintf(path, sizeof path, "%s/REQUEUE", out);
+    snprintf(tmp, sizeof tmp, "%s/REQUEUE.tmp", out);
+    FILE *f = fopen(tmp, "w");
+    MN_CHECK(f, MN_ERR_IO, "cannot create %s", tmp);
+    int ok = fprintf(f, "checkpointed at step %lld, requeue me\ncheckpoint: %s\n", step, ckpt) > 0;
+    ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
+    ok = fclose(f) == 0 && ok;
+    MN_CHECK(ok && rename(tmp, path) == 0, MN_ERR_IO, "cannot write %s", path);
+    return MN_OK;
+}
 
 static mn_err run(int argc, char **argv, int *status)
 {
@@ -42,6 +60,8 @@ static mn_err run(int argc, char **argv, int *status)
     float state[16];
     if (rank == 0) {
         char path[4096];
+        snprintf(path, sizeof path, "%s/REQUEUE", out);
+        unlink(path);
         MN_CALL(mn_ckpt_latest(out, path, sizeof path, &resumed));
         if (resumed) {
             mn_ckpt *c = NULL;
@@ -56,7 +76,8 @@ static mn_err run(int argc, char **argv, int *status)
             start = s;
             printf("sigprog: resumed from %s at step %lld on %d ranks\n", path, start, size);
         } else {
-            printf("sigprog: fresh start on %d ranks\n", size);
+            const char *omp = getenv("OMP_NUM_THREADS");
+            printf("sigprog: fresh start on %d ranks (OMP_NUM_THREADS=%s)\n", size, omp ? omp : "unset");
         }
         fflush(stdout);
     }
@@ -77,6 +98,7 @@ static mn_err run(int argc, char **argv, int *status)
                 mn_ckpt_array a[2] = {{"step", MN_CKPT_I64, &s, 1}, {"state", MN_CKPT_F32, state, 16}};
                 char path[4096];
                 MN_CALL(mn_ckpt_write(out, s, a, 2, NULL, 0, 2, path, sizeof path));
+                MN_CALL(marker_write(out, step, path));
                 printf("sigprog: %s received; checkpointed step %lld to %s; exiting with %d\n",
                        mn_signals_pending() ? mn_signals_name(mn_signals_pending()) : "signal (on another rank)",
                        step, path, MN_EXIT_REQUEUE);

@@ -10,7 +10,12 @@
 #   SLURM_CONF     the generated slurm.conf (sbatch, srun, squeue, scontrol, sinfo all read it)
 #   MN_SLURM_DIR   the temporary directory (put job output there)
 # and exits with COMMAND's status.  cred_expire=10 (default 120): slurmctld holds a requeued job back for
-# cred_expire + 1 s, which would otherwise dominate the requeue test.  On any exit (success, failure, ^C) the trap
+# cred_expire + 1 s, which would otherwise dominate the requeue test; sched_interval=2 (default 60) starts it as
+# soon as it may.  Two partitions for the preemption test: `test` (default, PriorityTier=1, GraceTime
+# MN_SLURM_GRACE, default 20 s) and `urgent` (PriorityTier=2), PreemptType=preempt/partition_prio with PreemptMode
+# MN_SLURM_PREEMPT_MODE (default REQUEUE): an `urgent` job preempts `test` jobs.  Job ids start at a pid-derived
+# FirstJobId and TmpFS is the temporary directory, so that the PMIx plugin's per-step folders (named after the job
+# id) never collide with another harness's.  On any exit (success, failure, ^C) the trap
 # cancels the remaining jobs and stops the three daemons by the PIDs in their pid files (never by name), then
 # removes the directory (MN_SLURM_KEEP=1 keeps it); the daemon logs are printed when COMMAND failed.
 # COMMAND is stopped after MN_SLURM_TIMEOUT seconds (default 200), below ctest's timeout: ctest kills a timed-out
@@ -100,6 +105,10 @@ pick_port() {
 base=$((20000 + ($$ % 5000) * 2))
 ctld_port=$(pick_port "$base")
 slurmd_port=$(pick_port $((ctld_port + 1)))
+# Job ids unique to this harness, and its own TmpFS: the PMIx plugin keeps per-step folders named after the job id
+# (/tmp/spmix_appdir_<uid>_<job>.<step>), so that two harnesses (or a step killed earlier) cannot collide.
+first_job_id=$(( ($$ % 60000) * 1000 + 1 ))
+mkdir -p "$T/tmp"
 mem=$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)
 cat >"$T/slurm.conf" <<CONF
 ClusterName=mntest
@@ -126,6 +135,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=pmix
 SwitchType=switch/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -133,11 +143,16 @@ MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides
 JobRequeue=1
+FirstJobId=$first_job_id
+TmpFS=$T/tmp
 KillWait=5
 MinJobAge=300
 InactiveLimit=0
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PreemptType=preempt/partition_prio
+PreemptMode=${MN_SLURM_PREEMPT_MODE:-REQUEUE}
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=${MN_SLURM_GRACE:-20}
+PartitionName=urgent Nodes=$host Default=NO MaxTime=INFINITE State=UP PriorityTier=2
 CONF
 export SLURM_CONF="$T/slurm.conf"
 export MN_SLURM_DIR="$T"

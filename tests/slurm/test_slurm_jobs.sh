@@ -6,10 +6,8 @@
 # 1b. sigprog started without srun in a 2-task allocation: the launch check must stop it with the PMIx hint.
 # 1d. a rank of a 2-task srun step fails on purpose: the job must end FAILED within seconds with its message.
 # 1c. jobs/scaling_sweep.sh with P = 1 and 2 (sigprog finishing after 5 steps): one job per P, own directories.
-# 2. jobs/pretrain.sbatch with a 1-minute limit and --signal=B:USR1@45, running tests/slurm/sigprog as the mednet
-#    binary: the batch shell traps USR1, forwards it to the srun step, sigprog's ranks agree on it, rank 0 writes a
-#    checkpoint, all exit with MN_EXIT_REQUEUE, the script runs `scontrol requeue`, and the second run resumes from
-#    the checkpoint and completes.  Checks the final job state, the restart count and every step in the log.
+# The requeue rule of the job scripts (signal, marker, cancel, preemption) is tested in test_slurm_requeue.sh, the
+# time-limit signal with the real mednet in test_slurm_pretrain.sh.
 set -u
 mednet=$1 sigprog=$2 jobs=$3
 D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
@@ -76,25 +74,4 @@ while read -r p sid; do
     check "sweep P=$p has its own output directory" [ -d "$D/sweep/P$p" ]
 done <"$D/sweep.ids"
 
-# ---- 2: time limit -> signal -> checkpoint -> requeue -> resume -------------------------------------------------
-t0=$(date +%s)
-export MEDNET_BIN=$sigprog MEDNET_CONFIG=/dev/null MEDNET_OUT=$D/pretrain-out
-id=$(sbatch --parsable -J mn-requeue -n 2 -c 1 -t 1 --signal=B:USR1@45 -o "$D/pretrain-%j.out" \
-    "$jobs/pretrain.sbatch")
-check "pretrain.sbatch submitted (job '$id')" [ -n "$id" ]
-wait_job "$id" 150 1
-log=$D/pretrain-$id.out
-echo "---- $log"
-cat "$log"
-echo "----"
-echo "requeue job: state $state, restarts $restarts, exit code $(job_field "$id" ExitCode), $(($(date +%s) - t0)) s"
-check "job completed after the requeue" [ "$state" = COMPLETED ]
-check "job was requeued exactly once" [ "$restarts" = 1 ]
-check "batch shell caught and forwarded USR1" grep -q "caught SIGUSR1; forwarding it to the job step" "$log"
-check "ranks agreed and checkpointed on SIGUSR1" grep -q "sigprog: SIGUSR1 received; checkpointed step" "$log"
-check "script requeued on exit status 99" grep -q "checkpointed on a signal (exit 99); requeueing job $id" "$log"
-check "second run started" grep -q "job $id run 2 on" "$log"
-check "second run resumed from the checkpoint" grep -q "sigprog: resumed from .*/ckpt-[0-9]*.h5 at step" "$log"
-check "second run finished" grep -q "sigprog: finished at step" "$log"
-check "latest checkpoint pointer exists" [ -s "$MEDNET_OUT/latest" ]
 exit "$fail"

@@ -2,10 +2,12 @@
 # test_slurm_pretrain.sh MEDNET CONFIGDIR JOBSDIR: the real `mednet pretrain` under Slurm, run inside
 # tests/slurm/slurm_harness.sh.
 #
-# 1. jobs/pretrain.sbatch with 2 tasks (srun --mpi=pmix) pre-trains on the mricron corpus to completion.
-# 2. jobs/pretrain.sbatch with a 1-minute limit (sized from job 1's speed to about 30 s of steps) and --signal=B:USR1@45: the batch shell forwards USR1, the ranks
-#    agree on it, write a checkpoint and exit 99, the script requeues the job, and the requeued run resumes from the
-#    checkpoint (possibly more than once, as the limit keeps running out) until every step is done.
+# 0. jobs/prep.sbatch under --export=NONE builds the mricron corpus with 2 tasks.
+# 1. jobs/pretrain.sbatch with 2 tasks (srun, the site's MpiDefault=pmix) pre-trains on it to completion.
+# 2. jobs/pretrain.sbatch with a 1-minute limit (sized from job 1's speed to about 30 s of steps) and
+#    --signal=B:USR1@45: the batch shell forwards USR1, the ranks agree on it, write a checkpoint, rank 0 leaves the
+#    REQUEUE marker, the script requeues the job on it, and the requeued run resumes from the checkpoint (possibly
+#    more than once, as the limit keeps running out) until every step is done; no marker is left.
 set -u
 mednet=$1 configs=$2 jobs=$3
 D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
@@ -28,11 +30,14 @@ wait_job() { # wait_job ID TIMEOUT_S: until a final state
     done
 }
 
-# The corpus, built by a 2-task job step as a user would.
-id=$(sbatch --parsable -J mn-prep -n 2 -c 1 -t 2 -o "$D/prep-%j.out" \
-    --wrap "srun --mpi=pmix '$mednet' prep '$configs/corpus_mricron.ini' --output '$D/corpus.h5'")
+# The corpus, built on the compute node by jobs/prep.sbatch (2 tasks, settings as arguments, nothing exported).
+id=$(env -i PATH="$PATH" SLURM_CONF="$SLURM_CONF" sbatch --parsable --export=NONE -n 2 -c 1 -t 2 \
+    -o "$D/prep-%j.out" "$jobs/prep.sbatch" MEDNET_BIN="$mednet" MEDNET_CONFIG="$configs/corpus_mricron.ini" \
+    MEDNET_CORPUS="$D/corpus.h5")
 wait_job "$id" 60
-check "prep job completed (state $state)" [ "$state" = COMPLETED ]
+cat "$D/prep-$id.out"
+check "prep.sbatch job completed (state $state)" [ "$state" = COMPLETED ]
+check "and wrote the corpus" [ -s "$D/corpus.h5" ]
 export MEDNET_BIN=$mednet MEDNET_CONFIG=$configs/pretrain_mricron.ini
 common="corpus.path=$D/corpus.h5 train.eval_batches=0 train.log_every=5 train.checkpoint_every=0"
 
@@ -49,14 +54,22 @@ check "it finished its 10 steps" grep -q "^done: 10 steps" "$log"
 check "and left the step-10 checkpoint" [ "$(cat "$D/run1/latest" 2>/dev/null)" = ckpt-10.h5 ]
 
 # ---- 2: the time limit runs out: signal -> checkpoint -> requeue -> resume -> done -------------------------------
-# The signal comes about 15 s into each run: size the job from job 1's step time to about 30 s of steps, so that
-# the first run is always interrupted and a requeued run (the second, or a later one) finishes.
+# The signal comes about 15 s into the run: size the job from job 1's step time to about 30 s of steps (at least
+# 60), so that the first run is always interrupted.  Once it has asked for the requeue, the time limit is raised to
+# 5 minutes: the requeued run finishes without a second signal (one arriving just as a run finishes, after mednet
+# has put the default handlers back, would kill the ranks on their way out).
 secs=$(sed -n 's/^done: 10 steps in \([0-9.]*\) s.*/\1/p' "$D"/run1-*.out | head -n 1)
-steps=$(awk -v s="${secs:-10}" 'BEGIN { n = int(30 / (s / 10)); print (n < 40 ? 40 : n) }')
+steps=$(awk -v s="${secs:-10}" 'BEGIN { n = int(30 / (s / 10)); print (n < 60 ? 60 : n) }')
 echo "job 1 took ${secs:-?} s for 10 steps: job 2 runs $steps steps"
 t0=$(date +%s)
 id=$(MEDNET_OUT=$D/run2 MEDNET_OVERRIDES="$common train.steps=$steps" \
     sbatch --parsable -J mn-requeue -n 2 -c 1 -t 1 --signal=B:USR1@45 -o "$D/run2-%j.out" "$jobs/pretrain.sbatch")
+for _ in $(seq 1 600); do
+    grep -q "requeueing job $id" "$D/run2-$id.out" 2>/dev/null && break
+    [ -z "$(squeue -h -j "$id" -o %i 2>/dev/null)" ] && break
+    sleep 0.2
+done
+scontrol update JobId="$id" TimeLimit=5
 wait_job "$id" 200
 log=$D/run2-$id.out
 cat "$log"
@@ -64,7 +77,9 @@ echo "requeue job: state $state, restarts $restarts, $(($(date +%s) - t0)) s"
 check "job completed" [ "$state" = COMPLETED ]
 check "job was requeued at least once" [ "${restarts:-0}" -ge 1 ]
 check "ranks checkpointed on the forwarded SIGUSR1" grep -q "caught SIGUSR1 at step [0-9]*: writing a checkpoint" "$log"
-check "the script requeued on exit status 99" grep -q "requeueing job $id" "$log"
+check "rank 0 left the marker" grep -q "the run left $D/run2/REQUEUE: checkpointed at step [0-9]*, requeue me" "$log"
+check "the script requeued on it" grep -q "requeueing job $id" "$log"
 check "a requeued run resumed from the checkpoint" grep -q "^resumed from .*/ckpt-[0-9]*.h5 at step" "$log"
 check "every step was done" grep -q "checkpoint: .*/ckpt-$steps.h5 (step $steps)" "$log"
+check "and the finished run left no marker" [ ! -e "$D/run2/REQUEUE" ]
 exit "$fail"
