@@ -3,15 +3,16 @@
  * Slurm sends SIGUSR1 (from `#SBATCH --signal=B:USR1@120`, forwarded by the batch script to the srun step) some
  * time before the wall-clock limit, and SIGTERM on scancel or when the limit is reached.  The handlers only record
  * the signal in a volatile sig_atomic_t; the training loop polls mn_signals_pending() at step boundaries, agrees
- * on it across ranks (mn_dist_agree_flag, MAX), writes a checkpoint and exits with MN_EXIT_REQUEUE, which the batch
- * script turns into `scontrol requeue`.  Nothing else happens inside a handler (no I/O, no MPI).
+ * on it across ranks (mn_dist_agree_flag, MAX), writes a checkpoint, leaves the requeue marker <out_dir>/REQUEUE and
+ * exits with MN_EXIT_REQUEUE.  The job scripts requeue on the marker, not on the status, which some launchers lose
+ * (DESIGN.md, "Failures").  Nothing else happens inside a handler (no I/O, no MPI).
  */
 #ifndef MEDNET_SIGNALS_H
 #define MEDNET_SIGNALS_H
 
 #include "mednet/error.h"
 
-/* Exit status of a run that checkpointed on a signal and wants to be requeued (jobs/pretrain.sbatch checks it).
+/* Exit status of a run that checkpointed on a signal and wants to be requeued (the marker file says the same).
  * Distinct from 0 (done), 1 (agreed error) and MPI_Abort's 10 + code. */
 #define MN_EXIT_REQUEUE 99
 

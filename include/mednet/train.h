@@ -28,6 +28,8 @@ typedef struct mn_train_result {
 /* Run pre-training with the config file `path` plus `noverrides` overrides "section.key=value".  finetune = 1
  * only changes the wording of the log ("finetune"); what is trained comes from the config (corpus.role,
  * train.init_encoder).
+ * Installs the SIGUSR1/SIGTERM handlers of mednet/signals.h first and leaves them installed on return (a signal
+ * arriving while the process exits is recorded, not fatal).
  * Collective on comm.  An error every rank agreed on carries MN_ERR_AGREED (exit 1 possible); any other error must
  * end the job with MPI_Abort (mn_mpi_exit_error). */
 mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int noverrides, int finetune,

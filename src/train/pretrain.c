@@ -321,7 +321,9 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
         e = mn_run_setup(&r);
     }
     if (!e) e = train_loop(&r, res);
-    mn_signals_restore();
+    /* The handlers stay installed until the process exits: a SIGUSR1/SIGTERM forwarded by the job script while the
+     * ranks finish (after the last step) must not kill them with the default action and turn a finished run into a
+     * failed job.  A caught signal that late is simply not acted on. */
     run_destroy(&r);
     MN_CALL(e);
     return MN_OK;
