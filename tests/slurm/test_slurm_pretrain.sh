@@ -4,10 +4,10 @@
 #
 # 0. jobs/prep.sbatch under --export=NONE builds the mricron corpus with 2 tasks.
 # 1. jobs/pretrain.sbatch with 2 tasks (srun, the site's MpiDefault=pmix) pre-trains on it to completion.
-# 2. jobs/pretrain.sbatch with a 1-minute limit (sized from job 1's speed to about 30 s of steps) and
-#    --signal=B:USR1@45: the batch shell forwards USR1, the ranks agree on it, write a checkpoint, rank 0 leaves the
-#    REQUEUE marker, the script requeues the job on it, and the requeued run resumes from the checkpoint (possibly
-#    more than once, as the limit keeps running out) until every step is done; no marker is left.
+# 2. jobs/pretrain.sbatch (sized from job 1's speed to about 30 s of steps) gets SIGUSR1 on its batch shell after 5
+#    steps, as --signal=B:USR1@T delivers it: the batch shell forwards USR1, the ranks agree on it, write a
+#    checkpoint, rank 0 leaves the REQUEUE marker, the script requeues the job on it, and the requeued run resumes
+#    from the checkpoint until every step is done; no marker is left.
 set -u
 mednet=$1 configs=$2 jobs=$3
 D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
@@ -53,23 +53,27 @@ check "it ran as one 2-rank MPI job" grep -q "pretrain: 2 ranks x 1 threads" "$l
 check "it finished its 10 steps" grep -q "^done: 10 steps" "$log"
 check "and left the step-10 checkpoint" [ "$(cat "$D/run1/latest" 2>/dev/null)" = ckpt-10.h5 ]
 
-# ---- 2: the time limit runs out: signal -> checkpoint -> requeue -> resume -> done -------------------------------
-# The signal comes about 15 s into the run: size the job from job 1's step time to about 30 s of steps (at least
-# 60), so that the first run is always interrupted.  Once it has asked for the requeue, the time limit is raised to
-# 5 minutes: the requeued run finishes without a second signal (one arriving just as a run finishes, after mednet
-# has put the default handlers back, would kill the ranks on their way out).
+# ---- 2: the pre-timeout signal: signal -> checkpoint -> requeue -> resume -> done --------------------------------
+# The signal is what `--signal=B:USR1@T` delivers (USR1 to the batch shell), sent with `scancel -b -s USR1` once the
+# run has done 5 steps: Slurm's own timing of --signal varies by tens of seconds (it has arrived 1 s into a 1-minute
+# job), and a signal before the first step checkpoints nothing (it is tested in tests/train).  The job is sized from
+# job 1's step time to about 30 s of steps (at least 60) under a 5-minute limit, so no second signal comes.
 secs=$(sed -n 's/^done: 10 steps in \([0-9.]*\) s.*/\1/p' "$D"/run1-*.out | head -n 1)
 steps=$(awk -v s="${secs:-10}" 'BEGIN { n = int(30 / (s / 10)); print (n < 60 ? 60 : n) }')
 echo "job 1 took ${secs:-?} s for 10 steps: job 2 runs $steps steps"
 t0=$(date +%s)
 id=$(MEDNET_OUT=$D/run2 MEDNET_OVERRIDES="$common train.steps=$steps" \
-    sbatch --parsable -J mn-requeue -n 2 -c 1 -t 1 --signal=B:USR1@45 -o "$D/run2-%j.out" "$jobs/pretrain.sbatch")
+    sbatch --parsable -J mn-requeue -n 2 -c 1 -t 5 -o "$D/run2-%j.out" "$jobs/pretrain.sbatch")
+for _ in $(seq 1 600); do
+    grep -q "^step 5/" "$D/run2-$id.out" 2>/dev/null && break
+    sleep 0.2
+done
+scancel -b -s USR1 "$id"
 for _ in $(seq 1 600); do
     grep -q "requeueing job $id" "$D/run2-$id.out" 2>/dev/null && break
     [ -z "$(squeue -h -j "$id" -o %i 2>/dev/null)" ] && break
     sleep 0.2
 done
-scontrol update JobId="$id" TimeLimit=5
 wait_job "$id" 200
 log=$D/run2-$id.out
 cat "$log"
