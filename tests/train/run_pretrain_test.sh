@@ -9,6 +9,13 @@ mpiexec=("$@")
 py=/usr/bin/python3
 here=$(cd "$(dirname "$0")" && pwd)
 fail() { echo "FAIL ($case_name): $*" >&2; exit 1; }
+# requeue_asked STATUS OUT: the run asked to be requeued: it left OUT/REQUEUE, and the launcher passed its status 99
+# on (Open MPI's mpirun does; MPICH's Hydra loses it in about one run in three and reports 0, which is why the job
+# scripts read the marker).
+requeue_asked() {
+  [ -s "$2/REQUEUE" ] || return 1
+  [ "$1" -eq 99 ] || { [ "$1" -eq 0 ] && grep -q "^mpich\|MPICH\|HYDRA" <<<"$(${mpiexec[0]} --version 2>&1)"; }
+}
 rm -rf "$work" && mkdir -p "$work" && cd "$work" || fail "cannot use $work"
 common=(corpus.path="$corpus" train.eval_batches=0 train.log_every=1 train.checkpoint_every=0)
 
@@ -94,7 +101,7 @@ signal)
   wait $pid
   status=$?
   cat sig.log
-  [ $status -eq 99 ] || fail "expected exit status 99 after SIGUSR1, got $status"
+  requeue_asked $status sig || fail "expected exit status 99 and sig/REQUEUE after SIGUSR1, got $status"
   grep -q "caught SIGUSR1" sig.log || fail "no message about the signal"
   ck=$(cat sig/latest) || fail "no latest pointer"
   step=$(echo "$ck" | sed -n 's/.*ckpt-\([0-9]*\)\.h5.*/\1/p')
@@ -168,7 +175,7 @@ signal_setup)
   # SIGUSR1 raised by rank 1 while the run sets up: no step trained, no checkpoint, exit 99 on every rank.
   MEDNET_FAULT=signal_setup:1 run_stamped pretrain 2 ss train.steps=50
   cat ss.log
-  [ $status -eq 99 ] || fail "expected the requeue status 99 after SIGUSR1 during set-up, got $status"
+  requeue_asked $status ss || fail "expected the requeue status 99 and ss/REQUEUE after SIGUSR1 during set-up, got $status"
   grep -q "caught SIGUSR1 at step 0: nothing trained yet, no checkpoint" ss.log || fail "no 'caught SIGUSR1' line"
   ! grep -q '^step ' ss.log || fail "a step ran after the signal"
   [ ! -e ss/latest ] || fail "a checkpoint was written although nothing was trained"
@@ -232,7 +239,8 @@ lock)
   kill -USR1 $pidA
   wait $pidA
   statusA=$?
-  [ $statusA -eq 99 ] || { cat lkA.log; fail "the first run exited with $statusA after SIGUSR1, expected 99"; }
+  requeue_asked $statusA lk ||
+    { cat lkA.log; fail "the first run exited with $statusA after SIGUSR1, expected 99 and lk/REQUEUE"; }
   [ ! -e lk/.mednet.lock ] || fail "the first run left its lock behind"
   ck=$(cat lk/latest) || fail "no latest pointer"
   step=$(echo "$ck" | sed -n 's/.*ckpt-\([0-9]*\)\.h5.*/\1/p')
