@@ -123,7 +123,7 @@ static mn_err run(int argc, char **argv)
         }
         free(buf);
         /* The same read into fresh memory (as the shard load does): first-touch page faults included, which are
-         * expensive on some machines (see shared/ENVIRONMENT.md). */
+         * expensive on some machines (virtual machines especially). */
         for (int r = 0; r < reps; r++) {
             int fd = open(out, O_RDONLY);
             MN_CHECK(fd >= 0, MN_ERR_IO, "cannot open %s", out);

@@ -55,8 +55,6 @@ typedef struct mn_parts {
     int ncorpus;          /* corpus dataset count */
     int *row_of;          /* [ncorpus]: row of a corpus dataset, -1 if not trained */
     mn_reducer *reducer;  /* the encoder's bucketed reducer (after mn_parts_start_reducer) */
-    float *bn_scratch;    /* for weighted BN averaging */
-    size_t bn_scratch_len;
 } mn_parts;
 
 /* Build the table.  Dataset k (k < ndatasets) is corpus dataset corpus_index[k], named names[k]; holders is the

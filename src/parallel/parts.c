@@ -63,7 +63,6 @@ void mn_parts_destroy(mn_parts **pp)
     if (p->dist) mn_dist_destroy(&p->dist);
     mn_free(&p->row);
     mn_free(&p->row_of);
-    mn_free(&p->bn_scratch);
     mn_free(pp);
 }
 

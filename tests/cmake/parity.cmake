@@ -1,4 +1,4 @@
-# Parity with PyTorch (issue 2): tests/ref/make_fixtures.py writes the reference fixtures with python3-torch at test
+# Parity with PyTorch: tests/ref/make_fixtures.py writes the reference fixtures with python3-torch at test
 # time (never committed); test_torch_parity runs every layer on them.  The ctest fixture `parity` orders the two.
 add_test(NAME parity_fixtures
          COMMAND ${MN_PYTHON} ${PROJECT_SOURCE_DIR}/tests/ref/make_fixtures.py ${CMAKE_BINARY_DIR}/parity_fixtures.h5)

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """model_ref.py: the test-side PyTorch model of mednet's MedicalNet 3-D ResNets, written from the topology in
-issue 3 (not MedicalNet's code: its type-A shortcut detaches the identity part, which is a defect), plus a minimal
+include/mednet/model.h (not MedicalNet's code: its type-A shortcut detaches the identity part, which is a defect), plus a minimal
 safetensors reader/writer (Debian ships no python3-safetensors).
 
 Used by tests/unit/test_model_parity.c:

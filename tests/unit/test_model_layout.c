@@ -24,7 +24,7 @@ static mn_model *make(int depth, mn_shortcut sc, mn_head_kind kind, int nheads, 
 
 int main(void)
 {
-    /* Exact trainable encoder parameter counts (issue 3; MedicalNet's defaults A for 18/34, B otherwise). */
+    /* Exact trainable encoder parameter counts (MedicalNet's defaults A for 18/34, B otherwise). */
     static const struct {
         int depth;
         size_t count;
