@@ -72,6 +72,10 @@ int64_t mn_ckpt_step(const mn_ckpt *c);
 /* Whether array `name` exists, and if so its type and length (out-pointers may be NULL).  Not collective. */
 mn_err mn_ckpt_info(mn_ckpt *c, const char *name, int *exists, mn_ckpt_type *type, size_t *count);
 
+/* The names of the members of group `group` (e.g. "heads"), in name order, into names[0..*n) (each allocated: free
+ * with mn_free); a missing group gives *n = 0.  More than `cap` members is MN_ERR_FORMAT.  Not collective. */
+mn_err mn_ckpt_list(mn_ckpt *c, const char *group, char **names, int cap, int *n);
+
 /* Read each listed array into its `data`: the array must exist with exactly that type and count (MN_ERR_FORMAT
  * naming the file, the array, the expected and found type/length otherwise).  Checksum failures (corrupt data)
  * are MN_ERR_HDF5 naming the file and array.  Not collective. */

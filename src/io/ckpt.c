@@ -459,6 +459,54 @@ mn_err mn_ckpt_info(mn_ckpt *c, const char *name, int *exists, mn_ckpt_type *typ
     return MN_OK;
 }
 
+/* H5Literate callback: append a link name to the list (stops on allocation failure). */
+typedef struct name_list {
+    char **names;
+    int n, cap;
+    int failed;
+} name_list;
+
+static herr_t list_one(hid_t g, const char *name, const H5L_info_t *info, void *op)
+{
+    (void)g;
+    (void)info;
+    name_list *l = op;
+    if (l->n == l->cap) {
+        l->failed = 1;
+        return 1;
+    }
+    size_t len = strlen(name) + 1;
+    if (mn_malloc(len, "checkpoint member name", (void **)&l->names[l->n]) != MN_OK) {
+        l->failed = 1;
+        return 1;
+    }
+    memcpy(l->names[l->n++], name, len);
+    return 0;
+}
+
+mn_err mn_ckpt_list(mn_ckpt *c, const char *group, char **names, int cap, int *n)
+{
+    MN_CHECK(c && group && names && n && cap > 0, MN_ERR_ARG, "NULL argument");
+    *n = 0;
+    int ex = 0;
+    MN_CALL(path_exists(c->fid, group, &ex, c->path));
+    if (!ex) return MN_OK;
+    hid_t g;
+    MN_H5(g = H5Gopen2(c->fid, group, H5P_DEFAULT));
+    name_list l = {names, 0, cap, 0};
+    hsize_t idx = 0;
+    herr_t rc = H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx, list_one, &l);
+    H5Gclose(g);
+    *n = l.n;
+    if (rc < 0 || l.failed) {
+        for (int i = 0; i < l.n; i++) mn_free((void **)&names[i]);
+        *n = 0;
+        MN_CHECK(rc >= 0, MN_ERR_HDF5, "cannot list group '%s' in '%s'", group, c->path);
+        MN_FAIL(MN_ERR_FORMAT, "group '%s' in '%s' has more than %d members", group, c->path, cap);
+    }
+    return MN_OK;
+}
+
 static mn_err read_one(mn_ckpt *c, const mn_ckpt_array *a)
 {
     int ex = 0, known = 0;

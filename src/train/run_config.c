@@ -7,6 +7,7 @@
 #include "mednet/model.h"
 #include "mednet/mpicheck.h"
 #include "mednet/optim.h"
+#include "mednet/safetensors.h"
 #include "mednet/train.h"
 
 #include <stdlib.h>
@@ -95,8 +96,25 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
 
 static const char *depth_shortcut_name(int s) { return s == 1 ? "A" : s == 2 ? "B" : "default"; }
 
+/* A safetensors file (e.g. MedicalNet's release, converted): well-formed, and its recorded depth (mednet's export and
+ * the converter record it) is the configured one.  Tensor names and shapes are checked when the encoder is loaded. */
+static mn_err check_safetensors_model(const char *path, const char *why, const run_cfg *c)
+{
+    mn_safetensors *st = NULL;
+    mn_err e = mn_st_open(path, &st);
+    MN_CHECK(e == MN_OK, e, "%s %s cannot be used", why, path);
+    const char *depth = mn_st_metadata(st, "depth");
+    long d = depth ? strtol(depth, NULL, 10) : c->model.depth;
+    mn_st_close(&st);
+    MN_CHECK(d == c->model.depth, MN_ERR_CONFIG,
+             "%s %s holds a resnet%ld encoder; model.depth is %d\n---> HINT: set model.depth=%ld, or use weights of "
+             "a resnet%d", why, path, d, c->model.depth, d, c->model.depth);
+    return MN_OK;
+}
+
 mn_err mn_run_check_ckpt_model(const char *path, const char *why, const run_cfg *c)
 {
+    if (mn_train_is_safetensors(path)) return check_safetensors_model(path, why, c);
     mn_ckpt_desc dd, *d = &dd;
     MN_CALL(mn_train_ckpt_describe(path, d));
     int shortcut = c->model.shortcut == MN_SHORTCUT_A ? 1 : c->model.shortcut == MN_SHORTCUT_B ? 2 : 0;

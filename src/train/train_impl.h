@@ -54,9 +54,13 @@ mn_err mn_train_ckpt_write(mn_trainer *t, const char *dir, long step, int keep, 
  * *step receives the completed step count.  Collective on the world. */
 mn_err mn_train_ckpt_resume(mn_trainer *t, const char *path, long *step);
 
-/* Initialise t's encoder (parameters and BN statistics) from checkpoint `path` (fine-tuning): read on rank 0,
- * agreed, broadcast.  Collective on the world. */
+/* Initialise t's encoder (parameters and BN statistics) from `path` (fine-tuning): a mednet checkpoint, or a
+ * safetensors file with MedicalNet's state-dict names (mn_train_is_safetensors; every encoder tensor required, other
+ * tensors skipped).  Read on rank 0, agreed, broadcast.  Collective on the world. */
 mn_err mn_train_ckpt_init_encoder(mn_trainer *t, const char *path);
+
+/* 1 when `path` names a safetensors file (by its extension .safetensors), 0 for a mednet checkpoint. */
+int mn_train_is_safetensors(const char *path);
 
 /* Describe checkpoint `path` from its attributes.  Not collective.  Errors name the file: not a checkpoint (not
  * HDF5, or no mednet attributes), unreadable config. */

@@ -131,6 +131,58 @@ print(f"fine-tuning Dice {ev['untrained']:.4f} -> {ev['trained']:.4f}")
 sys.exit(0 if ev["trained"] > ev["untrained"] else 1)
 PY
   ;;
+export)
+  # Weights out and back in: a pre-training checkpoint exported to safetensors (encoder; one head) matches the
+  # checkpoint value for value through PyTorch (strict load into MedicalNet's ResNet); fine-tuning from the exported
+  # encoder runs exactly as fine-tuning from the checkpoint (identical losses); bad weight files are refused.
+  run 2 pre train.steps=6
+  [ $status -eq 0 ] || { cat pre.log; fail "pre-training exited with $status"; }
+  "$mednet" export pre/ckpt-6.h5 enc.safetensors --encoder > ex1.log 2>&1 || { cat ex1.log; fail "export --encoder"; }
+  $py "$here/check_export.py" pre/ckpt-6.h5 enc.safetensors - 10 || fail "encoder export does not match"
+  head=$(grep -o '"colin_[a-z]*"' pre.log | head -n 1 | tr -d '"')
+  [ -n "$head" ] || head=colin_aal
+  "$mednet" export pre/ckpt-6.h5 one.safetensors --head "$head" > ex2.log 2>&1 || { cat ex2.log; fail "export --head"; }
+  $py "$here/check_export.py" pre/ckpt-6.h5 one.safetensors "$head" 10 || fail "head export does not match"
+  "$mednet" export pre/ckpt-6.h5 all.safetensors > ex3.log 2>&1
+  status=$?
+  [ $status -eq 1 ] && grep -q "has 4 heads (colin" ex3.log && grep -q "HINT: choose one with --head NAME" ex3.log || { cat ex3.log; fail "several heads: expected exit 1 and the hint, got $status"; }
+  [ ! -e all.safetensors ] || fail "a refused export left all.safetensors"
+  "$mednet" export pre/ckpt-6.h5 one.safetensors --head no_such_set > ex4.log 2>&1
+  status=$?
+  [ $status -eq 1 ] && grep -q "has no head 'no_such_set'; its heads: colin" ex4.log || { cat ex4.log; fail "unknown head: got $status"; }
+  ftcfg=$(dirname "$config")/finetune_mricron.ini
+  for src in ckpt:pre/ckpt-6.h5 st:enc.safetensors; do
+    timeout 300 "${mpiexec[@]}" -n 2 "$mednet" finetune "$ftcfg" corpus.path="$corpus" train.out_dir="ft_${src%%:*}" \
+      train.init_encoder="${src#*:}" train.steps=4 train.log_every=1 train.eval_batches=0 > "ft_${src%%:*}.log" 2>&1
+    status=$?
+    [ $status -eq 0 ] || { cat "ft_${src%%:*}.log"; fail "finetune from ${src#*:} exited with $status"; }
+  done
+  grep -q "enc.safetensors: [0-9]* encoder tensors loaded" ft_st.log || { cat ft_st.log; fail "no import line"; }
+  $py - ft_ckpt/metrics.jsonl ft_st/metrics.jsonl <<'PY' || fail "fine-tuning from the export differs from the checkpoint"
+import json, sys
+a, b = ([r["loss"] for r in map(json.loads, open(p)) if "loss" in r] for p in sys.argv[1:3])
+print("losses from the checkpoint:", a)
+print("losses from safetensors:   ", b)
+sys.exit(0 if a == b and len(a) == 4 else 1)
+PY
+  # Refusals: another depth (recorded in the metadata), a missing encoder tensor, a truncated file.
+  run_stamped finetune 2 bad_depth train.init_encoder=enc.safetensors model.depth=18 train.steps=2
+  expect_agreed bad_depth.log "safetensors of another depth" "holds a resnet10 encoder; model.depth is 18"
+  $py - enc.safetensors miss.safetensors "$here/../ref" <<'PY' || fail "cannot write miss.safetensors"
+import sys
+sys.path.insert(0, sys.argv[3])
+from model_ref import load_safetensors, save_safetensors
+t = load_safetensors(sys.argv[1])
+del t["layer2.0.conv1.weight"]
+save_safetensors(sys.argv[2], t, {"depth": "10"})
+PY
+  run_stamped finetune 2 bad_missing train.init_encoder=miss.safetensors train.steps=2
+  expect_agreed bad_missing.log "safetensors missing an encoder tensor" "missing: layer2.0.conv1.weight"
+  head -c 1000 enc.safetensors > trunc.safetensors
+  run_stamped finetune 2 bad_trunc train.init_encoder=trunc.safetensors train.steps=2
+  expect_agreed bad_trunc.log "truncated safetensors" "trunc.safetensors"
+  echo "export: encoder and head exports match the checkpoint; fine-tuning from either gives the same losses"
+  ;;
 nan)
   # A diverging run (lr 1000): the ranks agree to skip the non-finite steps (default) or to stop (abort policy).
   run 2 nan train.steps=20 optim.lr=1000
