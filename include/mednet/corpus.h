@@ -38,7 +38,8 @@
 #define MN_CORPUS_MAX_RANGES 256
 
 typedef enum mn_modality { MN_MOD_MR = 0, MN_MOD_CT, MN_MOD_OTHER } mn_modality;
-typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET } mn_role;
+/* MN_ROLE_EXCLUDED is never stored: a run marks the datasets its corpus.datasets list leaves out. */
+typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET, MN_ROLE_EXCLUDED } mn_role;
 
 /* ---- the definition: one [corpus] section and one section per dataset ---------------------------------------
  *

@@ -8,6 +8,9 @@
  * uniform in [-jitter_scale, jitter_scale] and [-jitter_shift, jitter_shift], one draw per crop.
  * A crop that reaches outside its volume (crops larger than the volume, or foreground near the border) is padded
  * with x = 0 and label MN_LABEL_IGNORE, which losses must skip.
+ * Hold-out (holdout > 0; dataset filtering's proxy validation): voxels with z >= ceil((1 - holdout) * D) form the
+ * held-out slab of a volume of depth D.  Training crops keep their images whole but carry MN_LABEL_IGNORE there, and
+ * validation crops (holdout_side = 1) carry labels only there, so no validation label is ever trained on.
  *
  * Determinism: everything a call draws comes from a generator seeded with (seed, rank, step) only, so a step can
  * be replayed (resume from a checkpoint) and does not depend on previous calls.  The samples of one call are
@@ -41,12 +44,15 @@ typedef struct mn_sampler_config {
     double jitter_shift;   /* >= 0 */
     uint64_t seed;
     mn_mixture mixture;    /* the sampling rule (above) */
+    double holdout;        /* 0..0.9: the last `holdout` share of every volume along D is held out for validation */
+    int holdout_side;      /* 0: training crops (labels in the held-out slab ignored); 1: validation crops (labels
+                            * outside it ignored).  Set by the evaluator, not by the config. */
 } mn_sampler_config;
 
 typedef struct mn_sampler mn_sampler;
 
 /* Read a sampler configuration from [section]: crop (1 or 3 integers, default 32), fg_share (0.33), flip (true:
- * all three axes), jitter_scale (0.1), jitter_shift (0.1), seed (0).  Each key is marked used.  MN_ERR_CONFIG on
+ * all three axes), jitter_scale (0.1), jitter_shift (0.1), seed (0), mixture (volumes), holdout (0).  Each key is marked used.  MN_ERR_CONFIG on
  * bad values. */
 mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_config *out);
 

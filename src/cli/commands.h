@@ -20,5 +20,6 @@ mn_err mn_cmd_finetune(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_export(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_filter(int argc, char **argv, mn_cmd_result *res);
 
 #endif

@@ -17,6 +17,7 @@ static const struct {
     {"info", mn_cmd_info, "print version, MPI size, threads and the BLIS kernel set"},
     {"prep", mn_cmd_prep, "build the corpus: NIfTI datasets -> one parallel-HDF5 file (mednet prep CONFIG)"},
     {"model", mn_cmd_model, "ResNet parameter counts, memory plan, tensor names, safetensors export/import"},
+    {"filter", mn_cmd_filter, "dataset filtering by proxy training: which datasets help (mednet filter CONFIG --out DIR)"},
     {"export", mn_cmd_export, "a checkpoint's weights as safetensors with MedicalNet's names (mednet export CKPT OUT)"},
 };
 

@@ -23,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *role_name(mn_role r) { return r == MN_ROLE_TARGET ? "target" : "pretrain"; }
+static const char *role_name(mn_role r)
+{
+    return r == MN_ROLE_TARGET ? "target" : r == MN_ROLE_EXCLUDED ? "excluded" : "pretrain";
+}
 
 /* Rank 0: read the metadata of an open file into info (arrays allocated here). */
 static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)

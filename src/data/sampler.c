@@ -78,6 +78,7 @@ mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_co
     int mix = 0;
     MN_CALL(mn_config_choice(cfg, section, "mixture", "volumes", mixtures, &mix));
     out->mixture = (mn_mixture)mix;
+    MN_CALL(mn_config_double(cfg, section, "holdout", 0, 0, 0.9, &out->holdout));
     return MN_OK;
 }
 
@@ -142,6 +143,9 @@ static void render(const mn_sampler *s, const draw *dr, float *x, int32_t *label
     const mn_shard_volume *sv = &s->shard->volumes[dr->vol];
     const int *c = s->cfg.crop;
     const int64_t D = sv->shape[0], H = sv->shape[1], W = sv->shape[2];
+    /* The held-out slab starts at z = held (D when nothing is held out). */
+    const int64_t held = s->cfg.holdout > 0 ? (int64_t)ceil((1.0 - s->cfg.holdout) * (double)D) : D;
+    const int val = s->cfg.holdout > 0 && s->cfg.holdout_side;
     int64_t o = 0;
     for (int z = 0; z < c[0]; z++) {
         int64_t vz = dr->origin[0] + (dr->flip[0] ? c[0] - 1 - z : z);
@@ -156,7 +160,7 @@ static void render(const mn_sampler *s, const draw *dr, float *x, int32_t *label
                 }
                 int64_t i = vx + W * (vy + H * vz);
                 x[o] = sv->image[i] * dr->scale + dr->shift;
-                labels[o] = sv->label[i];
+                labels[o] = (vz >= held) == val ? sv->label[i] : MN_LABEL_IGNORE;
             }
         }
     }

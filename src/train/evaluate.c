@@ -1,6 +1,7 @@
 /* evaluate.c: the evaluator (src/train/train_impl.h): mean foreground Dice per dataset on fixed crops of each
  * rank's shard, with batch norm in eval mode.  The crops come from a second sampler with its own seed and no
- * intensity jitter, so every evaluation of a run sees the same crops. */
+ * intensity jitter, so every evaluation of a run sees the same crops; with sampler.holdout > 0 their labels are
+ * those of the held-out slab only (mednet/sampler.h). */
 #include "train/train_impl.h"
 
 #include "mednet/layers.h"
@@ -27,6 +28,7 @@ mn_err mn_eval_create(const mn_shard *shard, const mn_sampler_config *scfg, int 
     mn_sampler_config ecfg = *scfg;
     ecfg.seed = scfg->seed + 0x5eedULL; /* evaluation crops: fixed, disjoint from the training stream */
     ecfg.jitter_scale = ecfg.jitter_shift = 0;
+    ecfg.holdout_side = 1; /* with sampler.holdout > 0: Dice on the held-out slab only */
     ev->batch = batch;
     memcpy(ev->crop, scfg->crop, sizeof ev->crop);
     size_t vox = (size_t)scfg->crop[0] * scfg->crop[1] * scfg->crop[2];

@@ -306,8 +306,12 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     if (!e) e = mn_mpi_report_if(MPI_Comm_size(comm, &r.size));
     fault_parse(&r);
     if (!e && fault_is(&r, "signal_setup")) raise(SIGUSR1);
-    /* The launch check reads the same environment on every rank; agreeing makes a wrong launch an exit 1. */
-    if (!e) e = mn_agree(comm, mn_launch_check(comm, NULL));
+    /* The launch check reads the same environment on every rank; agreeing makes a wrong launch an exit 1.  It
+     * compares the world with what the launcher started, so a run on a part of the world (mednet filter's groups)
+     * leaves it to the caller, which checks the world. */
+    int whole = 0;
+    if (!e) e = mn_mpi_report_if(MPI_Comm_compare(comm, MPI_COMM_WORLD, &whole));
+    if (!e && (whole == MPI_IDENT || whole == MPI_CONGRUENT)) e = mn_agree(comm, mn_launch_check(comm, NULL));
     if (!e) e = mn_train_config_load(comm, path, overrides, noverrides, &r.config);
     /* The whole configuration, validated before any heavy work (every rank parses the same text). */
     if (!e) e = mn_agree(comm, r.rank == 0 ? mn_run_config_read(r.config, &r.cfg) : MN_OK); /* rank 0 reports */

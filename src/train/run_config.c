@@ -65,6 +65,7 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
     static const char *const roles[] = {"pretrain", "target", NULL};
     MN_CALL(mn_config_choice(c, "corpus", "role", "pretrain", roles, &r->role));
     MN_CALL(mn_config_string(c, "train", "init_encoder", "", &r->init_encoder));
+    MN_CALL(mn_config_string(c, "corpus", "datasets", "", &r->datasets));
 
     MN_CALL(mn_model_config_read(c, "model", &r->model));
     MN_CALL(mn_sampler_config_read(c, "sampler", &r->sampler));

@@ -54,6 +54,40 @@ static mn_err check_resume_corpus(run *r)
     return MN_OK;
 }
 
+/* corpus.datasets: the datasets of the run's role that it uses (the output of `mednet filter`).  With check = 1
+ * (rank 0; agreed by the caller) every listed name must be a dataset of that role; with check = 0 the others are
+ * marked MN_ROLE_EXCLUDED in this rank's corpus info (every rank, after the check).  Local work. */
+static mn_err select_datasets(run *r, int check)
+{
+    const char *list = r->cfg.datasets;
+    if (!*list) return MN_OK;
+    mn_corpus_info *info = r->info;
+    int nd = info->num_datasets;
+    unsigned char *keep = NULL;
+    MN_CALL(mn_calloc((size_t)nd + 1, "dataset selection", (void **)&keep));
+    mn_err e = MN_OK;
+    for (const char *p = list; *p && !e;) {
+        while (*p == ',' || *p == ' ') p++;
+        size_t n = strcspn(p, ", ");
+        if (!n) break;
+        int found = -1;
+        for (int d = 0; d < nd; d++)
+            if (strlen(info->datasets[d].name) == n && !strncmp(info->datasets[d].name, p, n)) found = d;
+        if (check && (found < 0 || info->datasets[found].role != (mn_role)r->cfg.role))
+            e = mn_error_report(MN_ERR_CONFIG, __FILE__, __LINE__, __func__,
+                                "corpus.datasets names '%.*s', which is not a %s dataset of %s\n---> HINT: a run without "
+                                "corpus.datasets prints the corpus summary: every dataset and its role", (int)n, p,
+                                r->cfg.role == MN_ROLE_TARGET ? "target" : "pretrain", r->cfg.corpus);
+        if (found >= 0) keep[found] = 1;
+        p += n;
+    }
+    if (!e && !check)
+        for (int d = 0; d < nd; d++)
+            if (!keep[d] && info->datasets[d].role == (mn_role)r->cfg.role) info->datasets[d].role = MN_ROLE_EXCLUDED;
+    mn_free(&keep);
+    return e;
+}
+
 /* The sampler over this rank's shard, with the importance weights of the sampling rule.  Local work. */
 static mn_err setup_sampler(run *r)
 {
@@ -124,6 +158,8 @@ mn_err mn_run_setup(run *r)
     /* The corpus: metadata (agreed by mn_corpus_open), its identity against the checkpoint, the plan. */
     MN_CALL(mn_corpus_open(r->comm, c->corpus, &r->info));
     MN_CALL(mn_agree(r->comm, r->rank == 0 ? check_resume_corpus(r) : MN_OK));
+    MN_CALL(mn_agree(r->comm, r->rank == 0 ? select_datasets(r, 1) : MN_OK));
+    MN_CALL(select_datasets(r, 0));
     MN_CALL(mn_agree(r->comm, mn_shard_assign(r->info, r->size, (uint64_t)c->shard_seed, (mn_role)c->role,
                                               &r->plan)));
     if (r->rank == 0) {

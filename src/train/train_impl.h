@@ -74,6 +74,7 @@ typedef struct run_cfg {
     long shard_seed;
     int role;                 /* MN_ROLE_PRETRAIN or MN_ROLE_TARGET: the datasets this run trains on */
     const char *init_encoder; /* checkpoint whose encoder initialises a fresh run (fine-tuning), or "" */
+    const char *datasets;     /* comma-separated dataset names this run uses (of its role), or "": all */
     mn_model_config model;    /* [model] */
     mn_optim_config optim;    /* [optim] */
     double head_lr_mult;
