@@ -216,6 +216,7 @@ void mn_shard_plan_print(const mn_shard_plan *plan, const mn_corpus_info *info, 
 typedef struct mn_shard_volume {
     int dataset, volume;      /* as in mn_shard_item */
     int64_t shape[3];         /* D, H, W */
+    int64_t chunk[3];         /* chunk extent in the file (mn_corpus_chunk_rule); 0: the whole volume is one chunk */
     float *image;             /* D*H*W floats */
     uint8_t *label;           /* D*H*W class indices */
 } mn_shard_volume;

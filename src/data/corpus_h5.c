@@ -34,6 +34,14 @@ mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, hid_t *fapl)
     return MN_OK;
 }
 
+void mn_corpus_chunk_rule(const int64_t shape[3], const int64_t stored[3], int64_t out[3])
+{
+    for (int a = 0; a < 3; a++) {
+        int64_t n = (shape[a] + 31) / 32;
+        out[a] = stored[a] > 0 ? stored[a] : (shape[a] + n - 1) / n;
+    }
+}
+
 /* Why a rank cannot read the corpus, sent to rank 0 with the data: 0 = it can, > 0 an errno value, or one of: */
 enum { WHY_NOT_HDF5 = -1, WHY_SIZE = -2, WHY_MEM = -3 };
 

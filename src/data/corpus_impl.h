@@ -38,6 +38,11 @@ mn_err mn_h5_read_i64(hid_t loc, const char *name, int64_t *v, int n, const char
 mn_err mn_h5_read_f64(hid_t loc, const char *name, double *v, int n, const char *what);
 mn_err mn_h5_read_u32(hid_t loc, const char *name, uint32_t *v, const char *what);
 
+/* The chunk geometry readers use for a volume of `shape`: the stored chunk extent when the dataset is chunked
+ * (stored[a] > 0), otherwise the writer's rule for 32-voxel chunks (as many per axis as 32 asks for, evened out).
+ * Not collective. */
+void mn_corpus_chunk_rule(const int64_t shape[3], const int64_t stored[3], int64_t out[3]);
+
 /* CRC-32 (zlib) of a volume's stored bytes: image floats then label bytes. */
 uint32_t mn_corpus_data_crc(const float *image, const uint8_t *label, int64_t n);
 

@@ -375,7 +375,7 @@ void mn_shard_destroy(mn_shard **pshard)
 /* Local work: read the whole dataset `name` of the open file into buf (n voxels of memtype) with an independent
  * H5Dread, after checking that its shape is the one the metadata promised (buf was sized by it). */
 static mn_err read_volume_part(hid_t file, const char *path, const char *name, const int64_t shape[3], hid_t memtype,
-                               void *buf)
+                               void *buf, int64_t chunk[3])
 {
     hid_t d, fs;
     if ((d = H5Dopen2(file, name, H5P_DEFAULT)) < 0) {
@@ -393,6 +393,14 @@ static mn_err read_volume_part(hid_t file, const char *path, const char *name, c
                 "changed since it was opened?)", path, name, (unsigned long long)dims[0], (unsigned long long)dims[1],
                 (unsigned long long)dims[2], (long long)shape[0], (long long)shape[1], (long long)shape[2]);
     }
+    /* The chunk geometry, which fixes the order a sampler counts foreground voxels in (mednet/reader.h). */
+    hid_t dcpl = H5Dget_create_plist(d);
+    hsize_t cd[3] = {0, 0, 0};
+    int64_t stored[3] = {0, 0, 0};
+    if (dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 3, cd) == 3)
+        for (int a = 0; a < 3; a++) stored[a] = (int64_t)cd[a];
+    if (dcpl >= 0) H5Pclose(dcpl);
+    mn_corpus_chunk_rule(shape, stored, chunk);
     herr_t r = H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
     if (r < 0) mn_h5_report("H5Dread", __FILE__, __LINE__, __func__);
     herr_t c = H5Dclose(d);
@@ -433,9 +441,12 @@ static mn_err read_shard(hid_t file, const mn_corpus_info *info, mn_shard *s)
         const char *dname = info->datasets[cv->dataset].name;
         char name[160];
         snprintf(name, sizeof name, "/%s/vol_%04d/image", dname, cv->index);
-        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_FLOAT, sv->image));
+        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_FLOAT, sv->image, sv->chunk));
         snprintf(name, sizeof name, "/%s/vol_%04d/label", dname, cv->index);
-        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_UINT8, sv->label));
+        int64_t lchunk[3];
+        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_UINT8, sv->label, lchunk));
+        MN_CHECK(!memcmp(lchunk, sv->chunk, sizeof lchunk), MN_ERR_FORMAT, "corpus '%s': %s has another chunk shape "
+                 "than its image", info->path, name);
         uint32_t crc = mn_corpus_data_crc(sv->image, sv->label, cv->shape[0] * cv->shape[1] * cv->shape[2]);
         MN_CHECK(crc == cv->data_crc32, MN_ERR_FORMAT, "corpus '%s': volume /%s/vol_%04d (image + label) has CRC-32 "
                  "%08x, the file says %08x (corrupt or modified file)\n---> HINT: rebuild it with `mednet prep`",

@@ -78,3 +78,12 @@ set_tests_properties(test_corpus_open_fault_np3 PROPERTIES FIXTURES_REQUIRED cor
 mn_mpi_test(test_corpus_damage SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_corpus_damage.c NPROCS 2
             ARGS ${MN_CORPUS_TEST_DIR} TIMEOUT 60 LABELS corpus)
 set_tests_properties(test_corpus_damage_np2 PROPERTIES FIXTURES_REQUIRED corpus_np1)
+
+# The streaming shard reader: streamed (cache 5x smaller than the shard, I/O thread, look-ahead) and in-memory
+# batches are bitwise identical, the cache stays within its bound, start-up issues a fixed number of collectives
+# (counted through MPI's profiling interface) whatever the corpus size and P.
+mn_mpi_test(test_stream SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_stream.c NPROCS 1 2
+            ARGS ${MN_CORPUS_TEST_DIR} TIMEOUT 120 LABELS corpus)
+foreach(np 1 2)
+  set_tests_properties(test_stream_np${np} PROPERTIES FIXTURES_REQUIRED "corpus_np1;mricron_np1")
+endforeach()
