@@ -270,9 +270,18 @@ static mn_err train_loop(run *r, mn_train_result *res)
                 res->dice_after = dice[0];
             }
         }
-        if (!e)
+        /* Peak memory per rank and what the reader did: the largest over the ranks. */
+        mn_reader_stats rs;
+        mn_reader_get_stats(r->reader, &rs);
+        double mx[3] = {(double)mn_mem_peak_rss(), (double)rs.cache_peak, (double)rs.bytes_read};
+        if (!e) e = mn_mpi_report_if(MPI_Allreduce(MPI_IN_PLACE, mx, 3, MPI_DOUBLE, MPI_MAX, p->dist->world));
+        if (!e) {
             mn_log_info("done: %ld steps in %.1f s; checkpoints in %s/, metrics in %s/metrics.jsonl", nsteps,
                         MPI_Wtime() - t_start, c->out, c->out);
+            mn_log_info("memory: peak resident %.1f MiB per rank (VmHWM, largest rank); data cache peak %.2f MiB, "
+                        "%.2f MiB read from the corpus (largest rank)", mx[0] / 1048576.0, mx[1] / 1048576.0,
+                        mx[2] / 1048576.0);
+        }
     }
     mn_free(&st.loss);
     mn_free(&st.weight);

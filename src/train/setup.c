@@ -89,7 +89,7 @@ static void print_data_plan(const run *r)
         if (r->cfg.cache_mb > 0 && b > r->cfg.cache_mb) streaming++;
     }
     char cache[64];
-    if (r->cfg.cache_mb > 0) snprintf(cache, sizeof cache, "%.1f MiB", r->cfg.cache_mb);
+    if (r->cfg.cache_mb > 0) snprintf(cache, sizeof cache, "%.2f MiB", r->cfg.cache_mb);
     else snprintf(cache, sizeof cache, "unbounded");
     char what[160];
     if (streaming)
