@@ -338,23 +338,47 @@ int mn_shard_plan_holds(const mn_shard_plan *plan, int rank, int dataset)
     return 0;
 }
 
+/* One line of the rank table: rank r's volume count and its items (at most 12, then how many more). */
+static void print_rank_line(const mn_shard_plan *plan, const mn_corpus_info *info, int r, FILE *f)
+{
+    int n = plan->offset[r + 1] - plan->offset[r];
+    fprintf(f, "  %-6d %-7d", r, n);
+    for (int i = plan->offset[r]; i < plan->offset[r + 1] && i < plan->offset[r] + 12; i++) {
+        const mn_shard_item *s = &plan->items[i];
+        fprintf(f, " %s:%d", info->datasets[s->dataset].name, info->volumes[s->volume].index);
+    }
+    if (n > 12) fprintf(f, " ... (%d more)", n - 12);
+    fputc('\n', f);
+}
+
 void mn_shard_plan_print(const mn_shard_plan *plan, const mn_corpus_info *info, FILE *f)
 {
-    fprintf(f, "shard assignment: %d rank(s)\n  %-6s %-7s %s\n", plan->nranks, "rank", "volumes",
-            "dataset:volume ...");
+    /* Up to 16 ranks: one line each.  More: the first and last 4 and a summary, so the print stays a screen long
+     * whatever P is (datasets sit on consecutive ranks, so a dataset's holders print as a range). */
+    const int full = plan->nranks <= 16;
+    int vmin = INT32_MAX, vmax = 0, dmax = 0;
     for (int r = 0; r < plan->nranks; r++) {
-        fprintf(f, "  %-6d %-7d", r, plan->offset[r + 1] - plan->offset[r]);
-        for (int i = plan->offset[r]; i < plan->offset[r + 1]; i++) {
-            const mn_shard_item *s = &plan->items[i];
-            fprintf(f, " %s:%d", info->datasets[s->dataset].name, info->volumes[s->volume].index);
-        }
-        fputc('\n', f);
+        int n = plan->offset[r + 1] - plan->offset[r], nd = 0;
+        vmin = n < vmin ? n : vmin, vmax = n > vmax ? n : vmax;
+        for (int i = plan->offset[r]; i < plan->offset[r + 1]; i++)
+            nd += i == plan->offset[r] || plan->items[i].dataset != plan->items[i - 1].dataset;
+        dmax = nd > dmax ? nd : dmax;
+    }
+    fprintf(f, "shard assignment: %d rank(s), %d..%d volume(s) per rank, at most %d dataset(s) per rank\n  %-6s %-7s "
+            "%s\n", plan->nranks, vmin, vmax, dmax, "rank", "volumes", "dataset:volume ...");
+    for (int r = 0; r < plan->nranks; r++) {
+        if (!full && r == 4) fprintf(f, "  ...    (ranks 4..%d)\n", plan->nranks - 5);
+        if (full || r < 4 || r >= plan->nranks - 4) print_rank_line(plan, info, r, f);
     }
     fprintf(f, "  %-24s %s\n", "dataset", "ranks");
     for (int d = 0; d < plan->num_datasets; d++) {
-        if (plan->holders_offset[d + 1] == plan->holders_offset[d]) continue;
+        int lo = plan->holders_offset[d], hi = plan->holders_offset[d + 1];
+        if (hi == lo) continue;
         fprintf(f, "  %-24s", info->datasets[d].name);
-        for (int i = plan->holders_offset[d]; i < plan->holders_offset[d + 1]; i++) fprintf(f, " %d", plan->holders[i]);
+        if (hi - lo > 8 && plan->holders[hi - 1] - plan->holders[lo] == hi - lo - 1)
+            fprintf(f, " %d..%d (%d ranks)", plan->holders[lo], plan->holders[hi - 1], hi - lo);
+        else
+            for (int i = lo; i < hi; i++) fprintf(f, " %d", plan->holders[i]);
         fputc('\n', f);
     }
     fflush(f);

@@ -232,6 +232,26 @@ int main(int argc, char **argv)
         compare(info, plan, shard, (int[3]){48, 20, 52}); /* larger than the volume on two axes: padding */
     }
 
+    /* The plan print stays short at large P (the synthetic corpus has 7 volumes: P = 64 replicates them). */
+    mn_corpus_info *sinfo = NULL;
+    mn_shard_plan *big = NULL;
+    TEST_EXPECT(mn_corpus_open(MPI_COMM_WORLD, synth, &sinfo) == MN_OK, "open synthetic");
+    if (sinfo && rank == 0 && mn_shard_assign(sinfo, 64, 0, MN_ROLE_PRETRAIN, &big) == MN_OK) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        mn_shard_plan_print(big, sinfo, f);
+        fclose(f);
+        int lines = 0;
+        for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
+        TEST_EXPECT(lines <= 13 + sinfo->num_datasets && strstr(text, "(ranks 4..59)") && strstr(text, "0..31 (32 ranks)"),
+                    "plan print at P = 64: %d lines:\n%s", lines, text);
+        printf("plan print at P = 64: %d lines\n%s", lines, text);
+        free(text);
+    }
+    mn_shard_plan_destroy(&big);
+    mn_corpus_info_destroy(&sinfo);
+
     /* A corpus that is gone by the first draw: an error naming it from the draw. */
     mn_corpus_info moved = *info;
     snprintf(moved.path, sizeof moved.path, "%s/no-such-corpus.h5", dir);
