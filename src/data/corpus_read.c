@@ -133,7 +133,7 @@ void mn_corpus_info_destroy(mn_corpus_info **pinfo)
 static mn_err read_rank0(const char *path, mn_corpus_info *info)
 {
     hid_t fapl, file;
-    MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, &fapl));
+    MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, NULL, &fapl));
     /* Strong close: H5Fclose also closes any object an error path left open. */
     MN_H5(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG));
     file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
@@ -502,7 +502,7 @@ mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_p
     /* Step 3: the collective open.  Its outcome is the same on every rank (MPI_File_open is collective, and after
      * step 2 every rank reads the same superblock bytes), but it is agreed all the same. */
     hid_t fapl, file;
-    e = mn_corpus_fapl(comm, 0, &fapl);
+    e = mn_corpus_fapl(comm, 0, getenv("MEDNET_MPIIO_HINTS"), &fapl);
     file = e ? -1 : H5Fopen(info->path, H5F_ACC_RDONLY, fapl);
     if (!e && H5Pclose(fapl) < 0) e = mn_h5_report("H5Pclose", __FILE__, __LINE__, __func__);
     if (!e && file < 0) {

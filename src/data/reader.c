@@ -206,7 +206,7 @@ static mn_err open_volume(mn_reader *rd, int k)
     const char *path = rd->info->path;
     if (rd->file < 0) {
         hid_t fapl;
-        MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, &fapl));
+        MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, NULL, &fapl));
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
         H5Pclose(fapl);
         if (f < 0) mn_h5_report("H5Fopen", __FILE__, __LINE__, __func__);
