@@ -2,6 +2,7 @@
  *
  * Each call draws n crops of a configured size (D, H, W).  A share `fg_share` of them is centred on a foreground
  * voxel of the chosen volume: a foreground class present in the volume is drawn uniformly, then one of its voxels
+ * (uniformly; counted in the volume's chunk order, mednet/reader.h)
  * (nnU-Net's oversampling of foreground, which matters for small structures); the rest are placed uniformly.
  * Volumes are chosen uniformly among the shard's volumes.
  * Augmentation: a random flip per enabled axis (probability 1/2), and intensity jitter x' = x*(1+a) + b with a, b
@@ -23,6 +24,7 @@
 #include "mednet/config.h"
 #include "mednet/corpus.h"
 #include "mednet/error.h"
+#include "mednet/reader.h"
 
 /* Label value of padded voxels: to be ignored by the losses. */
 #define MN_LABEL_IGNORE (-1)
@@ -57,8 +59,14 @@ typedef struct mn_sampler mn_sampler;
 mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_config *out);
 
 /* Create a sampler over the volumes of `shard` (borrowed: it must outlive the sampler) for rank `rank`.
- * Precomputes each volume's foreground voxel list.  MN_ERR_ARG for an empty shard or bad config.  Not collective. */
+ * A volume's foreground index is built the first time a crop is centred on its foreground.  MN_ERR_ARG for an empty shard or bad config.  Not collective. */
 mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, int rank, mn_sampler **out);
+
+/* Create a sampler over the volumes of a shard reader (borrowed: it must outlive the sampler; mednet/reader.h).  The
+ * sampler reads through it, so the reader's thread rule applies to mn_sampler_next.  A sampler over
+ * mn_reader_create_memory(shard) draws exactly what mn_sampler_create(shard) draws, and one over a file reader of
+ * the same corpus and plan draws bitwise the same crops.  Not collective. */
+mn_err mn_sampler_create_reader(mn_reader *rd, const mn_sampler_config *cfg, int rank, mn_sampler **out);
 
 void mn_sampler_destroy(mn_sampler **s);
 

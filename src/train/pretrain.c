@@ -8,8 +8,9 @@
  *   1. signal handlers first: a SIGUSR1/SIGTERM at any time from here on ends the run with the requeue status;
  *   2. the configuration, read by every part from its own section and validated whole, plus the checkpoints it
  *      names (train.init_encoder, the newest one in train.out_dir) checked against it, before any heavy work;
- *   3. the output folder and its lock, the corpus metadata, the shard plan, the shard, the sampler (each step
- *      local work agreed over the world: a failure on one rank is an exit 1 on every rank);
+ *   3. the output folder and its lock, the corpus metadata, the shard plan, the shard reader, its I/O thread and the
+ *      sampler (each step local work agreed over the world: a failure on one rank is an exit 1 on every rank; no
+ *      voxel is read before the first batch);
  *   4. the trainer (model, optimiser, part table, reducer), resume or encoder initialisation;
  *   5. the loop: signal agreement, step, replica check, log, evaluation, checkpoint.
  *
@@ -80,11 +81,12 @@ static void log_dice(run *r, const char *when, const double *dice)
 
 /* ---- the loop ----------------------------------------------------------------------------------------------- */
 
-/* The batch source of a run: the sampler over this rank's shard. */
+/* The batch source of a run: the sampler over this rank's shard, drawn on the I/O thread, with the next batch
+ * drawn there while this step computes. */
 static mn_err draw_batch(void *ctx, int64_t index, mn_batch *b)
 {
     run *r = ctx;
-    MN_CALL(mn_sampler_next_weighted(r->sampler, index, b->n, b->x, b->labels, b->dataset, b->weight));
+    MN_CALL(mn_prefetch_next(r->pf, r->sampler, index, b->n, b->x, b->labels, b->dataset, b->weight, 1));
     return MN_OK;
 }
 
@@ -149,6 +151,8 @@ static mn_err log_step(run *r, mn_step_stats *st, double step_time, double avg_s
 
 static mn_err write_checkpoint(run *r)
 {
+    /* HDF5 is not thread-safe: the I/O thread finishes its look-ahead before this thread writes the file. */
+    mn_prefetch_quiesce(r->pf);
     mn_ckpt_meta meta = {r->config_text, r->info->checksum, r->cfg.corpus, r->cfg.sampler.seed};
     MN_CALL(mn_train_ckpt_write(r->trainer, r->cfg.out, r->step, (int)r->cfg.keep, &meta));
     return MN_OK;
@@ -266,9 +270,18 @@ static mn_err train_loop(run *r, mn_train_result *res)
                 res->dice_after = dice[0];
             }
         }
-        if (!e)
+        /* Peak memory per rank and what the reader did: the largest over the ranks. */
+        mn_reader_stats rs;
+        mn_reader_get_stats(r->reader, &rs);
+        double mx[3] = {(double)mn_mem_peak_rss(), (double)rs.cache_peak, (double)rs.bytes_read};
+        if (!e) e = mn_mpi_report_if(MPI_Allreduce(MPI_IN_PLACE, mx, 3, MPI_DOUBLE, MPI_MAX, p->dist->world));
+        if (!e) {
             mn_log_info("done: %ld steps in %.1f s; checkpoints in %s/, metrics in %s/metrics.jsonl", nsteps,
                         MPI_Wtime() - t_start, c->out, c->out);
+            mn_log_info("memory: peak resident %.1f MiB per rank (VmHWM, largest rank); data cache peak %.2f MiB, "
+                        "%.2f MiB read from the corpus (largest rank)", mx[0] / 1048576.0, mx[1] / 1048576.0,
+                        mx[2] / 1048576.0);
+        }
     }
     mn_free(&st.loss);
     mn_free(&st.weight);
@@ -281,9 +294,10 @@ static void run_destroy(run *r)
 {
     mn_trainer_destroy(&r->trainer);
     mn_trace_close(&r->trace);
+    mn_prefetch_destroy(&r->pf); /* joins the I/O thread: the reader below is then this thread's alone */
     mn_sampler_destroy(&r->sampler);
     mn_eval_destroy(&r->eval);
-    mn_shard_destroy(&r->shard);
+    mn_reader_destroy(&r->reader);
     mn_shard_plan_destroy(&r->plan);
     mn_corpus_info_destroy(&r->info);
     mn_config_destroy(&r->config);

@@ -54,7 +54,7 @@ mn_err mn_train_config_load(MPI_Comm comm, const char *path, char **overrides, i
     return MN_OK;
 }
 
-/* The [corpus] and [train] sections; [model], [optim] and [sampler] are read by their own modules. */
+/* The [corpus], [data] and [train] sections; [model], [optim] and [sampler] are read by their own modules. */
 mn_err mn_run_config_read(mn_config *c, run_cfg *r)
 {
     memset(r, 0, sizeof *r);
@@ -69,6 +69,8 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
 
     MN_CALL(mn_model_config_read(c, "model", &r->model));
     MN_CALL(mn_sampler_config_read(c, "sampler", &r->sampler));
+    MN_CALL(mn_config_double(c, "data", "cache_mb", 0, 0, 1e9, &r->cache_mb));
+    MN_CALL(mn_config_bool(c, "data", "prefetch", 1, &r->prefetch));
 
     MN_CALL(mn_config_int(c, "train", "steps", 100, 0, 1L << 40, &r->steps));
     MN_CALL(mn_config_int(c, "train", "batch", 2, 1, MN_MODEL_MAX_BATCH, &r->batch));

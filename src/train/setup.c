@@ -88,19 +88,51 @@ static mn_err select_datasets(run *r, int check)
     return e;
 }
 
-/* The sampler over this rank's shard, with the importance weights of the sampling rule.  Local work. */
+/* The shard reader, the I/O thread and the sampler over this rank's shard, with the importance weights of the
+ * sampling rule.  Local work: no I/O yet (the reader opens the file at the first draw) and no MPI call. */
 static mn_err setup_sampler(run *r)
 {
     const run_cfg *c = &r->cfg;
-    MN_CALL(mn_sampler_create(r->shard, &c->sampler, r->rank, &r->sampler));
+    MN_CALL(mn_reader_create_file(r->info, r->plan, r->rank, (int64_t)(c->cache_mb * 1048576.0), &r->reader));
+    MN_CALL(mn_prefetch_create(c->prefetch, (int)c->batch, c->sampler.crop, &r->pf));
+    MN_CALL(mn_sampler_create_reader(r->reader, &c->sampler, r->rank, &r->sampler));
+    int nv = mn_reader_num_volumes(r->reader);
     double *w = NULL;
-    MN_CALL(mn_malloc(sizeof(double) * (size_t)r->shard->num_volumes, "sampling weights", (void **)&w));
+    MN_CALL(mn_malloc(sizeof(double) * (size_t)nv, "sampling weights", (void **)&w));
     mn_err e = mn_sampler_weights(r->info, r->plan, r->rank, c->sampler.mixture, w);
     if (!e) e = mn_sampler_set_weights(r->sampler, w);
     mn_free(&w);
     MN_CALL(e);
-    MN_CALL(mn_eval_create(r->shard, &c->sampler, r->rank, (int)c->batch, &r->eval));
+    MN_CALL(mn_eval_create(r->reader, r->pf, &c->sampler, r->rank, (int)c->batch, &r->eval));
     return MN_OK;
+}
+
+/* Rank 0: what the cache bound means for the shards of every rank (from the plan and metadata alone). */
+static void print_data_plan(const run *r)
+{
+    double lo = 1e300, hi = 0;
+    int streaming = 0;
+    for (int p = 0; p < r->plan->nranks; p++) {
+        double b = 0;
+        for (int i = r->plan->offset[p]; i < r->plan->offset[p + 1]; i++) {
+            const int64_t *sh = r->info->volumes[r->plan->items[i].volume].shape;
+            b += 5.0 * (double)(sh[0] * sh[1] * sh[2]);
+        }
+        b /= 1048576.0;
+        lo = b < lo ? b : lo, hi = b > hi ? b : hi;
+        if (r->cfg.cache_mb > 0 && b > r->cfg.cache_mb) streaming++;
+    }
+    char cache[64];
+    if (r->cfg.cache_mb > 0) snprintf(cache, sizeof cache, "%.2f MiB", r->cfg.cache_mb);
+    else snprintf(cache, sizeof cache, "unbounded");
+    char what[160];
+    if (streaming)
+        snprintf(what, sizeof what, "%d of %d rank(s) stream their shard (crops read from the corpus while training)",
+                 streaming, r->plan->nranks);
+    else
+        snprintf(what, sizeof what, "every shard fits (each chunk read once, then served from memory)");
+    mn_log_info("data: shards of %.1f..%.1f MiB per rank, cache %s per rank: %s; prefetch %s", lo, hi, cache, what,
+                r->cfg.prefetch ? "on (I/O thread)" : "off");
 }
 
 /* The datasets of the run and the trainer.  Collective on the world. */
@@ -165,10 +197,11 @@ mn_err mn_run_setup(run *r)
     if (r->rank == 0) {
         mn_corpus_print_summary(r->info, stdout);
         mn_shard_plan_print(r->plan, r->info, stdout);
+        print_data_plan(r);
         fflush(stdout);
     }
-    /* The shard (collective reads; corruption is an agreed error), then the sampler (local, agreed). */
-    MN_CALL(mn_shard_load(r->comm, r->info, r->plan, &r->shard));
+    /* The reader and the sampler: local work, agreed.  No voxel is read here and no collective is issued per
+     * volume: each rank reads its own chunks on its I/O thread, from the first draw on. */
     MN_CALL(mn_agree(r->comm, setup_sampler(r)));
     MN_CALL(setup_trainer(r));
 

@@ -22,6 +22,8 @@
 #include "mednet/dist.h"
 #include "mednet/error.h"
 #include "mednet/lock.h"
+#include "mednet/prefetch.h"
+#include "mednet/reader.h"
 #include "mednet/sampler.h"
 #include "mednet/trainer.h"
 
@@ -79,6 +81,8 @@ typedef struct run_cfg {
     mn_optim_config optim;    /* [optim] */
     double head_lr_mult;
     mn_sampler_config sampler;/* [sampler] */
+    double cache_mb;          /* [data] cache_mb: the shard reader's cache bound (0: none, the shard is held) */
+    int prefetch;             /* [data] prefetch: draw the next batch on the I/O thread during the step */
     long steps, batch, micro, threads, ckpt_every, keep, consistency_every, log_every, eval_every, eval_batches;
     double bucket_mb;
     int nan_abort, trace, resume, sync_bn;
@@ -97,9 +101,11 @@ mn_err mn_run_check_ckpt_model(const char *path, const char *why, const run_cfg 
 
 typedef struct mn_evaluator mn_evaluator;
 
-/* An evaluator over this rank's shard: fixed crops (the sampler config with seed + 0x5eed and no jitter) of `batch`
- * samples.  Local work. */
-mn_err mn_eval_create(const mn_shard *shard, const mn_sampler_config *scfg, int rank, int batch, mn_evaluator **out);
+/* An evaluator over this rank's shard reader (borrowed): fixed crops (the sampler config with seed + 0x5eed and no
+ * jitter) of `batch` samples, drawn through pf (borrowed; mednet/prefetch.h) so that the reader stays on the I/O
+ * thread.  Local work. */
+mn_err mn_eval_create(mn_reader *rd, mn_prefetch *pf, const mn_sampler_config *scfg, int rank, int batch,
+                      mn_evaluator **out);
 void mn_eval_destroy(mn_evaluator **ev);
 
 /* Mean foreground Dice per dataset row of t's part table over `nbatches` fixed batches, batch norm in eval mode:
@@ -118,7 +124,8 @@ typedef struct run {
     char resume_path[1400];   /* the checkpoint to resume from, or "" */
     mn_corpus_info *info;
     mn_shard_plan *plan;
-    mn_shard *shard;
+    mn_reader *reader;        /* this rank's volumes, streamed from the corpus through a bounded cache */
+    mn_prefetch *pf;          /* the I/O thread: every draw of the sampler and the evaluator runs there */
     mn_sampler *sampler;
     mn_evaluator *eval;
     mn_trainer *trainer;
