@@ -37,14 +37,14 @@ for h in "${harnesses[@]}"; do
   corpus="$build/fuzz-corpus/$h" artifacts="$build/fuzz-artifacts/$h"
   mkdir -p "$corpus" "$artifacts"
   log="$build/fuzz-$h.log"
-  # The corpus harness runs MPI: LeakSanitizer's per-input check (it stops every thread of the process) crashes in
-  # its own tracer on Open MPI's progress threads, so libFuzzer's per-input leak check is off for it alone; its
+  # The corpus harness runs MPI: LeakSanitizer's per-input and exit checks (they stop every thread of the process)
+  # crash in LSan's own tracer on Open MPI's threads, so leak checking is off for this harness alone; its
   # leaks are checked at exit by the ctest replay (test_fuzz_replay_corpus), with tests/sanitizer/lsan.supp.
-  extra=()
-  [ "$h" = corpus ] && extra=(-detect_leaks=0)
+  extra=() asan="$ASAN_OPTIONS"
+  [ "$h" = corpus ] && extra=(-detect_leaks=0) asan="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}"
   # -close_fd_mask=2: the library's error messages for rejected inputs go to stderr thousands of times a second;
   # libFuzzer keeps its own output and the sanitizers' reports on a duplicate of stderr.
-  "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -max_len=8192 -print_final_stats=1 \
+  ASAN_OPTIONS="$asan" "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -max_len=8192 -print_final_stats=1 \
          -close_fd_mask=2 "${extra[@]}" -artifact_prefix="$artifacts/" "$corpus" "$here/seeds/$h" > "$log" 2>&1
   rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
