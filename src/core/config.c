@@ -7,6 +7,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mednet/config.h"
+#include "mednet/limits.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -129,6 +130,12 @@ mn_err mn_config_read_text(const char *path, char **text, size_t *len)
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0) break;
+        if ((int64_t)n > MN_MAX_CONFIG_BYTES) {
+            free(buf);
+            fclose(f);
+            MN_FAIL(MN_ERR_CONFIG, "config file '%s' is larger than mednet's limit of %lld bytes: not a config file?",
+                    path, (long long)MN_MAX_CONFIG_BYTES);
+        }
     }
     int bad = ferror(f);
     fclose(f);
@@ -156,24 +163,51 @@ mn_err mn_config_load_file(const char *path, mn_config **out)
     return MN_OK;
 }
 
+/* Strip leading and trailing white space in place, as inih does for names and values. */
+static char *strip(char *s)
+{
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = 0;
+    return s;
+}
+
+/* An override must mean on the command line what it would mean written in the file: the config is stored in
+ * checkpoints as text (mn_config_dump) and parsed again on resume, so anything the INI syntax would read
+ * differently is refused rather than silently changed (a line break starting a new key, a ']' or '[' in a
+ * section, a ':' or a comment character in a key, an inline comment " ;" in a value). */
 mn_err mn_config_override(mn_config *cfg, const char *assignment)
 {
     const char *eq = strchr(assignment, '=');
     MN_CHECK(eq && eq != assignment, MN_ERR_CONFIG, "override '%s' is not of the form section.key=value", assignment);
-    char lhs[256];
+    for (const char *p = assignment; *p; p++)
+        MN_CHECK((unsigned char)*p >= 0x20 || *p == '\t', MN_ERR_CONFIG,
+                 "override '%s' contains a line break or control character", assignment);
+    char lhs[256], val[4096];
     size_t n = (size_t)(eq - assignment);
     MN_CHECK(n < sizeof lhs, MN_ERR_CONFIG, "override key too long in '%s'", assignment);
+    MN_CHECK(strlen(eq + 1) < sizeof val, MN_ERR_CONFIG, "override value too long in '%s'", assignment);
     memcpy(lhs, assignment, n);
     lhs[n] = 0;
+    snprintf(val, sizeof val, "%s", eq + 1);
     char *dot = strrchr(lhs, '.');
-    const char *section = "", *key = lhs;
+    char *section = lhs + n, *key = lhs; /* section "" when there is no dot */
     if (dot) {
         *dot = 0;
-        section = lhs;
+        section = strip(lhs);
         key = dot + 1;
     }
+    key = strip(key);
+    const char *value = strip(val);
     MN_CHECK(*key, MN_ERR_CONFIG, "override '%s' has an empty key", assignment);
-    MN_CALL(set_entry(cfg, section, key, eq + 1));
+    MN_CHECK(!strpbrk(section, "[]"), MN_ERR_CONFIG, "override '%s': a section name cannot contain '[' or ']'",
+             assignment);
+    MN_CHECK(!strpbrk(key, ":;#[") , MN_ERR_CONFIG,
+             "override '%s': a key cannot contain ':', ';', '#' or '['", assignment);
+    MN_CHECK(!strstr(value, " ;") && !strstr(value, "\t;") && *value != ';', MN_ERR_CONFIG,
+             "override '%s': ';' after a space starts a comment in a config file; remove it from the value",
+             assignment);
+    MN_CALL(set_entry(cfg, section, key, value));
     return MN_OK;
 }
 
@@ -357,10 +391,14 @@ mn_err mn_config_dump(const mn_config *cfg, char **text)
     MN_CHECK(buf, MN_ERR_MEM, "out of memory dumping config");
     size_t n = 0;
     buf[0] = 0;
+    /* Keys outside any section come first: after a [section] header they would belong to it. */
+    for (int i = 0; i < cfg->n; i++)
+        if (!*cfg->e[i].section) n += (size_t)snprintf(buf + n, cap - n, "%s = %s\n", cfg->e[i].key, cfg->e[i].value);
     int nsec = mn_config_section_count(cfg);
     for (int s = 0; s < nsec; s++) {
         const char *sec = mn_config_section_name(cfg, s);
-        if (*sec) n += (size_t)snprintf(buf + n, cap - n, "%s[%s]\n", n ? "\n" : "", sec);
+        if (!*sec) continue;
+        n += (size_t)snprintf(buf + n, cap - n, "%s[%s]\n", n ? "\n" : "", sec);
         for (int i = 0; i < cfg->n; i++)
             if (strcmp(cfg->e[i].section, sec) == 0)
                 n += (size_t)snprintf(buf + n, cap - n, "%s = %s\n", cfg->e[i].key, cfg->e[i].value);

@@ -18,6 +18,7 @@
  * whole chunked dataset read independently is one contiguous request per chunk anyway.
  */
 #include "corpus_impl.h"
+#include "mednet/limits.h"
 #include "mednet/mpicheck.h"
 
 #include <stdlib.h>
@@ -40,7 +41,8 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
     MN_CALL(mn_h5_read_str(file, "name", info->name, sizeof info->name, path));
     MN_CALL(mn_h5_read_u32(file, "checksum", &info->checksum, path));
     MN_CALL(mn_h5_read_i64(file, "num_datasets", &nd, 1, path));
-    MN_CHECK(nd > 0 && nd < 100000, MN_ERR_FORMAT, "corpus '%s': num_datasets = %lld", path, (long long)nd);
+    MN_CHECK(nd > 0 && nd <= MN_MAX_CORPUS_DATASETS, MN_ERR_FORMAT, "corpus '%s': num_datasets = %lld, expected 1 "
+             "to %d (corrupt file?)", path, (long long)nd, MN_MAX_CORPUS_DATASETS);
     info->num_datasets = (int)nd;
     info->datasets = calloc((size_t)nd, sizeof *info->datasets);
     char *names = calloc((size_t)nd, MN_CORPUS_NAME_LEN);
@@ -115,6 +117,13 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
                     MN_CHECK((int64_t)dims[a] == vol->shape[a] && dims[a] > 0, MN_ERR_FORMAT,
                              "%s: image and label shapes differ", vwhat);
                 }
+                /* The shard load allocates what the shape claims: bounded here, before anyone allocates. */
+                MN_CHECK(dims[0] <= (hsize_t)MN_MAX_VOLUME_EXTENT && dims[1] <= (hsize_t)MN_MAX_VOLUME_EXTENT &&
+                         dims[2] <= (hsize_t)MN_MAX_VOLUME_EXTENT &&
+                         (int64_t)(dims[0] * dims[1] * dims[2]) <= MN_MAX_VOLUME_VOXELS, MN_ERR_FORMAT,
+                         "%s: '%s' claims %llux%llux%llu voxels, more than mednet's limit of %lld per volume "
+                         "(corrupt file?)", vwhat, dn, (unsigned long long)dims[0], (unsigned long long)dims[1],
+                         (unsigned long long)dims[2], (long long)MN_MAX_VOLUME_VOXELS);
             }
             MN_H5(H5Gclose(vg));
         }

@@ -13,6 +13,7 @@
  */
 #include "mednet/ckpt.h"
 #include "mednet/h5check.h"
+#include "mednet/limits.h"
 #include "mednet/mem.h"
 
 #include <dirent.h>
@@ -343,6 +344,22 @@ mn_err mn_ckpt_latest(const char *dir, char *path, size_t pathlen, int *found)
     return MN_OK;
 }
 
+/* An attribute read into one element must hold exactly one: H5Aread writes every element of its dataspace, so a
+ * damaged file with an array where a scalar belongs would otherwise overrun the caller's buffer. */
+static mn_err attr_check_one(hid_t attr, const char *name, const char *path)
+{
+    hid_t space = H5Aget_space(attr);
+    hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    if (space >= 0) H5Sclose(space);
+    if (n < 0) {
+        mn_h5_report("H5Aget_space", __FILE__, __LINE__, __func__);
+        MN_FAIL(MN_ERR_FORMAT, "cannot read the dataspace of attribute '%s' of checkpoint '%s'", name, path);
+    }
+    MN_CHECK(n == 1, MN_ERR_FORMAT, "attribute '%s' of checkpoint '%s' has %lld elements, expected 1 (corrupt file?)",
+             name, path, (long long)n);
+    return MN_OK;
+}
+
 mn_err mn_ckpt_open(const char *path, mn_ckpt **out)
 {
     MN_CHECK(path && out, MN_ERR_ARG, "NULL argument");
@@ -366,7 +383,13 @@ mn_err mn_ckpt_open(const char *path, mn_ckpt **out)
         goto out;
     }
     H5TRY(attr = H5Aopen(c->fid, "step", H5P_DEFAULT), "checkpoint '%s' has no 'step' attribute", path);
+    if ((err = attr_check_one(attr, "step", path)) != MN_OK) goto out;
     H5TRY(H5Aread(attr, H5T_NATIVE_INT64, &c->step), "cannot read 'step' of checkpoint '%s'", path);
+    if (c->step < 0) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "checkpoint '%s' has step %lld", path,
+                              (long long)c->step);
+        goto out;
+    }
 out:
     mn_free(&format);
     if (attr >= 0) H5Aclose(attr);
@@ -561,7 +584,13 @@ mn_err mn_ckpt_attr_get(mn_ckpt *c, const char *name, char **value)
                               "attribute '%s' of '%s' is not a fixed-length string", name, c->path);
         goto out;
     }
+    if ((err = attr_check_one(attr, name, c->path)) != MN_OK) goto out;
     size_t sz = H5Tget_size(tid);
+    if (sz == 0 || (int64_t)sz > MN_MAX_CKPT_ATTR_BYTES) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "attribute '%s' of '%s' claims %zu bytes "
+                              "(limit %lld): corrupt file?", name, c->path, sz, (long long)MN_MAX_CKPT_ATTR_BYTES);
+        goto out;
+    }
     if ((err = mn_calloc(sz + 1, "checkpoint attribute", (void **)&buf)) != MN_OK) goto out;
     H5TRY(mtid = H5Tcopy(H5T_C_S1), "attribute '%s'", name);
     H5TRY(H5Tset_size(mtid, sz), "attribute '%s'", name);
