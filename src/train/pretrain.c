@@ -441,7 +441,7 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     mn_err e = mn_mpi_report_if(MPI_Comm_rank(comm, &r.rank));
     if (!e) e = mn_mpi_report_if(MPI_Comm_size(comm, &r.size));
     fault_parse(&r);
-    if (!e && fault_is(&r, "signal_setup")) raise(r.fault_signal);
+    if (!e) fault_at(&r, "signal_setup", 0);
     /* The launch check reads the same environment on every rank; agreeing makes a wrong launch an exit 1. */
     if (!e) e = mn_agree(comm, mn_launch_check(comm, NULL));
     if (!e) e = mn_train_config_load(comm, path, overrides, noverrides, &r.config);

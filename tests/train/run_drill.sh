@@ -171,7 +171,7 @@ outdir)
   has od.log "checkpoint: od/ckpt-8\.h5"
   latest_is od ckpt-8.h5
   [ ! -e od/.mednet.lock ] || fail "the lock was left behind"
-  [ -s od/metrics.jsonl ] || fail "no metrics in the recreated folder"
+  [ -e od/metrics.jsonl ] || fail "metrics.jsonl was not reopened in the recreated folder"
   echo "  removed: the run retook the folder and finished (exit 0) $(secs "$t_fault" "$t_end") s later;" \
     "survived: $(survived od)"
   # The output folder made read-only (a read-only bind mount: root ignores file modes) after ckpt-4.
