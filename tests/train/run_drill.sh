@@ -97,9 +97,9 @@ kill)
   within "$dt" 30 || fail "the job took $dt s to end after the SIGKILL"
   gone "$(sed -n 's/^pid=//p' kl/.mednet.lock)"
   latest_is kl ckpt-2.h5
-  left=$(survived kl)
+  left=$(survived kl) job_status=$status
   resumes kl 2 4
-  echo "kill: rank 1 SIGKILLed in step 4; the launcher ended the job (status $status) $dt s later; survived:" \
+  echo "kill: rank 1 SIGKILLed in step 4; the launcher ended the job (status $job_status) $dt s later; survived:" \
     "$left; the rerun resumed from step 2 and finished"
   ;;
 stop)
@@ -127,9 +127,9 @@ stop)
   within "$dt" 30 || fail "the job took $dt s to end after the SIGSTOP (watchdog_s = 8)"
   gone "$(pid_of_fault st.tlog)"
   latest_is st ckpt-2.h5
-  left=$(survived st)
+  left=$(survived st) job_status=$status
   resumes st 2 4
-  echo "stop: rank 1 SIGSTOPped in step 3; the watchdog (8 s) named it and the job ended (status $status) $dt s" \
+  echo "stop: rank 1 SIGSTOPped in step 3; the watchdog (8 s) named it and the job ended (status $job_status) $dt s" \
     "after the stop; survived: $left; the rerun resumed from step 2 and finished"
   ;;
 disk_full)
