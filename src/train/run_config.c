@@ -88,6 +88,9 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
     MN_CALL(mn_config_bool(c, "train", "trace", 0, &r->trace));
     MN_CALL(mn_config_bool(c, "train", "sync_bn", 0, &r->sync_bn));
     MN_CALL(mn_config_bool(c, "train", "resume", 1, &r->resume));
+    MN_CALL(mn_config_double(c, "train", "watchdog_s", 1800.0, 0.0, 1e7, &r->watchdog_s));
+    static const char *const ckpt_failure[] = {"stop", "continue", NULL};
+    MN_CALL(mn_config_choice(c, "train", "checkpoint_failure", "stop", ckpt_failure, &r->ckpt_continue));
     MN_CALL(mn_config_string(c, "train", "out_dir", "run", &r->out));
     MN_CHECK(*r->out, MN_ERR_CONFIG, "config %s: [train] out_dir is empty", mn_config_origin(c));
 

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -31,6 +32,17 @@ static mn_err check_checkpoints(run *r)
         int found = 0;
         MN_CALL(mn_ckpt_latest(c->out, r->resume_path, sizeof r->resume_path, &found));
         if (!found) r->resume_path[0] = 0;
+        /* A checkpoint newer than `latest` is one whose writer died between its rename and the pointer update: it
+         * is complete (renamed only after its fsync), but `latest` is the record of what the run finished, so it
+         * stays the one to resume from; the newer file is replaced when the run reaches that step again. */
+        long long newest = -1;
+        MN_CALL(mn_ckpt_newest(c->out, &newest));
+        const char *name = strrchr(r->resume_path, '/');
+        long long at = found && name ? strtoll(name + 6, NULL, 10) : -1;
+        if (newest > at)
+            mn_log_warn("%s/ckpt-%lld.h5 is newer than %s/latest (%s): a checkpoint write was interrupted between "
+                        "its rename and the update of 'latest'; resuming from %s as 'latest' says", c->out, newest,
+                        c->out, found ? name + 1 : "absent", found ? r->resume_path : "nothing (a fresh start)");
     }
     if (r->resume_path[0]) MN_CALL(mn_run_check_ckpt_model(r->resume_path, "the checkpoint to resume from,", c));
     if (!r->resume_path[0] && *c->init_encoder)

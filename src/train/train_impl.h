@@ -8,6 +8,7 @@
  *   evaluate.c    the evaluator: mean foreground Dice per dataset on fixed crops;
  *   checkpoint.c  checkpoints of a trainer over its part table: write, resume, encoder initialisation, and the
  *                 description of a checkpoint file used to validate a run before any heavy work;
+ *   watchdog.c    the step-progress watchdog: ends the job when a rank stops arriving;
  *   pretrain.c    the loop and its logging.
  */
 #ifndef MN_TRAIN_IMPL_H
@@ -85,7 +86,9 @@ typedef struct run_cfg {
     int prefetch;             /* [data] prefetch: draw the next batch on the I/O thread during the step */
     long steps, batch, micro, threads, ckpt_every, keep, consistency_every, log_every, eval_every, eval_batches;
     double bucket_mb;
+    double watchdog_s;        /* no progress for this long ends the job (0: no watchdog) */
     int nan_abort, trace, resume, sync_bn;
+    int ckpt_continue;        /* train.checkpoint_failure: 0 stop (default), 1 continue training */
     const char *out;
 } run_cfg;
 
@@ -113,6 +116,23 @@ void mn_eval_destroy(mn_evaluator **ev);
  * the world (the local evaluation is agreed before the reduction). */
 mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice);
 
+/* ---- watchdog.c ---- */
+
+typedef struct mn_watchdog mn_watchdog;
+
+/* Start this rank's watchdog over a run writing into out_dir: a helper thread that, when mn_watchdog_beat has not
+ * been called for `limit` seconds, prints where this rank waits, reports itself in <out_dir>/.watchdog/, names the
+ * ranks that did not report, and ends this process with _exit(MN_EXIT_WATCHDOG) so that the launcher ends the job
+ * (design in watchdog.c).  limit <= 0: no watchdog, *out = NULL.  Rank 0 removes the reports of an earlier run.
+ * Not collective (the helper never calls MPI); errors (a thread that cannot start) are local work to agree on. */
+mn_err mn_watchdog_start(const char *out_dir, double limit, int rank, int size, mn_watchdog **out);
+
+/* Record progress: the main thread enters `phase` (a string literal) of step `step` (0-based).  NULL: no-op. */
+void mn_watchdog_beat(mn_watchdog *wd, long step, const char *phase);
+
+/* Stop and join the helper thread, free *wd, set it to NULL; accepts NULL. */
+void mn_watchdog_stop(mn_watchdog **wd);
+
 /* ---- setup.c ---- */
 
 typedef struct run {
@@ -134,8 +154,13 @@ typedef struct run {
     long step;                /* the next step to run */
     FILE *metrics;
     mn_lock *lock;            /* this run's hold on the output folder */
+    mn_watchdog *watchdog;    /* NULL when train.watchdog_s = 0 */
+    long ckpt_step;           /* the step of the last checkpoint this run wrote, -1: none */
+    int metrics_warned;       /* a failed metrics write was reported once */
     int fault_rank;           /* MEDNET_FAULT (testing): the rank and step of an injected fault, -1: none */
     long fault_step;
+    int fault_signal;         /* the signal of the signal_* kinds: SIGUSR1 or SIGTERM */
+    int fault_done;           /* a one-shot fault has fired */
     char fault[32];
 } run;
 
