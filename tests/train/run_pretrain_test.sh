@@ -209,6 +209,39 @@ PY
   expect_agreed bad_trunc.log "truncated safetensors" "trunc.safetensors"
   echo "export: encoder and head exports match the checkpoint; fine-tuning from either gives the same losses"
   ;;
+filter)
+  # Dataset filtering on real data: three real binary tasks on Colin27 and one broken dataset (the brain mask with
+  # its affine shifted by 24 mm); each proxy is validated on the held-out last 30% of its volume.  The broken one is
+  # dropped, the real ones kept, the report lists every dataset with its Dice, and pre-training takes the list.
+  $py "$here/shift_affine.py" /usr/share/mricron/templates/ch2bet.nii.gz "$work/ch2bet_shifted.nii.gz" 24 0 24 ||
+    fail "cannot write the shifted label map"
+  timeout 300 "${mpiexec[@]}" -n 2 "$mednet" prep "$here/corpus_filter.ini" --output "$work/cf.h5" --force \
+    broken_shifted_mask.label="$work/ch2bet_shifted.nii.gz" > prep.log 2>&1 || { cat prep.log; fail "prep"; }
+  timeout 1200 "${mpiexec[@]}" -n 2 "$mednet" filter "$config" --out flt --steps 40 corpus.path="$work/cf.h5" \
+    train.log_every=20 > flt.log 2>&1
+  status=$?
+  grep -A7 "dataset filtering: proxy" flt.log
+  [ $status -eq 0 ] || { cat flt.log; fail "filter exited with $status"; }
+  $py - flt/filter.json <<'PY' || fail "the filtering decisions are wrong"
+import json, sys
+r = json.load(open(sys.argv[1]))
+d = {x["name"]: x for x in r["datasets"]}
+assert set(d) == {"colin_brainmask", "colin_aal_brain", "colin_ho_cortex", "broken_shifted_mask"}, d
+for name in ("colin_brainmask", "colin_aal_brain", "colin_ho_cortex"):
+    assert d[name]["keep"] and d[name]["dice_after"] > d[name]["dice_before"], (name, d[name])
+assert not d["broken_shifted_mask"]["keep"], d["broken_shifted_mask"]
+assert r["keep"] == "colin_brainmask,colin_aal_brain,colin_ho_cortex", r["keep"]
+print("filter: kept", r["keep"], "; dropped broken_shifted_mask at Dice %.3f (median %.3f)"
+      % (d["broken_shifted_mask"]["dice_after"], r["median_dice"]))
+PY
+  grep -qx "corpus.datasets=colin_brainmask,colin_aal_brain,colin_ho_cortex" flt/datasets.txt || fail "datasets.txt"
+  # Pre-training takes the list: the excluded dataset gets no rank; a name the corpus lacks is refused.
+  run 2 sel corpus.path="$work/cf.h5" "$(cat flt/datasets.txt)" train.steps=2
+  [ $status -eq 0 ] || { cat sel.log; fail "pre-training on the kept datasets exited with $status"; }
+  grep -q "broken_shifted_mask *excluded" sel.log || { cat sel.log; fail "the dropped dataset is not excluded"; }
+  run_stamped pretrain 2 selbad corpus.path="$work/cf.h5" corpus.datasets=colin_brainmask,no_such train.steps=2
+  expect_agreed selbad.log "an unknown dataset in corpus.datasets" "corpus.datasets names 'no_such'"
+  ;;
 nan)
   # A diverging run (lr 1000): the ranks agree to skip the non-finite steps (default) or to stop (abort policy).
   run 2 nan train.steps=20 optim.lr=1000
