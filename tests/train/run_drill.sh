@@ -192,8 +192,9 @@ outdir)
     "remount, survived: $left, resumed from step 4"
   ;;
 corpus)
-  # The corpus truncated, then overwritten by another corpus, while a job trains on it.  The shard is in memory
-  # from the set-up on, so the job finishes; a rerun refuses the damaged file, then the other corpus.
+  # The corpus truncated, then overwritten by another corpus, while a job trains on it.  The small shard is in the
+  # chunk cache after the first step (data.cache_mb = 0), so the job finishes; a rerun refuses the damaged file, then
+  # the other corpus.
   cp "$corpus" mine.h5
   timeout 120 "${mpiexec[@]}" -n 2 "$mednet" prep "$(dirname "$config")/corpus_mricron.ini" --output other.h5 \
     --force corpus.name=another > prep.log 2>&1 || { cat prep.log; fail "cannot prepare the other corpus"; }
@@ -212,7 +213,7 @@ corpus)
   agreed cp.log "another corpus"
   has cp.log "checkpoint cp/ckpt-6\.h5 was written for corpus [0-9a-f]+, but .*mine\.h5 is corpus [0-9a-f]+"
   [ "$(sums cp)" = "$before" ] || fail "the checkpoints changed"
-  echo "corpus: truncated mid-run -> the job finished (exit 0, shard in memory); the rerun refused the truncated" \
+  echo "corpus: truncated mid-run -> the job finished (exit 0, shard cached); the rerun refused the truncated" \
     "file and then the other corpus (exit 1); survived: $(survived cp), unchanged"
   ;;
 signals)
