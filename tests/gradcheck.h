@@ -9,10 +9,13 @@
  *   the quotient is compared with sum(g * dir).  Steps are dsteps[k] times the tensor's unit (default its RMS); the
  *   best counts (float32 rounding favours large steps, kinks small ones; a wrong gradient is wrong at every step).
  *   A directional derivative of exactly 0 fails: the tensor is unused.
- * Error |fd - an| / max(|fd|, |an|, floor), floor = max(floor_abs, floor_rel * size of g): max|g| per index,
- * mean|g| * sqrt(n) (a typical +-1 directional derivative) in directional mode.
+ * Error per entry (per direction) |fd - an| / max(|fd|, |an|, floor) < tol, floor = max(floor_abs, floor_rel * size
+ * of g): max|g| per index, mean|g| * sqrt(n) (a typical +-1 directional derivative) in directional mode.  That is a
+ * relative tolerance tol with an absolute one tol * floor, checked entry by entry (no averaging that could hide one
+ * wrong entry).  Steps are exact: the quotient divides by the step float32 really made ((float)(v + eps) - v, per
+ * element in directional mode), not by the nominal eps, so only the loss's rounding and the truncation error remain.
  * With backward set, the harness computes the gradients: zero every g, loss, backward, backward again, check that
- * they doubled (backward accumulates: rel err < 1e-5, floor 1e-6), keep the single-pass values.
+ * they doubled (backward accumulates: rel err < 1e-4, floor 1e-4 of the largest entry), keep the single-pass values.
  * mn_gc_run prints one line (case, worst error and where) and returns the number of failures, each also counted in
  * mn_test_failures.  Values are restored on return; what the loss wrote (y) is from the last perturbed call. */
 #ifndef MN_TEST_GRADCHECK_H
@@ -103,11 +106,14 @@ static inline mn_gc_result mn_gc_directional(const mn_gc_case *c, const mn_gc_te
     const double floor_ = fmax(fmax(c->floor_abs, c->floor_rel * gabs / sqrt((double)t->n)), 1e-30);
     mn_gc_result res = {INFINITY, 0, an, 0, 1, 0};
     for (int k = 0; k < c->ndsteps; k++) {
-        double step = c->dsteps[k] * unit;
-        for (size_t j = 0; j < t->n; j++) t->v[j] = v0[j] + (float)(step * dir[j]);
+        /* The analytic side uses the displacement float32 really made, element by element: v0 + step*dir rounds
+         * differently per element, by up to 6e-8 |v| / step relative (6e-4 at step 1e-4 of the RMS). */
+        double step = c->dsteps[k] * unit, anr = 0;
+        for (size_t j = 0; j < t->n; j++) t->v[j] = v0[j] + (float)(step * dir[j]), anr += (double)t->g[j] * t->v[j];
         double lp = c->loss(c->ctx);
-        for (size_t j = 0; j < t->n; j++) t->v[j] = v0[j] - (float)(step * dir[j]);
-        double fd = (lp - c->loss(c->ctx)) / (2 * step), e = mn_test_relerr(fd, an, floor_);
+        for (size_t j = 0; j < t->n; j++) t->v[j] = v0[j] - (float)(step * dir[j]), anr -= (double)t->g[j] * t->v[j];
+        anr /= 2 * step;
+        double fd = (lp - c->loss(c->ctx)) / (2 * step), e = mn_test_relerr(fd, anr, floor_);
         if (k == 0 || e < res.err || (res.err != res.err && e == e)) res.err = e, res.fd = fd;
     }
     if (an == 0) res.err = INFINITY;
@@ -131,14 +137,18 @@ static inline int mn_gc_run(const mn_gc_case *c)
         for (int k = 0; k < nt; k++) memcpy(g1[k] = mn_test_alloc(c->t[k].n), c->t[k].g, c->t[k].n * sizeof(float));
         ok = ok && c->backward(c->ctx) == MN_OK;
         for (int k = 0; k < nt; k++) {
-            double e = mn_test_max_relerr_s(c->t[k].g, 2.0, g1[k], c->t[k].n, 1e-6);
+            /* A second pass adds each contribution again onto a larger running value: scatter-adds (upsample, col2vol)
+             * round differently, up to ~1e-5 where contributions cancel.  Overwriting instead gives 0.5. */
+            double gmax = 0;
+            for (size_t i = 0; i < c->t[k].n; i++) gmax = fmax(gmax, fabs(g1[k][i]));
+            double e = mn_test_max_relerr_s(c->t[k].g, 2.0, g1[k], c->t[k].n, fmax(1e-6, 1e-4 * gmax));
             if (!(e <= acc)) acc = e;
             memcpy(c->t[k].g, g1[k], c->t[k].n * sizeof(float));
             free(g1[k]);
         }
         TEST_EXPECT(ok, "%s: forward or backward failed", c->name);
-        TEST_EXPECT(acc < 1e-5, "%s: backward twice is not 2x once (worst rel err %.3g)", c->name, acc);
-        nfail += !ok + !(acc < 1e-5);
+        TEST_EXPECT(acc < 1e-4, "%s: backward twice is not 2x once (worst rel err %.3g)", c->name, acc);
+        nfail += !ok + !(acc < 1e-4);
     }
     mn_gc_result worst = {0};
     const char *wname = "-";

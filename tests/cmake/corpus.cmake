@@ -54,10 +54,11 @@ set_tests_properties(test_prep_cli_bad PROPERTIES FIXTURES_REQUIRED "corpus_inpu
                      LABELS corpus TIMEOUT 120)
 set_tests_properties(test_prep_mricron_np1 test_prep_mricron_np2 test_prep_mricron_h5diff PROPERTIES LABELS corpus)
 
-# An independent re-implementation (numpy, raw NIfTI headers, no libnifti) of the resampling, label maps and
-# normalisation, compared with every volume of the real mricron corpus.
+# An independent re-implementation (numpy, raw NIfTI headers, no libnifti) of the grid and affine, the
+# anti-aliasing sigmas, the label maps (parsed from the definition), the resampling and the normalisation, compared
+# with every volume of the real mricron corpus.
 add_test(NAME test_corpus_xcheck COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_corpus_xcheck.py
-         mricron_np1.h5 WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
+         mricron_np1.h5 ${MN_MRICRON_INI} WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
 set_tests_properties(test_corpus_xcheck PROPERTIES FIXTURES_REQUIRED mricron_np1 LABELS corpus TIMEOUT 120)
 
 # The documented example definition (every key) stays valid: it builds on mricron-data.

@@ -10,7 +10,9 @@ inferred from the keys and stored in the metadata; the script then loads the con
 PyTorch model (tests/ref/model_ref.py) and reports missing/unexpected keys, so a file that mednet will reject is
 caught here.  Import into mednet with `mednet model --depth 50 --import resnet_50.safetensors` (the pre-trained
 files hold only the encoder: add --strict only for files with a head).  Also `--selftest DIR`: builds a fake
-MedicalNet checkpoint from a seeded model_ref ResNet-10 (with the 'module.' prefix) and converts it, for ctest.
+MedicalNet checkpoint from a seeded model_ref ResNet-10 (with the 'module.' prefix, every float tensor random) and
+converts it, for ctest, which imports the result into mednet, exports it again and compares every value with the
+.pth (tests/ref/st_roundtrip.py).
 """
 import argparse
 import os
@@ -69,7 +71,15 @@ def convert(src, dst, keep_prefix=False):
 def selftest(d):
     torch.manual_seed(0)
     m = ResNet(10, "B", "seg", 2)
-    sd = {"module." + k: v for k, v in m.state_dict().items()}
+    # Every float tensor random (BN weights, biases and statistics included, whose defaults 1 and 0 an import that
+    # loaded nothing would also have), so that the value comparison after the import means something.
+    g = torch.Generator().manual_seed(1)
+    sd = {}
+    for k, v in m.state_dict().items():
+        if v.is_floating_point():
+            v = torch.randn(v.shape, generator=g)
+            v = v.abs() + 0.5 if k.endswith("running_var") else v
+        sd["module." + k] = v
     src = os.path.join(d, "resnet_10.pth")
     torch.save({"state_dict": sd, "epoch": 1}, src)
     return convert(src, os.path.join(d, "resnet_10.safetensors"))

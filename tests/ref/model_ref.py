@@ -6,7 +6,9 @@ safetensors reader/writer (Debian ships no python3-safetensors).
 Used by tests/unit/test_model_parity.c:
   model_ref.py --weights W.safetensors --inputs I.safetensors --out R.safetensors --depth 10 --shortcut B
                --head seg --classes 3 [--eval] [--full-size] [--steps 5 --lr 0.01] [--threads 1]
-reads mednet's exported weights (strict load_state_dict), the input x and labels, and writes: logits, loss, the
+               [--dice-weight 0.5 --dice-first-class 1 --dice-smooth 1e-5]
+reads mednet's exported weights (strict load_state_dict), the input x and labels, and writes: logits, loss (CE, plus
+dice_weight times the soft Dice written out here from loss.h's formula, as mn_model_loss combines them), the
 gradient of every parameter ("grad.<name>"), the BN buffers after the forward ("buf.<name>"), and the losses of
 `steps` plain SGD steps ("sgd_losses").  With --double these are computed in float64, and torch's own float32
 results are added under the prefix "f32." so that a test can tell float32 rounding (which training-mode batch norm
@@ -182,15 +184,33 @@ class ResNet(nn.Module):
         return f
 
 
-def seg_loss(logits, labels, full_size, x_shape):
-    """CE as mednet: logits up-sampled to the input size, or labels nearest-downsampled to the logits."""
+def soft_dice(logits, labels, first_class, smooth):
+    """Soft Dice of one sample as include/mednet/loss.h defines it, written here from the formula: p = softmax over
+    classes, per class c >= first_class dice_c = (2 sum p_c g_c + smooth) / (sum p_c + sum g_c + smooth), loss =
+    1 - mean_c dice_c (no ignored voxels here).  logits (C, ...), labels (...)."""
+    p = torch.softmax(logits, dim=0).reshape(logits.shape[0], -1)
+    g = F.one_hot(labels.reshape(-1), logits.shape[0]).t().to(p.dtype)
+    inter, psum, gsum = (p * g).sum(1), p.sum(1), g.sum(1)
+    dice = (2.0 * inter + smooth) / (psum + gsum + smooth)
+    return 1.0 - dice[first_class:].mean()
+
+
+def seg_loss(logits, labels, full_size, x_shape, dice_weight=0.0, dice_first_class=1, dice_smooth=1e-5):
+    """The model loss as mednet's mn_model_loss: per sample, CE (averaged over its voxels) plus dice_weight times its
+    soft Dice, then the mean over samples.  Logits are up-sampled to the input size (full_size), or labels
+    nearest-downsampled to the logits."""
     if logits.dim() == 2:
         return F.cross_entropy(logits, labels.reshape(-1))
     if full_size:
         logits = F.interpolate(logits, size=x_shape[2:], mode="trilinear", align_corners=False)
     elif tuple(labels.shape[1:]) != tuple(logits.shape[2:]):
         labels = F.interpolate(labels[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
-    return F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits, labels)
+    if dice_weight:
+        dice = torch.stack([soft_dice(logits[j], labels[j], dice_first_class, dice_smooth)
+                            for j in range(logits.shape[0])])
+        loss = loss + dice_weight * dice.mean()
+    return loss
 
 
 def run(a, sd, inp, dtype):
@@ -203,7 +223,7 @@ def run(a, sd, inp, dtype):
     model.train(not a.eval)
     out = {}
     logits = model(x)
-    loss = seg_loss(logits, labels, a.full_size, x.shape)
+    loss = seg_loss(logits, labels, a.full_size, x.shape, a.dice_weight, a.dice_first_class, a.dice_smooth)
     model.zero_grad()
     loss.backward()
     out["logits"] = logits.detach().float().clone()
@@ -219,7 +239,8 @@ def run(a, sd, inp, dtype):
         losses = []
         for _ in range(a.steps):
             model.zero_grad()
-            l = seg_loss(model(x), labels, a.full_size, x.shape)
+            l = seg_loss(model(x), labels, a.full_size, x.shape, a.dice_weight, a.dice_first_class,
+                         a.dice_smooth)
             l.backward()
             losses.append(l.item())
             with torch.no_grad():
@@ -243,6 +264,9 @@ def main():
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dice-weight", type=float, default=0.0, help="loss = CE + this * soft Dice (dice_weight)")
+    ap.add_argument("--dice-first-class", type=int, default=1)
+    ap.add_argument("--dice-smooth", type=float, default=1e-5)
     ap.add_argument("--double", action="store_true",
                     help="reference in float64; torch's own float32 results are added with the prefix f32.")
     a = ap.parse_args()

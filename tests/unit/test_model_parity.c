@@ -1,7 +1,8 @@
 /* test_model_parity: mednet's model against a PyTorch model written for the tests (tests/ref/model_ref.py).
  *
  * For each case (depth 10 type B, 18 type A, 50 type B with conv_seg, BN in training and in eval mode; resnet10 also
- * with conv_seg's loss at full size, the Med3D branch head and the classification head) the C side exports its
+ * with conv_seg's loss at full size, the Med3D branch head and the classification head, and conv_seg with the loss
+ * CE + 0.5 soft Dice, on the logits' grid and at full size) the C side exports its
  * seeded weights to safetensors, writes an input and labels, and runs the Python reference, which loads the weights
  * with load_state_dict(strict=True) and writes back logits, loss, every parameter gradient, the BN running
  * statistics after the forward, and the losses of 5 plain SGD steps.  Checks: logits and loss to 1e-4 relative,
@@ -78,12 +79,13 @@ static double grad_rms(const mn_model *m, const mn_safetensors *ref)
     return n ? sqrt(s / (double)n) : 0;
 }
 
-static void run_case(const char *dir, int depth, mn_shortcut sc, int training, int full, mn_head_kind kind)
+static void run_case(const char *dir, int depth, mn_shortcut sc, int training, int full, mn_head_kind kind,
+                     float dice)
 {
-    char label[64];
+    char label[80];
     const char *kname = kind == MN_HEAD_SEG ? "seg" : kind == MN_HEAD_BRANCH ? "branch" : "fc";
-    snprintf(label, sizeof label, "resnet%d %s %s %s%s", depth, sc == MN_SHORTCUT_A ? "A" : "B", kname,
-             training ? "train" : "eval", full ? " full-size" : "");
+    snprintf(label, sizeof label, "resnet%d %s %s %s%s%s", depth, sc == MN_SHORTCUT_A ? "A" : "B", kname,
+             training ? "train" : "eval", full ? " full-size" : "", dice > 0 ? " CE+Dice" : "");
     const int classes = 3, steps = 5;
     const float lr = 2e-3f;
     mn_head_spec head = {0, classes};
@@ -95,6 +97,7 @@ static void run_case(const char *dir, int depth, mn_shortcut sc, int training, i
     c.heads = &head;
     c.input = (mn_shape){2, 1, 20, 24, 28};
     c.loss_full_size = full;
+    c.loss.dice_weight = dice;
     c.seed = 2024 + (uint64_t)depth;
     mn_model *m = NULL;
     TEST_EXPECT(mn_model_create(&c, &m) == MN_OK, "%s: create", label);
@@ -135,9 +138,11 @@ static void run_case(const char *dir, int depth, mn_shortcut sc, int training, i
     TEST_EXPECT(mn_st_write(ipath, e, 2, NULL, NULL, 0) == MN_OK, "write inputs");
     snprintf(cmd, sizeof cmd,
              "%s %s/model_ref.py --weights %s --inputs %s --out %s --depth %d --shortcut %s --head %s --classes %d "
-             "%s %s --steps %d --lr %g --threads 1 --double",
+             "%s %s --steps %d --lr %g --threads 1 --double --dice-weight %g --dice-first-class %d "
+             "--dice-smooth %g",
              MN_PYTHON, MN_REF_DIR, wpath, ipath, opath, depth, sc == MN_SHORTCUT_A ? "A" : "B", kname, classes,
-             training ? "" : "--eval", full ? "--full-size" : "", steps, (double)lr);
+             training ? "" : "--eval", full ? "--full-size" : "", steps, (double)lr, (double)dice,
+             c.loss.dice_first_class, (double)c.loss.dice_smooth);
     int rc = system(cmd);
     TEST_EXPECT(rc == 0, "%s: reference failed (%d): %s", label, rc, cmd);
     mn_safetensors *ref = NULL;
@@ -236,21 +241,25 @@ int main(int argc, char **argv)
     if (mn_threads_init(mn_threads_resolve(0)) != MN_OK) return 1;
     char dir[] = "/tmp/mn_parity_XXXXXX";
     if (!mkdtemp(dir)) return 1;
-    int only = argc > 1 ? atoi(argv[1]) : 0;
-    if (!only || only == 10) {
-        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG);
-        run_case(dir, 10, MN_SHORTCUT_B, 0, 0, MN_HEAD_SEG);
-        run_case(dir, 10, MN_SHORTCUT_B, 1, 1, MN_HEAD_SEG);
-        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_BRANCH);
-        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_CLS);
+    int only = argc > 1 ? atoi(argv[1]) : 0, dice = argc > 1 && !strcmp(argv[1], "dice");
+    if (dice || !only) { /* the model loss CE + 0.5 soft Dice: on the logits' grid and at full size */
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG, 0.5f);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 1, MN_HEAD_SEG, 0.5f);
     }
-    if (!only || only == 18) {
-        run_case(dir, 18, MN_SHORTCUT_A, 1, 0, MN_HEAD_SEG);
-        run_case(dir, 18, MN_SHORTCUT_A, 0, 0, MN_HEAD_SEG);
+    if (!dice && (!only || only == 10)) {
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG, 0.0f);
+        run_case(dir, 10, MN_SHORTCUT_B, 0, 0, MN_HEAD_SEG, 0.0f);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 1, MN_HEAD_SEG, 0.0f);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_BRANCH, 0.0f);
+        run_case(dir, 10, MN_SHORTCUT_B, 1, 0, MN_HEAD_CLS, 0.0f);
     }
-    if (!only || only == 50) {
-        run_case(dir, 50, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG);
-        if (!getenv("MN_PARITY_KEEP")) run_case(dir, 50, MN_SHORTCUT_B, 0, 0, MN_HEAD_SEG);
+    if (!dice && (!only || only == 18)) {
+        run_case(dir, 18, MN_SHORTCUT_A, 1, 0, MN_HEAD_SEG, 0.0f);
+        run_case(dir, 18, MN_SHORTCUT_A, 0, 0, MN_HEAD_SEG, 0.0f);
+    }
+    if (!dice && (!only || only == 50)) {
+        run_case(dir, 50, MN_SHORTCUT_B, 1, 0, MN_HEAD_SEG, 0.0f);
+        if (!getenv("MN_PARITY_KEEP")) run_case(dir, 50, MN_SHORTCUT_B, 0, 0, MN_HEAD_SEG, 0.0f);
     }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# test_model_cli.sh CASE MEDNET PYTHON WORKDIR: the `mednet model` command, run by ctest (tests/cmake/model.cmake).
+# Every case checks the exit status of each command (0 where it must succeed), then what it printed, then values.
+#   table          the parameter table of the seven depths: exit 0 and the counts of PyTorch's MedicalNet models
+#   export_import  export (resnet18, two conv_seg heads) -> every float value replaced by seeded random ones (an
+#                  import that loaded nothing would otherwise pass) -> import --strict -> export -> bitwise compare;
+#                  a file missing one tensor -> import --strict exits 1 naming it
+#   convert        a fake MedicalNet resnet_10.pth (random tensors, 'module.' prefix) -> convert_medicalnet.py ->
+#                  import --strict -> export -> every value compared bitwise with the .pth
+set -uo pipefail
+case_name=$1 mednet=$2 py=$3 work=$4
+ref=$(cd "$(dirname "$0")/../ref" && pwd)
+fail() { echo "FAIL ($case_name): $*" >&2; exit 1; }
+rm -rf "$work" && mkdir -p "$work" && cd "$work" || fail "cannot use $work"
+# must LOG CMD...: run CMD with its output in LOG (and printed); exit status 0 required.
+must() {
+  local log=$1 st
+  shift
+  "$@" > "$log" 2>&1
+  st=$?
+  cat "$log"
+  [ "$st" -eq 0 ] || fail "exit status $st from: $*"
+}
+case "$case_name" in
+table)
+  must table.log "$mednet" model
+  tr '\n' ' ' < table.log | grep -Eq 'resnet10 .*14355520.*resnet18 .*32986176.*resnet34 .*63295808.*resnet50 .*46155072.*resnet101 .*85201216.*resnet152 .*117359936.*resnet200 .*126559552' ||
+    fail "parameter counts differ from MedicalNet's"
+  ;;
+export_import)
+  m=(model --depth 18 --heads 2:4,7:3)
+  must a.log "$mednet" "${m[@]}" --input 1x24x24x24 --export a.safetensors
+  grep -q 'memory plan for input 1x1x24x24x24' a.log || fail "no memory plan for the input"
+  must p.log "$py" "$ref/st_roundtrip.py" perturb a.safetensors b.safetensors 7
+  must b.log "$mednet" "${m[@]}" --import b.safetensors --strict --export c.safetensors
+  grep -Eq 'imported .*loaded, 0 missing, 0 unexpected, 0 mis-shaped' b.log || fail "import report"
+  must c.log "$py" "$ref/st_roundtrip.py" compare b.safetensors c.safetensors
+  # A file missing one tensor is refused under --strict: a non-zero status (1, an agreed error), naming the tensor.
+  must d.log "$py" "$ref/st_roundtrip.py" drop b.safetensors d.safetensors layer3.0.bn2.running_var
+  "$mednet" "${m[@]}" --import d.safetensors --strict > e.log 2>&1
+  st=$?
+  cat e.log
+  [ "$st" -eq 1 ] || fail "import of a file missing a tensor: expected exit status 1, got $st"
+  grep -q 'layer3.0.bn2.running_var' e.log || fail "the message does not name the missing tensor"
+  ;;
+convert)
+  must cvt.log "$py" "$ref/convert_medicalnet.py" --selftest .
+  must imp.log "$mednet" model --depth 10 --classes 2 --import resnet_10.safetensors --strict --export back.safetensors
+  grep -q '72 tensors loaded, 0 missing, 0 unexpected, 0 mis-shaped' imp.log || fail "import report"
+  must cmp.log "$py" "$ref/st_roundtrip.py" compare-pth resnet_10.pth back.safetensors
+  ;;
+*) fail "unknown case" ;;
+esac
+echo "$case_name: passed"
