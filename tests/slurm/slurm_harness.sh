@@ -33,6 +33,11 @@
 #            <dir>/nodes/mn-node<i> is bind-mounted on <dir>/node (SlurmdSpoolDir, SlurmdPidFile, SlurmdLogFile and
 #            TmpFS are under <dir>/node: one slurm.conf, per-node files) and a generated hosts file on /etc/hosts
 #            (the node names and the controller, for launchers that resolve host names, e.g. MPICH's Hydra).
+#            The nodes share one kernel, hence one boot id: UCX (MPICH's ch4:ucx here) takes that for one machine
+#            and joins ranks of different nodes through shared memory; Open MPI's ob1 goes by the node names and
+#            uses tcp.  MN_SLURM_OWN_BOOT_ID=1 gives each node a boot id of its own (bind-mounted on
+#            /proc/sys/kernel/random/boot_id), so that UCX uses tcp between the nodes too; with it, MPICH jobs
+#            exchanged data over tcp but a run checkpointing on SIGUSR1 hung at exit (seen 2 of 2), so it is off.
 # The controller, munged (a Unix socket, reachable from every namespace) and COMMAND stay in the host namespace.
 #
 # On any exit (success, failure, ^C) the trap cancels the remaining jobs, stops the daemons by the PIDs in their
@@ -196,6 +201,11 @@ if [ "$nodes" -gt 1 ]; then
 fi
 mkdir -p "$T/node"
 for n in "${node_names[@]}"; do mkdir -p "$(node_dir "$n")/spool" "$(node_dir "$n")/tmp"; done
+if [ "$nodes" -gt 1 ] && [ "${MN_SLURM_OWN_BOOT_ID:-0}" = 1 ]; then
+    # A boot id of its own per node: UCX (under MPICH's ch4:ucx) takes two processes with the same boot id for one
+    # machine and connects them through shared memory, whatever the host names say.
+    for n in "${node_names[@]}"; do cat /proc/sys/kernel/random/uuid >"$(node_dir "$n")/boot_id"; done
+fi
 
 # ---- slurm.conf -------------------------------------------------------------------------------------------------
 # Two free ports near a pid-derived base (ctld, slurmd).  Every slurmd listens on the same port, each in its own
@@ -278,7 +288,9 @@ else
         # it mounts a fresh /sys without /sys/fs/cgroup, and slurmd 22.05 will not start without it.
         # shellcheck disable=SC2016  # expanded by the inner shell
         nsenter --net="/run/netns/mn$tag-n$i" unshare --mount --propagation private --uts -- /bin/sh -c \
-            'hostname "$1" && mount --bind "$2" "$3" && mount --bind "$4" /etc/hosts && exec slurmd -f "$5"' \
+            'hostname "$1" && mount --bind "$2" "$3" && mount --bind "$4" /etc/hosts &&
+             { [ ! -s "$2/boot_id" ] || mount --bind "$2/boot_id" /proc/sys/kernel/random/boot_id; } &&
+             exec slurmd -f "$5"' \
             sh "$n" "$(node_dir "$n")" "$T/node" "$T/hosts" "$SLURM_CONF" || { log "slurmd of $n failed to start"; exit; }
     done
 fi

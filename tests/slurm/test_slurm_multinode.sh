@@ -11,7 +11,8 @@
 #    init of MPICH's client and hands out a 2 x 2 process mapping.  Open MPI only: with
 #    OMPI_MCA_btl_base_verbose the ranks report the tcp BTL towards ranks of the other node and vader (shared memory)
 #    only towards ranks of their own node; with the BTLs limited to self,vader the job cannot start (the nodes are
-#    reachable only over the network).
+#    reachable only over the network).  MPICH over UCX: the nodes share the kernel's boot id, so UCX joins them
+#    through shared memory (UCX_TLS=self,sm runs); with MN_SLURM_OWN_BOOT_ID=1 (slurm_harness.sh) it cannot.
 # 1. jobs/prep.sbatch -N 2 --ntasks-per-node=2 builds the mricron corpus (parallel HDF5 from both nodes).
 # 2. The README's multi-node example, `sbatch -N 2 --ntasks-per-node=2 ... jobs/pretrain.sbatch MEDNET_CONFIG=...
 #    MEDNET_OUT=... corpus.path=...`, MN_DRILL_N times (default 1): 4 ranks on mn-node1 and mn-node2; SIGUSR1 to the
@@ -84,6 +85,18 @@ if [ "$openmpi" = 1 ]; then
     OMPI_MCA_btl=self,vader run_info "$D/vader.out"
     rc=$?
     check "Open MPI: with shared memory only, the 2-node job cannot run (status $rc)" [ "$rc" -ne 0 ]
+fi
+if ldd "$mednet" | grep -q "libucx\|libucp"; then
+    # MPICH's ch4:ucx: UCX joins processes of one machine (one boot id) through shared memory whatever their host
+    # names.  The harness's nodes share the kernel's boot id unless MN_SLURM_OWN_BOOT_ID=1.
+    UCX_TLS=self,sm run_info "$D/sm.out"
+    if [ "${MN_SLURM_OWN_BOOT_ID:-0}" = 1 ]; then
+        check "UCX: with shared memory only, the nodes cannot reach each other" \
+            grep -q "Destination is unreachable" "$D/sm.out"
+    else
+        check "UCX: one boot id, so UCX joins the two nodes through shared memory (not tcp)" \
+            grep -q "^MPI nodes: 2" "$D/sm.out"
+    fi
 fi
 
 # ---- 1: the corpus, built from both nodes -------------------------------------------------------------------------
