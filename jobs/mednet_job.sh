@@ -15,6 +15,9 @@
 #   MEDNET_OVERRIDES  extra "section.key=value" overrides, space separated
 #   MEDNET_SRUN_MPI   srun's --mpi plugin (e.g. pmix); unset: no --mpi, i.e. the site's MpiDefault
 #   MEDNET_SRUN_ARGS  extra srun options, e.g. "--cpu-bind=cores"
+#   MEDNET_LAUNCHER   what starts the ranks: `srun` (default), or the MPI library's launcher inside the allocation,
+#                     e.g. "mpiexec.hydra" (MPICH, Intel MPI) or "mpirun" (Open MPI), run as `LAUNCHER -n $SLURM_NTASKS`
+#                     (it takes the nodes and tasks per node from Slurm's variables; MEDNET_SRUN_* are then unused)
 #   MEDNET_MODULES    environment modules to `module load` first, space separated (ignored, with a warning, where
 #                     there is no module command)
 # Partition, account, QOS, nodes, tasks and time: on the sbatch command line (-p, -A, -N, --ntasks-per-node, -t), or
@@ -51,7 +54,7 @@ mn_job_settings() {
     for a in "$@"; do
         case $a in
         MEDNET_BIN=* | MEDNET_CONFIG=* | MEDNET_OUT=* | MEDNET_CORPUS=* | MEDNET_OUT_KEY=* | MEDNET_OVERRIDES=* | \
-            MEDNET_SRUN_MPI=* | MEDNET_SRUN_ARGS=* | MEDNET_MODULES=*)
+            MEDNET_SRUN_MPI=* | MEDNET_SRUN_ARGS=* | MEDNET_LAUNCHER=* | MEDNET_MODULES=*)
             export "${a%%=*}=${a#*=}" ;;
         *) mn_args+=("$a") ;;
         esac
@@ -66,6 +69,7 @@ mn_job_settings() {
     MEDNET_OVERRIDES=${MEDNET_OVERRIDES:-}
     MEDNET_SRUN_ARGS=${MEDNET_SRUN_ARGS:-}
     MEDNET_SRUN_MPI=${MEDNET_SRUN_MPI:-}
+    MEDNET_LAUNCHER=${MEDNET_LAUNCHER:-srun}
     if [ -n "${MEDNET_MODULES:-}" ]; then
         # Under --export=NONE the shell function `module` may be missing: try the usual init scripts.
         if ! type module >/dev/null 2>&1; then
@@ -96,10 +100,20 @@ mn_job_settings() {
     # `sbatch --export=NONE` leaves SLURM_EXPORT_ENV=NONE behind, which srun would obey too: the ranks would not see
     # the variables above (nor PATH, nor the modules' libraries).  The job's own environment is the one to pass on.
     export SLURM_EXPORT_ENV=ALL
-    mn_srun=(srun --kill-on-bad-exit=1)
-    [ -n "$MEDNET_SRUN_MPI" ] && mn_srun+=(--mpi="$MEDNET_SRUN_MPI")
-    # shellcheck disable=SC2206  # MEDNET_SRUN_ARGS and MEDNET_OVERRIDES are word lists on purpose
-    mn_srun+=($MEDNET_SRUN_ARGS)
+    if [ "$MEDNET_LAUNCHER" = srun ]; then
+        mn_launch=(srun --kill-on-bad-exit=1)
+        [ -n "$MEDNET_SRUN_MPI" ] && mn_launch+=(--mpi="$MEDNET_SRUN_MPI")
+        # shellcheck disable=SC2206  # MEDNET_SRUN_ARGS and MEDNET_OVERRIDES are word lists on purpose
+        mn_launch+=($MEDNET_SRUN_ARGS)
+    else
+        # The MPI library's own launcher inside the allocation (Hydra's mpiexec, Open MPI's mpirun): it reads the
+        # nodes and tasks per node from Slurm's variables and starts its daemons or proxies with srun itself.
+        if [ -n "$MEDNET_SRUN_MPI$MEDNET_SRUN_ARGS" ]; then
+            mn_log "warning: MEDNET_LAUNCHER='$MEDNET_LAUNCHER': MEDNET_SRUN_MPI and MEDNET_SRUN_ARGS are not used"
+        fi
+        # shellcheck disable=SC2206  # a command line
+        mn_launch=($MEDNET_LAUNCHER -n "${SLURM_NTASKS:-1}")
+    fi
     # shellcheck disable=SC2206,SC2034  # used by the job scripts
     mn_overrides=($MEDNET_OVERRIDES)
 }
@@ -110,8 +124,8 @@ mn_job_state() {
     scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | tr ' ' '\n' | sed -n 's/^JobState=//p' | head -n 1
 }
 
-# mn_job_run_requeueable COMMAND...: run COMMAND (srun ...) in the background with the signal traps, wait for it,
-# then requeue the job or exit with its status by the rule above.  Never returns.
+# mn_job_run_requeueable COMMAND...: run COMMAND (srun ..., or MEDNET_LAUNCHER ...) in the background with the
+# signal traps, wait for it, then requeue the job or exit with its status by the rule above.  Never returns.
 mn_job_run_requeueable() {
     local marker=$MEDNET_OUT/REQUEUE step_pid='' got_usr1=0 got_term=0 rc state
     # A marker left by an earlier run (cancelled, or killed before it could start) must not requeue this one.
@@ -120,6 +134,10 @@ mn_job_run_requeueable() {
           [ -n "$step_pid" ] && kill -s USR1 "$step_pid" 2>/dev/null' USR1
     trap 'got_term=1; mn_log "caught SIGTERM (cancelled); forwarding it to the job step: it checkpoints, no requeue";
           [ -n "$step_pid" ] && kill -s TERM "$step_pid" 2>/dev/null' TERM
+    if [ "${mn_early_usr1:-0}" = 1 ]; then
+        mn_log "warning: SIGUSR1 came before the run started (a time limit shorter than the --signal lead time?);" \
+            "ignored: the run goes on to the time limit"
+    fi
     "$@" &
     step_pid=$!
     # `wait` returns early (status > 128) when a trapped signal arrives; keep waiting until the step has ended.

@@ -64,6 +64,11 @@ int mn_dist_root(const mn_dist *d, int ds);
  * Collective on comm.  Overwrites buf on every rank but root. */
 mn_err mn_dist_bcast_floats(MPI_Comm comm, float *buf, size_t n, int root);
 
+/* Number of nodes the ranks of comm span, as the MPI library sees them: the shared-memory domains of
+ * MPI_Comm_split_type(MPI_COMM_TYPE_SHARED).  *max_per_node (may be NULL) receives the largest number of ranks on one
+ * node.  The same on every rank.  Collective on comm. */
+mn_err mn_dist_node_count(MPI_Comm comm, int *nodes, int *max_per_node);
+
 /* ---- agreement and replica consistency ------------------------------------------------------------------------- */
 
 /* Agree on a flag (a caught signal, a NaN loss): *global = max over comm of `local`, the same on every rank.

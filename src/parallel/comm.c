@@ -149,6 +149,26 @@ mn_err mn_dist_agree_flag(MPI_Comm comm, int local, int *global)
     return MN_OK;
 }
 
+mn_err mn_dist_node_count(MPI_Comm comm, int *nodes, int *max_per_node)
+{
+    MN_CHECK(nodes != NULL, MN_ERR_ARG, "nodes is NULL");
+    MPI_Comm local = MPI_COMM_NULL;
+    int rank = 0, lrank = 0, lsize = 0;
+    MN_MPI(MPI_Comm_rank(comm, &rank));
+    MN_MPI(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local));
+    mn_err e = mn_mpi_report_if(MPI_Comm_rank(local, &lrank));
+    if (!e) e = mn_mpi_report_if(MPI_Comm_size(local, &lsize));
+    mn_err ef = mn_mpi_report_if(MPI_Comm_free(&local));
+    if (!e) e = ef;
+    MN_CALL(e);
+    int leader = lrank == 0, count = 0, most = 0;
+    MN_MPI(MPI_Allreduce(&leader, &count, 1, MPI_INT, MPI_SUM, comm));
+    MN_MPI(MPI_Allreduce(&lsize, &most, 1, MPI_INT, MPI_MAX, comm));
+    *nodes = count;
+    if (max_per_node) *max_per_node = most;
+    return MN_OK;
+}
+
 /* ---- XXH64 ---- */
 
 static const uint64_t P1 = 0x9E3779B185EBCA87ULL, P2 = 0xC2B2AE3D27D4EB4FULL, P3 = 0x165667B19E3779F9ULL,

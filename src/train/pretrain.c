@@ -468,10 +468,12 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     if (!e) e = mn_agree(comm, r.rank != 0 ? mn_run_config_read(r.config, &r.cfg) : MN_OK);
     if (!e) e = mn_agree(comm, mn_config_dump(r.config, &r.config_text));
     if (!e) e = mn_agree(comm, mn_threads_init(mn_threads_resolve((int)r.cfg.threads)));
+    int nodes = 0;
+    if (!e) e = mn_agree(comm, mn_dist_node_count(comm, &nodes, NULL));
     if (!e) {
-        mn_log_info("mednet %s %s: %d ranks x %d threads, BLIS kernels %s (%s)", MN_VERSION,
-                    finetune ? "finetune" : "pretrain", r.size, mn_threads_count(), mn_blis_arch(),
-                    mn_blis_arch_reason());
+        mn_log_info("mednet %s %s: %d ranks x %d threads on %d node%s, BLIS kernels %s (%s)", MN_VERSION,
+                    finetune ? "finetune" : "pretrain", r.size, mn_threads_count(), nodes, nodes == 1 ? "" : "s",
+                    mn_blis_arch(), mn_blis_arch_reason());
         e = mn_run_setup(&r);
     }
     if (!e) e = train_loop(&r, res);

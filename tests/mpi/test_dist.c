@@ -211,6 +211,18 @@ static void test_flags(const mn_dist *d)
     TEST_EXPECT(mn_dist_agree_flag(d->world, 0, &global) == MN_OK && global == 0, "no flag agreed as %d", global);
 }
 
+/* The node count from MPI_COMM_TYPE_SHARED: every rank of this test runs on this one machine, so one node holding all
+ * of them; a sub-communicator of one rank is one node of one.  (The multi-node count is checked under the Slurm
+ * harness's namespaced nodes, tests/slurm/test_slurm_multinode.sh.) */
+static void test_nodes(const mn_dist *d)
+{
+    int nodes = -1, most = -1;
+    TEST_EXPECT(mn_dist_node_count(d->world, &nodes, &most) == MN_OK && nodes == 1 && most == size,
+                "node count on one machine: %d nodes, at most %d ranks on one (expected 1, %d)", nodes, most, size);
+    TEST_EXPECT(mn_dist_node_count(MPI_COMM_SELF, &nodes, NULL) == MN_OK && nodes == 1, "self: %d nodes", nodes);
+    TEST_EXPECT(mn_dist_node_count(d->world, NULL, NULL) != MN_OK, "NULL nodes accepted");
+}
+
 static void test_checksum(const mn_dist *d)
 {
     /* Known XXH64 value of the empty input with seed 0, and single-bit sensitivity. */
@@ -292,6 +304,7 @@ int main(int argc, char **argv)
     test_reducer_errors();
     test_heads(d);
     test_flags(d);
+    test_nodes(d);
     test_checksum(d);
 
     /* A holder table with an empty dataset is rejected on every rank. */

@@ -11,29 +11,11 @@
 set -u
 mednet=$1 sigprog=$2 jobs=$3
 D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
-fail=0
-check() { # check DESCRIPTION COMMAND...: run the command, count a failure if it fails
-    local what=$1
-    shift
-    if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
-}
-job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+# shellcheck source=tests/slurm/slurm_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/slurm_lib.sh"  # check, job_field, wait_job
 
 # ---- 1: mednet info on 2 tasks ----------------------------------------------------------------------------------
 t0=$(date +%s)
-# Polling (sbatch --wait polls at growing intervals, adding seconds).
-wait_job() { # wait_job ID TIMEOUT_S [MIN_RESTARTS]: until a final state (COMPLETED only after MIN_RESTARTS requeues)
-    local i
-    for i in $(seq 1 $(($2 * 5))); do
-        state=$(job_field "$1" JobState)
-        restarts=$(job_field "$1" Restarts)
-        case "$state" in
-        COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | PREEMPTED)
-            if [ "$state" != COMPLETED ] || [ "${restarts:-0}" -ge "${3:-0}" ]; then return 0; fi ;;
-        esac
-        sleep 0.2
-    done
-}
 id=$(sbatch --parsable -J mn-info -n 2 -c 1 -t 2 -o "$D/info-%j.out" --wrap "srun --mpi=pmix '$mednet' info")
 wait_job "$id" 60
 cat "$D/info-$id.out"
@@ -64,7 +46,7 @@ check "and the abort line" grep -q "\[rank 1\] mednet: fatal error MN_ERR_IO on 
 
 # ---- 1c: jobs/scaling_sweep.sh submits one pretrain.sbatch job per rank count ------------------------------------
 MEDNET_BIN=$sigprog MEDNET_CONFIG=/dev/null MEDNET_OUT=$D/sweep \
-    bash "$jobs/scaling_sweep.sh" -t 2 1 2 -- sigprog.steps=5 >"$D/sweep.ids"
+    bash "$jobs/scaling_sweep.sh" -t 5 1 2 -- sigprog.steps=5 >"$D/sweep.ids"
 cat "$D/sweep.ids"
 check "sweep submitted 2 jobs" [ "$(wc -l <"$D/sweep.ids")" -eq 2 ]
 while read -r p sid; do

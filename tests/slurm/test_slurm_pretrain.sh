@@ -11,24 +11,8 @@
 set -u
 mednet=$1 configs=$2 jobs=$3
 D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
-fail=0
-check() {
-    local what=$1
-    shift
-    if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
-}
-job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-wait_job() { # wait_job ID TIMEOUT_S: until a final state
-    local i
-    for i in $(seq 1 $(($2 * 5))); do
-        state=$(job_field "$1" JobState)
-        restarts=$(job_field "$1" Restarts)
-        case "$state" in
-        COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | PREEMPTED) return 0 ;;
-        esac
-        sleep 0.2
-    done
-}
+# shellcheck source=tests/slurm/slurm_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/slurm_lib.sh"  # check, job_field, wait_job
 
 # The corpus, built on the compute node by jobs/prep.sbatch (2 tasks, settings as arguments, nothing exported).
 id=$(env -i PATH="$PATH" SLURM_CONF="$SLURM_CONF" sbatch --parsable --export=NONE -n 2 -c 1 -t 2 \

@@ -13,26 +13,9 @@
 set -u
 sigprog=$1 jobs=$2
 D=${MN_SLURM_DIR:?run me through slurm_harness.sh}
-fail=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
-}
+# shellcheck source=tests/slurm/slurm_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/slurm_lib.sh"  # check, job_field, wait_job
 absent() { ! grep -q "$@"; }
-job_field() { scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-wait_job() { # wait_job ID TIMEOUT_S [MIN_RESTARTS]: until a final state (COMPLETED only after MIN_RESTARTS requeues)
-    local i
-    for i in $(seq 1 $(($2 * 5))); do
-        state=$(job_field "$1" JobState)
-        restarts=$(job_field "$1" Restarts)
-        case "$state" in
-        COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | PREEMPTED)
-            if [ "$state" != COMPLETED ] || [ "${restarts:-0}" -ge "${3:-0}" ]; then return 0; fi ;;
-        esac
-        sleep 0.2
-    done
-}
 wait_log() { # wait_log ID FILE PATTERN TIMEOUT_S: until FILE has PATTERN; fails at once when job ID has ended
     local i
     for i in $(seq 1 $(($4 * 10))); do
