@@ -17,6 +17,7 @@ Per run, over the measured steps (the first --warmup steps of the run are exclud
   compute        forward + backward + optimiser, without the reducer's time inside the backward hooks;
   exposed comm   communication the step waited for: the reducer's hook time in backward plus the gradient path after
                  backward (t_busy + t_comm); hidden comm = the buckets' in-flight time not spent in either;
+  imbalance      slowest minus fastest rank's compute: the part of exposed comm spent waiting for the slowest rank;
   data           the batch source;
   checkpoint     the run's checkpoint writes after warm-up, amortised over its measured steps (the sweep writes one);
   efficiency     (samples/s / P) / (samples/s / P of the smallest run): weak and strong scaling alike;
@@ -104,6 +105,7 @@ def read_run(folder, warmup):
         "comm": median([s["t_comm"] + s["t_busy"] for s in meas]),
         "hidden": median([max(0.0, s["t_inflight"] - s["t_wait"] - s["t_busy"]) for s in meas]),
         "data": median([s["t_data"] for s in meas]),
+        "imbalance": median([s["t_compute"] - s.get("t_compute_min", s["t_compute"]) for s in meas]),
         "ckpt": ck,
         "ckpt_write": max([c["t_ckpt"] for c in ckpts], default=float("nan")),
         "ckpt_bytes": max([c.get("ckpt_bytes", 0) for c in ckpts], default=0),
@@ -139,7 +141,7 @@ def fmt_table(runs, env):
                  f"{base['threads']} thread(s) per rank; medians over the measured steps after "
                  f"{env.get('warmup', '?')} warm-up step(s); times in seconds per step")
     head = (f"{'P':>4} {'nodes':>5} {'gbatch':>6} {'samples/s':>9} {'step':>7} {'compute':>7} {'comm':>7} "
-            f"{'hidden':>7} {'data':>6} {'ckpt':>6} {'eff':>6} {'busbw step':>10} {'busbw MPI':>9}  note")
+            f"{'hidden':>7} {'imbal':>6} {'data':>6} {'ckpt':>6} {'eff':>6} {'busbw step':>10} {'busbw MPI':>9}  note")
     lines.append(head)
     lines.append("-" * len(head))
     for r in runs:
@@ -149,9 +151,11 @@ def fmt_table(runs, env):
         note = "OVERSUBSCRIBED" if r["oversubscribed"] else ""
         lines.append(f"{r['P']:>4} {r['nodes']:>5} {r['global_batch']:>6} {r['samples_per_s']:>9.2f} "
                      f"{r['t_step']:>7.3f} {r['compute']:>7.3f} {r['comm']:>7.3f} {r['hidden']:>7.3f} "
+                     f"{r['imbalance']:>6.3f} "
                      f"{r['data']:>6.3f} {r['ckpt']:>6.3f} {100 * eff:>5.1f}% {bw(r['busbw_step']):>10} "
                      f"{bw(r['busbw_bench']):>9}  {note}")
-    lines.append("comm = exposed communication (waited for); hidden = all-reduce in flight behind backward; ckpt = "
+    lines.append("comm = exposed communication (waited for, including imbal = waiting for the slowest rank's "
+                 "compute); hidden = all-reduce in flight behind backward; ckpt = "
                  "checkpoint writes amortised per measured step; busbw in GB/s (step: encoder bytes over the "
                  "buckets' in-flight time; MPI: bench_allreduce's blocking MPI_Allreduce)")
     if any(r["oversubscribed"] for r in runs):
@@ -204,6 +208,7 @@ def validate(runs):
     lines = ["projection model against the measured runs (ring all-reduce with the run's bench_allreduce fit; "
              "step: compute from the smallest run per sample x max(1, ranks x threads / cores); comm: exposed "
              "communication from the run's own compute):"]
+    lines.append("(comm here = exposed communication minus the imbalance, which no network model predicts)")
     lines.append(f"{'P':>4} {'alpha us':>9} {'GB/s':>7} | {'step':>6} {'model':>6} {'err':>7} | {'comm':>6} "
                  f"{'overlap':>7} {'err':>7} {'no-ovl':>7} {'err':>7}")
     errs = {"step": [], "overlap": [], "plain": []}
@@ -222,12 +227,13 @@ def validate(runs):
         _, eo, ro = sm.step_time(r["P"], compute=r["compute"], overlap=True, **kw)
         _, ep, rp = sm.step_time(r["P"], compute=r["compute"], overlap=False, **kw)
         co, cp = eo + ro + local, ep + rp + local
-        e_s, e_o, e_p = step / r["t_step"] - 1, co / r["comm"] - 1, cp / r["comm"] - 1
+        meas_comm = max(1e-9, r["comm"] - r["imbalance"])
+        e_s, e_o, e_p = step / r["t_step"] - 1, co / meas_comm - 1, cp / meas_comm - 1
         errs["step"].append(abs(e_s))
         errs["overlap"].append(abs(e_o))
         errs["plain"].append(abs(e_p))
         lines.append(f"{r['P']:>4} {a * 1e6:>9.1f} {1 / b / 1e9:>7.3f} | {r['t_step']:>6.3f} {step:>6.3f} "
-                     f"{100 * e_s:>+6.1f}% | {r['comm']:>6.3f} {co:>7.3f} {100 * e_o:>+6.1f}% {cp:>7.3f} "
+                     f"{100 * e_s:>+6.1f}% | {meas_comm:>6.3f} {co:>7.3f} {100 * e_o:>+6.1f}% {cp:>7.3f} "
                      f"{100 * e_p:>+6.1f}%")
     if errs["step"]:
         m = lambda v: 100 * sum(v) / len(v)  # noqa: E731
@@ -398,7 +404,7 @@ def main():
     with open(os.path.join(out, "table.txt"), "w") as f:
         f.write(text + "\n")
     keys = ["P", "nodes", "ranks_per_node", "threads", "global_batch", "samples_per_s", "t_step", "compute", "comm",
-            "hidden", "data", "ckpt", "efficiency", "busbw_step", "busbw_bench", "oversubscribed"]
+            "hidden", "imbalance", "data", "ckpt", "efficiency", "busbw_step", "busbw_bench", "oversubscribed"]
     with open(os.path.join(out, "table.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)

@@ -116,6 +116,13 @@ host_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | h
 } >"$out/study.env"
 
 log() { echo "[scaling_study.sh] $*"; }
+if [ -z "${MEDNET_BIN:-}" ]; then   # as the job scripts choose it: the build next to jobs/, an installed copy, PATH
+    for b in "$repo/build/mednet" "$repo/../../bin/mednet" "$(command -v mednet 2>/dev/null)"; do
+        [ -n "$b" ] && [ -x "$b" ] && { MEDNET_BIN=$b; break; }
+    done
+fi
+[ -n "${MEDNET_BIN:-}" ] && [ -x "$MEDNET_BIN" ] || die "no mednet executable: build it (cmake) or set MEDNET_BIN"
+export MEDNET_BIN
 if [ "$where" = slurm ]; then
     sweep_args=(-c "$threads" -t "$time")
     [ "$per_node" -gt 0 ] && sweep_args+=(-N "$per_node")

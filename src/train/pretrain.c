@@ -110,6 +110,9 @@ static mn_err log_step(run *r, mn_step_stats *st, double step_time, double avg_s
     /* Slowest rank of each figure (the step waits for it). */
     double times[7] = {st->t_compute, st->t_comm, st->t_data, st->t_update, st->t_busy, st->t_wait, st->t_inflight};
     MN_MPI(MPI_Allreduce(MPI_IN_PLACE, times, 7, MPI_DOUBLE, MPI_MAX, w));
+    /* The fastest rank's compute: max - min is the load imbalance the slowest rank's comm time includes. */
+    double compute_min = st->t_compute;
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, &compute_min, 1, MPI_DOUBLE, MPI_MIN, w));
     if (r->rank != 0) return MN_OK;
     char heads[1500];
     int o = 0;
@@ -134,10 +137,10 @@ static mn_err log_step(run *r, mn_step_stats *st, double step_time, double avg_s
     if (r->metrics) {
         fprintf(r->metrics, "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"samples_per_s\": %.4g, \"t_step\": %.4g, "
                             "\"t_compute\": %.4g, \"t_comm\": %.4g, \"t_data\": %.4g, \"t_update\": %.4g, "
-                            "\"t_busy\": %.4g, \"t_wait\": %.4g, \"t_inflight\": %.4g, \"hidden\": %.3f, "
-                            "\"skipped\": %d, \"head_loss\": {",
+                            "\"t_busy\": %.4g, \"t_wait\": %.4g, \"t_inflight\": %.4g, \"t_compute_min\": %.4g, "
+                            "\"hidden\": %.3f, \"skipped\": %d, \"head_loss\": {",
                 r->step + 1, isfinite(loss) ? loss : -1.0, lr, gbatch / step_time, step_time, times[0], times[1],
-                times[2], times[3], times[4], times[5], times[6], st->hidden, st->skipped);
+                times[2], times[3], times[4], times[5], times[6], compute_min, st->hidden, st->skipped);
         int first = 1;
         for (int k = 1; k < p->nrows; k++) {
             if (st->weight[k] <= 0) continue;
