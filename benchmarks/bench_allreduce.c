@@ -137,7 +137,7 @@ static mn_err bench_size(double mib, size_t bucket_bytes)
     double t_plain = median_max(tp, iters), t_buck = median_max(tb, iters);
     double f = 2.0 * (size - 1) / size, gb = (double)bytes / 1e9;
     if (rank == 0)
-        printf("%8.1f MiB  bucket %5.1f MiB x %3d | MPI_Allreduce %8.3f ms algbw %6.2f GB/s busbw %6.2f GB/s | "
+        printf("%9.3f MiB  bucket %5.1f MiB x %3d | MPI_Allreduce %8.3f ms algbw %6.2f GB/s busbw %6.2f GB/s | "
                "bucketed %8.3f ms algbw %6.2f GB/s busbw %6.2f GB/s | ratio %.2f | check rel err %.1e\n",
                mib, (double)(bucket_bytes ? bucket_bytes : MN_REDUCER_DEFAULT_BUCKET_BYTES) / (1 << 20),
                mn_reducer_nbuckets(r), t_plain * 1e3, gb / t_plain, gb / t_plain * f, t_buck * 1e3, gb / t_buck,

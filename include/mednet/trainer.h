@@ -61,9 +61,18 @@ typedef struct mn_trainer_config {
     double bucket_mb;        /* encoder bucket size, MiB */
 } mn_trainer_config;
 
-/* What one step saw, per row of the part table. */
+/* What one step saw, per row of the part table.  Times in seconds on this rank:
+ *   t_data     the batch source;
+ *   t_compute  forward + backward of every micro-batch (includes t_busy: the reducer's hooks run inside backward);
+ *   t_comm     the gradient path after backward (waiting for the encoder buckets, head reductions, the agreement on
+ *              numerical trouble) and the batch-norm averaging: communication the step waits for;
+ *   t_update   the optimiser updates (local arithmetic, between the two);
+ *   t_busy, t_wait, t_inflight, hidden   the encoder reducer's figures (mn_reducer_stats: time inside its hooks,
+ *              blocked in finish, with a bucket outstanding, and the share of that hidden behind backward).
+ * Exposed communication is t_comm + t_busy; communication hidden behind backward is t_inflight - t_wait - t_busy. */
 typedef struct mn_step_stats {
-    double t_data, t_compute, t_comm, hidden;
+    double t_data, t_compute, t_comm, t_update, hidden;
+    double t_busy, t_wait, t_inflight;
     double *loss;   /* [nrows]: sum over this rank's samples of w_i * l_i (row 0: all samples) */
     double *weight; /* [nrows]: sum of w_i over this rank's samples */
     int skipped;

@@ -163,8 +163,12 @@ static mn_err log_step(run *r, mn_step_stats *st, double step_time, double avg_s
     MPI_Comm w = p->dist->world;
     MN_MPI(MPI_Allreduce(MPI_IN_PLACE, st->loss, p->nrows, MPI_DOUBLE, MPI_SUM, w));
     MN_MPI(MPI_Allreduce(MPI_IN_PLACE, st->weight, p->nrows, MPI_DOUBLE, MPI_SUM, w));
-    double times[3] = {st->t_compute, st->t_comm, st->t_data};
-    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, times, 3, MPI_DOUBLE, MPI_MAX, w));
+    /* Slowest rank of each figure (the step waits for it). */
+    double times[7] = {st->t_compute, st->t_comm, st->t_data, st->t_update, st->t_busy, st->t_wait, st->t_inflight};
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, times, 7, MPI_DOUBLE, MPI_MAX, w));
+    /* The fastest rank's compute: max - min is the load imbalance the slowest rank's comm time includes. */
+    double compute_min = st->t_compute;
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, &compute_min, 1, MPI_DOUBLE, MPI_MIN, w));
     if (r->rank != 0) return MN_OK;
     char heads[1500];
     int o = 0;
@@ -188,10 +192,11 @@ static mn_err log_step(run *r, mn_step_stats *st, double step_time, double avg_s
                 100.0 * st->hidden, times[2], eta, st->skipped ? "  (skipped: non-finite)" : "");
     if (r->metrics) {
         fprintf(r->metrics, "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"samples_per_s\": %.4g, \"t_step\": %.4g, "
-                            "\"t_compute\": %.4g, \"t_comm\": %.4g, \"t_data\": %.4g, \"hidden\": %.3f, \"skipped\": %d, "
-                            "\"head_loss\": {",
+                            "\"t_compute\": %.4g, \"t_comm\": %.4g, \"t_data\": %.4g, \"t_update\": %.4g, "
+                            "\"t_busy\": %.4g, \"t_wait\": %.4g, \"t_inflight\": %.4g, \"t_compute_min\": %.4g, "
+                            "\"hidden\": %.3f, \"skipped\": %d, \"head_loss\": {",
                 r->step + 1, isfinite(loss) ? loss : -1.0, lr, gbatch / step_time, step_time, times[0], times[1],
-                times[2], st->hidden, st->skipped);
+                times[2], times[3], times[4], times[5], times[6], compute_min, st->hidden, st->skipped);
         int first = 1;
         for (int k = 1; k < p->nrows; k++) {
             if (st->weight[k] <= 0) continue;
@@ -240,6 +245,9 @@ static mn_err check_outdir(run *r)
     return MN_OK;
 }
 
+/* Write checkpoint r->step and time it (the gather to rank 0, the write, fsync and rename: what a signal's lead
+ * time must cover); rank 0 adds {"step", "checkpoint", "t_ckpt", "ckpt_bytes"} to the metrics.  Collective on the
+ * world. */
 static mn_err write_checkpoint(run *r)
 {
     /* HDF5 is not thread-safe: the I/O thread finishes its look-ahead before this thread writes the file. */
@@ -252,8 +260,65 @@ static mn_err write_checkpoint(run *r)
     }
     MN_CALL(check_outdir(r));
     mn_ckpt_meta meta = {r->config_text, r->info->checksum, r->cfg.corpus, r->cfg.sampler.seed};
+    double t0 = MPI_Wtime();
     MN_CALL(mn_train_ckpt_write(r->trainer, r->cfg.out, r->step, (int)r->cfg.keep, &meta));
     r->ckpt_step = r->step;
+    double dt = MPI_Wtime() - t0;
+    if (r->rank == 0) {
+        char path[1400];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/ckpt-%ld.h5", r->cfg.out, r->step);
+        long long bytes = stat(path, &sb) == 0 ? (long long)sb.st_size : -1;
+        mn_log_info("checkpoint written in %.3f s (%.1f MiB)", dt, bytes / 1048576.0);
+        if (r->metrics) {
+            fprintf(r->metrics, "{\"step\": %ld, \"checkpoint\": \"ckpt-%ld.h5\", \"t_ckpt\": %.4g, \"ckpt_bytes\": %lld}\n",
+                    r->step, r->step, dt, bytes);
+            fflush(r->metrics);
+        }
+    }
+    return MN_OK;
+}
+
+/* The run's shape, once per run in the metrics, for the scaling analysis (benchmarks/scaling_collect.py): ranks,
+ * nodes (distinct shared-memory domains) and the most ranks on one, online cores of rank 0's node, threads, batch
+ * sizes, model, crop, the encoder's parameter count and its gradient buckets (floats, in reduction order), the
+ * heads' parameter counts on rank 0, the first step of this run (after a resume: not 0) and the BLIS kernels.
+ * Collective on the world. */
+static mn_err log_plan(run *r)
+{
+    mn_parts *p = r->parts;
+    MPI_Comm node;
+    int node_rank = 0, node_size = 1, counts[2];
+    MN_MPI(MPI_Comm_split_type(p->dist->world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    mn_err e = mn_mpi_report_if(MPI_Comm_rank(node, &node_rank));
+    if (!e) e = mn_mpi_report_if(MPI_Comm_size(node, &node_size));
+    MN_MPI(MPI_Comm_free(&node));
+    MN_CALL(e);
+    int leader = node_rank == 0, nodes = 0, most = 0;
+    MN_MPI(MPI_Allreduce(&leader, &nodes, 1, MPI_INT, MPI_SUM, p->dist->world));
+    MN_MPI(MPI_Allreduce(&node_size, &most, 1, MPI_INT, MPI_MAX, p->dist->world));
+    if (r->rank != 0 || !r->metrics) return MN_OK;
+    counts[0] = nodes, counts[1] = most;
+    const mn_shape *in = &r->cfg.model.input;
+    mn_model *m = mn_trainer_model(r->trainer);
+    FILE *f = r->metrics;
+    fprintf(f, "{\"plan\": {\"ranks\": %d, \"nodes\": %d, \"ranks_per_node\": %d, \"cores\": %ld, \"threads\": %d, "
+               "\"batch\": %ld, \"micro_batches\": %ld, \"global_batch\": %ld, \"depth\": %d, \"crop\": [%d, %d, %d], "
+               "\"params\": %zu, \"encoder_params\": %zu, \"bucket_floats\": [",
+            r->size, counts[0], counts[1], sysconf(_SC_NPROCESSORS_ONLN), mn_threads_count(), r->cfg.batch,
+            r->cfg.micro, r->cfg.batch * r->cfg.micro * r->size, r->cfg.model.depth, in->d, in->h, in->w,
+            mn_model_num_params(m), p->row[0].params.count);
+    for (int i = 0; i < mn_reducer_nbuckets(p->reducer); i++)
+        fprintf(f, "%s%zu", i ? ", " : "", mn_reducer_bucket(p->reducer, i).count);
+    fprintf(f, "], \"head_params\": {");
+    int first = 1;
+    for (int k = 1; k < p->nrows; k++) {
+        if (!p->row[k].held) continue;
+        fprintf(f, "%s\"%s\": %zu", first ? "" : ", ", p->row[k].name, p->row[k].params.count);
+        first = 0;
+    }
+    fprintf(f, "}, \"start_step\": %ld, \"blis\": \"%s\"}}\n", r->step, mn_blis_arch());
+    fflush(f);
     return MN_OK;
 }
 
@@ -335,6 +400,7 @@ static mn_err train_loop(run *r, mn_train_result *res)
     double *dice = NULL;
     r->ckpt_step = -1;
     MN_CALL(requeue_marker(r, 1)); /* the output folder is ours (set-up took its lock): a marker there is stale */
+    MN_CALL(log_plan(r));
     MN_CALL(mn_calloc(sizeof(double) * (size_t)p->nrows, "step losses", (void **)&st.loss));
     mn_err e = mn_calloc(sizeof(double) * (size_t)p->nrows, "step weights", (void **)&st.weight);
     if (!e) e = mn_calloc(sizeof(double) * (size_t)p->nrows, "dice", (void **)&dice);

@@ -198,7 +198,8 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
     mn_parts *p = t->parts;
     memset(st->loss, 0, sizeof(double) * (size_t)p->nrows);
     memset(st->weight, 0, sizeof(double) * (size_t)p->nrows);
-    st->t_data = st->t_compute = st->t_comm = st->hidden = 0;
+    st->t_data = st->t_compute = st->t_comm = st->t_update = st->hidden = 0;
+    st->t_busy = st->t_wait = st->t_inflight = 0;
     st->skipped = 0;
     int bad = 0;
     memcpy(t->bn_saved, mn_model_bn_buffers(m), sizeof(float) * mn_model_num_bn_buffers(m));
@@ -247,7 +248,11 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
     int skip = 0;
     MN_CALL(mn_parts_reduce(p, mn_model_grads(m), mn_model_num_params(m), bad, &skip, &rs));
     st->hidden = rs.hidden;
+    st->t_busy = rs.busy;
+    st->t_wait = rs.wait;
+    st->t_inflight = rs.inflight;
     st->skipped = skip;
+    double t_upd = MPI_Wtime();
     if (skip) {
         memcpy(mn_model_bn_buffers(m), t->bn_saved, sizeof(float) * mn_model_num_bn_buffers(m));
         if (c->nan_abort) {
@@ -269,10 +274,11 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
             MN_CALL(mn_optim_update(t->optim, mn_model_params(m), mn_model_grads(m), r->params.offset,
                                     r->params.count, i ? lr * c->head_lr_mult : lr, ++r->updates));
         }
+        st->t_update = MPI_Wtime() - t_upd;
         MN_CALL(mn_parts_average_bn(p, mn_model_bn_buffers(m)));
     }
     double t4 = MPI_Wtime();
-    st->t_comm = t4 - t3;
+    st->t_comm = t4 - t3 - st->t_update; /* the optimiser's arithmetic is not communication */
     mn_trace_event(t->trace, "reduce+update", "allreduce", t3, t4 - t3, 0);
     return MN_OK;
 }
