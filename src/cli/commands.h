@@ -19,5 +19,7 @@ mn_err mn_cmd_pretrain(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_finetune(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_eval(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_infer(int argc, char **argv, mn_cmd_result *res);
 
 #endif

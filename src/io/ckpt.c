@@ -12,6 +12,7 @@
  * HDF5 handles are released on every error path (goto out), so a failed write can be retried in the same run.
  */
 #include "mednet/ckpt.h"
+#include "mednet/fileio.h"
 #include "mednet/h5check.h"
 #include "mednet/mem.h"
 
@@ -64,16 +65,6 @@ static hid_t file_type(mn_ckpt_type t)
 }
 
 /* ---- POSIX helpers ---- */
-
-static mn_err fsync_path(const char *path, int directory)
-{
-    int fd = open(path, O_RDONLY | (directory ? O_DIRECTORY : 0));
-    MN_CHECK(fd >= 0, MN_ERR_IO, "cannot open '%s' to fsync it: %s", path, strerror(errno));
-    int rc = fsync(fd), e = errno;
-    close(fd);
-    MN_CHECK(rc == 0, MN_ERR_IO, "fsync of '%s' failed: %s", path, strerror(e));
-    return MN_OK;
-}
 
 static mn_err join(char *out, size_t len, const char *dir, const char *name)
 {
@@ -176,7 +167,7 @@ static mn_err write_latest(const char *dir, const char *name)
     bad |= fclose(f) != 0;
     MN_CHECK(!bad, MN_ERR_IO, "cannot write '%s': %s", tmp, strerror(errno));
     MN_CHECK(rename(tmp, fin) == 0, MN_ERR_IO, "cannot rename '%s' to '%s': %s", tmp, fin, strerror(errno));
-    MN_CALL(fsync_path(dir, 1));
+    MN_CALL(mn_fsync_path(dir, 1));
     return MN_OK;
 }
 
@@ -303,14 +294,14 @@ mn_err mn_ckpt_write(const char *dir, int64_t step, const mn_ckpt_array *arrays,
 
     /* 1. the temporary file, flushed, closed and fsync'ed */
     mn_err e = write_file(tmp, step, arrays, narrays, attrs, nattrs);
-    if (!e) e = fsync_path(tmp, 0);
+    if (!e) e = mn_fsync_path(tmp, 0);
     if (e) {
         unlink(tmp);
         MN_FAIL(e, "checkpoint '%s' was not written; the previous checkpoint and 'latest' are untouched", fin);
     }
     /* 2. the rename makes it visible; the directory fsync makes the rename durable */
     MN_CHECK(rename(tmp, fin) == 0, MN_ERR_IO, "cannot rename '%s' to '%s': %s", tmp, fin, strerror(errno));
-    MN_CALL(fsync_path(dir, 1));
+    MN_CALL(mn_fsync_path(dir, 1));
     /* 3. the pointer, 4. retention (only now that the new checkpoint is in place) */
     MN_CALL(write_latest(dir, name));
     MN_CALL(prune(dir, keep, step));
