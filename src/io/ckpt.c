@@ -521,6 +521,15 @@ out:
     return err;
 }
 
+mn_err mn_ckpt_attr_exists(mn_ckpt *c, const char *name, int *exists)
+{
+    MN_CHECK(c && name && exists, MN_ERR_ARG, "NULL argument");
+    htri_t ex = H5Aexists(c->fid, name);
+    MN_CHECK(ex >= 0, MN_ERR_HDF5, "cannot look up attribute '%s' in '%s'", name, c->path);
+    *exists = ex > 0;
+    return MN_OK;
+}
+
 mn_err mn_ckpt_close(mn_ckpt **pc)
 {
     if (!pc || !*pc) return MN_OK;

@@ -124,6 +124,15 @@ mn_err mn_run_setup(run *r)
     /* The corpus: metadata (agreed by mn_corpus_open), its identity against the checkpoint, the plan. */
     MN_CALL(mn_corpus_open(r->comm, c->corpus, &r->info));
     MN_CALL(mn_agree(r->comm, r->rank == 0 ? check_resume_corpus(r) : MN_OK));
+    /* What inference must repeat of prep for each dataset of the run: written into every checkpoint. */
+    mn_err pe = MN_OK;
+    for (int d = 0; d < r->info->num_datasets && !pe; d++) {
+        if (r->info->datasets[d].role != (mn_role)c->role) continue;
+        mn_prep_record rec;
+        mn_prep_record_of(r->info, d, &rec);
+        pe = mn_prep_record_append(&rec, &r->prep_text);
+    }
+    MN_CALL(mn_agree(r->comm, pe));
     MN_CALL(mn_agree(r->comm, mn_shard_assign(r->info, r->size, (uint64_t)c->shard_seed, (mn_role)c->role,
                                               &r->plan)));
     if (r->rank == 0) {
