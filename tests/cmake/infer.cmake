@@ -2,7 +2,7 @@
 # against scipy), mednet infer (sliding window against numpy, end-to-end on synthetic volumes, bad input).
 mn_test(test_segmetrics SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_segmetrics.c TIMEOUT 60 LABELS infer)
 add_test(NAME test_eval_xcheck COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_eval_xcheck.py
-         $<TARGET_FILE:mednet> ${CMAKE_BINARY_DIR}/eval_test)
+         $<TARGET_FILE:mednet> ${CMAKE_BINARY_DIR}/eval_test ${MN_MPIEXEC})
 set_tests_properties(test_eval_xcheck PROPERTIES LABELS infer TIMEOUT 120)
 set(MN_INFER_TEST_DIR ${CMAKE_BINARY_DIR}/infer_test)
 file(MAKE_DIRECTORY ${MN_INFER_TEST_DIR})

@@ -1,7 +1,8 @@
-"""test_eval_xcheck.py MEDNET WORKDIR: `mednet eval` against an independent computation with scipy
+"""test_eval_xcheck.py MEDNET WORKDIR [MPIEXEC...]: `mednet eval` against an independent computation with scipy
 (distance_transform_edt with sampling=, binary_erosion with border_value=0) and, on the smaller cases, a brute force
 over every pair of surface voxels, on random smooth shapes with anisotropic, flipped and permuted affines; plus the
-command's error cases (grids that differ, a non-integer label, a missing file).  Prints the worst differences."""
+command's error cases (grids that differ, a non-integer label, a missing file); with MPIEXEC, 2 ranks (pairs dealt
+round-robin) must write the same JSON as 1 rank.  Prints the worst differences."""
 import json
 import os
 import subprocess
@@ -53,7 +54,7 @@ def run(mednet, args, expect_ok=True):
 
 
 def main():
-    mednet, work = sys.argv[1], sys.argv[2]
+    mednet, work, mpi = sys.argv[1], sys.argv[2], sys.argv[3:]
     os.makedirs(work, exist_ok=True)
     rng = np.random.default_rng(2024)
     affines = [np.diag([0.8, 1.0, 2.5, 1.0]),
@@ -95,6 +96,14 @@ def main():
                     continue
                 worst[k] = max(worst[k], abs(gk - rk))
                 ncmp += 1
+    if mpi:
+        out2 = os.path.join(work, "eval_np2.json")
+        p2 = subprocess.run(mpi + ["-n", "2", mednet, "eval"] + files + ["--classes", "3", "--json", out2],
+                            capture_output=True, text=True)
+        if p2.returncode != 0 or open(out2).read() != open(out).read():
+            sys.exit("FAIL: 2 ranks: status %d, JSON equal to 1 rank's: %s\n%s" % (
+                p2.returncode, p2.returncode == 0 and open(out2).read() == open(out).read(), p2.stderr))
+        print("2 ranks: the same JSON as 1 rank")
     rows = open(csv).read().strip().splitlines()
     assert rows[0].startswith("pred,label,class,dice") and len(rows) == 1 + 2 * len(cases), rows[:2]
     assert any(",inf," in r for r in rows), "one-empty case must show inf in the CSV"
