@@ -86,6 +86,10 @@ mn_err mn_eval_pair(const char *pred, const char *label, int num_classes, double
 
 void mn_eval_print(FILE *f, const mn_eval_case *c, int n)
 {
+    for (int i = 0; i < n; i++)
+        fprintf(f, "case %d: %s vs %s (%lldx%lldx%lld, spacing %g x %g x %g mm)\n", i, c[i].pred, c[i].label,
+                (long long)c[i].dim[0], (long long)c[i].dim[1], (long long)c[i].dim[2], c[i].spacing[0],
+                c[i].spacing[1], c[i].spacing[2]);
     fprintf(f, "%-5s %-5s %8s %10s %10s %10s %12s %12s\n", "case", "class", "dice", "hd95_mm", "assd_mm", "hd_mm",
             "pred_vox", "label_vox");
     int maxc = 0;

@@ -426,8 +426,8 @@ mn_err mn_infer_run(MPI_Comm comm, const mn_infer_options *o)
     char *config_text = NULL, *prep_text = NULL, head[MN_CORPUS_NAME_LEN] = "";
     infer_model im;
     memset(&im, 0, sizeof im);
-    mn_err e = mn_agree(comm, rank == 0 ? check_outputs(o) : MN_OK);
-    if (!e) e = mn_agree(comm, rank == 0 ? describe(o, &config_text, &prep_text, head, sizeof head) : MN_OK);
+    mn_err e = mn_agree(comm, rank == 0 ? describe(o, &config_text, &prep_text, head, sizeof head) : MN_OK);
+    if (!e) e = mn_agree(comm, rank == 0 ? check_outputs(o) : MN_OK);
     if (!e) e = bcast_text(comm, rank, &config_text);
     if (!e) e = bcast_text(comm, rank, &prep_text);
     if (!e) e = mn_mpi_report_if(MPI_Bcast(head, (int)sizeof head, MPI_CHAR, 0, comm));
