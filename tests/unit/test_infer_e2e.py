@@ -6,7 +6,8 @@ pretrain`), then predicted on a test volume LARGER than the training crop whose 
 anisotropic.  Checks:
   - the output has exactly the input's grid: dims, pixdim, sform and qform (codes and values) byte for byte;
   - Dice >= 0.9 against the known label (`mednet eval`), with and without flip TTA;
-  - the probability maps sum to 1, and their argmax is the label map;
+  - the probability maps sum to 1, and their argmax is the label map; on a volume that is its own canonical grid,
+    with one covering window, they equal PyTorch's softmax of the checkpoint's model (infer_torch_check.py);
   - 2 ranks give the same outputs as 1 rank, byte for byte; a volume smaller than the crop is padded and predicted;
   - bad input (NaN voxels, a missing file, a checkpoint whose arrays are not its config's depth, an existing output
     without --force, not a checkpoint, a checkpoint without a preprocessing record and no corpus): a non-zero exit
@@ -140,6 +141,11 @@ def main():
           (prob.shape, np.abs(prob.sum(-1) - 1).max()))
     sm, _, _ = nifti_py.read(os.path.join(out1, "small_seg.nii"[:-4] + ".nii.gz"))
     print("volume smaller than the crop (10x12x8 < 24^3): padded and predicted, %d voxels of class 1" % int(sm.sum()))
+
+    # ---- the probabilities against PyTorch on the checkpoint's weights
+    p = run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "infer_torch_check.py"),
+             mednet, ckpt, "blobs", work])
+    print(p.stdout.strip())
 
     # ---- TTA and 2 ranks
     out_tta = os.path.join(work, "out_tta")
