@@ -94,6 +94,6 @@ mn_err mn_cmd_eval(int argc, char **argv, mn_cmd_result *res)
         e = mn_agree(MPI_COMM_WORLD, we);
     }
     mn_free(&cases);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mednet eval");
     return MN_OK;
 }

@@ -140,6 +140,6 @@ mn_err mn_cmd_infer(int argc, char **argv, mn_cmd_result *res)
     }
     for (int i = 0; in && i < n; i++) free(in[i]);
     free(in);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mednet infer");
     return MN_OK;
 }

@@ -108,7 +108,7 @@ static mn_err record_from_corpus(mn_ckpt *ck, const char *ckpt_path, const char 
     if (!e) mn_log_info("infer: %s has no preprocessing record; taken from its corpus %s", ckpt_path, corpus);
     mn_corpus_info_destroy(&info);
     mn_free(&recorded);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from reading the preprocessing record from the corpus");
     return MN_OK;
 }
 
@@ -168,7 +168,7 @@ static mn_err describe(const mn_infer_options *o, char **config_text, char **pre
     }
     mn_config_destroy(&pc);
     mn_ckpt_close(&ck);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from describing checkpoint '%s'", o->checkpoint);
     return MN_OK;
 }
 
@@ -455,6 +455,6 @@ mn_err mn_infer_run(MPI_Comm comm, const mn_infer_options *o)
     infer_model_destroy(&im);
     free(config_text);
     free(prep_text);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from mednet infer");
     return MN_OK;
 }

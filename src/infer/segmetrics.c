@@ -86,7 +86,7 @@ mn_err mn_edt_sq(double *f, const int64_t n[3], const double spacing[3])
     mn_free(&out);
     mn_free(&z);
     mn_free(&v);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from distance transform");
     return MN_OK;
 }
 
@@ -198,6 +198,6 @@ mn_err mn_seg_metrics_class(const int32_t *pred, const int32_t *label, const int
     mn_free(&mb);
     mn_free(&f);
     mn_free(&dist);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from metrics of class %d", cls);
     return MN_OK;
 }

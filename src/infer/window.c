@@ -143,6 +143,6 @@ mn_err mn_sliding_window(const mn_window_config *c, const float *vol, const int6
     mn_free(&p);
     mn_free(&wsum);
     mn_free(&pos);
-    MN_CALL(e);
+    MN_CHECK(!e, e, "called from sliding window");
     return MN_OK;
 }
