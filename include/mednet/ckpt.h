@@ -60,10 +60,21 @@ mn_err mn_ckpt_write(const char *dir, int64_t step, const mn_ckpt_array *arrays,
  * malformed or names a missing file is MN_ERR_FORMAT naming both.  Not collective. */
 mn_err mn_ckpt_latest(const char *dir, char *path, size_t pathlen, int *found);
 
+/* The step of the newest ckpt-<step>.h5 in dir (by its name), or -1 when there is none.  Used to warn about a
+ * checkpoint newer than `latest` (a write interrupted between its rename and the pointer update) and to hint at
+ * a resumable file when `latest` is damaged.  A directory that cannot be listed is MN_ERR_IO.  Not collective. */
+mn_err mn_ckpt_newest(const char *dir, long long *step);
+
+/* Fault injection for the failure tests (DESIGN.md, "Fault injection"): mn_ckpt_write calls hook(stage, step) at
+ * the listed stage of every write.  NULL (the default) removes it.  Not thread-safe; never set in production. */
+enum { MN_CKPT_STAGE_RENAMED = 1 /* ckpt-<step>.h5 renamed into place, `latest` not yet rewritten */ };
+void mn_ckpt_set_fault_hook(void (*hook)(int stage, int64_t step));
+
 typedef struct mn_ckpt mn_ckpt;
 
 /* Open a checkpoint read-only and check that it is one (format attribute, step).  A missing, truncated or
- * non-HDF5 file is MN_ERR_IO / MN_ERR_FORMAT naming the path.  Free with mn_ckpt_close.  Not collective. */
+ * non-HDF5 file is MN_ERR_IO / MN_ERR_FORMAT naming the path; a file of a newer checkpoint format is MN_ERR_FORMAT
+ * naming the mednet version that wrote it.  Free with mn_ckpt_close.  Not collective. */
 mn_err mn_ckpt_open(const char *path, mn_ckpt **out);
 
 /* The step recorded in the checkpoint. */
@@ -71,6 +82,10 @@ int64_t mn_ckpt_step(const mn_ckpt *c);
 
 /* Whether array `name` exists, and if so its type and length (out-pointers may be NULL).  Not collective. */
 mn_err mn_ckpt_info(mn_ckpt *c, const char *name, int *exists, mn_ckpt_type *type, size_t *count);
+
+/* The names of the members of group `group` (e.g. "heads"), in name order, into names[0..*n) (each allocated: free
+ * with mn_free); a missing group gives *n = 0.  More than `cap` members is MN_ERR_FORMAT.  Not collective. */
+mn_err mn_ckpt_list(mn_ckpt *c, const char *group, char **names, int cap, int *n);
 
 /* Read each listed array into its `data`: the array must exist with exactly that type and count (MN_ERR_FORMAT
  * naming the file, the array, the expected and found type/length otherwise).  Checksum failures (corrupt data)

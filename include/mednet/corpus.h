@@ -38,13 +38,15 @@
 #define MN_CORPUS_MAX_RANGES 256
 
 typedef enum mn_modality { MN_MOD_MR = 0, MN_MOD_CT, MN_MOD_OTHER } mn_modality;
-typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET } mn_role;
+/* MN_ROLE_EXCLUDED is never stored: a run marks the datasets its corpus.datasets list leaves out. */
+typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET, MN_ROLE_EXCLUDED } mn_role;
 
 /* ---- the definition: one [corpus] section and one section per dataset ---------------------------------------
  *
  *   [corpus]  name, output, root (prefix of relative paths), spacing (1 or 3 numbers, mm; default: per dataset),
  *             chunk (largest chunk edge in voxels, default 32; evened out per axis), compress (gzip level 0..9,
- *             1 rank only), skip_bad, affine_tolerance (mm, default 1e-3).  configs/corpus_example.ini documents
+ *             1 rank only), skip_bad, affine_tolerance (mm, default 1e-3), mpiio_hints (MPI-IO hints for the
+ *             file's parallel create, "key=value, ...": striping_factor, striping_unit, romio_cb_write, ...).  configs/corpus_example.ini documents
  *             every key.
  *   [<name>]  image, label (a file, a comma-separated list or a glob each; paired in sorted order), modality
  *             (MR | CT | other), role (pretrain | target), classes (comma-separated names, background first),
@@ -83,6 +85,7 @@ typedef struct mn_corpus_def {
     int compress;
     int skip_bad;
     double affine_tolerance;
+    char mpiio_hints[1024];  /* MPI-IO hints for the parallel create ("key=value, ..."), "" = none */
     int num_datasets;
     mn_dataset_def *datasets;
 } mn_corpus_def;
@@ -257,6 +260,7 @@ void mn_shard_plan_print(const mn_shard_plan *plan, const mn_corpus_info *info, 
 typedef struct mn_shard_volume {
     int dataset, volume;      /* as in mn_shard_item */
     int64_t shape[3];         /* D, H, W */
+    int64_t chunk[3];         /* chunk extent in the file (mn_corpus_chunk_rule); 0: the whole volume is one chunk */
     float *image;             /* D*H*W floats */
     uint8_t *label;           /* D*H*W class indices */
 } mn_shard_volume;

@@ -60,6 +60,12 @@ typedef struct mn_lock mn_lock;
  * Taking over a stale lock is logged by rank 0 as a warning naming the former holder. */
 mn_err mn_outdir_lock(MPI_Comm comm, const char *dir, mn_lock **out);
 
+/* Whether this run still holds its output folder: *held = 1 while the lock file is there and names this run, 0
+ * when the folder or the lock file was removed, or another run's lock replaced it.  Meaningful on the rank that
+ * owns the file (rank 0 of the communicator that took it); every other rank gets *held = 1.  Not collective: the
+ * caller agrees on the answer.  A lock file that cannot be read is MN_ERR_IO naming it. */
+mn_err mn_outdir_lock_held(const mn_lock *lk, int *held);
+
 /* Release the lock: on rank 0 of the communicator that took it, remove the lock file if it still names this run
  * (a lock that another run has since taken over is left alone, with a warning).  Frees *lk and sets it to NULL;
  * accepts NULL and *lk == NULL.  NOT collective (no rank waits for another), so it is safe on error paths that

@@ -259,6 +259,7 @@ mn_err mn_model_save_safetensors(const mn_model *m, const char *path, int part);
 /* Import report: counts, and the names of the first problems in a message buffer. */
 typedef struct mn_import_report {
     int loaded, missing, unexpected, mis_shaped;
+    int skipped; /* encoder-only import: file tensors that are not the encoder's (heads, other names) */
     char detail[2048]; /* "missing: a, b; unexpected: c; mis-shaped: d (file 3x3 vs model 2x2)" (truncated) */
 } mn_import_report;
 
@@ -268,5 +269,11 @@ typedef struct mn_import_report {
  * *rep (may be NULL) and by a warning.  A wrong dtype is always an error.  A corrupt or truncated file is rejected
  * with the byte offset (safetensors.h). */
 mn_err mn_model_load_safetensors(mn_model *m, const char *path, int strict, mn_import_report *rep);
+
+/* Load the encoder only (fine-tuning or inference from pre-trained weights, e.g. MedicalNet's converted release):
+ * every encoder tensor must be in the file with the model's shape (else MN_ERR_FORMAT naming the missing and
+ * mis-shaped ones, and the model is unchanged); every other file tensor (a conv_seg of another class count, an fc
+ * layer, unknown names) is skipped and counted in rep->skipped.  The heads are not touched. */
+mn_err mn_model_load_safetensors_encoder(mn_model *m, const char *path, mn_import_report *rep);
 
 #endif

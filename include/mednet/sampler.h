@@ -2,12 +2,16 @@
  *
  * Each call draws n crops of a configured size (D, H, W).  A share `fg_share` of them is centred on a foreground
  * voxel of the chosen volume: a foreground class present in the volume is drawn uniformly, then one of its voxels
+ * (uniformly; counted in the volume's chunk order, mednet/reader.h)
  * (nnU-Net's oversampling of foreground, which matters for small structures); the rest are placed uniformly.
  * Volumes are chosen uniformly among the shard's volumes.
  * Augmentation: a random flip per enabled axis (probability 1/2), and intensity jitter x' = x*(1+a) + b with a, b
  * uniform in [-jitter_scale, jitter_scale] and [-jitter_shift, jitter_shift], one draw per crop.
  * A crop that reaches outside its volume (crops larger than the volume, or foreground near the border) is padded
  * with x = 0 and label MN_LABEL_IGNORE, which losses must skip.
+ * Hold-out (holdout > 0; dataset filtering's proxy validation): voxels with z >= ceil((1 - holdout) * D) form the
+ * held-out slab of a volume of depth D.  Training crops keep their images whole but carry MN_LABEL_IGNORE there, and
+ * validation crops (holdout_side = 1) carry labels only there, so no validation label is ever trained on.
  *
  * Determinism: everything a call draws comes from a generator seeded with (seed, rank, step) only, so a step can
  * be replayed (resume from a checkpoint) and does not depend on previous calls.  The samples of one call are
@@ -20,6 +24,7 @@
 #include "mednet/config.h"
 #include "mednet/corpus.h"
 #include "mednet/error.h"
+#include "mednet/reader.h"
 
 /* Label value of padded voxels: to be ignored by the losses. */
 #define MN_LABEL_IGNORE (-1)
@@ -41,18 +46,27 @@ typedef struct mn_sampler_config {
     double jitter_shift;   /* >= 0 */
     uint64_t seed;
     mn_mixture mixture;    /* the sampling rule (above) */
+    double holdout;        /* 0..0.9: the last `holdout` share of every volume along D is held out for validation */
+    int holdout_side;      /* 0: training crops (labels in the held-out slab ignored); 1: validation crops (labels
+                            * outside it ignored).  Set by the evaluator, not by the config. */
 } mn_sampler_config;
 
 typedef struct mn_sampler mn_sampler;
 
 /* Read a sampler configuration from [section]: crop (1 or 3 integers, default 32), fg_share (0.33), flip (true:
- * all three axes), jitter_scale (0.1), jitter_shift (0.1), seed (0).  Each key is marked used.  MN_ERR_CONFIG on
+ * all three axes), jitter_scale (0.1), jitter_shift (0.1), seed (0), mixture (volumes), holdout (0).  Each key is marked used.  MN_ERR_CONFIG on
  * bad values. */
 mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_config *out);
 
 /* Create a sampler over the volumes of `shard` (borrowed: it must outlive the sampler) for rank `rank`.
- * Precomputes each volume's foreground voxel list.  MN_ERR_ARG for an empty shard or bad config.  Not collective. */
+ * A volume's foreground index is built the first time a crop is centred on its foreground.  MN_ERR_ARG for an empty shard or bad config.  Not collective. */
 mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, int rank, mn_sampler **out);
+
+/* Create a sampler over the volumes of a shard reader (borrowed: it must outlive the sampler; mednet/reader.h).  The
+ * sampler reads through it, so the reader's thread rule applies to mn_sampler_next.  A sampler over
+ * mn_reader_create_memory(shard) draws exactly what mn_sampler_create(shard) draws, and one over a file reader of
+ * the same corpus and plan draws bitwise the same crops.  Not collective. */
+mn_err mn_sampler_create_reader(mn_reader *rd, const mn_sampler_config *cfg, int rank, mn_sampler **out);
 
 void mn_sampler_destroy(mn_sampler **s);
 

@@ -16,6 +16,10 @@
  * Distinct from 0 (done), 1 (agreed error) and MPI_Abort's 10 + code. */
 #define MN_EXIT_REQUEUE 99
 
+/* Exit status of a rank ended by the step-progress watchdog (train.watchdog_s): it waited that long for a rank that
+ * did not arrive.  The launcher then ends the other ranks (src/train/watchdog.c). */
+#define MN_EXIT_WATCHDOG 98
+
 /* Install the SIGUSR1 and SIGTERM handlers (sigaction, SA_RESTART so that interrupted system calls in the loop
  * resume) and clear the pending flag; the previous dispositions are saved for mn_signals_restore.
  * Not collective.  Returns MN_ERR_INTERNAL naming the signal if sigaction fails. */

@@ -16,6 +16,7 @@
 
 #include <mpi.h>
 #include "mednet/error.h"
+#include "mednet/model.h"
 
 /* What a run ended with. */
 typedef struct mn_train_result {
@@ -40,5 +41,29 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
 struct mn_config;
 mn_err mn_train_config_load(MPI_Comm comm, const char *path, char **overrides, int noverrides,
                             struct mn_config **out);
+
+/* A model rebuilt from a training checkpoint alone (no corpus needed): for export and inference. */
+typedef struct mn_ckpt_model {
+    mn_model *model;         /* the encoder and every head of the checkpoint, trained values loaded */
+    mn_model_config cfg;     /* from the checkpoint's recorded [model] section; heads below */
+    int nheads;
+    char **head_names;       /* the datasets of the heads, in name order; head h has id h */
+    mn_head_spec *heads;     /* class counts, solved from each head's parameter count */
+    long step;               /* the step the checkpoint was written at */
+    char *config_text;       /* the run config the checkpoint recorded */
+} mn_ckpt_model;
+
+/* Rebuild the model of checkpoint `path` for `input` ((N, 1, D, H, W); N == 0: parameters only).  only_head: NULL
+ * keeps every head (tensor names heads.<h>.* when there are several), "" none (the encoder alone), a dataset name
+ * that head alone (MedicalNet's plain names, e.g. conv_seg.*; a name the checkpoint lacks is MN_ERR_ARG listing its
+ * heads).  Not collective.  A file that is not a training checkpoint, a recorded config that is not usable, or a
+ * head whose parameter count fits no class count is MN_ERR_FORMAT naming the file; *out is zeroed on error. */
+mn_err mn_ckpt_model_load(const char *path, mn_shape input, const char *only_head, mn_ckpt_model *out);
+
+/* Index of the head of dataset `name`, or -1. */
+int mn_ckpt_model_head(const mn_ckpt_model *cm, const char *name);
+
+/* Free everything; accepts a zeroed or partly filled struct. */
+void mn_ckpt_model_free(mn_ckpt_model *cm);
 
 #endif

@@ -19,6 +19,8 @@ static const struct {
     {"infer", mn_cmd_infer, "apply a trained checkpoint to NIfTI volumes: label maps (and probabilities) on their grids"},
     {"eval", mn_cmd_eval, "per-class Dice, HD95 and ASSD (mm) of predicted against reference NIfTI label maps"},
     {"model", mn_cmd_model, "ResNet parameter counts, memory plan, tensor names, safetensors export/import"},
+    {"filter", mn_cmd_filter, "dataset filtering by proxy training: which datasets help (mednet filter CONFIG --out DIR)"},
+    {"export", mn_cmd_export, "a checkpoint's weights as safetensors with MedicalNet's names (mednet export CKPT OUT)"},
 };
 
 static void usage(FILE *f)

@@ -4,9 +4,20 @@
  * lookup is fine and keeps the order of the file for dumps), parses typed values with strtol/strtod and full-string
  * checks, and tracks which keys were read.  A later duplicate of a key replaces the earlier one, as in most INI
  * dialects, and so does a command-line override.
+ *
+ * The config travels as text (mn_config_dump into checkpoints, parsed again on resume), so every entry must be one
+ * that inih reads back as it was; what it would not is refused, with the line, rather than silently changed.
+ * libinih (as Debian builds it) reads at most INI_MAX_LINE - 1 bytes per line: the rest of a longer line becomes a
+ * line of its own (a syntax error, or a new key), so a line, and the `key = value` line the dump writes, may hold at
+ * most MN_CONFIG_LINE_MAX characters.  It cuts section names to 49 bytes, so a 49-byte name may already be cut
+ * (at most MN_CONFIG_SECTION_MAX).  An empty key (a line "= value") would be dumped as " = value", which inih reads
+ * as a continuation of the key before it.  "key =;x" has the value ";x", but the dump's "key = ;x" is a key with
+ * a comment, so a value cannot start with ';'.  A key is printable ASCII: no mednet key is anything else, and a byte
+ * order mark at the start of a key would be dropped when the dump puts that key on the first line.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mednet/config.h"
+#include "mednet/limits.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -16,6 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#define MN_CONFIG_LINE_MAX (INI_MAX_LINE - 2) /* characters per line, without the newline */
+#define MN_CONFIG_SECTION_MAX 48
 
 typedef struct entry {
     char *section, *key, *value;
@@ -74,13 +88,83 @@ static mn_err set_entry(mn_config *cfg, const char *section, const char *key, co
     return MN_OK;
 }
 
+/* Why inih would not read (section, key, value) back from the dump as it is, or NULL. */
+static const char *entry_problem(const char *section, const char *key, const char *value, char *msg, size_t cap)
+{
+    if (!*key) return "a key is missing before '='";
+    for (const char *p = key; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) {
+            snprintf(msg, cap, "key '%s' contains a byte that is not printable ASCII (0x%02x)", key,
+                     (unsigned char)*p);
+            return msg;
+        }
+    if (*value == ';') return "a value cannot start with ';' (after `key = ` it starts a comment)";
+    if (strlen(section) > MN_CONFIG_SECTION_MAX) {
+        snprintf(msg, cap, "section name '%.*s...' is longer than %d bytes (libinih cuts longer names)",
+                 MN_CONFIG_SECTION_MAX, section, MN_CONFIG_SECTION_MAX);
+        return msg;
+    }
+    size_t n = strlen(key) + 3 + strlen(value);
+    if (n > MN_CONFIG_LINE_MAX) {
+        snprintf(msg, cap, "`%s = ...` is %zu characters as a config line; libinih reads at most %d per line", key, n,
+                 MN_CONFIG_LINE_MAX);
+        return msg;
+    }
+    return NULL;
+}
+
+/* The state of one parse: inih reads the text through read_line, so that on_entry knows the line it is on. */
+typedef struct parse_state {
+    mn_config *cfg;
+    const char *p;   /* the text not read yet */
+    int line;        /* the line inih is parsing (1-based) */
+    int why_line;    /* the line of the first refusal, 0 if none */
+    char why[700];
+} parse_state;
+
+static void refuse(parse_state *ps, const char *why)
+{
+    if (ps->why_line) return;
+    ps->why_line = ps->line;
+    snprintf(ps->why, sizeof ps->why, "%s", why);
+}
+
+/* inih's reader: one whole line per call (with its newline), or NULL at the end.  A line longer than inih's buffer
+ * would be split into two; it is refused here and the parse ends. */
+static char *read_line(char *str, int num, void *stream)
+{
+    parse_state *ps = stream;
+    if (!*ps->p || ps->why_line) return NULL;
+    size_t len = strcspn(ps->p, "\n");
+    ps->line++;
+    if (len > MN_CONFIG_LINE_MAX || len + 2 > (size_t)num) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the line is %zu characters long; libinih reads at most %d per line", len,
+                 MN_CONFIG_LINE_MAX);
+        refuse(ps, msg);
+        return NULL;
+    }
+    if (ps->p[len] == '\n') len++;
+    memcpy(str, ps->p, len);
+    str[len] = 0;
+    ps->p += len;
+    return str;
+}
+
 static int on_entry(void *user, const char *section, const char *name, const char *value)
 {
-    mn_config *cfg = user;
+    parse_state *ps = user;
     if (!name) return 1; /* section header without keys */
-    mn_err e = set_entry(cfg, section, name, value ? value : "");
+    if (!value) value = "";
+    char msg[400];
+    const char *why = entry_problem(section, name, value, msg, sizeof msg);
+    if (why) {
+        refuse(ps, why);
+        return 0;
+    }
+    mn_err e = set_entry(ps->cfg, section, name, value);
     if (e) {
-        cfg->err = e;
+        ps->cfg->err = e;
         return 0;
     }
     return 1;
@@ -92,13 +176,16 @@ mn_err mn_config_parse(const char *text, const char *origin, mn_config **out)
     mn_config *cfg = calloc(1, sizeof *cfg);
     MN_CHECK(cfg, MN_ERR_MEM, "out of memory in config");
     snprintf(cfg->origin, sizeof cfg->origin, "%s", origin ? origin : "<string>");
-    int rc = ini_parse_string(text, on_entry, cfg);
-    if (rc != 0 || cfg->err) {
+    parse_state ps = {.cfg = cfg, .p = text};
+    int rc = ini_parse_stream(read_line, &ps, on_entry, &ps);
+    if (rc != 0 || cfg->err || ps.why_line) {
         mn_err code = cfg->err ? cfg->err : MN_ERR_CONFIG;
         char where[600];
         snprintf(where, sizeof where, "%s", cfg->origin);
         mn_config_destroy(&cfg);
         if (code != MN_ERR_CONFIG) MN_FAIL(code, "cannot parse config %s", where);
+        if (ps.why_line && (rc <= 0 || ps.why_line <= rc))
+            MN_FAIL(MN_ERR_CONFIG, "config %s: line %d: %s", where, ps.why_line, ps.why);
         MN_FAIL(MN_ERR_CONFIG, "config %s: syntax error on line %d (expected `key = value` or `[section]`)", where, rc);
     }
     *out = cfg;
@@ -129,6 +216,12 @@ mn_err mn_config_read_text(const char *path, char **text, size_t *len)
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0) break;
+        if ((int64_t)n > MN_MAX_CONFIG_BYTES) {
+            free(buf);
+            fclose(f);
+            MN_FAIL(MN_ERR_CONFIG, "config file '%s' is larger than mednet's limit of %lld bytes: not a config file?",
+                    path, (long long)MN_MAX_CONFIG_BYTES);
+        }
     }
     int bad = ferror(f);
     fclose(f);
@@ -156,24 +249,54 @@ mn_err mn_config_load_file(const char *path, mn_config **out)
     return MN_OK;
 }
 
+/* Strip leading and trailing white space in place, as inih does for names and values. */
+static char *strip(char *s)
+{
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = 0;
+    return s;
+}
+
+/* An override must mean on the command line what it would mean written in the file: the config is stored in
+ * checkpoints as text (mn_config_dump) and parsed again on resume, so anything the INI syntax would read
+ * differently is refused rather than silently changed (a line break starting a new key, a ']' or '[' in a
+ * section, a ':' or a comment character in a key, an inline comment " ;" in a value). */
 mn_err mn_config_override(mn_config *cfg, const char *assignment)
 {
     const char *eq = strchr(assignment, '=');
     MN_CHECK(eq && eq != assignment, MN_ERR_CONFIG, "override '%s' is not of the form section.key=value", assignment);
-    char lhs[256];
+    for (const char *p = assignment; *p; p++)
+        MN_CHECK((unsigned char)*p >= 0x20 || *p == '\t', MN_ERR_CONFIG,
+                 "override '%s' contains a line break or control character", assignment);
+    char lhs[256], val[4096];
     size_t n = (size_t)(eq - assignment);
     MN_CHECK(n < sizeof lhs, MN_ERR_CONFIG, "override key too long in '%s'", assignment);
+    MN_CHECK(strlen(eq + 1) < sizeof val, MN_ERR_CONFIG, "override value too long in '%s'", assignment);
     memcpy(lhs, assignment, n);
     lhs[n] = 0;
+    snprintf(val, sizeof val, "%s", eq + 1);
     char *dot = strrchr(lhs, '.');
-    const char *section = "", *key = lhs;
+    char *section = lhs + n, *key = lhs; /* section "" when there is no dot */
     if (dot) {
         *dot = 0;
-        section = lhs;
+        section = strip(lhs);
         key = dot + 1;
     }
+    key = strip(key);
+    const char *value = strip(val);
     MN_CHECK(*key, MN_ERR_CONFIG, "override '%s' has an empty key", assignment);
-    MN_CALL(set_entry(cfg, section, key, eq + 1));
+    MN_CHECK(!strpbrk(section, "[]"), MN_ERR_CONFIG, "override '%s': a section name cannot contain '[' or ']'",
+             assignment);
+    MN_CHECK(!strpbrk(key, ":;#[") , MN_ERR_CONFIG,
+             "override '%s': a key cannot contain ':', ';', '#' or '['", assignment);
+    MN_CHECK(!strstr(value, " ;") && !strstr(value, "\t;") && *value != ';', MN_ERR_CONFIG,
+             "override '%s': ';' after a space starts a comment in a config file; remove it from the value",
+             assignment);
+    char msg[400];
+    const char *why = entry_problem(section, key, value, msg, sizeof msg);
+    MN_CHECK(!why, MN_ERR_CONFIG, "override '%s': %s", assignment, why ? why : "");
+    MN_CALL(set_entry(cfg, section, key, value));
     return MN_OK;
 }
 
@@ -357,10 +480,14 @@ mn_err mn_config_dump(const mn_config *cfg, char **text)
     MN_CHECK(buf, MN_ERR_MEM, "out of memory dumping config");
     size_t n = 0;
     buf[0] = 0;
+    /* Keys outside any section come first: after a [section] header they would belong to it. */
+    for (int i = 0; i < cfg->n; i++)
+        if (!*cfg->e[i].section) n += (size_t)snprintf(buf + n, cap - n, "%s = %s\n", cfg->e[i].key, cfg->e[i].value);
     int nsec = mn_config_section_count(cfg);
     for (int s = 0; s < nsec; s++) {
         const char *sec = mn_config_section_name(cfg, s);
-        if (*sec) n += (size_t)snprintf(buf + n, cap - n, "%s[%s]\n", n ? "\n" : "", sec);
+        if (!*sec) continue;
+        n += (size_t)snprintf(buf + n, cap - n, "%s[%s]\n", n ? "\n" : "", sec);
         for (int i = 0; i < cfg->n; i++)
             if (strcmp(cfg->e[i].section, sec) == 0)
                 n += (size_t)snprintf(buf + n, cap - n, "%s = %s\n", cfg->e[i].key, cfg->e[i].value);

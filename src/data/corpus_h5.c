@@ -18,13 +18,50 @@
 #include <unistd.h>
 #include <zlib.h>
 
-mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, hid_t *fapl)
+mn_err mn_mpiio_hints_parse(const char *text, const char *origin, MPI_Info *info)
+{
+    *info = MPI_INFO_NULL;
+    if (!text || !*text) return MN_OK;
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", text);
+    MN_CHECK(MPI_Info_create(info) == MPI_SUCCESS, MN_ERR_MPI, "MPI_Info_create failed");
+    char *save = NULL;
+    for (char *pair = strtok_r(buf, ",", &save); pair; pair = strtok_r(NULL, ",", &save)) {
+        while (*pair == ' ' || *pair == '\t') pair++;
+        char *eq = strchr(pair, '='), *end = pair + strlen(pair);
+        while (end > pair && (end[-1] == ' ' || end[-1] == '\t')) *--end = 0;
+        if (!*pair) continue;
+        char *k = pair, *v = eq ? eq + 1 : NULL;
+        if (eq) {
+            char *ke = eq;
+            while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t')) ke--;
+            *ke = 0;
+            while (*v == ' ' || *v == '\t') v++;
+        }
+        if (!eq || !*k || !*v) {
+            MPI_Info_free(info);
+            MN_FAIL(MN_ERR_CONFIG, "config %s: mpiio_hints: '%s' is not key=value (expected e.g. "
+                    "\"striping_factor=16, romio_cb_write=enable\")", origin, pair);
+        }
+        if (MPI_Info_set(*info, k, v) != MPI_SUCCESS) {
+            MPI_Info_free(info);
+            MN_FAIL(MN_ERR_MPI, "MPI_Info_set(%s, %s) failed", k, v);
+        }
+    }
+    return MN_OK;
+}
+
+mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, const char *hints, hid_t *fapl)
 {
     hid_t p;
     MN_H5(p = H5Pcreate(H5P_FILE_ACCESS));
     *fapl = p;
     if (comm != MPI_COMM_NULL) {
-        MN_H5(H5Pset_fapl_mpio(p, comm, MPI_INFO_NULL));
+        MPI_Info info = MPI_INFO_NULL;
+        MN_CALL(mn_mpiio_hints_parse(hints, "(MPI-IO hints)", &info));
+        herr_t r = H5Pset_fapl_mpio(p, comm, info); /* HDF5 keeps its own copy of the info */
+        if (info != MPI_INFO_NULL) MPI_Info_free(&info);
+        MN_H5(r);
         if (coll_metadata) {
             MN_H5(H5Pset_all_coll_metadata_ops(p, 1));
             MN_H5(H5Pset_coll_metadata_write(p, 1));
@@ -32,6 +69,14 @@ mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, hid_t *fapl)
     }
     if (!getenv("HDF5_USE_FILE_LOCKING")) MN_H5(H5Pset_file_locking(p, 0, 1));
     return MN_OK;
+}
+
+void mn_corpus_chunk_rule(const int64_t shape[3], const int64_t stored[3], int64_t out[3])
+{
+    for (int a = 0; a < 3; a++) {
+        int64_t n = (shape[a] + 31) / 32;
+        out[a] = stored[a] > 0 ? stored[a] : (shape[a] + n - 1) / n;
+    }
 }
 
 /* Why a rank cannot read the corpus, sent to rank 0 with the data: 0 = it can, > 0 an errno value, or one of: */

@@ -18,12 +18,16 @@
  * whole chunked dataset read independently is one contiguous request per chunk anyway.
  */
 #include "corpus_impl.h"
+#include "mednet/limits.h"
 #include "mednet/mpicheck.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static const char *role_name(mn_role r) { return r == MN_ROLE_TARGET ? "target" : "pretrain"; }
+static const char *role_name(mn_role r)
+{
+    return r == MN_ROLE_TARGET ? "target" : r == MN_ROLE_EXCLUDED ? "excluded" : "pretrain";
+}
 
 /* Rank 0: read the metadata of an open file into info (arrays allocated here). */
 static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
@@ -37,7 +41,8 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
     MN_CALL(mn_h5_read_str(file, "name", info->name, sizeof info->name, path));
     MN_CALL(mn_h5_read_u32(file, "checksum", &info->checksum, path));
     MN_CALL(mn_h5_read_i64(file, "num_datasets", &nd, 1, path));
-    MN_CHECK(nd > 0 && nd < 100000, MN_ERR_FORMAT, "corpus '%s': num_datasets = %lld", path, (long long)nd);
+    MN_CHECK(nd > 0 && nd <= MN_MAX_CORPUS_DATASETS, MN_ERR_FORMAT, "corpus '%s': num_datasets = %lld, expected 1 "
+             "to %d (corrupt file?)", path, (long long)nd, MN_MAX_CORPUS_DATASETS);
     info->num_datasets = (int)nd;
     info->datasets = calloc((size_t)nd, sizeof *info->datasets);
     char *names = calloc((size_t)nd, MN_CORPUS_NAME_LEN);
@@ -124,6 +129,13 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
                     MN_CHECK((int64_t)dims[a] == vol->shape[a] && dims[a] > 0, MN_ERR_FORMAT,
                              "%s: image and label shapes differ", vwhat);
                 }
+                /* The shard load allocates what the shape claims: bounded here, before anyone allocates. */
+                MN_CHECK(dims[0] <= (hsize_t)MN_MAX_VOLUME_EXTENT && dims[1] <= (hsize_t)MN_MAX_VOLUME_EXTENT &&
+                         dims[2] <= (hsize_t)MN_MAX_VOLUME_EXTENT &&
+                         (int64_t)(dims[0] * dims[1] * dims[2]) <= MN_MAX_VOLUME_VOXELS, MN_ERR_FORMAT,
+                         "%s: '%s' claims %llux%llux%llu voxels, more than mednet's limit of %lld per volume "
+                         "(corrupt file?)", vwhat, dn, (unsigned long long)dims[0], (unsigned long long)dims[1],
+                         (unsigned long long)dims[2], (long long)MN_MAX_VOLUME_VOXELS);
             }
             MN_H5(H5Gclose(vg));
         }
@@ -145,7 +157,7 @@ void mn_corpus_info_destroy(mn_corpus_info **pinfo)
 static mn_err read_rank0(const char *path, mn_corpus_info *info)
 {
     hid_t fapl, file;
-    MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, &fapl));
+    MN_CALL(mn_corpus_fapl(MPI_COMM_NULL, 0, NULL, &fapl));
     /* Strong close: H5Fclose also closes any object an error path left open. */
     MN_H5(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG));
     file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
@@ -350,23 +362,47 @@ int mn_shard_plan_holds(const mn_shard_plan *plan, int rank, int dataset)
     return 0;
 }
 
+/* One line of the rank table: rank r's volume count and its items (at most 12, then how many more). */
+static void print_rank_line(const mn_shard_plan *plan, const mn_corpus_info *info, int r, FILE *f)
+{
+    int n = plan->offset[r + 1] - plan->offset[r];
+    fprintf(f, "  %-6d %-7d", r, n);
+    for (int i = plan->offset[r]; i < plan->offset[r + 1] && i < plan->offset[r] + 12; i++) {
+        const mn_shard_item *s = &plan->items[i];
+        fprintf(f, " %s:%d", info->datasets[s->dataset].name, info->volumes[s->volume].index);
+    }
+    if (n > 12) fprintf(f, " ... (%d more)", n - 12);
+    fputc('\n', f);
+}
+
 void mn_shard_plan_print(const mn_shard_plan *plan, const mn_corpus_info *info, FILE *f)
 {
-    fprintf(f, "shard assignment: %d rank(s)\n  %-6s %-7s %s\n", plan->nranks, "rank", "volumes",
-            "dataset:volume ...");
+    /* Up to 16 ranks: one line each.  More: the first and last 4 and a summary, so the print stays a screen long
+     * whatever P is (datasets sit on consecutive ranks, so a dataset's holders print as a range). */
+    const int full = plan->nranks <= 16;
+    int vmin = INT32_MAX, vmax = 0, dmax = 0;
     for (int r = 0; r < plan->nranks; r++) {
-        fprintf(f, "  %-6d %-7d", r, plan->offset[r + 1] - plan->offset[r]);
-        for (int i = plan->offset[r]; i < plan->offset[r + 1]; i++) {
-            const mn_shard_item *s = &plan->items[i];
-            fprintf(f, " %s:%d", info->datasets[s->dataset].name, info->volumes[s->volume].index);
-        }
-        fputc('\n', f);
+        int n = plan->offset[r + 1] - plan->offset[r], nd = 0;
+        vmin = n < vmin ? n : vmin, vmax = n > vmax ? n : vmax;
+        for (int i = plan->offset[r]; i < plan->offset[r + 1]; i++)
+            nd += i == plan->offset[r] || plan->items[i].dataset != plan->items[i - 1].dataset;
+        dmax = nd > dmax ? nd : dmax;
+    }
+    fprintf(f, "shard assignment: %d rank(s), %d..%d volume(s) per rank, at most %d dataset(s) per rank\n  %-6s %-7s "
+            "%s\n", plan->nranks, vmin, vmax, dmax, "rank", "volumes", "dataset:volume ...");
+    for (int r = 0; r < plan->nranks; r++) {
+        if (!full && r == 4) fprintf(f, "  ...    (ranks 4..%d)\n", plan->nranks - 5);
+        if (full || r < 4 || r >= plan->nranks - 4) print_rank_line(plan, info, r, f);
     }
     fprintf(f, "  %-24s %s\n", "dataset", "ranks");
     for (int d = 0; d < plan->num_datasets; d++) {
-        if (plan->holders_offset[d + 1] == plan->holders_offset[d]) continue;
+        int lo = plan->holders_offset[d], hi = plan->holders_offset[d + 1];
+        if (hi == lo) continue;
         fprintf(f, "  %-24s", info->datasets[d].name);
-        for (int i = plan->holders_offset[d]; i < plan->holders_offset[d + 1]; i++) fprintf(f, " %d", plan->holders[i]);
+        if (hi - lo > 8 && plan->holders[hi - 1] - plan->holders[lo] == hi - lo - 1)
+            fprintf(f, " %d..%d (%d ranks)", plan->holders[lo], plan->holders[hi - 1], hi - lo);
+        else
+            for (int i = lo; i < hi; i++) fprintf(f, " %d", plan->holders[i]);
         fputc('\n', f);
     }
     fflush(f);
@@ -387,7 +423,7 @@ void mn_shard_destroy(mn_shard **pshard)
 /* Local work: read the whole dataset `name` of the open file into buf (n voxels of memtype) with an independent
  * H5Dread, after checking that its shape is the one the metadata promised (buf was sized by it). */
 static mn_err read_volume_part(hid_t file, const char *path, const char *name, const int64_t shape[3], hid_t memtype,
-                               void *buf)
+                               void *buf, int64_t chunk[3])
 {
     hid_t d, fs;
     if ((d = H5Dopen2(file, name, H5P_DEFAULT)) < 0) {
@@ -405,6 +441,14 @@ static mn_err read_volume_part(hid_t file, const char *path, const char *name, c
                 "changed since it was opened?)", path, name, (unsigned long long)dims[0], (unsigned long long)dims[1],
                 (unsigned long long)dims[2], (long long)shape[0], (long long)shape[1], (long long)shape[2]);
     }
+    /* The chunk geometry, which fixes the order a sampler counts foreground voxels in (mednet/reader.h). */
+    hid_t dcpl = H5Dget_create_plist(d);
+    hsize_t cd[3] = {0, 0, 0};
+    int64_t stored[3] = {0, 0, 0};
+    if (dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 3, cd) == 3)
+        for (int a = 0; a < 3; a++) stored[a] = (int64_t)cd[a];
+    if (dcpl >= 0) H5Pclose(dcpl);
+    mn_corpus_chunk_rule(shape, stored, chunk);
     herr_t r = H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
     if (r < 0) mn_h5_report("H5Dread", __FILE__, __LINE__, __func__);
     herr_t c = H5Dclose(d);
@@ -445,9 +489,12 @@ static mn_err read_shard(hid_t file, const mn_corpus_info *info, mn_shard *s)
         const char *dname = info->datasets[cv->dataset].name;
         char name[160];
         snprintf(name, sizeof name, "/%s/vol_%04d/image", dname, cv->index);
-        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_FLOAT, sv->image));
+        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_FLOAT, sv->image, sv->chunk));
         snprintf(name, sizeof name, "/%s/vol_%04d/label", dname, cv->index);
-        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_UINT8, sv->label));
+        int64_t lchunk[3];
+        MN_CALL(read_volume_part(file, info->path, name, cv->shape, H5T_NATIVE_UINT8, sv->label, lchunk));
+        MN_CHECK(!memcmp(lchunk, sv->chunk, sizeof lchunk), MN_ERR_FORMAT, "corpus '%s': %s has another chunk shape "
+                 "than its image", info->path, name);
         uint32_t crc = mn_corpus_data_crc(sv->image, sv->label, cv->shape[0] * cv->shape[1] * cv->shape[2]);
         MN_CHECK(crc == cv->data_crc32, MN_ERR_FORMAT, "corpus '%s': volume /%s/vol_%04d (image + label) has CRC-32 "
                  "%08x, the file says %08x (corrupt or modified file)\n---> HINT: rebuild it with `mednet prep`",
@@ -479,7 +526,7 @@ mn_err mn_shard_load(MPI_Comm comm, const mn_corpus_info *info, const mn_shard_p
     /* Step 3: the collective open.  Its outcome is the same on every rank (MPI_File_open is collective, and after
      * step 2 every rank reads the same superblock bytes), but it is agreed all the same. */
     hid_t fapl, file;
-    e = mn_corpus_fapl(comm, 0, &fapl);
+    e = mn_corpus_fapl(comm, 0, getenv("MEDNET_MPIIO_HINTS"), &fapl);
     file = e ? -1 : H5Fopen(info->path, H5F_ACC_RDONLY, fapl);
     if (!e && H5Pclose(fapl) < 0) e = mn_h5_report("H5Pclose", __FILE__, __LINE__, __func__);
     if (!e && file < 0) {

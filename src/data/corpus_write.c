@@ -431,7 +431,7 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
 {
     const mn_corpus_def *def = p->def;
     hid_t fapl, file;
-    MN_CALL(mn_corpus_fapl(p->size > 1 ? p->comm : MPI_COMM_NULL, 1, &fapl));
+    MN_CALL(mn_corpus_fapl(p->size > 1 ? p->comm : MPI_COMM_NULL, 1, def->mpiio_hints, &fapl));
     MN_H5(file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
     MN_H5(H5Pclose(fapl));
     int64_t fmt = MN_CORPUS_FORMAT, nd = def->num_datasets;

@@ -11,6 +11,7 @@
  * libnifti's own stderr chatter is switched off (debug level 0): every failure is reported once, by us.
  */
 #include "mednet/nifti.h"
+#include "mednet/limits.h"
 
 #include "mednet/fileio.h"
 
@@ -103,6 +104,17 @@ static const char *dtype_name(int dt)
     }
 }
 
+static int dtype_bytes(int dt)
+{
+    switch (dt) {
+    case DT_UINT8: case DT_INT8: return 1;
+    case DT_INT16: case DT_UINT16: return 2;
+    case DT_INT32: case DT_UINT32: case DT_FLOAT32: return 4;
+    case DT_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
 /* Open the header with libnifti and check it: 3-D, supported type.  Fills vol (no data) and info. */
 static mn_err open_header(const char *path, nifti_image **out, mn_volume *vol, mn_nifti_info *info)
 {
@@ -125,11 +137,26 @@ static mn_err open_header(const char *path, nifti_image **out, mn_volume *vol, m
                               "split the 4-D series into 3-D files first",
                               path, (int)nim->dim[0], (long long)nim->dim[1], (long long)nim->dim[2],
                               (long long)nim->dim[3], (long long)nim->dim[4]);
+    } else if (nim->nx > MN_MAX_VOLUME_EXTENT || nim->ny > MN_MAX_VOLUME_EXTENT || nim->nz > MN_MAX_VOLUME_EXTENT ||
+               nim->nx * nim->ny * nim->nz > MN_MAX_VOLUME_VOXELS) {
+        /* Each extent is at most 2^20, so the product cannot overflow. */
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                              "'%s' claims %lldx%lldx%lld voxels: more than mednet's limit of %lld voxels per "
+                              "volume (or %lld per axis); refused before reading (corrupt header?)", path,
+                              (long long)nim->nx, (long long)nim->ny, (long long)nim->nz,
+                              (long long)MN_MAX_VOLUME_VOXELS, (long long)MN_MAX_VOLUME_EXTENT);
     } else if (!dt) {
         err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
                               "'%s' has voxel type %s (code %d): expected uint8, int8, int16, uint16, int32, "
                               "uint32, float32 or float64", path, nifti_datatype_string(nim->datatype),
                               nim->datatype);
+    } else if (nim->nvox != nim->nx * nim->ny * nim->nz || nim->nbyper != dtype_bytes(nim->datatype)) {
+        /* The voxel reader sizes its buffer from nvox and nbyper and the conversion walks nx*ny*nz voxels of the
+         * declared type: they must agree. */
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                              "'%s': inconsistent header (%lld voxels of %d bytes for a %lldx%lldx%lld %s volume)",
+                              path, (long long)nim->nvox, nim->nbyper, (long long)nim->nx, (long long)nim->ny,
+                              (long long)nim->nz, dt);
     }
     if (err) {
         nifti_image_free(nim);
@@ -203,6 +230,24 @@ static void convert(const void *src, int dt, int64_t n, double slope, double int
 #undef CONV
 }
 
+/* An uncompressed file must hold the voxels its header claims: checked against the file size before the buffer is
+ * allocated (a gzipped file cannot be sized without decompressing it; MN_MAX_VOLUME_VOXELS bounds it instead). */
+static mn_err check_data_size(const char *path, const nifti_image *nim, int64_t bytes)
+{
+    const char *iname = nim->iname ? nim->iname : path;
+    gzFile g = gzopen(iname, "rb");
+    if (!g) return MN_OK; /* reported by the reader */
+    int direct = gzdirect(g);
+    gzclose(g);
+    struct stat st;
+    if (!direct || stat(iname, &st) != 0) return MN_OK;
+    MN_CHECK((int64_t)nim->iname_offset >= 0 && (int64_t)nim->iname_offset + bytes <= (int64_t)st.st_size,
+             MN_ERR_FORMAT, "'%s': the header claims %lld bytes of voxel data from byte %lld, but '%s' has %lld "
+             "bytes: file truncated or header corrupt", path, (long long)bytes, (long long)nim->iname_offset, iname,
+             (long long)st.st_size);
+    return MN_OK;
+}
+
 /* Read the nvox*nbyper voxel bytes ourselves (zlib reads .nii and .nii.gz alike) and swap them to the CPU's byte
  * order.  Not nifti_image_load: libnifti silently replaces NaN/Inf floats with 0, which would hide exactly the
  * corrupt voxels that prep must reject. */
@@ -210,6 +255,7 @@ static mn_err load_voxels(const char *path, const nifti_image *nim, void **out)
 {
     *out = NULL;
     int64_t bytes = nim->nvox * nim->nbyper;
+    MN_CALL(check_data_size(path, nim, bytes));
     unsigned char *buf = malloc((size_t)(bytes ? bytes : 1));
     MN_CHECK(buf, MN_ERR_MEM, "out of memory for %lld bytes of voxels of '%s'", (long long)bytes, path);
     const char *iname = nim->iname ? nim->iname : path;

@@ -1,5 +1,9 @@
 /* sampler.c: random crops with foreground oversampling, flips and intensity jitter (see mednet/sampler.h).
  *
+ * Every voxel comes through a shard reader (mednet/reader.h): the part of a crop inside its volume is read as one
+ * box, and foreground centres come from the reader's per-chunk class counts, so the same code serves a shard in
+ * memory and one streamed from the corpus file, with bitwise identical crops.
+ *
  * A call first draws every random decision (volume, centre, flips, jitter) for its n samples in draw order from
  * one generator seeded by (seed, rank, step), then orders the samples by dataset (stable insertion sort: n is a
  * batch size), then copies the crops.  Drawing before ordering keeps the draws independent of the ordering.
@@ -11,20 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Foreground voxels of one volume grouped by class: class c's linear indices are idx[off[c] .. off[c+1]). */
-typedef struct fg_list {
-    int64_t *idx;
-    int64_t n;                  /* all foreground voxels */
-    int64_t off[257];           /* labels are uint8: classes 0..255 */
-    int classes[255], nclasses; /* the foreground classes present, ascending */
-} fg_list;
-
 struct mn_sampler {
-    const mn_shard *shard;
+    mn_reader *rd;
+    int own_reader;  /* created over an in-memory shard by mn_sampler_create */
     mn_sampler_config cfg;
     int rank;
-    fg_list *fg;
-    double *weight; /* [shard volumes]: importance weight of a sample of each volume (default 1) */
+    double *weight;  /* [shard volumes]: importance weight of a sample of each volume (default 1) */
+    float *box;      /* one crop's image box and label box, read through the reader */
+    uint8_t *boxl;
 };
 
 typedef struct draw {
@@ -78,6 +76,7 @@ mn_err mn_sampler_config_read(mn_config *cfg, const char *section, mn_sampler_co
     int mix = 0;
     MN_CALL(mn_config_choice(cfg, section, "mixture", "volumes", mixtures, &mix));
     out->mixture = (mn_mixture)mix;
+    MN_CALL(mn_config_double(cfg, section, "holdout", 0, 0, 0.9, &out->holdout));
     return MN_OK;
 }
 
@@ -85,63 +84,72 @@ void mn_sampler_destroy(mn_sampler **ps)
 {
     if (!ps || !*ps) return;
     mn_sampler *s = *ps;
-    if (s->fg)
-        for (int v = 0; v < s->shard->num_volumes; v++) free(s->fg[v].idx);
-    free(s->fg);
+    if (s->own_reader) mn_reader_destroy(&s->rd);
     free(s->weight);
+    free(s->box);
+    free(s->boxl);
     free(s);
     *ps = NULL;
 }
 
-mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, int rank, mn_sampler **out)
+mn_err mn_sampler_create_reader(mn_reader *rd, const mn_sampler_config *cfg, int rank, mn_sampler **out)
 {
     *out = NULL;
-    MN_CHECK(shard && shard->num_volumes > 0, MN_ERR_ARG, "sampler: rank %d has an empty shard", rank);
+    MN_CHECK(rd && mn_reader_num_volumes(rd) > 0, MN_ERR_ARG, "sampler: rank %d has an empty shard", rank);
     for (int a = 0; a < 3; a++)
         MN_CHECK(cfg->crop[a] > 0, MN_ERR_ARG, "sampler: crop extent %d on axis %d must be > 0", cfg->crop[a], a);
     MN_CHECK(cfg->fg_share >= 0 && cfg->fg_share <= 1, MN_ERR_ARG, "sampler: fg_share %g outside [0, 1]",
              cfg->fg_share);
     mn_sampler *s = calloc(1, sizeof *s);
     MN_CHECK(s, MN_ERR_MEM, "out of memory");
-    s->shard = shard, s->cfg = *cfg, s->rank = rank;
-    s->fg = calloc((size_t)shard->num_volumes, sizeof *s->fg);
-    s->weight = malloc((size_t)shard->num_volumes * sizeof *s->weight);
-    if (!s->fg || !s->weight) {
+    s->rd = rd, s->cfg = *cfg, s->rank = rank;
+    int nv = mn_reader_num_volumes(rd);
+    size_t vox = (size_t)cfg->crop[0] * (size_t)cfg->crop[1] * (size_t)cfg->crop[2];
+    s->weight = malloc((size_t)nv * sizeof *s->weight);
+    s->box = malloc(vox * sizeof *s->box);
+    s->boxl = malloc(vox);
+    if (!s->weight || !s->box || !s->boxl) {
         mn_sampler_destroy(&s);
         MN_FAIL(MN_ERR_MEM, "out of memory");
     }
-    for (int v = 0; v < shard->num_volumes; v++) s->weight[v] = 1.0;
-    for (int v = 0; v < shard->num_volumes; v++) {
-        const mn_shard_volume *sv = &shard->volumes[v];
-        fg_list *f = &s->fg[v];
-        int64_t n = sv->shape[0] * sv->shape[1] * sv->shape[2], count[256] = {0};
-        for (int64_t i = 0; i < n; i++) count[sv->label[i]]++;
-        /* Counting sort by class: offsets, then fill. */
-        f->off[1] = 0;
-        for (int c = 1; c < 256; c++) f->off[c + 1] = f->off[c] + count[c];
-        f->n = f->off[256];
-        for (int c = 1; c < 256; c++)
-            if (count[c]) f->classes[f->nclasses++] = c;
-        f->idx = malloc((size_t)(f->n ? f->n : 1) * sizeof(int64_t));
-        if (!f->idx) {
-            mn_sampler_destroy(&s);
-            MN_FAIL(MN_ERR_MEM, "out of memory for the foreground list of volume %d", v);
-        }
-        int64_t fill[256];
-        memcpy(fill, f->off, sizeof fill);
-        for (int64_t i = 0; i < n; i++)
-            if (sv->label[i] > 0) f->idx[fill[sv->label[i]]++] = i;
-    }
+    for (int v = 0; v < nv; v++) s->weight[v] = 1.0;
     *out = s;
     return MN_OK;
 }
 
-/* Copy one crop (with flips, jitter and padding) into x and labels. */
-static void render(const mn_sampler *s, const draw *dr, float *x, int32_t *labels)
+mn_err mn_sampler_create(const mn_shard *shard, const mn_sampler_config *cfg, int rank, mn_sampler **out)
 {
-    const mn_shard_volume *sv = &s->shard->volumes[dr->vol];
+    *out = NULL;
+    MN_CHECK(shard && shard->num_volumes > 0, MN_ERR_ARG, "sampler: rank %d has an empty shard", rank);
+    mn_reader *rd = NULL;
+    MN_CALL(mn_reader_create_memory(shard, &rd));
+    mn_err e = mn_sampler_create_reader(rd, cfg, rank, out);
+    if (e) {
+        mn_reader_destroy(&rd);
+        MN_CALL(e);
+    }
+    (*out)->own_reader = 1;
+    return MN_OK;
+}
+
+/* Copy one crop (with flips, jitter and padding) into x and labels: the part inside the volume is read as one box
+ * through the reader. */
+static mn_err render(mn_sampler *s, const draw *dr, float *x, int32_t *labels)
+{
+    const int64_t *shape = mn_reader_shape(s->rd, dr->vol);
     const int *c = s->cfg.crop;
-    const int64_t D = sv->shape[0], H = sv->shape[1], W = sv->shape[2];
+    /* The held-out slab starts at z = held (the depth when nothing is held out). */
+    const int64_t held = s->cfg.holdout > 0 ? (int64_t)ceil((1.0 - s->cfg.holdout) * (double)shape[0]) : shape[0];
+    const int val = s->cfg.holdout > 0 && s->cfg.holdout_side;
+    int64_t lo[3], hi[3];
+    int empty = 0;
+    for (int a = 0; a < 3; a++) {
+        lo[a] = dr->origin[a] < 0 ? 0 : dr->origin[a];
+        hi[a] = dr->origin[a] + c[a] > shape[a] ? shape[a] : dr->origin[a] + c[a];
+        if (lo[a] >= hi[a]) empty = 1;
+    }
+    if (!empty) MN_CALL(mn_reader_box(s->rd, dr->vol, lo, hi, s->box, s->boxl));
+    const int64_t bh = hi[1] - lo[1], bw = hi[2] - lo[2];
     int64_t o = 0;
     for (int z = 0; z < c[0]; z++) {
         int64_t vz = dr->origin[0] + (dr->flip[0] ? c[0] - 1 - z : z);
@@ -149,17 +157,18 @@ static void render(const mn_sampler *s, const draw *dr, float *x, int32_t *label
             int64_t vy = dr->origin[1] + (dr->flip[1] ? c[1] - 1 - y : y);
             for (int xx = 0; xx < c[2]; xx++, o++) {
                 int64_t vx = dr->origin[2] + (dr->flip[2] ? c[2] - 1 - xx : xx);
-                if (vz < 0 || vz >= D || vy < 0 || vy >= H || vx < 0 || vx >= W) {
+                if (empty || vz < lo[0] || vz >= hi[0] || vy < lo[1] || vy >= hi[1] || vx < lo[2] || vx >= hi[2]) {
                     x[o] = 0;
                     labels[o] = MN_LABEL_IGNORE;
                     continue;
                 }
-                int64_t i = vx + W * (vy + H * vz);
-                x[o] = sv->image[i] * dr->scale + dr->shift;
-                labels[o] = sv->label[i];
+                int64_t i = (vx - lo[2]) + bw * ((vy - lo[1]) + bh * (vz - lo[0]));
+                x[o] = s->box[i] * dr->scale + dr->shift;
+                labels[o] = (vz >= held) == val ? s->boxl[i] : MN_LABEL_IGNORE;
             }
         }
     }
+    return MN_OK;
 }
 
 mn_err mn_sampler_next(mn_sampler *s, int64_t step, int n, float *x, int32_t *labels, int *dataset)
@@ -206,7 +215,7 @@ mn_err mn_sampler_weights(const mn_corpus_info *info, const mn_shard_plan *plan,
 mn_err mn_sampler_set_weights(mn_sampler *s, const double *weight)
 {
     MN_CHECK(s && weight, MN_ERR_ARG, "sampler: NULL weights");
-    for (int v = 0; v < s->shard->num_volumes; v++) {
+    for (int v = 0; v < mn_reader_num_volumes(s->rd); v++) {
         MN_CHECK(isfinite(weight[v]) && weight[v] > 0, MN_ERR_ARG, "sampler: weight %g of shard volume %d is not "
                  "positive", weight[v], v);
         s->weight[v] = weight[v];
@@ -228,23 +237,29 @@ mn_err mn_sampler_next_weighted(mn_sampler *s, int64_t step, int n, float *x, in
     st ^= (uint64_t)step * 0x8CB92BA72F3D8DD7ULL;
     next_u64(&st);
     const int *c = s->cfg.crop;
-    for (int k = 0; k < n; k++) {
+    const int nv = mn_reader_num_volumes(s->rd);
+    mn_err e = MN_OK;
+    for (int k = 0; k < n && !e; k++) {
         draw *d = &dr[k];
-        d->vol = (int)next_range(&st, 0, s->shard->num_volumes - 1);
-        const mn_shard_volume *sv = &s->shard->volumes[d->vol];
-        int fg = next_unit(&st) < s->cfg.fg_share && s->fg[d->vol].n > 0;
+        d->vol = (int)next_range(&st, 0, nv - 1);
+        const int64_t *shape = mn_reader_shape(s->rd, d->vol);
+        const mn_reader_fg *f = NULL;
+        int fg = next_unit(&st) < s->cfg.fg_share;
+        if (fg) {
+            e = mn_reader_foreground(s->rd, d->vol, &f);
+            fg = !e && f->n > 0;
+        }
         if (fg) {
             /* A foreground class present in the volume, uniformly, then one of its voxels: small structures are
-             * centred as often as large ones (nnU-Net's rule). */
-            const fg_list *f = &s->fg[d->vol];
-            int cls = f->classes[next_range(&st, 0, f->nclasses - 1)];
-            int64_t i = f->idx[next_range(&st, f->off[cls], f->off[cls + 1] - 1)];
-            int64_t p[3] = {i / (sv->shape[1] * sv->shape[2]), i / sv->shape[2] % sv->shape[1], i % sv->shape[2]};
+             * centred as often as large ones (nnU-Net's rule).  Voxels are counted in chunk order (reader.h). */
+            int cls = (int)next_range(&st, 0, f->nclasses - 1);
+            int64_t p[3];
+            e = mn_reader_fg_voxel(s->rd, d->vol, cls, next_range(&st, 0, f->total[cls] - 1), p);
             for (int a = 0; a < 3; a++) d->origin[a] = p[a] - c[a] / 2;
         } else {
             for (int a = 0; a < 3; a++) {
-                int64_t lo = sv->shape[a] - c[a] < 0 ? sv->shape[a] - c[a] : 0;
-                int64_t hi = sv->shape[a] - c[a] > 0 ? sv->shape[a] - c[a] : 0;
+                int64_t lo = shape[a] - c[a] < 0 ? shape[a] - c[a] : 0;
+                int64_t hi = shape[a] - c[a] > 0 ? shape[a] - c[a] : 0;
                 d->origin[a] = next_range(&st, lo, hi);
             }
         }
@@ -253,17 +268,18 @@ mn_err mn_sampler_next_weighted(mn_sampler *s, int64_t step, int n, float *x, in
         d->shift = (float)(s->cfg.jitter_shift * (2 * next_unit(&st) - 1));
     }
     /* Stable order by dataset index, so each head sees a contiguous sub-batch. */
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && s->shard->volumes[dr[j - 1].vol].dataset > s->shard->volumes[dr[j].vol].dataset; j--) {
+    for (int i = 1; i < n && !e; i++)
+        for (int j = i; j > 0 && mn_reader_dataset(s->rd, dr[j - 1].vol) > mn_reader_dataset(s->rd, dr[j].vol); j--) {
             draw t = dr[j];
             dr[j] = dr[j - 1], dr[j - 1] = t;
         }
     size_t vox = (size_t)c[0] * (size_t)c[1] * (size_t)c[2];
-    for (int k = 0; k < n; k++) {
-        render(s, &dr[k], x + (size_t)k * vox, labels + (size_t)k * vox);
-        if (dataset) dataset[k] = s->shard->volumes[dr[k].vol].dataset;
+    for (int k = 0; k < n && !e; k++) {
+        e = render(s, &dr[k], x + (size_t)k * vox, labels + (size_t)k * vox);
+        if (dataset) dataset[k] = mn_reader_dataset(s->rd, dr[k].vol);
         if (weight) weight[k] = (float)s->weight[dr[k].vol];
     }
     free(dr);
+    MN_CALL(e);
     return MN_OK;
 }

@@ -14,6 +14,7 @@
 #include "mednet/ckpt.h"
 #include "mednet/fileio.h"
 #include "mednet/h5check.h"
+#include "mednet/limits.h"
 #include "mednet/mem.h"
 
 #include <dirent.h>
@@ -25,6 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define CKPT_FORMAT_PREFIX "mednet-checkpoint-"
+#define CKPT_FORMAT_VERSION 1
 #define CKPT_FORMAT "mednet-checkpoint-1"
 #define CKPT_CHUNK ((hsize_t)1 << 22)
 
@@ -153,6 +156,26 @@ static mn_err prune(const char *dir, int keep, long long current)
     return err;
 }
 
+/* The newest ckpt-<step>.h5 in dir, by step: *step = -1 when there is none.  A directory that cannot be listed is
+ * MN_ERR_IO naming it. */
+mn_err mn_ckpt_newest(const char *dir, long long *step)
+{
+    *step = -1;
+    DIR *d = opendir(dir);
+    MN_CHECK(d != NULL, MN_ERR_IO, "cannot list checkpoint directory '%s': %s", dir, strerror(errno));
+    struct dirent *ent;
+    while ((ent = readdir(d)) != NULL) {
+        long long s = parse_ckpt_name(ent->d_name);
+        if (s > *step) *step = s;
+    }
+    closedir(d);
+    return MN_OK;
+}
+
+static void (*g_fault_hook)(int stage, int64_t step);
+
+void mn_ckpt_set_fault_hook(void (*hook)(int stage, int64_t step)) { g_fault_hook = hook; }
+
 /* Atomically point `latest` at `name`. */
 static mn_err write_latest(const char *dir, const char *name)
 {
@@ -226,9 +249,11 @@ static mn_err write_file(const char *tmp, int64_t step, const mn_ckpt_array *arr
 {
     mn_err err = MN_OK;
     hid_t fapl = -1, fid = -1, space = -1, attr = -1;
+    int *fd = NULL; /* the sec2 driver's file descriptor */
     H5TRY(fapl = H5Pcreate(H5P_FILE_ACCESS), "file access list for '%s'", tmp);
     H5TRY(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST), "libver bounds for '%s'", tmp);
     H5TRY(fid = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "cannot create checkpoint file '%s'", tmp);
+    H5TRY(H5Fget_vfd_handle(fid, H5P_DEFAULT, (void **)&fd), "file handle of '%s'", tmp);
     H5TRY(space = H5Screate(H5S_SCALAR), "'%s'", tmp);
     H5TRY(attr = H5Acreate2(fid, "step", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), "step attribute of '%s'",
           tmp);
@@ -243,6 +268,12 @@ static mn_err write_file(const char *tmp, int64_t step, const mn_ckpt_array *arr
 out:
     if (attr >= 0) H5Aclose(attr);
     if (space >= 0) H5Sclose(space);
+    /* On a full file system the close must still succeed: a file HDF5 could not close stays registered in the
+     * library, which then crashes (SIGSEGV in H5F__close_cb) when MPI_Finalize terminates HDF5.  Truncating the
+     * doomed temporary file first gives its blocks back, so the close can write its few metadata blocks (found by
+     * the disk_full drill, tests/train/run_drill.sh). */
+    if (err && fd && *fd >= 0 && ftruncate(*fd, 0) != 0)
+        mn_log_warn("cannot truncate '%s' after a failed write: %s", tmp, strerror(errno));
     if (fid >= 0 && H5Fclose(fid) < 0 && !err)
         err = mn_error_report(MN_ERR_HDF5, __FILE__, __LINE__, __func__, "closing checkpoint '%s' failed", tmp);
     if (fapl >= 0) H5Pclose(fapl);
@@ -300,10 +331,23 @@ mn_err mn_ckpt_write(const char *dir, int64_t step, const mn_ckpt_array *arrays,
         MN_FAIL(e, "checkpoint '%s' was not written; the previous checkpoint and 'latest' are untouched", fin);
     }
     /* 2. the rename makes it visible; the directory fsync makes the rename durable */
-    MN_CHECK(rename(tmp, fin) == 0, MN_ERR_IO, "cannot rename '%s' to '%s': %s", tmp, fin, strerror(errno));
-    MN_CALL(mn_fsync_path(dir, 1));
+    if (rename(tmp, fin) != 0) {
+        int err = errno;
+        unlink(tmp);
+        MN_FAIL(MN_ERR_IO, "cannot rename '%s' to '%s': %s; the previous checkpoint and 'latest' are untouched", tmp,
+                fin, strerror(err));
+    }
+    e = mn_fsync_path(dir, 1);
+    if (!e && g_fault_hook) g_fault_hook(MN_CKPT_STAGE_RENAMED, step);
     /* 3. the pointer, 4. retention (only now that the new checkpoint is in place) */
-    MN_CALL(write_latest(dir, name));
+    if (!e) e = write_latest(dir, name);
+    if (e) {
+        char lt[4096];
+        MN_CALL(join(lt, sizeof lt, dir, "latest.tmp"));
+        unlink(lt);
+        MN_FAIL(e, "checkpoint '%s' is on disk but 'latest' was not updated: it still names the previous checkpoint, "
+                "which is untouched", fin);
+    }
     MN_CALL(prune(dir, keep, step));
     if (path) MN_CHECK(snprintf(path, pathlen, "%s", fin) < (int)pathlen, MN_ERR_ARG, "path buffer too small");
     return MN_OK;
@@ -325,12 +369,38 @@ mn_err mn_ckpt_latest(const char *dir, char *path, size_t pathlen, int *found)
     fclose(f);
     size_t n = got ? strlen(line) : 0;
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
-    MN_CHECK(parse_ckpt_name(line) >= 0, MN_ERR_FORMAT,
-             "'%s' should name a checkpoint file 'ckpt-<step>.h5' but contains '%s'", lp, line);
+    if (parse_ckpt_name(line) < 0) {
+        long long newest = -1;
+        if (mn_ckpt_newest(dir, &newest) != MN_OK) newest = -1;
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)line[i] < 0x20 || (unsigned char)line[i] > 0x7e) line[i] = '?';
+        if (newest >= 0)
+            MN_FAIL(MN_ERR_FORMAT, "'%s' should name a checkpoint file 'ckpt-<step>.h5' but contains '%s'\n"
+                    "---> HINT: the newest checkpoint here is ckpt-%lld.h5: write that name into '%s' to resume from it, "
+                    "or set train.resume=false", lp, line, newest, lp);
+        MN_FAIL(MN_ERR_FORMAT, "'%s' should name a checkpoint file 'ckpt-<step>.h5' but contains '%s', and there is no "
+                "checkpoint in '%s'\n---> HINT: remove '%s' to start afresh", lp, line, dir, lp);
+    }
     MN_CALL(join(path, pathlen, dir, line));
     MN_CHECK(access(path, R_OK) == 0, MN_ERR_FORMAT, "'%s' points to '%s', which cannot be read: %s", lp, path,
              strerror(errno));
     *found = 1;
+    return MN_OK;
+}
+
+/* An attribute read into one element must hold exactly one: H5Aread writes every element of its dataspace, so a
+ * damaged file with an array where a scalar belongs would otherwise overrun the caller's buffer. */
+static mn_err attr_check_one(hid_t attr, const char *name, const char *path)
+{
+    hid_t space = H5Aget_space(attr);
+    hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    if (space >= 0) H5Sclose(space);
+    if (n < 0) {
+        mn_h5_report("H5Aget_space", __FILE__, __LINE__, __func__);
+        MN_FAIL(MN_ERR_FORMAT, "cannot read the dataspace of attribute '%s' of checkpoint '%s'", name, path);
+    }
+    MN_CHECK(n == 1, MN_ERR_FORMAT, "attribute '%s' of checkpoint '%s' has %lld elements, expected 1 (corrupt file?)",
+             name, path, (long long)n);
     return MN_OK;
 }
 
@@ -352,12 +422,32 @@ mn_err mn_ckpt_open(const char *path, mn_ckpt **out)
           path);
     if ((err = mn_ckpt_attr_get(c, "format", &format)) != MN_OK) goto out;
     if (strcmp(format, CKPT_FORMAT) != 0) {
-        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
-                              "'%s' has format '%s', expected '%s'", path, format, CKPT_FORMAT);
+        /* "mednet-checkpoint-<n>" with n > ours: a newer mednet wrote it; anything else is not ours at all. */
+        int version = 0;
+        char extra = 0;
+        char *by = NULL;
+        if (sscanf(format, CKPT_FORMAT_PREFIX "%d%c", &version, &extra) == 1 && version > CKPT_FORMAT_VERSION) {
+            if (mn_ckpt_attr_get(c, "mednet_version", &by) != MN_OK) by = NULL;
+            err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                                  "'%s' was written by a newer mednet (%s, checkpoint format %d); this mednet %s reads "
+                                  "format %d only\n---> HINT: resume with mednet %s or newer; the file is left as it is",
+                                  path, by ? by : "version unknown", version, MN_VERSION, CKPT_FORMAT_VERSION,
+                                  by ? by : "of that version");
+            mn_free(&by);
+        } else {
+            err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                                  "'%s' has format '%s', expected '%s'", path, format, CKPT_FORMAT);
+        }
         goto out;
     }
     H5TRY(attr = H5Aopen(c->fid, "step", H5P_DEFAULT), "checkpoint '%s' has no 'step' attribute", path);
+    if ((err = attr_check_one(attr, "step", path)) != MN_OK) goto out;
     H5TRY(H5Aread(attr, H5T_NATIVE_INT64, &c->step), "cannot read 'step' of checkpoint '%s'", path);
+    if (c->step < 0) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "checkpoint '%s' has step %lld", path,
+                              (long long)c->step);
+        goto out;
+    }
 out:
     mn_free(&format);
     if (attr >= 0) H5Aclose(attr);
@@ -450,6 +540,54 @@ mn_err mn_ckpt_info(mn_ckpt *c, const char *name, int *exists, mn_ckpt_type *typ
     return MN_OK;
 }
 
+/* H5Literate callback: append a link name to the list (stops on allocation failure). */
+typedef struct name_list {
+    char **names;
+    int n, cap;
+    int failed;
+} name_list;
+
+static herr_t list_one(hid_t g, const char *name, const H5L_info_t *info, void *op)
+{
+    (void)g;
+    (void)info;
+    name_list *l = op;
+    if (l->n == l->cap) {
+        l->failed = 1;
+        return 1;
+    }
+    size_t len = strlen(name) + 1;
+    if (mn_malloc(len, "checkpoint member name", (void **)&l->names[l->n]) != MN_OK) {
+        l->failed = 1;
+        return 1;
+    }
+    memcpy(l->names[l->n++], name, len);
+    return 0;
+}
+
+mn_err mn_ckpt_list(mn_ckpt *c, const char *group, char **names, int cap, int *n)
+{
+    MN_CHECK(c && group && names && n && cap > 0, MN_ERR_ARG, "NULL argument");
+    *n = 0;
+    int ex = 0;
+    MN_CALL(path_exists(c->fid, group, &ex, c->path));
+    if (!ex) return MN_OK;
+    hid_t g;
+    MN_H5(g = H5Gopen2(c->fid, group, H5P_DEFAULT));
+    name_list l = {names, 0, cap, 0};
+    hsize_t idx = 0;
+    herr_t rc = H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx, list_one, &l);
+    H5Gclose(g);
+    *n = l.n;
+    if (rc < 0 || l.failed) {
+        for (int i = 0; i < l.n; i++) mn_free((void **)&names[i]);
+        *n = 0;
+        MN_CHECK(rc >= 0, MN_ERR_HDF5, "cannot list group '%s' in '%s'", group, c->path);
+        MN_FAIL(MN_ERR_FORMAT, "group '%s' in '%s' has more than %d members", group, c->path, cap);
+    }
+    return MN_OK;
+}
+
 static mn_err read_one(mn_ckpt *c, const mn_ckpt_array *a)
 {
     int ex = 0, known = 0;
@@ -504,10 +642,18 @@ mn_err mn_ckpt_attr_get(mn_ckpt *c, const char *name, char **value)
                               "attribute '%s' of '%s' is not a fixed-length string", name, c->path);
         goto out;
     }
+    if ((err = attr_check_one(attr, name, c->path)) != MN_OK) goto out;
     size_t sz = H5Tget_size(tid);
+    if (sz == 0 || (int64_t)sz > MN_MAX_CKPT_ATTR_BYTES) {
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "attribute '%s' of '%s' claims %zu bytes "
+                              "(limit %lld): corrupt file?", name, c->path, sz, (long long)MN_MAX_CKPT_ATTR_BYTES);
+        goto out;
+    }
     if ((err = mn_calloc(sz + 1, "checkpoint attribute", (void **)&buf)) != MN_OK) goto out;
+    /* One byte more than the file's string: a string stored without its terminator (NULLPAD or SPACEPAD, as h5py
+     * and other writers store them) converted to a NULLTERM string of the same size would lose its last byte. */
     H5TRY(mtid = H5Tcopy(H5T_C_S1), "attribute '%s'", name);
-    H5TRY(H5Tset_size(mtid, sz), "attribute '%s'", name);
+    H5TRY(H5Tset_size(mtid, sz + 1), "attribute '%s'", name);
     H5TRY(H5Tset_strpad(mtid, H5T_STR_NULLTERM), "attribute '%s'", name);
     H5TRY(H5Aread(attr, mtid, buf), "cannot read attribute '%s' of '%s'", name, c->path);
     buf[sz] = '\0';

@@ -432,6 +432,19 @@ static mn_err unlock_local(const mn_lock *lk)
     return MN_OK;
 }
 
+mn_err mn_outdir_lock_held(const mn_lock *lk, int *held)
+{
+    MN_CHECK(lk && held, MN_ERR_ARG, "NULL argument");
+    *held = 1;
+    if (!lk->owner) return MN_OK;
+    char text[LOCK_TEXT];
+    int missing = 0;
+    MN_CALL(read_text(lk->path, text, sizeof text, &missing));
+    holder h;
+    *held = !missing && holder_parse(text, &h) == 0 && strcmp(h.nonce, lk->nonce) == 0;
+    return MN_OK;
+}
+
 mn_err mn_outdir_lock(MPI_Comm comm, const char *dir, mn_lock **out)
 {
     MN_CHECK(out != NULL, MN_ERR_ARG, "NULL argument");

@@ -12,6 +12,7 @@
  * little-endian hosts only, which the reader and writer check once.
  */
 #include "mednet/safetensors.h"
+#include "mednet/limits.h"
 #include "mednet/mem.h"
 
 #include <errno.h>
@@ -420,7 +421,7 @@ static mn_err parse_header(mn_safetensors *st, const char *origin)
                  "%s: tensor '%s': data ends at file byte %llu, past the end of the %zu-byte file (truncated)", origin,
                  t->name, (unsigned long long)(8 + hlen + t->end), st->file_len);
     }
-    qsort(st->t, (size_t)st->n, sizeof *st->t, cmp_begin);
+    if (st->n > 1) qsort(st->t, (size_t)st->n, sizeof *st->t, cmp_begin); /* st->t is NULL when n == 0 */
     size_t at = 0;
     for (int i = 0; i < st->n; i++) {
         mn_st_tensor *t = &st->t[i];
@@ -468,6 +469,10 @@ mn_err mn_st_open(const char *path, mn_safetensors **out)
     mn_err err = MN_OK;
     if (sz < 0 || fseek(f, 0, SEEK_SET) != 0)
         err = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "cannot size %s: %s", path, strerror(errno));
+    if (!err && (int64_t)sz > MN_MAX_SAFETENSORS_BYTES)
+        err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "%s is %ld bytes, more than mednet's "
+                              "limit of %lld bytes for a safetensors file (read whole into memory); refused", path,
+                              sz, (long long)MN_MAX_SAFETENSORS_BYTES);
     if (!err) err = mn_malloc((size_t)sz, path, (void **)&buf);
     if (!err && sz > 0 && fread(buf, 1, (size_t)sz, f) != (size_t)sz)
         err = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "cannot read %ld bytes of %s", sz, path);

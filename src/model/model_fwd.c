@@ -400,7 +400,7 @@ mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, dou
              "loss: head batch %d does not exist in the last forward (%d head batches)", i, m->nhb);
     int n = m->hbs[i].hb.count;
     *loss = 0;
-    float w[MN_MODEL_MAX_BATCH];
+    float w[MN_MODEL_MAX_BATCH] = {0}; /* initialised: GCC 12 under -fsanitize=address warns otherwise */
     double l[MN_MODEL_MAX_BATCH];
     MN_CHECK(n <= MN_MODEL_MAX_BATCH, MN_ERR_ARG, "loss: head batch of %d samples (at most %d)", n,
              MN_MODEL_MAX_BATCH);

@@ -109,7 +109,10 @@ static int same_shape(const mn_st_tensor *f, const mn_tensor_info *t)
     return 1;
 }
 
-static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int strict, mn_import_report *r)
+/* enc_only: the encoder's tensors are required (strictly) and every other file tensor is skipped, whatever its
+ * name or shape (a MedicalNet file's conv_seg, or a head of another class count, is not this model's head). */
+static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int strict, int enc_only,
+                   mn_import_report *r)
 {
     int nt = m->ntensors, nf = mn_st_count(st);
     unsigned char *seen = calloc((size_t)nt + 1, 1);
@@ -135,6 +138,10 @@ static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int 
             continue;
         }
         int t = mn_model_find_tensor(m, name);
+        if (enc_only && (t < 0 || m->tensors[t].part >= 0)) {
+            r->skipped++;
+            continue;
+        }
         if (t < 0) {
             r->unexpected++;
             detail(r, "%sunexpected: %s", r->detail[0] ? "; " : "", f->name);
@@ -161,7 +168,7 @@ static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int 
         match[i] = t;
     }
     for (int t = 0; t < nt && !err; t++)
-        if (!seen[t]) {
+        if (!seen[t] && !(enc_only && m->tensors[t].part >= 0)) {
             r->missing++;
             detail(r, "%smissing: %s", r->detail[0] ? "; " : "", m->tensors[t].name);
         }
@@ -179,7 +186,7 @@ static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int 
             size_t stem = strlen(name) - strlen("num_batches_tracked");
             snprintf(nm, sizeof nm, "%.*srunning_var", (int)stem, name);
             int t = mn_model_find_tensor(m, nm);
-            if (t >= 0) {
+            if (t >= 0 && !(enc_only && m->tensors[t].part >= 0)) {
                 int64_t v;
                 memcpy(&v, f->data, sizeof v);
                 if (m->tensors[t].part < 0)
@@ -200,7 +207,7 @@ static mn_err load(mn_model *m, const mn_safetensors *st, const char *path, int 
     return err;
 }
 
-mn_err mn_model_load_safetensors(mn_model *m, const char *path, int strict, mn_import_report *rep)
+static mn_err load_file(mn_model *m, const char *path, int strict, int enc_only, mn_import_report *rep)
 {
     MN_CHECK(m && path, MN_ERR_ARG, "NULL model or path");
     mn_import_report local;
@@ -208,11 +215,21 @@ mn_err mn_model_load_safetensors(mn_model *m, const char *path, int strict, mn_i
     memset(r, 0, sizeof *r);
     mn_safetensors *st = NULL;
     MN_CALL(mn_st_open(path, &st));
-    mn_err err = load(m, st, path, strict, r);
+    mn_err err = load(m, st, path, strict, enc_only, r);
     mn_st_close(&st);
     if (err) return err;
     if (r->missing || r->unexpected || r->mis_shaped)
         mn_log_warn("%s: loaded %d tensors; %d missing, %d unexpected, %d mis-shaped: %s", path, r->loaded, r->missing,
                     r->unexpected, r->mis_shaped, r->detail);
     return MN_OK;
+}
+
+mn_err mn_model_load_safetensors(mn_model *m, const char *path, int strict, mn_import_report *rep)
+{
+    return load_file(m, path, strict, 0, rep);
+}
+
+mn_err mn_model_load_safetensors_encoder(mn_model *m, const char *path, mn_import_report *rep)
+{
+    return load_file(m, path, 1, 1, rep);
 }

@@ -16,6 +16,7 @@
 #include "mednet/config.h"
 #include "mednet/mem.h"
 #include "mednet/mpicheck.h"
+#include "mednet/safetensors.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,6 +210,12 @@ mn_err mn_train_ckpt_resume(mn_trainer *t, const char *path, long *step)
     return MN_OK;
 }
 
+int mn_train_is_safetensors(const char *path)
+{
+    size_t n = strlen(path), k = strlen(".safetensors");
+    return n > k && !strcmp(path + n - k, ".safetensors");
+}
+
 mn_err mn_train_ckpt_init_encoder(mn_trainer *t, const char *path)
 {
     mn_parts *p = mn_trainer_parts(t);
@@ -216,13 +223,20 @@ mn_err mn_train_ckpt_init_encoder(mn_trainer *t, const char *path)
     mn_part *enc = &p->row[0];
     mn_err e = MN_OK;
     if (p->dist->rank == 0) {
-        mn_ckpt *ck = NULL;
-        e = mn_ckpt_open(path, &ck);
-        mn_ckpt_array a[2] = {
-            {"encoder/params", MN_CKPT_F32, mn_model_params(m) + enc->params.offset, enc->params.count},
-            {"encoder/bn", MN_CKPT_F32, mn_model_bn_buffers(m) + enc->bn.offset, enc->bn.count}};
-        if (!e) e = mn_ckpt_read(ck, a, 2);
-        mn_ckpt_close(&ck);
+        if (mn_train_is_safetensors(path)) {
+            mn_import_report rep;
+            e = mn_model_load_safetensors_encoder(m, path, &rep);
+            if (!e)
+                mn_log_info("%s: %d encoder tensors loaded, %d other tensors skipped", path, rep.loaded, rep.skipped);
+        } else {
+            mn_ckpt *ck = NULL;
+            e = mn_ckpt_open(path, &ck);
+            mn_ckpt_array a[2] = {
+                {"encoder/params", MN_CKPT_F32, mn_model_params(m) + enc->params.offset, enc->params.count},
+                {"encoder/bn", MN_CKPT_F32, mn_model_bn_buffers(m) + enc->bn.offset, enc->bn.count}};
+            if (!e) e = mn_ckpt_read(ck, a, 2);
+            mn_ckpt_close(&ck);
+        }
     }
     MN_CALL(mn_agree(p->dist->world, e));
     MN_CALL(mn_dist_bcast_floats(p->dist->world, mn_model_params(m) + enc->params.offset, enc->params.count, 0));

@@ -1,6 +1,7 @@
 /* evaluate.c: the evaluator (src/train/train_impl.h): mean foreground Dice per dataset on fixed crops of each
  * rank's shard, with batch norm in eval mode.  The crops come from a second sampler with its own seed and no
- * intensity jitter, so every evaluation of a run sees the same crops. */
+ * intensity jitter, so every evaluation of a run sees the same crops; with sampler.holdout > 0 their labels are
+ * those of the held-out slab only (mednet/sampler.h). */
 #include "train/train_impl.h"
 
 #include "mednet/layers.h"
@@ -13,13 +14,15 @@
 
 struct mn_evaluator {
     mn_sampler *sampler;
+    mn_prefetch *pf;
     int batch, crop[3];
     float *x;
     int32_t *labels, *labels_small;
     int *ds;
 };
 
-mn_err mn_eval_create(const mn_shard *shard, const mn_sampler_config *scfg, int rank, int batch, mn_evaluator **out)
+mn_err mn_eval_create(mn_reader *rd, mn_prefetch *pf, const mn_sampler_config *scfg, int rank, int batch,
+                      mn_evaluator **out)
 {
     *out = NULL;
     mn_evaluator *ev = NULL;
@@ -27,10 +30,12 @@ mn_err mn_eval_create(const mn_shard *shard, const mn_sampler_config *scfg, int 
     mn_sampler_config ecfg = *scfg;
     ecfg.seed = scfg->seed + 0x5eedULL; /* evaluation crops: fixed, disjoint from the training stream */
     ecfg.jitter_scale = ecfg.jitter_shift = 0;
+    ecfg.holdout_side = 1; /* with sampler.holdout > 0: Dice on the held-out slab only */
     ev->batch = batch;
+    ev->pf = pf;
     memcpy(ev->crop, scfg->crop, sizeof ev->crop);
     size_t vox = (size_t)scfg->crop[0] * scfg->crop[1] * scfg->crop[2];
-    mn_err e = mn_sampler_create(shard, &ecfg, rank, &ev->sampler);
+    mn_err e = mn_sampler_create_reader(rd, &ecfg, rank, &ev->sampler);
     if (!e) e = mn_malloc(sizeof(float) * vox * (size_t)batch, "evaluation batch", (void **)&ev->x);
     if (!e) e = mn_malloc(sizeof(int32_t) * vox * (size_t)batch, "evaluation labels", (void **)&ev->labels);
     if (!e)
@@ -79,7 +84,7 @@ mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice)
     mn_head_batch hb[MN_MODEL_MAX_HEADS];
     int rows[MN_MODEL_MAX_HEADS];
     for (long b = 0; b < nbatches && !e; b++) {
-        e = mn_sampler_next(ev->sampler, b, n, ev->x, ev->labels, ev->ds);
+        e = mn_prefetch_next(ev->pf, ev->sampler, b, n, ev->x, ev->labels, ev->ds, NULL, 0);
         int nhb = 0;
         for (int i = 0; i < n && !e;) {
             int j = i;

@@ -8,8 +8,9 @@
  *   1. signal handlers first: a SIGUSR1/SIGTERM at any time from here on ends the run with the requeue status;
  *   2. the configuration, read by every part from its own section and validated whole, plus the checkpoints it
  *      names (train.init_encoder, the newest one in train.out_dir) checked against it, before any heavy work;
- *   3. the output folder and its lock, the corpus metadata, the shard plan, the shard, the sampler (each step
- *      local work agreed over the world: a failure on one rank is an exit 1 on every rank);
+ *   3. the output folder and its lock, the corpus metadata, the shard plan, the shard reader, its I/O thread and the
+ *      sampler (each step local work agreed over the world: a failure on one rank is an exit 1 on every rank; no
+ *      voxel is read before the first batch);
  *   4. the trainer (model, optimiser, part table, reducer), resume or encoder initialisation;
  *   5. the loop: signal agreement, step, replica check, log, evaluation, checkpoint.
  *
@@ -35,13 +36,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-/* Fault injection for the failure tests, from MEDNET_FAULT=<kind>:<rank>[:<step>]:
+/* Fault injection for the failure tests and drills, from MEDNET_FAULT=<kind>:<rank>[:<step>[:<signal>]] (steps
+ * count from 1, as the progress lines do; <signal> is usr1 (default) or term):
  *   head_mismatch:R:S   after step S, rank R perturbs one parameter of the first head it holds (a replica
  *                       mismatch the next consistency check must end the job on);
- *   signal_setup:R      rank R raises SIGUSR1 to itself at the start of set-up.
- * Never set in production; documented in DESIGN.md. */
+ *   signal_setup:R      rank R raises the signal at the start of set-up;
+ *   signal_step:R:S     rank R raises it inside step S (while drawing its first batch: the others are in the step);
+ *   signal_ckpt:R:S     rank R raises it as the checkpoint of step S starts (rank 0 then writes it, the others
+ *                       wait for the write);
+ *   signal_eval:R:S     rank R raises it as the evaluation after step S starts (S = 0: the one before training);
+ *   kill:R:S            rank R sends itself SIGKILL inside step S;
+ *   stop:R:S            rank R sends itself SIGSTOP inside step S (it stops responding; the watchdog's case);
+ *   ckpt_kill:0:S       rank 0 is killed (SIGKILL) between the rename of ckpt-S.h5 and the update of `latest`.
+ * The kill and stop kinds print the rank's pid first, so that a test can clean up after them.  Never set in
+ * production; documented in DESIGN.md. */
 static void fault_parse(run *r)
 {
     r->fault_rank = -1;
@@ -49,15 +60,56 @@ static void fault_parse(run *r)
     if (!f || !*f) return;
     int rank = -1;
     long step = 0;
-    char kind[32] = "";
-    if (sscanf(f, "%31[a-z_]:%d:%ld", kind, &rank, &step) >= 2) {
+    char kind[32] = "", sig[8] = "usr1";
+    if (sscanf(f, "%31[a-z_]:%d:%ld:%7[a-z0-9]", kind, &rank, &step, sig) >= 2) {
         snprintf(r->fault, sizeof r->fault, "%s", kind);
         r->fault_rank = rank;
         r->fault_step = step;
+        r->fault_signal = !strcmp(sig, "term") ? SIGTERM : SIGUSR1;
     }
 }
 
 static int fault_is(const run *r, const char *kind) { return r->fault_rank == r->rank && !strcmp(r->fault, kind); }
+
+/* Fire fault `kind` if it is this rank's and step `step` (1-based) is its step. */
+static void fault_at(run *r, const char *kind, long step)
+{
+    if (r->fault_rank < 0 || !fault_is(r, kind) || step != r->fault_step || r->fault_done) return;
+    r->fault_done = 1;
+    if (!strncmp(kind, "signal_", 7)) {
+        mn_log_warn("MEDNET_FAULT: raising %s (%s, step %ld)", mn_signals_name(r->fault_signal), kind, step);
+        raise(r->fault_signal);
+        return;
+    }
+    int sig = !strcmp(kind, "kill") ? SIGKILL : SIGSTOP;
+    mn_log_warn("MEDNET_FAULT: pid %ld sends itself %s in step %ld", (long)getpid(), sig == SIGKILL ? "SIGKILL" :
+                "SIGSTOP", step);
+    fflush(stdout);
+    raise(sig);
+}
+
+static long g_ckpt_kill_step = -1;
+static void ckpt_kill_hook(int stage, int64_t step)
+{
+    if (stage != MN_CKPT_STAGE_RENAMED || step != g_ckpt_kill_step) return;
+    mn_log_warn("MEDNET_FAULT: pid %ld killed between the rename of checkpoint %lld and the update of 'latest'",
+                (long)getpid(), (long long)step);
+    fflush(stdout);
+    raise(SIGKILL);
+}
+
+/* Warn once when metrics.jsonl cannot be written (a full or read-only file system): the metrics are a record, not
+ * the run's state, so training goes on. */
+static void metrics_flush(run *r)
+{
+    if (fflush(r->metrics) == 0 && !ferror(r->metrics)) return;
+    int err = errno;
+    clearerr(r->metrics);
+    if (r->metrics_warned) return;
+    r->metrics_warned = 1;
+    mn_log_warn("cannot write %s/metrics.jsonl (%s): training goes on, later metrics lines may be lost", r->cfg.out,
+                strerror(err));
+}
 
 static void log_dice(run *r, const char *when, const double *dice)
 {
@@ -74,17 +126,22 @@ static void log_dice(run *r, const char *when, const double *dice)
         for (int k = 1; k < p->nrows; k++)
             fprintf(r->metrics, "%s\"%s\": %.6g", k > 1 ? ", " : "", p->row[k].name, isfinite(dice[k]) ? dice[k] : -1.0);
         fprintf(r->metrics, "}, \"mean_dice\": %.6g}\n", dice[0]);
-        fflush(r->metrics);
+        metrics_flush(r);
     }
 }
 
 /* ---- the loop ----------------------------------------------------------------------------------------------- */
 
-/* The batch source of a run: the sampler over this rank's shard. */
+/* The batch source of a run: the sampler over this rank's shard, drawn on the I/O thread, with the next batch
+ * drawn there while this step computes. */
 static mn_err draw_batch(void *ctx, int64_t index, mn_batch *b)
 {
     run *r = ctx;
-    MN_CALL(mn_sampler_next_weighted(r->sampler, index, b->n, b->x, b->labels, b->dataset, b->weight));
+    mn_watchdog_beat(r->watchdog, r->step, "training step");
+    fault_at(r, "kill", r->step + 1);
+    fault_at(r, "stop", r->step + 1);
+    fault_at(r, "signal_step", r->step + 1);
+    MN_CALL(mn_prefetch_next(r->pf, r->sampler, index, b->n, b->x, b->labels, b->dataset, b->weight, 1));
     return MN_OK;
 }
 
@@ -142,16 +199,83 @@ static mn_err log_step(run *r, mn_step_stats *st, double step_time, double avg_s
             first = 0;
         }
         fprintf(r->metrics, "}}\n");
-        fflush(r->metrics);
+        metrics_flush(r);
     }
+    return MN_OK;
+}
+
+/* Make sure the output folder is still this run's before writing into it.  A folder removed during the run (a
+ * clean-up script, a scratch purge) or a lock file removed from it is taken again: the folder is recreated, the lock
+ * retaken, metrics.jsonl reopened, and the run goes on writing there, so its work is saved; a folder that another
+ * run has taken is refused as at start-up (agreed status 1, nothing written).  Collective on the world. */
+static mn_err check_outdir(run *r)
+{
+    MPI_Comm w = r->parts->dist->world;
+    int held = 1, lost = 0;
+    MN_CALL(mn_agree(w, r->rank == 0 ? mn_outdir_lock_held(r->lock, &held) : MN_OK));
+    MN_CALL(mn_dist_agree_flag(w, !held, &lost));
+    if (!lost) return MN_OK;
+    if (r->rank == 0)
+        mn_log_warn("the output folder %s (or its lock %s) was removed while this run held it: taking it again "
+                    "before the checkpoint of step %ld; whatever the folder held before is gone", r->cfg.out,
+                    MN_OUTDIR_LOCK_NAME, r->step);
+    mn_outdir_unlock(&r->lock);
+    mn_err e = MN_OK;
+    if (r->rank == 0 && mkdir(r->cfg.out, 0755) != 0 && errno != EEXIST)
+        e = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "cannot create output directory '%s': %s",
+                            r->cfg.out, strerror(errno));
+    MN_CALL(mn_agree(w, e));
+    MN_CALL(mn_outdir_lock(w, r->cfg.out, &r->lock));
+    if (r->rank == 0 && r->metrics) {
+        char mpath[1200];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", r->cfg.out);
+        fclose(r->metrics);
+        r->metrics = fopen(mpath, "a");
+        r->metrics_warned = 0;
+        if (!r->metrics)
+            e = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "cannot open '%s': %s", mpath,
+                                strerror(errno));
+    }
+    MN_CALL(mn_agree(w, e));
     return MN_OK;
 }
 
 static mn_err write_checkpoint(run *r)
 {
+    /* HDF5 is not thread-safe: the I/O thread finishes its look-ahead before this thread writes the file. */
+    mn_prefetch_quiesce(r->pf);
+    mn_watchdog_beat(r->watchdog, r->step, "checkpoint write");
+    fault_at(r, "signal_ckpt", r->step);
+    if (r->fault_rank == 0 && fault_is(r, "ckpt_kill")) {
+        g_ckpt_kill_step = r->fault_step;
+        mn_ckpt_set_fault_hook(ckpt_kill_hook);
+    }
+    MN_CALL(check_outdir(r));
     mn_ckpt_meta meta = {r->config_text, r->info->checksum, r->cfg.corpus, r->cfg.sampler.seed, r->prep_text};
     MN_CALL(mn_train_ckpt_write(r->trainer, r->cfg.out, r->step, (int)r->cfg.keep, &meta));
+    r->ckpt_step = r->step;
     return MN_OK;
+}
+
+/* A checkpoint that could not be written (full or read-only file system: an agreed error; the previous checkpoint
+ * and `latest` are untouched, mn_ckpt_write says so).  With train.checkpoint_failure = continue a periodic one is a
+ * warning and training goes on; otherwise, and always for the last checkpoint of a run or one on a signal, every
+ * rank stops with the agreed status 1.  Returns what the loop goes on with. */
+static mn_err checkpoint_failed(run *r, mn_err e, int periodic)
+{
+    if (!e || !mn_err_is_agreed(e)) return e;
+    char latest[1400] = "none";
+    int found = 0;
+    if (r->rank == 0 && (mn_ckpt_latest(r->cfg.out, latest, sizeof latest, &found) != MN_OK || !found))
+        snprintf(latest, sizeof latest, "none");
+    if (periodic && r->cfg.ckpt_continue) {
+        mn_log_info("checkpoint of step %ld failed (above): training goes on (train.checkpoint_failure = continue); "
+                    "the newest checkpoint on disk is %s", r->step, latest);
+        return MN_OK;
+    }
+    mn_log_info("stopping: the checkpoint of step %ld could not be written%s; the newest checkpoint on disk is %s, "
+                "a rerun resumes from it", r->step, periodic ? " (train.checkpoint_failure = stop)" : "", latest);
+    return e;
 }
 
 /* ---- the requeue marker -------------------------------------------------------------------------------------- */
@@ -193,6 +317,15 @@ static mn_err requeue_marker(run *r, int remove)
     return MN_OK;
 }
 
+/* An evaluation, with the watchdog told and the signal_eval fault placed. */
+static mn_err run_eval(run *r, double *dice)
+{
+    mn_watchdog_beat(r->watchdog, r->step, "evaluation");
+    fault_at(r, "signal_eval", r->step);
+    MN_CALL(mn_eval_run(r->eval, r->trainer, r->cfg.eval_batches, dice));
+    return MN_OK;
+}
+
 static mn_err train_loop(run *r, mn_train_result *res)
 {
     const run_cfg *c = &r->cfg;
@@ -200,13 +333,15 @@ static mn_err train_loop(run *r, mn_train_result *res)
     mn_model *m = mn_trainer_model(r->trainer);
     mn_step_stats st = {0};
     double *dice = NULL;
+    r->ckpt_step = -1;
     MN_CALL(requeue_marker(r, 1)); /* the output folder is ours (set-up took its lock): a marker there is stale */
     MN_CALL(mn_calloc(sizeof(double) * (size_t)p->nrows, "step losses", (void **)&st.loss));
     mn_err e = mn_calloc(sizeof(double) * (size_t)p->nrows, "step weights", (void **)&st.weight);
     if (!e) e = mn_calloc(sizeof(double) * (size_t)p->nrows, "dice", (void **)&dice);
+    if (!e) e = mn_watchdog_start(c->out, c->watchdog_s, r->rank, r->size, &r->watchdog);
     e = mn_agree(p->dist->world, e);
     if (!e && c->eval_batches > 0) {
-        e = mn_eval_run(r->eval, r->trainer, c->eval_batches, dice);
+        e = run_eval(r, dice);
         if (!e) {
             log_dice(r, r->step == 0 ? "untrained" : "resumed", dice);
             res->dice_before = dice[0];
@@ -218,13 +353,16 @@ static mn_err train_loop(run *r, mn_train_result *res)
         /* A caught signal (also one caught during set-up): agree, checkpoint what this run trained, leave with the
          * requeue status. */
         int sig = 0;
+        mn_watchdog_beat(r->watchdog, r->step, "signal agreement before the step");
         e = mn_dist_agree_flag(p->dist->world, mn_signals_pending(), &sig);
         if (e) break;
         if (sig) {
             mn_log_info("caught %s at step %ld: %s and exiting for requeue (status %d)", mn_signals_name(sig),
-                        r->step, nsteps ? "writing a checkpoint" : "nothing trained yet, no checkpoint",
+                        r->step, !nsteps ? "nothing trained yet, no checkpoint"
+                                 : r->ckpt_step == r->step ? "the checkpoint of this step is on disk"
+                                                           : "writing a checkpoint",
                         MN_EXIT_REQUEUE);
-            if (nsteps) e = write_checkpoint(r);
+            if (nsteps && r->ckpt_step != r->step) e = checkpoint_failed(r, write_checkpoint(r), 0);
             if (!e) e = requeue_marker(r, 0);
             res->exit_status = MN_EXIT_REQUEUE;
             break;
@@ -251,25 +389,36 @@ static mn_err train_loop(run *r, mn_train_result *res)
         res->steps_done = r->step;
         if (e) break;
         if (c->eval_every > 0 && r->step % c->eval_every == 0 && r->step < c->steps && c->eval_batches > 0) {
-            e = mn_eval_run(r->eval, r->trainer, c->eval_batches, dice);
+            e = run_eval(r, dice);
             if (!e) log_dice(r, "during training", dice);
             if (e) break;
         }
-        if (c->ckpt_every > 0 && r->step % c->ckpt_every == 0 && r->step < c->steps) e = write_checkpoint(r);
+        if (c->ckpt_every > 0 && r->step % c->ckpt_every == 0 && r->step < c->steps)
+            e = checkpoint_failed(r, write_checkpoint(r), 1);
     }
     if (!e && res->exit_status == 0) {
-        if (nsteps > 0) e = write_checkpoint(r);
+        if (nsteps > 0 && r->ckpt_step != r->step) e = checkpoint_failed(r, write_checkpoint(r), 0);
         if (!e && c->eval_batches > 0) {
-            e = mn_eval_run(r->eval, r->trainer, c->eval_batches, dice);
+            e = run_eval(r, dice);
             if (!e) {
                 log_dice(r, "trained", dice);
                 res->dice_after = dice[0];
             }
         }
-        if (!e)
+        /* Peak memory per rank and what the reader did: the largest over the ranks. */
+        mn_reader_stats rs;
+        mn_reader_get_stats(r->reader, &rs);
+        double mx[3] = {(double)mn_mem_peak_rss(), (double)rs.cache_peak, (double)rs.bytes_read};
+        if (!e) e = mn_mpi_report_if(MPI_Allreduce(MPI_IN_PLACE, mx, 3, MPI_DOUBLE, MPI_MAX, p->dist->world));
+        if (!e) {
             mn_log_info("done: %ld steps in %.1f s; checkpoints in %s/, metrics in %s/metrics.jsonl", nsteps,
                         MPI_Wtime() - t_start, c->out, c->out);
+            mn_log_info("memory: peak resident %.1f MiB per rank (VmHWM, largest rank); data cache peak %.2f MiB, "
+                        "%.2f MiB read from the corpus (largest rank)", mx[0] / 1048576.0, mx[1] / 1048576.0,
+                        mx[2] / 1048576.0);
+        }
     }
+    mn_watchdog_stop(&r->watchdog);
     mn_free(&st.loss);
     mn_free(&st.weight);
     mn_free(&dice);
@@ -281,9 +430,10 @@ static void run_destroy(run *r)
 {
     mn_trainer_destroy(&r->trainer);
     mn_trace_close(&r->trace);
+    mn_prefetch_destroy(&r->pf); /* joins the I/O thread: the reader below is then this thread's alone */
     mn_sampler_destroy(&r->sampler);
     mn_eval_destroy(&r->eval);
-    mn_shard_destroy(&r->shard);
+    mn_reader_destroy(&r->reader);
     mn_shard_plan_destroy(&r->plan);
     mn_corpus_info_destroy(&r->info);
     mn_config_destroy(&r->config);
@@ -306,9 +456,13 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     mn_err e = mn_mpi_report_if(MPI_Comm_rank(comm, &r.rank));
     if (!e) e = mn_mpi_report_if(MPI_Comm_size(comm, &r.size));
     fault_parse(&r);
-    if (!e && fault_is(&r, "signal_setup")) raise(SIGUSR1);
-    /* The launch check reads the same environment on every rank; agreeing makes a wrong launch an exit 1. */
-    if (!e) e = mn_agree(comm, mn_launch_check(comm, NULL));
+    if (!e) fault_at(&r, "signal_setup", 0);
+    /* The launch check reads the same environment on every rank; agreeing makes a wrong launch an exit 1.  It
+     * compares the world with what the launcher started, so a run on a part of the world (mednet filter's groups)
+     * leaves it to the caller, which checks the world. */
+    int whole = 0;
+    if (!e) e = mn_mpi_report_if(MPI_Comm_compare(comm, MPI_COMM_WORLD, &whole));
+    if (!e && (whole == MPI_IDENT || whole == MPI_CONGRUENT)) e = mn_agree(comm, mn_launch_check(comm, NULL));
     if (!e) e = mn_train_config_load(comm, path, overrides, noverrides, &r.config);
     /* The whole configuration, validated before any heavy work (every rank parses the same text). */
     if (!e) e = mn_agree(comm, r.rank == 0 ? mn_run_config_read(r.config, &r.cfg) : MN_OK); /* rank 0 reports */

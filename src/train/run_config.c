@@ -7,6 +7,7 @@
 #include "mednet/model.h"
 #include "mednet/mpicheck.h"
 #include "mednet/optim.h"
+#include "mednet/safetensors.h"
 #include "mednet/train.h"
 
 #include <stdlib.h>
@@ -53,7 +54,7 @@ mn_err mn_train_config_load(MPI_Comm comm, const char *path, char **overrides, i
     return MN_OK;
 }
 
-/* The [corpus] and [train] sections; [model], [optim] and [sampler] are read by their own modules. */
+/* The [corpus], [data] and [train] sections; [model], [optim] and [sampler] are read by their own modules. */
 mn_err mn_run_config_read(mn_config *c, run_cfg *r)
 {
     memset(r, 0, sizeof *r);
@@ -64,9 +65,12 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
     static const char *const roles[] = {"pretrain", "target", NULL};
     MN_CALL(mn_config_choice(c, "corpus", "role", "pretrain", roles, &r->role));
     MN_CALL(mn_config_string(c, "train", "init_encoder", "", &r->init_encoder));
+    MN_CALL(mn_config_string(c, "corpus", "datasets", "", &r->datasets));
 
     MN_CALL(mn_model_config_read(c, "model", &r->model));
     MN_CALL(mn_sampler_config_read(c, "sampler", &r->sampler));
+    MN_CALL(mn_config_double(c, "data", "cache_mb", 0, 0, 1e9, &r->cache_mb));
+    MN_CALL(mn_config_bool(c, "data", "prefetch", 1, &r->prefetch));
 
     MN_CALL(mn_config_int(c, "train", "steps", 100, 0, 1L << 40, &r->steps));
     MN_CALL(mn_config_int(c, "train", "batch", 2, 1, MN_MODEL_MAX_BATCH, &r->batch));
@@ -84,6 +88,9 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
     MN_CALL(mn_config_bool(c, "train", "trace", 0, &r->trace));
     MN_CALL(mn_config_bool(c, "train", "sync_bn", 0, &r->sync_bn));
     MN_CALL(mn_config_bool(c, "train", "resume", 1, &r->resume));
+    MN_CALL(mn_config_double(c, "train", "watchdog_s", 1800.0, 0.0, 1e7, &r->watchdog_s));
+    static const char *const ckpt_failure[] = {"stop", "continue", NULL};
+    MN_CALL(mn_config_choice(c, "train", "checkpoint_failure", "stop", ckpt_failure, &r->ckpt_continue));
     MN_CALL(mn_config_string(c, "train", "out_dir", "run", &r->out));
     MN_CHECK(*r->out, MN_ERR_CONFIG, "config %s: [train] out_dir is empty", mn_config_origin(c));
 
@@ -95,8 +102,25 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
 
 static const char *depth_shortcut_name(int s) { return s == 1 ? "A" : s == 2 ? "B" : "default"; }
 
+/* A safetensors file (e.g. MedicalNet's release, converted): well-formed, and its recorded depth (mednet's export and
+ * the converter record it) is the configured one.  Tensor names and shapes are checked when the encoder is loaded. */
+static mn_err check_safetensors_model(const char *path, const char *why, const run_cfg *c)
+{
+    mn_safetensors *st = NULL;
+    mn_err e = mn_st_open(path, &st);
+    MN_CHECK(e == MN_OK, e, "%s %s cannot be used", why, path);
+    const char *depth = mn_st_metadata(st, "depth");
+    long d = depth ? strtol(depth, NULL, 10) : c->model.depth;
+    mn_st_close(&st);
+    MN_CHECK(d == c->model.depth, MN_ERR_CONFIG,
+             "%s %s holds a resnet%ld encoder; model.depth is %d\n---> HINT: set model.depth=%ld, or use weights of "
+             "a resnet%d", why, path, d, c->model.depth, d, c->model.depth);
+    return MN_OK;
+}
+
 mn_err mn_run_check_ckpt_model(const char *path, const char *why, const run_cfg *c)
 {
+    if (mn_train_is_safetensors(path)) return check_safetensors_model(path, why, c);
     mn_ckpt_desc dd, *d = &dd;
     MN_CALL(mn_train_ckpt_describe(path, d));
     int shortcut = c->model.shortcut == MN_SHORTCUT_A ? 1 : c->model.shortcut == MN_SHORTCUT_B ? 2 : 0;

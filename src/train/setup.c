@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -31,6 +32,17 @@ static mn_err check_checkpoints(run *r)
         int found = 0;
         MN_CALL(mn_ckpt_latest(c->out, r->resume_path, sizeof r->resume_path, &found));
         if (!found) r->resume_path[0] = 0;
+        /* A checkpoint newer than `latest` is one whose writer died between its rename and the pointer update: it
+         * is complete (renamed only after its fsync), but `latest` is the record of what the run finished, so it
+         * stays the one to resume from; the newer file is replaced when the run reaches that step again. */
+        long long newest = -1;
+        MN_CALL(mn_ckpt_newest(c->out, &newest));
+        const char *name = strrchr(r->resume_path, '/');
+        long long at = found && name ? strtoll(name + 6, NULL, 10) : -1;
+        if (newest > at)
+            mn_log_warn("%s/ckpt-%lld.h5 is newer than %s/latest (%s): a checkpoint write was interrupted between "
+                        "its rename and the update of 'latest'; resuming from %s as 'latest' says", c->out, newest,
+                        c->out, found ? name + 1 : "absent", found ? r->resume_path : "nothing (a fresh start)");
     }
     if (r->resume_path[0]) MN_CALL(mn_run_check_ckpt_model(r->resume_path, "the checkpoint to resume from,", c));
     if (!r->resume_path[0] && *c->init_encoder)
@@ -54,19 +66,85 @@ static mn_err check_resume_corpus(run *r)
     return MN_OK;
 }
 
-/* The sampler over this rank's shard, with the importance weights of the sampling rule.  Local work. */
+/* corpus.datasets: the datasets of the run's role that it uses (the output of `mednet filter`).  With check = 1
+ * (rank 0; agreed by the caller) every listed name must be a dataset of that role; with check = 0 the others are
+ * marked MN_ROLE_EXCLUDED in this rank's corpus info (every rank, after the check).  Local work. */
+static mn_err select_datasets(run *r, int check)
+{
+    const char *list = r->cfg.datasets;
+    if (!*list) return MN_OK;
+    mn_corpus_info *info = r->info;
+    int nd = info->num_datasets;
+    unsigned char *keep = NULL;
+    MN_CALL(mn_calloc((size_t)nd + 1, "dataset selection", (void **)&keep));
+    mn_err e = MN_OK;
+    for (const char *p = list; *p && !e;) {
+        while (*p == ',' || *p == ' ') p++;
+        size_t n = strcspn(p, ", ");
+        if (!n) break;
+        int found = -1;
+        for (int d = 0; d < nd; d++)
+            if (strlen(info->datasets[d].name) == n && !strncmp(info->datasets[d].name, p, n)) found = d;
+        if (check && (found < 0 || info->datasets[found].role != (mn_role)r->cfg.role))
+            e = mn_error_report(MN_ERR_CONFIG, __FILE__, __LINE__, __func__,
+                                "corpus.datasets names '%.*s', which is not a %s dataset of %s\n---> HINT: a run without "
+                                "corpus.datasets prints the corpus summary: every dataset and its role", (int)n, p,
+                                r->cfg.role == MN_ROLE_TARGET ? "target" : "pretrain", r->cfg.corpus);
+        if (found >= 0) keep[found] = 1;
+        p += n;
+    }
+    if (!e && !check)
+        for (int d = 0; d < nd; d++)
+            if (!keep[d] && info->datasets[d].role == (mn_role)r->cfg.role) info->datasets[d].role = MN_ROLE_EXCLUDED;
+    mn_free(&keep);
+    return e;
+}
+
+/* The shard reader, the I/O thread and the sampler over this rank's shard, with the importance weights of the
+ * sampling rule.  Local work: no I/O yet (the reader opens the file at the first draw) and no MPI call. */
 static mn_err setup_sampler(run *r)
 {
     const run_cfg *c = &r->cfg;
-    MN_CALL(mn_sampler_create(r->shard, &c->sampler, r->rank, &r->sampler));
+    MN_CALL(mn_reader_create_file(r->info, r->plan, r->rank, (int64_t)(c->cache_mb * 1048576.0), &r->reader));
+    MN_CALL(mn_prefetch_create(c->prefetch, (int)c->batch, c->sampler.crop, &r->pf));
+    MN_CALL(mn_sampler_create_reader(r->reader, &c->sampler, r->rank, &r->sampler));
+    int nv = mn_reader_num_volumes(r->reader);
     double *w = NULL;
-    MN_CALL(mn_malloc(sizeof(double) * (size_t)r->shard->num_volumes, "sampling weights", (void **)&w));
+    MN_CALL(mn_malloc(sizeof(double) * (size_t)nv, "sampling weights", (void **)&w));
     mn_err e = mn_sampler_weights(r->info, r->plan, r->rank, c->sampler.mixture, w);
     if (!e) e = mn_sampler_set_weights(r->sampler, w);
     mn_free(&w);
     MN_CALL(e);
-    MN_CALL(mn_eval_create(r->shard, &c->sampler, r->rank, (int)c->batch, &r->eval));
+    MN_CALL(mn_eval_create(r->reader, r->pf, &c->sampler, r->rank, (int)c->batch, &r->eval));
     return MN_OK;
+}
+
+/* Rank 0: what the cache bound means for the shards of every rank (from the plan and metadata alone). */
+static void print_data_plan(const run *r)
+{
+    double lo = 1e300, hi = 0;
+    int streaming = 0;
+    for (int p = 0; p < r->plan->nranks; p++) {
+        double b = 0;
+        for (int i = r->plan->offset[p]; i < r->plan->offset[p + 1]; i++) {
+            const int64_t *sh = r->info->volumes[r->plan->items[i].volume].shape;
+            b += 5.0 * (double)(sh[0] * sh[1] * sh[2]);
+        }
+        b /= 1048576.0;
+        lo = b < lo ? b : lo, hi = b > hi ? b : hi;
+        if (r->cfg.cache_mb > 0 && b > r->cfg.cache_mb) streaming++;
+    }
+    char cache[64];
+    if (r->cfg.cache_mb > 0) snprintf(cache, sizeof cache, "%.2f MiB", r->cfg.cache_mb);
+    else snprintf(cache, sizeof cache, "unbounded");
+    char what[160];
+    if (streaming)
+        snprintf(what, sizeof what, "%d of %d rank(s) stream their shard (crops read from the corpus while training)",
+                 streaming, r->plan->nranks);
+    else
+        snprintf(what, sizeof what, "every shard fits (each chunk read once, then served from memory)");
+    mn_log_info("data: shards of %.1f..%.1f MiB per rank, cache %s per rank: %s; prefetch %s", lo, hi, cache, what,
+                r->cfg.prefetch ? "on (I/O thread)" : "off");
 }
 
 /* The datasets of the run and the trainer.  Collective on the world. */
@@ -124,6 +202,8 @@ mn_err mn_run_setup(run *r)
     /* The corpus: metadata (agreed by mn_corpus_open), its identity against the checkpoint, the plan. */
     MN_CALL(mn_corpus_open(r->comm, c->corpus, &r->info));
     MN_CALL(mn_agree(r->comm, r->rank == 0 ? check_resume_corpus(r) : MN_OK));
+    MN_CALL(mn_agree(r->comm, r->rank == 0 ? select_datasets(r, 1) : MN_OK));
+    MN_CALL(select_datasets(r, 0));
     /* What inference must repeat of prep for each dataset of the run: written into every checkpoint. */
     mn_err pe = MN_OK;
     for (int d = 0; d < r->info->num_datasets && !pe; d++) {
@@ -138,10 +218,11 @@ mn_err mn_run_setup(run *r)
     if (r->rank == 0) {
         mn_corpus_print_summary(r->info, stdout);
         mn_shard_plan_print(r->plan, r->info, stdout);
+        print_data_plan(r);
         fflush(stdout);
     }
-    /* The shard (collective reads; corruption is an agreed error), then the sampler (local, agreed). */
-    MN_CALL(mn_shard_load(r->comm, r->info, r->plan, &r->shard));
+    /* The reader and the sampler: local work, agreed.  No voxel is read here and no collective is issued per
+     * volume: each rank reads its own chunks on its I/O thread, from the first draw on. */
     MN_CALL(mn_agree(r->comm, setup_sampler(r)));
     MN_CALL(setup_trainer(r));
 

@@ -8,6 +8,7 @@
  *   evaluate.c    the evaluator: mean foreground Dice per dataset on fixed crops;
  *   checkpoint.c  checkpoints of a trainer over its part table: write, resume, encoder initialisation, and the
  *                 description of a checkpoint file used to validate a run before any heavy work;
+ *   watchdog.c    the step-progress watchdog: ends the job when a rank stops arriving;
  *   pretrain.c    the loop and its logging.
  */
 #ifndef MN_TRAIN_IMPL_H
@@ -22,6 +23,8 @@
 #include "mednet/dist.h"
 #include "mednet/error.h"
 #include "mednet/lock.h"
+#include "mednet/prefetch.h"
+#include "mednet/reader.h"
 #include "mednet/sampler.h"
 #include "mednet/trainer.h"
 
@@ -55,9 +58,13 @@ mn_err mn_train_ckpt_write(mn_trainer *t, const char *dir, long step, int keep, 
  * *step receives the completed step count.  Collective on the world. */
 mn_err mn_train_ckpt_resume(mn_trainer *t, const char *path, long *step);
 
-/* Initialise t's encoder (parameters and BN statistics) from checkpoint `path` (fine-tuning): read on rank 0,
- * agreed, broadcast.  Collective on the world. */
+/* Initialise t's encoder (parameters and BN statistics) from `path` (fine-tuning): a mednet checkpoint, or a
+ * safetensors file with MedicalNet's state-dict names (mn_train_is_safetensors; every encoder tensor required, other
+ * tensors skipped).  Read on rank 0, agreed, broadcast.  Collective on the world. */
 mn_err mn_train_ckpt_init_encoder(mn_trainer *t, const char *path);
+
+/* 1 when `path` names a safetensors file (by its extension .safetensors), 0 for a mednet checkpoint. */
+int mn_train_is_safetensors(const char *path);
 
 /* Describe checkpoint `path` from its attributes.  Not collective.  Errors name the file: not a checkpoint (not
  * HDF5, or no mednet attributes), unreadable config. */
@@ -71,13 +78,18 @@ typedef struct run_cfg {
     long shard_seed;
     int role;                 /* MN_ROLE_PRETRAIN or MN_ROLE_TARGET: the datasets this run trains on */
     const char *init_encoder; /* checkpoint whose encoder initialises a fresh run (fine-tuning), or "" */
+    const char *datasets;     /* comma-separated dataset names this run uses (of its role), or "": all */
     mn_model_config model;    /* [model] */
     mn_optim_config optim;    /* [optim] */
     double head_lr_mult;
     mn_sampler_config sampler;/* [sampler] */
+    double cache_mb;          /* [data] cache_mb: the shard reader's cache bound (0: none, the shard is held) */
+    int prefetch;             /* [data] prefetch: draw the next batch on the I/O thread during the step */
     long steps, batch, micro, threads, ckpt_every, keep, consistency_every, log_every, eval_every, eval_batches;
     double bucket_mb;
+    double watchdog_s;        /* no progress for this long ends the job (0: no watchdog) */
     int nan_abort, trace, resume, sync_bn;
+    int ckpt_continue;        /* train.checkpoint_failure: 0 stop (default), 1 continue training */
     const char *out;
 } run_cfg;
 
@@ -93,15 +105,34 @@ mn_err mn_run_check_ckpt_model(const char *path, const char *why, const run_cfg 
 
 typedef struct mn_evaluator mn_evaluator;
 
-/* An evaluator over this rank's shard: fixed crops (the sampler config with seed + 0x5eed and no jitter) of `batch`
- * samples.  Local work. */
-mn_err mn_eval_create(const mn_shard *shard, const mn_sampler_config *scfg, int rank, int batch, mn_evaluator **out);
+/* An evaluator over this rank's shard reader (borrowed): fixed crops (the sampler config with seed + 0x5eed and no
+ * jitter) of `batch` samples, drawn through pf (borrowed; mednet/prefetch.h) so that the reader stays on the I/O
+ * thread.  Local work. */
+mn_err mn_eval_create(mn_reader *rd, mn_prefetch *pf, const mn_sampler_config *scfg, int rank, int batch,
+                      mn_evaluator **out);
 void mn_eval_destroy(mn_evaluator **ev);
 
 /* Mean foreground Dice per dataset row of t's part table over `nbatches` fixed batches, batch norm in eval mode:
  * dice[row] for rows >= 1 (NaN where no holder evaluated it), dice[0] the mean over the finite ones.  Collective on
  * the world (the local evaluation is agreed before the reduction). */
 mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice);
+
+/* ---- watchdog.c ---- */
+
+typedef struct mn_watchdog mn_watchdog;
+
+/* Start this rank's watchdog over a run writing into out_dir: a helper thread that, when mn_watchdog_beat has not
+ * been called for `limit` seconds, prints where this rank waits, reports itself in <out_dir>/.watchdog/, names the
+ * ranks that did not report, and ends this process with _exit(MN_EXIT_WATCHDOG) so that the launcher ends the job
+ * (design in watchdog.c).  limit <= 0: no watchdog, *out = NULL.  Rank 0 removes the reports of an earlier run.
+ * Not collective (the helper never calls MPI); errors (a thread that cannot start) are local work to agree on. */
+mn_err mn_watchdog_start(const char *out_dir, double limit, int rank, int size, mn_watchdog **out);
+
+/* Record progress: the main thread enters `phase` (a string literal) of step `step` (0-based).  NULL: no-op. */
+void mn_watchdog_beat(mn_watchdog *wd, long step, const char *phase);
+
+/* Stop and join the helper thread, free *wd, set it to NULL; accepts NULL. */
+void mn_watchdog_stop(mn_watchdog **wd);
 
 /* ---- setup.c ---- */
 
@@ -115,7 +146,8 @@ typedef struct run {
     char resume_path[1400];   /* the checkpoint to resume from, or "" */
     mn_corpus_info *info;
     mn_shard_plan *plan;
-    mn_shard *shard;
+    mn_reader *reader;        /* this rank's volumes, streamed from the corpus through a bounded cache */
+    mn_prefetch *pf;          /* the I/O thread: every draw of the sampler and the evaluator runs there */
     mn_sampler *sampler;
     mn_evaluator *eval;
     mn_trainer *trainer;
@@ -124,8 +156,13 @@ typedef struct run {
     long step;                /* the next step to run */
     FILE *metrics;
     mn_lock *lock;            /* this run's hold on the output folder */
+    mn_watchdog *watchdog;    /* NULL when train.watchdog_s = 0 */
+    long ckpt_step;           /* the step of the last checkpoint this run wrote, -1: none */
+    int metrics_warned;       /* a failed metrics write was reported once */
     int fault_rank;           /* MEDNET_FAULT (testing): the rank and step of an injected fault, -1: none */
     long fault_step;
+    int fault_signal;         /* the signal of the signal_* kinds: SIGUSR1 or SIGTERM */
+    int fault_done;           /* a one-shot fault has fired */
     char fault[32];
 } run;
 

@@ -78,3 +78,20 @@ set_tests_properties(test_corpus_open_fault_np3 PROPERTIES FIXTURES_REQUIRED cor
 mn_mpi_test(test_corpus_damage SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_corpus_damage.c NPROCS 2
             ARGS ${MN_CORPUS_TEST_DIR} TIMEOUT 60 LABELS corpus)
 set_tests_properties(test_corpus_damage_np2 PROPERTIES FIXTURES_REQUIRED corpus_np1)
+
+# The streaming shard reader: streamed (cache 5x smaller than the shard, I/O thread, look-ahead) and in-memory
+# batches are bitwise identical, the cache stays within its bound, start-up issues a fixed number of collectives
+# (counted through MPI's profiling interface) whatever the corpus size and P.
+mn_mpi_test(test_stream SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/mpi/test_stream.c NPROCS 1 2
+            ARGS ${MN_CORPUS_TEST_DIR} TIMEOUT 120 LABELS corpus)
+foreach(np 1 2)
+  set_tests_properties(test_stream_np${np} PROPERTIES FIXTURES_REQUIRED "corpus_np1;mricron_np1")
+endforeach()
+
+# MPI-IO hints on the parallel create: the file is the same as without them; a malformed hint is one clear error.
+string(REPLACE ";" " " MN_MPIEXEC_LINE "${MN_MPIEXEC}")
+add_test(NAME test_prep_hints
+         COMMAND sh -c "${MN_MPIEXEC_LINE} ${MPIEXEC_NUMPROC_FLAG} 2 $<TARGET_FILE:mednet> prep ${MN_MRICRON_INI} --output hints.h5 --force 'corpus.mpiio_hints=romio_cb_write=enable, striping_factor=2, striping_unit=1048576' && ${MN_H5DIFF} -v1 mricron_np1.h5 hints.h5 && ! $<TARGET_FILE:mednet> prep ${MN_MRICRON_INI} --output hints_bad.h5 --force corpus.mpiio_hints=nonsense > hints_bad.log 2>&1 && grep -q \"mpiio_hints: 'nonsense' is not key=value\" hints_bad.log && test ! -e hints_bad.h5 && echo 'hints: same file with hints; a malformed hint refused'"
+         WORKING_DIRECTORY ${MN_CORPUS_TEST_DIR})
+set_tests_properties(test_prep_hints PROPERTIES FIXTURES_REQUIRED "corpus_inputs;mricron_np1" LABELS corpus
+                     PROCESSORS 2 TIMEOUT 120)

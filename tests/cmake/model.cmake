@@ -9,7 +9,7 @@ add_test(NAME test_model_parity_18 COMMAND test_model_parity 18)
 add_test(NAME test_model_parity_50 COMMAND test_model_parity 50)
 set_tests_properties(test_model_parity_18 test_model_parity_50 PROPERTIES TIMEOUT 300 LABELS "model;ref"
                      ENVIRONMENT "OMP_NUM_THREADS=1")
-mn_test(test_safetensors SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_safetensors.c TIMEOUT 120 LABELS model)
+mn_test(test_safetensors SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_safetensors.c TIMEOUT 300 LABELS model)
 # The MedicalNet checkpoint converter: a fake resnet_10.pth (DataParallel 'module.' prefix) converted to safetensors,
 # then imported by `mednet model --strict`.
 set(MN_CVT_DIR ${CMAKE_CURRENT_BINARY_DIR}/convert_selftest)

@@ -52,6 +52,55 @@ int main(void)
     TEST_EXPECT(mn_config_parse("[model\ndepth = 1\n", "bad.ini", &cfg) == MN_ERR_CONFIG && !cfg, "syntax error");
     TEST_EXPECT(mn_config_load_file("/nonexistent/x.ini", &cfg) == MN_ERR_IO, "missing file");
     TEST_EXPECT(strstr(mn_error_last(), "/nonexistent/x.ini") != NULL, "names the file");
+
+    /* What inih would read back differently from the dump is refused with the file and line: an empty key (dumped
+     * as " = v", a continuation of the key before), a key that is not printable ASCII (a byte order mark would be
+     * dropped on the dump's first line), a line longer than inih reads (its rest becomes a new key), a section name
+     * inih may have cut, and an override that the dump would write as such a line. */
+    TEST_EXPECT(mn_config_parse("[ds]\nk = 1\n=1,1,2\n", "e.ini", &cfg) == MN_ERR_CONFIG && !cfg, "empty key");
+    TEST_EXPECT(strstr(mn_error_last(), "e.ini: line 3") && strstr(mn_error_last(), "key is missing"), "msg: %s",
+                mn_error_last());
+    TEST_EXPECT(mn_config_parse("[s]\npath =;x\n", "c.ini", &cfg) == MN_ERR_CONFIG, "value starting with ';'");
+    TEST_EXPECT(strstr(mn_error_last(), "c.ini: line 2") != NULL, "msg: %s", mn_error_last());
+    TEST_EXPECT(mn_config_parse("[s]\npath = a;x ; comment\n", "c.ini", &cfg) == MN_OK, "';' inside a value");
+    TEST_EXPECT(mn_config_dump(cfg, &dump) == MN_OK && strstr(dump, "path = a;x\n"), "dump: %s", dump);
+    free(dump);
+    mn_config_destroy(&cfg);
+    TEST_EXPECT(mn_config_parse("a = 1\n\xEF\xBB\xBF" "b = 2\n", "bom.ini", &cfg) == MN_ERR_CONFIG, "BOM in a key");
+    TEST_EXPECT(strstr(mn_error_last(), "bom.ini: line 2") != NULL, "msg: %s", mn_error_last());
+    TEST_EXPECT(mn_config_parse("\xEF\xBB\xBF[d\xC3\xA9]\nk = 1\n", "u.ini", &cfg) == MN_OK, "BOM + UTF-8 section");
+    mn_config_destroy(&cfg);
+    char line[400];
+    for (int len = 197; len <= 201; len++) { /* "k = xxx": len characters, then a key on the next line */
+        snprintf(line, sizeof line, "[s]\nk = %0*d\nz = 1\n", len - 4, 0);
+        mn_err e = mn_config_parse(line, "long.ini", &cfg);
+        TEST_EXPECT((e == MN_OK) == (len <= 198), "line of %d characters: %d", len, (int)e);
+        if (e) TEST_EXPECT(strstr(mn_error_last(), "long.ini: line 2"), "msg: %s", mn_error_last());
+        if (!e && mn_config_dump(cfg, &dump) == MN_OK) {
+            TEST_EXPECT(strstr(dump, line + 4) != NULL, "the dump keeps both lines");
+            free(dump);
+        }
+        mn_config_destroy(&cfg);
+    }
+    snprintf(line, sizeof line, "[s]\nk=%0196d\n", 0); /* fits in the file, not as the dump's `k = ...` */
+    TEST_EXPECT(mn_config_parse(line, "long.ini", &cfg) == MN_ERR_CONFIG, "dump line too long");
+    snprintf(line, sizeof line, "[%048d]\nk = 1\n", 0);
+    TEST_EXPECT(mn_config_parse(line, "sec.ini", &cfg) == MN_OK, "48-byte section");
+    snprintf(line, sizeof line, "%048d.k2=1", 0);
+    TEST_EXPECT(mn_config_override(cfg, line) == MN_OK, "48-byte section override");
+    mn_config_destroy(&cfg);
+    snprintf(line, sizeof line, "[%049d]\nk = 1\n", 0);
+    TEST_EXPECT(mn_config_parse(line, "sec.ini", &cfg) == MN_ERR_CONFIG && strstr(mn_error_last(), "sec.ini: line 2"),
+                "49-byte section: %s", mn_error_last());
+    TEST_EXPECT(mn_config_parse("[s]\nk = 1\n", "o.ini", &cfg) == MN_OK, "parse");
+    snprintf(line, sizeof line, "%049d.k=1", 0);
+    TEST_EXPECT(mn_config_override(cfg, line) == MN_ERR_CONFIG, "49-byte section override");
+    snprintf(line, sizeof line, "s.k=%0195d", 0);
+    TEST_EXPECT(mn_config_override(cfg, line) == MN_ERR_CONFIG, "override too long for a line");
+    snprintf(line, sizeof line, "s.k=%0194d", 0);
+    TEST_EXPECT(mn_config_override(cfg, line) == MN_OK, "override of 198 characters as a line");
+    TEST_EXPECT(mn_config_override(cfg, "s.k\xC3\xA9=1") == MN_ERR_CONFIG, "override key not ASCII");
+    mn_config_destroy(&cfg);
     mn_error_set_quiet(0);
 
     void *p = NULL;

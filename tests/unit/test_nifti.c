@@ -11,9 +11,12 @@
 #include "mednet/nifti.h"
 #include "mednet/preprocess.h"
 #include "test_nifti_util.h"
+
+#include <zlib.h>
 #include "test_util.h"
 
 #include <unistd.h>
+#include <zlib.h>
 
 static char g_dir[64];
 static char g_files[64][160];
@@ -351,6 +354,51 @@ static void test_bad_files(void)
     printf("bad files: missing, wrong magic, truncated .nii and .nii.gz, 4-D: each rejected naming the file\n");
 }
 
+/* Headers that claim more than mednet reads are refused before anything is allocated: 2^40 voxels (.nii and
+ * .nii.gz: the size limit), and a plain .nii whose header claims more voxel bytes than the file holds. */
+static void patch_dims(unsigned char *b, int16_t nx, int16_t ny, int16_t nz)
+{
+    int16_t d[4] = {3, nx, ny, nz};
+    memcpy(b + 40, d, sizeof d); /* dim[0..3] of the NIfTI-1 header, little-endian as tn_write wrote it */
+}
+
+static void test_size_limits(void)
+{
+    const int64_t dims[3] = {4, 4, 4};
+    double raw[64] = {0};
+    tn_affine A = {{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0}};
+    const char *good = tmp_path("small.nii");
+    TEST_EXPECT(tn_write(good, dims, 1, DT_FLOAT32, raw, 1, 0, &A, NULL) == 0, "write");
+    long len = 0;
+    unsigned char *b = tn_slurp(good, &len);
+    TEST_EXPECT(b && len > 352, "slurp");
+    if (!b) return;
+    mn_volume v = {0};
+    /* 32767 x 32767 x 1024 = 2^40 voxels (4 TiB of float32). */
+    patch_dims(b, 32767, 32767, 1024);
+    const char *huge = tmp_path("huge.nii"), *huge_gz = tmp_path("huge.nii.gz");
+    TEST_EXPECT(tn_spit(huge, b, len) == 0, "spit");
+    gzFile g = gzopen(huge_gz, "wb");
+    TEST_EXPECT(g && gzwrite(g, b, (unsigned)len) == (int)len && gzclose(g) == Z_OK, "gz write");
+    const char *paths[2] = {huge, huge_gz};
+    for (int i = 0; i < 2; i++) {
+        TEST_EXPECT(mn_nifti_read_header(paths[i], &v, NULL) == MN_ERR_FORMAT, "2^40 voxels: header refused");
+        TEST_EXPECT(mn_nifti_read(paths[i], &v, NULL) == MN_ERR_FORMAT && v.data == NULL, "2^40 voxels refused");
+        TEST_EXPECT(strstr(mn_error_last(), paths[i]) && strstr(mn_error_last(), "limit") &&
+                    strstr(mn_error_last(), "32767x32767x1024"), "msg: %s", mn_error_last());
+    }
+    /* 400^3 voxels (244 MiB of float32: within the limit) claimed by a file of a few hundred bytes. */
+    patch_dims(b, 400, 400, 400);
+    const char *liar = tmp_path("liar.nii");
+    TEST_EXPECT(tn_spit(liar, b, len) == 0, "spit");
+    TEST_EXPECT(mn_nifti_read(liar, &v, NULL) == MN_ERR_FORMAT && v.data == NULL, "short file refused");
+    TEST_EXPECT(strstr(mn_error_last(), "liar.nii") && strstr(mn_error_last(), "256000000 bytes"), "msg: %s",
+                mn_error_last());
+    free(b);
+    printf("size limits: 2^40 voxels (.nii, .nii.gz) and a header claiming more than its file refused before "
+           "allocation, naming the file\n");
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/mn_test_nifti_XXXXXX");
@@ -366,6 +414,7 @@ int main(void)
     test_antialias();
     test_label_map();
     test_bad_files();
+    test_size_limits();
     for (int i = 0; i < g_nfiles; i++) unlink(g_files[i]);
     rmdir(g_dir);
     return mn_test_finish("test_nifti");

@@ -7,12 +7,14 @@
  *    a hole, a size that does not match the shape, duplicate names, and 3000 random byte corruptions of the header:
  *    each rejected with MN_ERR_FORMAT and a message giving the byte offset or the tensor, never a crash (run the
  *    MN_SANITIZE build to see that no byte outside the buffer is read). */
+#include "mednet/limits.h"
 #include "mednet/model.h"
 #include "mednet/safetensors.h"
 #include "test_util.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -104,6 +106,34 @@ static void expect_bad(const char *label, const char *header, size_t data, const
     TEST_EXPECT(strstr(mn_error_last(), want) != NULL, "%s: message '%s' lacks '%s'", label, mn_error_last(), want);
     mn_st_close(&st);
     free(b);
+}
+
+/* Size limits, checked before allocation: a header claiming a 4 TiB tensor (from a file, so the message names
+ * it), and a (sparse) file of more than MN_MAX_SAFETENSORS_BYTES, refused before it is read into memory. */
+static void test_size_limits(void)
+{
+    char p[256], big[256];
+    path(p, "terabytes.safetensors");
+    const char *hdr = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1024,1024,1024,1024],"
+                      "\"data_offsets\":[0,4398046511104]}}";
+    size_t len;
+    unsigned char *b = image(hdr, 16, &len);
+    FILE *f = fopen(p, "wb");
+    TEST_EXPECT(f && fwrite(b, 1, len, f) == len && fclose(f) == 0, "write %s", p);
+    free(b);
+    mn_safetensors *st = NULL;
+    TEST_EXPECT(mn_st_open(p, &st) == MN_ERR_FORMAT && !st, "4 TiB tensor refused");
+    TEST_EXPECT(strstr(mn_error_last(), p) && strstr(mn_error_last(), "past the end"), "msg: %s", mn_error_last());
+    path(big, "huge_file.safetensors");
+    int fd = open(big, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    TEST_EXPECT(fd >= 0 && ftruncate(fd, (off_t)MN_MAX_SAFETENSORS_BYTES + 8) == 0 && close(fd) == 0,
+                "sparse file of %lld bytes", (long long)MN_MAX_SAFETENSORS_BYTES + 8);
+    TEST_EXPECT(mn_st_open(big, &st) == MN_ERR_FORMAT && !st, "oversized file refused");
+    TEST_EXPECT(strstr(mn_error_last(), big) && strstr(mn_error_last(), "limit"), "msg: %s", mn_error_last());
+    unlink(big);
+    unlink(p);
+    printf("size limits: a 4 TiB tensor claim and a %lld-byte file refused before allocation, naming the file\n",
+           (long long)MN_MAX_SAFETENSORS_BYTES + 8);
 }
 
 int main(void)
@@ -257,6 +287,8 @@ int main(void)
     printf("fuzz: 3000 corrupted images, %d still valid (harmless flips such as whitespace), none out of bounds\n",
            ok_parses);
     free(img);
+
+    test_size_limits();
 
     mn_model_destroy(&a);
     mn_model_destroy(&b);
