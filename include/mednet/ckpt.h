@@ -96,6 +96,10 @@ mn_err mn_ckpt_read(mn_ckpt *c, const mn_ckpt_array *arrays, int narrays);
  * attribute is MN_ERR_FORMAT naming the file.  Not collective. */
 mn_err mn_ckpt_attr_get(mn_ckpt *c, const char *name, char **value);
 
+/* *exists = 1 if the root group has attribute `name`.  MN_ERR_HDF5 naming the file if the lookup fails.  Not
+ * collective. */
+mn_err mn_ckpt_attr_exists(mn_ckpt *c, const char *name, int *exists);
+
 /* Close, set *c to NULL; accepts NULL. */
 mn_err mn_ckpt_close(mn_ckpt **c);
 

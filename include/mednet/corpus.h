@@ -149,6 +149,9 @@ typedef struct mn_corpus_dataset {
     int num_classes;
     char class_names[MN_CORPUS_MAX_CLASSES][MN_CORPUS_NAME_LEN];
     double spacing[3];
+    mn_norm normalisation;  /* and its dataset-wide statistics (CT, window): */
+    double norm_clip[2], norm_mean, norm_std;
+    int antialias;          /* low-pass before downsampling */
     int num_volumes;
     int first_volume;       /* index of its first volume in mn_corpus_info.volumes */
 } mn_corpus_dataset;
@@ -177,6 +180,44 @@ void mn_corpus_info_destroy(mn_corpus_info **info);
 
 /* Print the per-dataset summary (volumes, shapes, spacing, classes, foreground share) to f. Not collective. */
 void mn_corpus_print_summary(const mn_corpus_info *info, FILE *f);
+
+/* ---- the preprocessing record --------------------------------------------------------------------------------
+ *
+ * What inference must repeat of prep for a dataset's model to see its kind of input: the grid spacing, the
+ * intensity normalisation with its dataset-wide statistics, the anti-aliasing switch, and the classes.  Training
+ * writes it into every checkpoint (attribute `preprocessing`) as INI text, one section per dataset of the run:
+ *
+ *   [<dataset>]
+ *   classes = background, ...      class names, background first (their count is the head's class count)
+ *   modality = MR                  MR | CT | other
+ *   spacing = 2, 2, 2              mm along x, y, z
+ *   normalisation = zscore         zscore | ct | window | none
+ *   norm_clip = lo, hi             dataset statistics of ct / window (unused by zscore and none)
+ *   norm_mean = m
+ *   norm_std = s
+ *   antialias = true
+ *
+ * Numbers are printed with 17 significant digits, so the record reads back bit for bit. */
+typedef struct mn_prep_record {
+    char name[MN_CORPUS_NAME_LEN];
+    int num_classes;
+    char class_names[MN_CORPUS_MAX_CLASSES][MN_CORPUS_NAME_LEN];
+    char modality[16];
+    double spacing[3];
+    mn_norm normalisation;
+    double norm_clip[2], norm_mean, norm_std;
+    int antialias;
+} mn_prep_record;
+
+/* The record of dataset d of a corpus.  Not collective. */
+void mn_prep_record_of(const mn_corpus_info *info, int d, mn_prep_record *out);
+
+/* Append the INI section of `rec` to the malloc'ed text *text (NULL: start one).  MN_ERR_MEM.  Not collective. */
+mn_err mn_prep_record_append(const mn_prep_record *rec, char **text);
+
+/* Read section `name` of a parsed record text.  MN_ERR_CONFIG naming the key (origin: the checkpoint) when a key
+ * is missing or malformed.  Not collective. */
+mn_err mn_prep_record_read(mn_config *cfg, const char *name, mn_prep_record *out);
 
 /* ---- shard assignment ---------------------------------------------------------------------------------------
  *

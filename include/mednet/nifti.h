@@ -46,6 +46,17 @@ mn_err mn_nifti_read(const char *path, mn_volume *vol, mn_nifti_info *info);
  * per-dataset median spacing before any voxel is read).  Not collective. */
 mn_err mn_nifti_read_header(const char *path, mn_volume *vol, mn_nifti_info *info);
 
+/* Write voxels on the grid of the NIfTI file `like`, keeping its header: dimensions, pixdim and units, sform and
+ * qform with their codes, description and extensions (so the output overlays the input in any viewer).  The voxel
+ * type becomes `datatype` (DT_UINT8 or DT_FLOAT32) without scaling (scl_slope 1, scl_inter 0), with `intent`
+ * (e.g. NIFTI_INTENT_LABEL, or 0) and display range [cal_min, cal_max].  nt == 1 writes a 3-D volume, nt > 1 a 4-D
+ * one (dim[4] = nt, e.g. one probability map per class).  data holds nt * voxels of `like`, NIfTI order.  `path` must
+ * end in .nii or .nii.gz (compressed).  Atomic (mednet/fileio.h): written under a temporary name, read back to check
+ * that every byte arrived (libnifti's writer reports nothing), fsync'ed, renamed; on error nothing at `path` changes.
+ * Errors: MN_ERR_ARG (bad name or type), MN_ERR_IO naming the file.  Not collective. */
+mn_err mn_nifti_write_like(const char *like, const char *path, int datatype, int64_t nt, const void *data, int intent,
+                           double cal_min, double cal_max);
+
 /* Free the voxels of a volume (accepts an empty volume) and clear it. */
 void mn_volume_free(mn_volume *vol);
 

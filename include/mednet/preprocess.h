@@ -58,6 +58,29 @@ mn_err mn_antialias(mn_volume *vol, const double target_spacing[3], double sigma
  * nearest.  Points outside the source get `fill`.  MN_ERR_ARG for a singular affine. */
 mn_err mn_resample(const mn_volume *src, const mn_grid *grid, int order, float fill, float *out);
 
+/* Resample `src` onto any grid: dim[3] voxels (i, j, k) whose affine `affine` maps voxel (i,j,k,1) to world mm (a
+ * NIfTI grid, oblique or flipped).  out[dim voxels], NIfTI order (i fastest), overwritten.  Same sampling rules as
+ * mn_resample (which is this function on the canonical grid's affine).  MN_ERR_ARG for a singular source affine. */
+mn_err mn_resample_affine(const mn_volume *src, const int64_t dim[3], const double affine[4][4], int order, float fill,
+                          float *out);
+
+/* The affine of a canonical grid (diagonal spacing, origin in the last column). */
+void mn_grid_affine(const mn_grid *grid, double affine[4][4]);
+
+/* Number of non-finite (NaN/Inf) voxels of vol; *first (may be NULL) gets the index of the first (-1: none) and
+ * *vmin (may be NULL) the smallest finite value (+inf if none). */
+int64_t mn_volume_nonfinite(const mn_volume *vol, int64_t *first, float *vmin);
+
+/* The image half of prep for one volume (and all of what inference repeats before normalising): the foreground
+ * mask of the source (voxels > 0 when zscore_mask, else != 0), the anti-aliasing low-pass (mn_antialias, when
+ * `antialias`; img is filtered in place), the canonical grid at `spacing`, the image resampled trilinearly (outside
+ * the source: `fill`, prep uses the image minimum) and the mask with nearest.  *image and *mask receive malloc'ed
+ * arrays of grid voxels (layout k, j, i; free with free()), aa_sigma the filter's sigmas.  The voxels must be
+ * finite (check with mn_volume_nonfinite first).  `path` names the file in errors.  On error nothing is allocated.
+ * Not collective. */
+mn_err mn_preprocess_image(mn_volume *img, const char *path, const double spacing[3], int zscore_mask, int antialias,
+                           float fill, mn_grid *grid, float **image, float **mask, double aa_sigma[3]);
+
 /* 1 if the two volumes have the same dims and affines equal within `tol` (mm, on every entry).  */
 int mn_volume_same_grid(const mn_volume *a, const mn_volume *b, double tol);
 

@@ -19,6 +19,8 @@ mn_err mn_cmd_pretrain(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_finetune(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_prep(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_model(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_eval(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_infer(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_export(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_filter(int argc, char **argv, mn_cmd_result *res);
 

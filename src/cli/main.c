@@ -16,6 +16,8 @@ static const struct {
     {"finetune", mn_cmd_finetune, "fine-tune on the corpus's target datasets from a pre-trained encoder"},
     {"info", mn_cmd_info, "print version, MPI size, threads and the BLIS kernel set"},
     {"prep", mn_cmd_prep, "build the corpus: NIfTI datasets -> one parallel-HDF5 file (mednet prep CONFIG)"},
+    {"infer", mn_cmd_infer, "apply a trained checkpoint to NIfTI volumes: label maps (and probabilities) on their grids"},
+    {"eval", mn_cmd_eval, "per-class Dice, HD95 and ASSD (mm) of predicted against reference NIfTI label maps"},
     {"model", mn_cmd_model, "ResNet parameter counts, memory plan, tensor names, safetensors export/import"},
     {"filter", mn_cmd_filter, "dataset filtering by proxy training: which datasets help (mednet filter CONFIG --out DIR)"},
     {"export", mn_cmd_export, "a checkpoint's weights as safetensors with MedicalNet's names (mednet export CKPT OUT)"},

@@ -78,6 +78,18 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
         ds->num_classes = (int)ncls;
         MN_CALL(mn_h5_read_strs(g, "class_names", ds->class_names[0], ds->num_classes, MN_CORPUS_NAME_LEN, what));
         MN_CALL(mn_h5_read_f64(g, "spacing", ds->spacing, 3, what));
+        char norm[16];
+        int64_t aa = 0;
+        MN_CALL(mn_h5_read_str(g, "normalisation", norm, sizeof norm, what));
+        ds->normalisation = !strcmp(norm, "ct") ? MN_NORM_CT : !strcmp(norm, "window") ? MN_NORM_WINDOW
+                          : !strcmp(norm, "none") ? MN_NORM_NONE : MN_NORM_ZSCORE;
+        MN_CHECK(!strcmp(norm, "zscore") || ds->normalisation != MN_NORM_ZSCORE, MN_ERR_FORMAT,
+                 "%s: normalisation = '%s' (expected zscore, ct, window or none)", what, norm);
+        MN_CALL(mn_h5_read_f64(g, "norm_clip", ds->norm_clip, 2, what));
+        MN_CALL(mn_h5_read_f64(g, "norm_mean", &ds->norm_mean, 1, what));
+        MN_CALL(mn_h5_read_f64(g, "norm_std", &ds->norm_std, 1, what));
+        MN_CALL(mn_h5_read_i64(g, "antialias", &aa, 1, what));
+        ds->antialias = aa != 0;
         MN_CALL(mn_h5_read_i64(g, "num_volumes", &nvol, 1, what));
         MN_CHECK(nvol > 0 && nvol < 10000000, MN_ERR_FORMAT, "%s: num_volumes = %lld", what, (long long)nvol);
         ds->num_volumes = (int)nvol;

@@ -180,7 +180,7 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     const mn_dataset_def *d = &p->def->datasets[r->dataset];
     const char *ip = d->images[r->pair], *lp = d->labels[r->pair];
     const double *sp = p->spacing[r->dataset];
-    mn_volume img = {0}, lab = {0}, msk = {0};
+    mn_volume img = {0}, lab = {0};
     mn_nifti_info ii, li;
     float *rimg = NULL, *rlab = NULL, *rmsk = NULL, *cmsk = NULL;
     mn_err e = MN_OK;
@@ -201,47 +201,32 @@ static mn_err process_pair(prep *p, vol_rec *r, vol_data *out, float *samples)
     r->img_bytes = ii.file_bytes, r->img_crc = ii.crc32;
     r->lab_bytes = li.file_bytes, r->lab_crc = li.crc32;
     /* Validation on the source voxels. */
-    int64_t nbad = 0, first_bad = -1, nv = mn_volume_voxels(&img);
+    int64_t first_bad = -1, nv = mn_volume_voxels(&img);
     float vmin = INFINITY;
-    for (int64_t i = 0; i < nv; i++) {
-        if (!isfinite(img.data[i])) {
-            if (!nbad++) first_bad = i;
-        } else if (img.data[i] < vmin) {
-            vmin = img.data[i];
-        }
-    }
+    int64_t nbad = mn_volume_nonfinite(&img, &first_bad, &vmin);
     if (nbad)
         FAIL(MN_ERR_NUMERIC, "image '%s' has %lld NaN/Inf voxel(s) (first at voxel %lld of %lld)", ip,
              (long long)nbad, (long long)first_bad, (long long)nv);
-    /* The foreground mask of the source (nnU-Net's nonzero mask): voxels > 0 for z-score, != 0 otherwise.  Taken
-     * before the low-pass and resampled with nearest, so that neither blur nor trilinear weights leak the
-     * background into it; it decides the crop box and which voxels are z-scored. */
+    /* The image onto its canonical grid (mn_preprocess_image: the source's foreground mask, voxels > 0 for z-score
+     * and != 0 otherwise, taken before the low-pass; the low-pass when downsampling; trilinear resampling with the
+     * image's minimum outside (0 for MR, air for CT), the mask with nearest).  The mask decides the crop box and
+     * which voxels are z-scored. */
     const int zs = d->normalisation == MN_NORM_ZSCORE;
-    msk = img;
-    msk.data = malloc((size_t)nv * sizeof(float));
-    if (!msk.data) FAIL(MN_ERR_MEM, "out of memory for the mask of '%s'", ip);
-    for (int64_t i = 0; i < nv; i++) msk.data[i] = zs ? img.data[i] > 0 : img.data[i] != 0;
-    if (d->antialias) TRY(mn_antialias(&img, sp, r->aa_sigma), "low-pass filtering image", ip);
+    mn_grid g;
+    TRY(mn_preprocess_image(&img, ip, sp, zs, d->antialias, vmin, &g, &rimg, &rmsk, r->aa_sigma), "preprocessing image",
+        ip);
     TRY(mn_label_map_apply(&lab, d->ranges, d->num_ranges, d->num_classes, lp), "mapping the label values of", lp);
     int64_t nfg = 0, nl = mn_volume_voxels(&lab);
     for (int64_t i = 0; i < nl; i++) nfg += lab.data[i] > 0;
     if (!nfg) FAIL(MN_ERR_FORMAT, "label '%s' is empty: no voxel maps to a foreground class (label_map: %s)", lp,
                    d->label_map_text);
-    /* Resample both onto the image's canonical grid. */
-    mn_grid g;
-    TRY(mn_grid_for_volume(&img, sp, &g), "building the grid of image", ip);
+    /* The label onto the same grid. */
     int64_t dims[3] = {g.n[2], g.n[1], g.n[0]}, ng = g.n[0] * g.n[1] * g.n[2];
-    rimg = malloc((size_t)ng * sizeof *rimg);
     rlab = malloc((size_t)ng * sizeof *rlab);
-    rmsk = malloc((size_t)ng * sizeof *rmsk);
-    if (!rimg || !rlab || !rmsk) FAIL(MN_ERR_MEM, "out of memory resampling '%s'", ip);
-    /* Outside the image's own grid the background is its minimum (0 for MR, air for CT). */
-    TRY(mn_resample(&img, &g, 1, vmin, rimg), "resampling image", ip);
+    if (!rlab) FAIL(MN_ERR_MEM, "out of memory resampling '%s'", lp);
     TRY(mn_resample(&lab, &g, 0, 0, rlab), "resampling label", lp);
-    TRY(mn_resample(&msk, &g, 0, 0, rmsk), "resampling the foreground mask of image", ip);
     mn_volume_free(&img);
     mn_volume_free(&lab);
-    mn_volume_free(&msk);
     /* Crop to the foreground box (mask or label > 0). */
     int64_t lo[3] = {0, 0, 0}, hi[3] = {dims[0], dims[1], dims[2]};
     if (d->crop) mn_foreground_bbox(rmsk, rlab, dims, lo, hi);
@@ -295,7 +280,6 @@ done:
 #undef FAIL
     mn_volume_free(&img);
     mn_volume_free(&lab);
-    mn_volume_free(&msk);
     free(rimg);
     free(rlab);
     free(rmsk);

@@ -13,6 +13,8 @@
 #include "mednet/nifti.h"
 #include "mednet/limits.h"
 
+#include "mednet/fileio.h"
+
 #include <errno.h>
 #include <math.h>
 #include <nifti2_io.h>
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 void mn_volume_free(mn_volume *vol)
@@ -310,5 +313,78 @@ mn_err mn_nifti_read(const char *path, mn_volume *vol, mn_nifti_info *info)
         mn_volume_free(vol);
         MN_CHECK(!e, e, "called from mn_file_crc32");
     }
+    return MN_OK;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/* Decompressed length of a file (zlib reads plain files as they are); -1 on a read error. */
+static int64_t gz_length(const char *path)
+{
+    gzFile g = gzopen(path, "rb");
+    if (!g) return -1;
+    static _Thread_local unsigned char buf[1 << 16];
+    int64_t n = 0;
+    int r;
+    while ((r = gzread(g, buf, sizeof buf)) > 0) n += r;
+    int bad = r < 0;
+    gzclose(g);
+    return bad ? -1 : n;
+}
+
+mn_err mn_nifti_write_like(const char *like, const char *path, int datatype, int64_t nt, const void *data, int intent,
+                           double cal_min, double cal_max)
+{
+    MN_CHECK(ends_with(path, ".nii") || ends_with(path, ".nii.gz"), MN_ERR_ARG,
+             "output '%s' must end in .nii or .nii.gz", path);
+    MN_CHECK(datatype == DT_UINT8 || datatype == DT_FLOAT32, MN_ERR_ARG, "output '%s': voxel type %d not supported",
+             path, datatype);
+    MN_CHECK(nt >= 1, MN_ERR_ARG, "output '%s': %lld volumes", path, (long long)nt);
+    mn_volume hv;
+    nifti_image *nim = NULL;
+    MN_CALL(open_header(like, &nim, &hv, NULL));
+    /* The input's header, with the new voxel type and (for nt > 1) a fourth dimension. */
+    nim->datatype = datatype;
+    nim->nbyper = datatype == DT_UINT8 ? 1 : 4;
+    nim->swapsize = nim->nbyper;
+    nim->scl_slope = 1, nim->scl_inter = 0;
+    nim->cal_min = cal_min, nim->cal_max = cal_max;
+    nim->intent_code = intent, nim->intent_p1 = nim->intent_p2 = nim->intent_p3 = 0;
+    nim->intent_name[0] = 0;
+    nim->ndim = nim->dim[0] = nt > 1 ? 4 : 3;
+    nim->nt = nim->dim[4] = nt;
+    nim->nu = nim->nv = nim->nw = nim->dim[5] = nim->dim[6] = nim->dim[7] = 1;
+    if (nt > 1 && !(nim->dt > 0)) nim->dt = nim->pixdim[4] = 1;
+    nim->nvox = nim->nx * nim->ny * nim->nz * nt;
+    nim->byteorder = nifti_short_order();
+    /* A two-file input (.hdr/.img) becomes one file; NIfTI-2 stays NIfTI-2. */
+    if (nim->nifti_type == NIFTI_FTYPE_NIFTI1_2 || nim->nifti_type == NIFTI_FTYPE_ASCII)
+        nim->nifti_type = NIFTI_FTYPE_NIFTI1_1;
+    if (nim->nifti_type == NIFTI_FTYPE_NIFTI2_2) nim->nifti_type = NIFTI_FTYPE_NIFTI2_1;
+    char tmp[4200];
+    mn_err e = mn_tmp_path(path, tmp, sizeof tmp);
+    if (!e && nifti_set_filenames(nim, tmp, 0, 1) != 0)
+        e = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "libnifti rejects the output name '%s'", tmp);
+    if (!e) {
+        nim->data = (void *)data;
+        nifti_image_write(nim);
+        nim->data = NULL;
+        /* Every byte must be there: header, extensions and voxels (a full disk truncates silently). */
+        int64_t want = (int64_t)nim->iname_offset + nim->nvox * nim->nbyper, got = gz_length(tmp);
+        if (got < want || want <= 0)
+            e = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "writing '%s' failed: %lld of %lld bytes "
+                                "written (disk full or not writable?)", path, (long long)(got < 0 ? 0 : got),
+                                (long long)want);
+    }
+    nifti_image_free(nim);
+    if (e) {
+        unlink(tmp);
+        return e;
+    }
+    MN_CALL(mn_commit_file(tmp, path));
     return MN_OK;
 }

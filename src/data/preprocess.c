@@ -82,26 +82,29 @@ mn_err mn_grid_for_volume(const mn_volume *vol, const double spacing[3], mn_grid
     return MN_OK;
 }
 
-mn_err mn_resample(const mn_volume *src, const mn_grid *grid, int order, float fill, float *out)
+mn_err mn_resample_affine(const mn_volume *src, const int64_t dim[3], const double affine[4][4], int order, float fill,
+                          float *out)
 {
     double inv[3][3];
     MN_CHECK(invert3(src->affine, inv), MN_ERR_ARG, "the source affine is singular (zero voxel size?)");
     const int64_t nx = src->dim[0], ny = src->dim[1], nz = src->dim[2];
     const float *s = src->data;
-    /* Source index of output voxel (i,j,k): c = inv * (origin + (i,j,k)*spacing - t). */
+    /* Source index of output voxel (i,j,k): c = inv * (B (i,j,k) + b - t) for the output affine (B, b); for a
+     * canonical grid B is diagonal and the sums below add exact zeros, so mn_resample's values do not change. */
     double d[3][3], base[3];
     for (int a = 0; a < 3; a++) {
         base[a] = 0;
-        for (int w = 0; w < 3; w++) {
-            d[w][a] = inv[a][w] * grid->spacing[w];
-            base[a] += inv[a][w] * (grid->origin[w] - src->affine[w][3]);
+        for (int b = 0; b < 3; b++) {
+            d[b][a] = 0;
+            for (int w = 0; w < 3; w++) d[b][a] += inv[a][w] * affine[w][b];
         }
+        for (int w = 0; w < 3; w++) base[a] += inv[a][w] * (affine[w][3] - src->affine[w][3]);
     }
     const double lim[3] = {(double)nx - 0.5, (double)ny - 0.5, (double)nz - 0.5};
     int64_t o = 0;
-    for (int64_t k = 0; k < grid->n[2]; k++)
-        for (int64_t j = 0; j < grid->n[1]; j++)
-            for (int64_t i = 0; i < grid->n[0]; i++, o++) {
+    for (int64_t k = 0; k < dim[2]; k++)
+        for (int64_t j = 0; j < dim[1]; j++)
+            for (int64_t i = 0; i < dim[0]; i++, o++) {
                 double c[3];
                 for (int a = 0; a < 3; a++)
                     c[a] = base[a] + d[0][a] * (double)i + d[1][a] * (double)j + d[2][a] * (double)k;
@@ -131,6 +134,69 @@ mn_err mn_resample(const mn_volume *src, const mn_grid *grid, int order, float f
                 double v0 = v00 * (1 - f[1]) + v10 * f[1], v1 = v01 * (1 - f[1]) + v11 * f[1];
                 out[o] = (float)(v0 * (1 - f[2]) + v1 * f[2]);
             }
+    return MN_OK;
+}
+
+void mn_grid_affine(const mn_grid *grid, double affine[4][4])
+{
+    memset(affine, 0, 16 * sizeof(double));
+    for (int w = 0; w < 3; w++) affine[w][w] = grid->spacing[w], affine[w][3] = grid->origin[w];
+    affine[3][3] = 1;
+}
+
+mn_err mn_resample(const mn_volume *src, const mn_grid *grid, int order, float fill, float *out)
+{
+    double a[4][4];
+    mn_grid_affine(grid, a);
+    MN_CALL(mn_resample_affine(src, grid->n, a, order, fill, out));
+    return MN_OK;
+}
+
+int64_t mn_volume_nonfinite(const mn_volume *vol, int64_t *first, float *vmin)
+{
+    int64_t nbad = 0, fb = -1, nv = mn_volume_voxels(vol);
+    float mn = INFINITY;
+    for (int64_t i = 0; i < nv; i++) {
+        if (!isfinite(vol->data[i])) {
+            if (!nbad++) fb = i;
+        } else if (vol->data[i] < mn) {
+            mn = vol->data[i];
+        }
+    }
+    if (first) *first = fb;
+    if (vmin) *vmin = mn;
+    return nbad;
+}
+
+mn_err mn_preprocess_image(mn_volume *img, const char *path, const double spacing[3], int zscore_mask, int antialias,
+                           float fill, mn_grid *grid, float **image, float **mask, double aa_sigma[3])
+{
+    *image = *mask = NULL;
+    aa_sigma[0] = aa_sigma[1] = aa_sigma[2] = 0;
+    /* The source's foreground mask, taken before the low-pass and resampled with nearest, so that neither blur nor
+     * trilinear weights leak the background into it. */
+    const int64_t nv = mn_volume_voxels(img);
+    mn_volume msk = *img;
+    msk.data = malloc((size_t)(nv ? nv : 1) * sizeof(float));
+    MN_CHECK(msk.data, MN_ERR_MEM, "out of memory for the mask of '%s'", path);
+    for (int64_t i = 0; i < nv; i++) msk.data[i] = zscore_mask ? img->data[i] > 0 : img->data[i] != 0;
+    mn_err e = antialias ? mn_antialias(img, spacing, aa_sigma) : MN_OK;
+    if (!e) e = mn_grid_for_volume(img, spacing, grid);
+    float *ri = NULL, *rm = NULL;
+    if (!e) {
+        int64_t ng = grid->n[0] * grid->n[1] * grid->n[2];
+        ri = malloc((size_t)ng * sizeof *ri);
+        rm = malloc((size_t)ng * sizeof *rm);
+        if (!ri || !rm) e = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory resampling '%s'", path);
+    }
+    if (!e) e = mn_resample(img, grid, 1, fill, ri);
+    if (!e) e = mn_resample(&msk, grid, 0, 0, rm);
+    free(msk.data);
+    if (e) {
+        free(ri), free(rm);
+        MN_CHECK(!e, e, "preprocessing '%s'", path);
+    }
+    *image = ri, *mask = rm;
     return MN_OK;
 }
 

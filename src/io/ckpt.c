@@ -12,6 +12,7 @@
  * HDF5 handles are released on every error path (goto out), so a failed write can be retried in the same run.
  */
 #include "mednet/ckpt.h"
+#include "mednet/fileio.h"
 #include "mednet/h5check.h"
 #include "mednet/limits.h"
 #include "mednet/mem.h"
@@ -67,16 +68,6 @@ static hid_t file_type(mn_ckpt_type t)
 }
 
 /* ---- POSIX helpers ---- */
-
-static mn_err fsync_path(const char *path, int directory)
-{
-    int fd = open(path, O_RDONLY | (directory ? O_DIRECTORY : 0));
-    MN_CHECK(fd >= 0, MN_ERR_IO, "cannot open '%s' to fsync it: %s", path, strerror(errno));
-    int rc = fsync(fd), e = errno;
-    close(fd);
-    MN_CHECK(rc == 0, MN_ERR_IO, "fsync of '%s' failed: %s", path, strerror(e));
-    return MN_OK;
-}
 
 static mn_err join(char *out, size_t len, const char *dir, const char *name)
 {
@@ -199,7 +190,7 @@ static mn_err write_latest(const char *dir, const char *name)
     bad |= fclose(f) != 0;
     MN_CHECK(!bad, MN_ERR_IO, "cannot write '%s': %s", tmp, strerror(errno));
     MN_CHECK(rename(tmp, fin) == 0, MN_ERR_IO, "cannot rename '%s' to '%s': %s", tmp, fin, strerror(errno));
-    MN_CALL(fsync_path(dir, 1));
+    MN_CALL(mn_fsync_path(dir, 1));
     return MN_OK;
 }
 
@@ -334,7 +325,7 @@ mn_err mn_ckpt_write(const char *dir, int64_t step, const mn_ckpt_array *arrays,
 
     /* 1. the temporary file, flushed, closed and fsync'ed */
     mn_err e = write_file(tmp, step, arrays, narrays, attrs, nattrs);
-    if (!e) e = fsync_path(tmp, 0);
+    if (!e) e = mn_fsync_path(tmp, 0);
     if (e) {
         unlink(tmp);
         MN_FAIL(e, "checkpoint '%s' was not written; the previous checkpoint and 'latest' are untouched", fin);
@@ -346,7 +337,7 @@ mn_err mn_ckpt_write(const char *dir, int64_t step, const mn_ckpt_array *arrays,
         MN_FAIL(MN_ERR_IO, "cannot rename '%s' to '%s': %s; the previous checkpoint and 'latest' are untouched", tmp,
                 fin, strerror(err));
     }
-    e = fsync_path(dir, 1);
+    e = mn_fsync_path(dir, 1);
     if (!e && g_fault_hook) g_fault_hook(MN_CKPT_STAGE_RENAMED, step);
     /* 3. the pointer, 4. retention (only now that the new checkpoint is in place) */
     if (!e) e = write_latest(dir, name);
@@ -674,6 +665,15 @@ out:
     if (tid >= 0) H5Tclose(tid);
     if (attr >= 0) H5Aclose(attr);
     return err;
+}
+
+mn_err mn_ckpt_attr_exists(mn_ckpt *c, const char *name, int *exists)
+{
+    MN_CHECK(c && name && exists, MN_ERR_ARG, "NULL argument");
+    htri_t ex = H5Aexists(c->fid, name);
+    MN_CHECK(ex >= 0, MN_ERR_HDF5, "cannot look up attribute '%s' in '%s'", name, c->path);
+    *exists = ex > 0;
+    return MN_OK;
 }
 
 mn_err mn_ckpt_close(mn_ckpt **pc)

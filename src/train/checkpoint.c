@@ -7,7 +7,8 @@
  * in step with the first.
  *
  * File format and atomicity: mednet/ckpt.h.  Identity attributes: config (the whole run config), corpus_checksum,
- * corpus_path, nranks, sampler_seed, steps_done.
+ * corpus_path, nranks, sampler_seed, steps_done, and preprocessing (what inference repeats of prep for each dataset
+ * of the run, mednet/corpus.h).
  */
 #include "train/train_impl.h"
 
@@ -143,7 +144,8 @@ mn_err mn_train_ckpt_write(mn_trainer *t, const char *dir, long step, int keep, 
             snprintf(steps, sizeof steps, "%ld", step);
             mn_ckpt_attr attrs[] = {{"config", meta->config_text}, {"corpus_checksum", sum},
                                     {"corpus_path", meta->corpus_path}, {"nranks", nranks},
-                                    {"sampler_seed", seed}, {"steps_done", steps}};
+                                    {"sampler_seed", seed}, {"steps_done", steps},
+                                    {"preprocessing", meta->prep_text ? meta->prep_text : ""}};
             we = mn_ckpt_write(dir, step, a, na, attrs, (int)(sizeof attrs / sizeof attrs[0]), keep, path,
                                sizeof path);
             if (!we) mn_log_info("checkpoint: %s (step %ld)", path, step);

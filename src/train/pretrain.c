@@ -259,7 +259,7 @@ static mn_err write_checkpoint(run *r)
         mn_ckpt_set_fault_hook(ckpt_kill_hook);
     }
     MN_CALL(check_outdir(r));
-    mn_ckpt_meta meta = {r->config_text, r->info->checksum, r->cfg.corpus, r->cfg.sampler.seed};
+    mn_ckpt_meta meta = {r->config_text, r->info->checksum, r->cfg.corpus, r->cfg.sampler.seed, r->prep_text};
     double t0 = MPI_Wtime();
     MN_CALL(mn_train_ckpt_write(r->trainer, r->cfg.out, r->step, (int)r->cfg.keep, &meta));
     r->ckpt_step = r->step;
@@ -504,6 +504,7 @@ static void run_destroy(run *r)
     mn_corpus_info_destroy(&r->info);
     mn_config_destroy(&r->config);
     free(r->config_text);
+    free(r->prep_text);
     if (r->metrics) fclose(r->metrics);
     mn_outdir_unlock(&r->lock);
 }

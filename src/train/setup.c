@@ -204,6 +204,15 @@ mn_err mn_run_setup(run *r)
     MN_CALL(mn_agree(r->comm, r->rank == 0 ? check_resume_corpus(r) : MN_OK));
     MN_CALL(mn_agree(r->comm, r->rank == 0 ? select_datasets(r, 1) : MN_OK));
     MN_CALL(select_datasets(r, 0));
+    /* What inference must repeat of prep for each dataset of the run: written into every checkpoint. */
+    mn_err pe = MN_OK;
+    for (int d = 0; d < r->info->num_datasets && !pe; d++) {
+        if (r->info->datasets[d].role != (mn_role)c->role) continue;
+        mn_prep_record rec;
+        mn_prep_record_of(r->info, d, &rec);
+        pe = mn_prep_record_append(&rec, &r->prep_text);
+    }
+    MN_CALL(mn_agree(r->comm, pe));
     MN_CALL(mn_agree(r->comm, mn_shard_assign(r->info, r->size, (uint64_t)c->shard_seed, (mn_role)c->role,
                                               &r->plan)));
     if (r->rank == 0) {

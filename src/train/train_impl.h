@@ -34,6 +34,7 @@ typedef struct mn_ckpt_meta {
     uint32_t corpus_checksum;
     const char *corpus_path;
     uint64_t sampler_seed;
+    const char *prep_text;     /* the preprocessing record of the run's datasets (mednet/corpus.h) */
 } mn_ckpt_meta;
 
 /* What a checkpoint file holds, read from its attributes alone (cheap). */
@@ -139,6 +140,7 @@ typedef struct run {
     run_cfg cfg;
     mn_config *config;
     char *config_text;
+    char *prep_text;          /* the preprocessing record of the run's datasets, for checkpoints */
     MPI_Comm comm;
     int rank, size;
     char resume_path[1400];   /* the checkpoint to resume from, or "" */
