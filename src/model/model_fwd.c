@@ -6,8 +6,11 @@
  *
  * Backward walks the same way back.  Gradients of activations live in the scratch buffers: g0/g1 carry the
  * gradient of block outputs/inputs (ping-pong), t1/t2 the gradients inside a block.  Layers accumulate (+=), so
- * every scratch target is zeroed before the layer that writes it.  ReLU backward is done in place on the incoming
- * gradient (g = 0 where the saved output is not positive), which needs no extra buffer.  After each block the
+ * every scratch target is zeroed before the layer that writes it, except batch norm's fused backward, which
+ * overwrites.  The block output's ReLU backward is done in place on the incoming gradient (g = 0 where the saved
+ * output is not positive; the shortcut and the residual branch share it); the inner ReLUs' backward is the mask
+ * argument of the batch-norm backward below them.  Forward fuses batch norm, the residual add and ReLU into one
+ * pass per layer (mn_bn3d_forward_fused).  After each block the
  * block's parameter range is final and grad_ready is called for it (reverse layer order), so the caller can start
  * a non-blocking all-reduce of that bucket while earlier blocks are still being differentiated.
  */
@@ -46,25 +49,26 @@ static void progress(mn_model *m)
  * are replaced by their all-reduced values between the two halves, in forward (sum x, sum x^2) and in backward
  * (sum dy, sum dy*xhat).  Head batch norm always uses the local sub-batch (see model.h). */
 static mn_err enc_bn_forward(mn_model *m, const mn_bn3d *l, const mn_shape *s, const float *x, float *y, float *save,
-                             int tr)
+                             int tr, const float *res, int relu)
 {
-    if (!tr || !m->bn_sync) return mn_bn3d_forward(l, s, x, y, save, tr);
+    if (!tr || !m->bn_sync) return mn_bn3d_forward_fused(l, s, x, y, save, tr, res, relu);
     MN_CHECK(2 * l->c <= MN_MODEL_BN_SYNC_MAX, MN_ERR_INTERNAL, "batch norm with %d channels: sync buffer too small", l->c);
     double count = (double)s->n * (double)mn_shape_voxels(s);
     MN_CALL(mn_bn3d_stats(l, s, x, m->bn_sums));
     MN_CALL(m->bn_sync(m->bn_sync_ctx, m->bn_sums, 2 * l->c, &count));
-    MN_CALL(mn_bn3d_apply(l, s, x, y, save, m->bn_sums, count));
+    MN_CALL(mn_bn3d_apply_fused(l, s, x, y, save, m->bn_sums, count, res, relu));
     return MN_OK;
 }
 
+/* dx is OVERWRITTEN with the input gradient of batch norm for dy masked by the ReLU output `mask` (NULL: none). */
 static mn_err enc_bn_backward(mn_model *m, const mn_bn3d *l, const mn_shape *s, const float *x, const float *dy,
-                              float *dx, const float *save, int tr)
+                              const float *mask, float *dx, const float *save, int tr)
 {
-    if (!tr || !m->bn_sync) return mn_bn3d_backward(l, s, x, dy, dx, save, tr);
+    if (!tr || !m->bn_sync) return mn_bn3d_backward_fused(l, s, x, dy, mask, dx, save, tr);
     double count = (double)s->n * (double)mn_shape_voxels(s);
-    MN_CALL(mn_bn3d_bwd_stats(l, s, x, dy, save, m->bn_sums));
+    MN_CALL(mn_bn3d_bwd_stats_masked(l, s, x, dy, mask, save, m->bn_sums));
     MN_CALL(m->bn_sync(m->bn_sync_ctx, m->bn_sums, 2 * l->c, &count));
-    MN_CALL(mn_bn3d_bwd_apply(l, s, x, dy, dx, save, m->bn_sums, count));
+    MN_CALL(mn_bn3d_bwd_apply_fused(l, s, x, dy, mask, dx, save, m->bn_sums, count));
     return MN_OK;
 }
 
@@ -74,25 +78,30 @@ mn_err mn_model_block_forward(mn_model *m, mn_block *b)
 {
     int tr = m->training;
     size_t nout = mn_shape_numel(&b->out);
+    /* Batch norm, ReLU and the residual add run as fused passes (mn_bn3d_forward_fused). */
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws)));
-    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr)));
-    PROF(MN_PROF_RELU, mn_relu_forward(mn_shape_numel(&b->s1), b->a1, b->a1));
+    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr, NULL, 1)));
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, b->a1, b->c2o, m->ws)));
+    const mn_bn3d *last = &b->b2.l;
+    const mn_shape *last_s = &b->s2;
+    const float *last_x = b->c2o;
+    float *last_save = b->b2.save;
     if (b->bottleneck) {
-        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr)));
-        PROF(MN_PROF_RELU, mn_relu_forward(mn_shape_numel(&b->s2), b->a2, b->a2));
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr, NULL, 1)));
         PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, b->a2, b->c3o, m->ws)));
-        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b3.l, &b->out, b->c3o, b->y, b->b3.save, tr)));
-    } else {
-        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->y, b->b2.save, tr)));
+        last = &b->b3.l, last_s = &b->out, last_x = b->c3o, last_save = b->b3.save;
     }
     if (b->shortcut == SC_NONE) {
-        mn_add_inplace(nout, b->y, b->x);
+        /* y = relu(bn(last) + x) in one pass */
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, last, last_s, last_x, b->y, last_save, tr, b->x, 1)));
+        return MN_OK;
     } else if (b->shortcut == SC_B) {
         PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->dsc, &b->in, b->x, b->dso, m->ws)));
-        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr)));
-        mn_add_inplace(nout, b->y, m->t1);
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr, NULL, 0)));
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, last, last_s, last_x, b->y, last_save, tr, m->t1, 1)));
+        return MN_OK;
     } else {
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, last, last_s, last_x, b->y, last_save, tr, NULL, 0)));
         /* Type A: subsample x with the stride, add it to the first cin channels; the rest get zeros (no-op). */
         mn_shape one = b->in;
         one.n = 1;
@@ -120,8 +129,7 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
     if (b->shortcut == SC_NONE) {
         memcpy(dx, dy, nout * sizeof *dx);
     } else if (b->shortcut == SC_B) {
-        mn_zero(nout, t1);
-        PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->dsb.l, &b->out, b->dso, dy, t1, b->dsb.save, tr)));
+        PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->dsb.l, &b->out, b->dso, dy, NULL, t1, b->dsb.save, tr)));
         mn_zero(nin, dx);
         PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->dsc, &b->in, b->x, t1, dx, m->ws)));
         progress(m);
@@ -134,25 +142,22 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
             PROF(MN_PROF_POOL, MN_CALL(mn_avgpool3d_backward(&b->pool, &one, dy + (size_t)n * out_per, dx + (size_t)n * in_per)));
     }
 
-    /* Residual branch. */
-    const float *g = dy;
+    /* Residual branch.  The inner ReLUs' backward is the mask argument of the batch-norm backward that follows,
+     * which overwrites its output: no masking or zeroing passes. */
+    const float *g = dy, *gmask = NULL;
     if (b->bottleneck) {
-        mn_zero(nout, t1);
-        PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, t1, b->b3.save, tr)));
+        PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, NULL, t1, b->b3.save, tr)));
         mn_zero(n2, t2);
         PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, b->a2, t1, t2, m->ws)));
         progress(m);
-        PROF(MN_PROF_RELU, relu_mask(n2, t2, b->a2));
         g = t2;
+        gmask = b->a2;
     }
-    mn_zero(n2, t1);
-    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, t1, b->b2.save, tr)));
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, gmask, t1, b->b2.save, tr)));
     mn_zero(n1, t2);
     PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, b->a1, t1, t2, m->ws)));
     progress(m);
-    PROF(MN_PROF_RELU, relu_mask(n1, t2, b->a1));
-    mn_zero(n1, t1);
-    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, t1, b->b1.save, tr)));
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, b->a1, t1, b->b1.save, tr)));
     PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c1, &b->in, b->x, t1, dx, m->ws)));
     progress(m);
     return MN_OK;
@@ -297,8 +302,8 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
 
     /* Encoder. */
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws)));
-    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr)));
-    PROF(MN_PROF_RELU, mn_relu_forward(mn_shape_numel(&m->stem_shape), m->stem_a, m->stem_a));
+    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr,
+                                                NULL, 1)));
     PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax)));
     for (int i = 0; i < m->nblocks; i++) MN_CALL(mn_model_block_forward(m, &m->blocks[i]));
     if (tr) m->enc_bn_batches++;
@@ -455,9 +460,9 @@ mn_err mn_model_backward(mn_model *m)
     size_t ns = mn_shape_numel(&m->stem_shape);
     mn_zero(ns, m->t1);
     PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1)));
-    PROF(MN_PROF_RELU, relu_mask(ns, m->t1, m->stem_a));
-    mn_zero(ns, m->stem_a);
-    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->bn1.save, m->training)));
+    /* ReLU backward as the mask of the batch-norm backward, whose output overwrites the mask buffer in place */
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->stem_a,
+                                                m->bn1.save, m->training)));
     PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws)));
     m->consumed = 1;
     if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);
