@@ -286,7 +286,7 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     /* BLIS kernels (they matter for --model) are chosen and reported like in every mednet program. */
-    if (mn_threads_init(mn_threads_resolve(0)) != MN_OK) mn_mpi_abort(MPI_COMM_WORLD, MN_ERR_ARG);
+    if (mn_threads_init_comm(mn_threads_resolve(0), MPI_COMM_WORLD) != MN_OK) mn_mpi_abort(MPI_COMM_WORLD, MN_ERR_ARG);
     if (rank == 0) printf("BLIS kernels: %s (%s), %d thread(s) per rank\n", mn_blis_arch(), mn_blis_arch_reason(),
                           mn_threads_count());
     if (argc > 1 && !strcmp(argv[1], "--model")) {

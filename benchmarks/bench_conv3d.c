@@ -335,7 +335,9 @@ int main(int argc, char **argv)
     if (mn_threads_init(threads) != MN_OK) return 1;
     printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d\n", BATCH,
            threads, reps);
-    printf("BLIS kernels: %s (%s)\n", mn_blis_arch(), mn_blis_arch_reason());
+    char cpu[256];
+    mn_blis_cpu_key(cpu, sizeof cpu);
+    printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
 
     double gemm0 = sgemm_gflops(2048, 5);
     printf("BLIS sgemm 2048^3: %.1f GFLOP/s (measured again after the convolutions; the higher is used)\n\n", gemm0);

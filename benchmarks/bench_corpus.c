@@ -159,7 +159,7 @@ static mn_err run(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (mn_mpi_init(&argc, &argv, MPI_THREAD_FUNNELED) != MN_OK) return 1;
-    mn_err e = mn_threads_init(mn_threads_resolve(0));
+    mn_err e = mn_threads_init_comm(mn_threads_resolve(0), MPI_COMM_WORLD);
     if (!e) mn_log_info("BLIS kernels: %s (%s) (not used by this benchmark)", mn_blis_arch(), mn_blis_arch_reason());
     if (!e) e = run(argc, argv);
     if (e) mn_mpi_abort(MPI_COMM_WORLD, e);

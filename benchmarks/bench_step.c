@@ -1,10 +1,15 @@
 /* bench_step: one full MedicalNet training step (forward, loss, backward, SGD update) in mednet next to the same
  * step in PyTorch (benchmarks/torch_step.py), measured in the same run.
  *
- *   bench_step [--threads T] [--steps S] [--repeat R] [--quick]
- *                           the table: resnet10/18/50 at 1x64^3 batch 2 and resnet10 at 1x112^3 batch 2 (--quick:
- *                           64^3 only); mednet and PyTorch alternate R times (default 2), best median kept
+ *   bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... [--breakdown]
+ *                           the table: resnet10/18/50 at 1x64^3 batch 2 and at 1x112^3 batch 1, resnet10 at 1x112^3
+ *                           batch 2 (--quick: 64^3 only; --config depth,size,batch replaces the list); mednet and
+ *                           PyTorch alternate R times (default 2), best median kept
  *   bench_step --one DEPTH SIZE BATCH [--threads T] ...     one configuration (used by the table driver)
+ *
+ * --breakdown adds, under each row, mednet's step split by layer type (encoder conv forward / backward-data /
+ * backward-weights, batch norm, ReLU, pooling, the head, the loss, the SGD update, the rest) as the mean over the
+ * timed steps of the best run (mednet/prof.h), and the minor page faults per step.
  *
  * Each configuration runs in its own process (mednet, then PyTorch) so that the peak resident memory (VmHWM /
  * ru_maxrss) belongs to that configuration alone.  The mednet child exports its seeded weights and the input to
@@ -19,10 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "mednet/mem.h"
 #include "mednet/model.h"
+#include "mednet/prof.h"
 #include "mednet/safetensors.h"
 #include "mednet/threads.h"
 
@@ -43,8 +50,15 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0". */
-static int run_one(int depth, int size, int batch, int steps, const char *dir)
+static long minor_faults(void)
+{
+    struct rusage u;
+    return getrusage(RUSAGE_SELF, &u) == 0 ? u.ru_minflt : 0;
+}
+
+/* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0", and with `breakdown` one
+ * "BREAKDOWN kind seconds_per_step" line per kind and "FAULTS minor_faults_per_step" before it. */
+static int run_one(int depth, int size, int batch, int steps, const char *dir, int breakdown)
 {
     mn_head_spec head = {0, 2};
     mn_model_config c = mn_model_config_default();
@@ -79,14 +93,27 @@ static int run_one(int depth, int size, int batch, int steps, const char *dir)
     size_t np = mn_model_num_params(m);
     const float lr = 1e-3f;
     double *t = calloc((size_t)steps + 1, sizeof *t), loss0 = 0;
+    long faults0 = 0;
     for (int k = 0; k <= steps; k++) {
+        if (k == 1) { /* after the warm-up step: the steady state */
+            mn_prof_enable(breakdown);
+            faults0 = minor_faults();
+        }
         double t0 = now(), loss = 0;
         if (mn_model_forward(m, x, &hb, 1) || mn_model_loss(m, 0, lab, 1.0f, &loss) || mn_model_zero_grad(m) ||
             mn_model_backward(m))
             return 1;
+        mn_prof_push(MN_PROF_OPTIM);
         for (size_t i = 0; i < np; i++) P[i] -= lr * G[i];
+        mn_prof_pop();
         t[k] = now() - t0;
         if (k == 0) loss0 = loss;
+    }
+    long faults = minor_faults() - faults0;
+    if (breakdown) {
+        printf("FAULTS %.1f\n", (double)faults / steps);
+        for (int k = 0; k < MN_PROF_NKINDS; k++)
+            printf("BREAKDOWN %s|%.6f\n", mn_prof_name((mn_prof_kind)k), mn_prof_seconds((mn_prof_kind)k) / steps);
     }
     qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
     double med = t[1 + steps / 2];
@@ -99,25 +126,56 @@ static int run_one(int depth, int size, int batch, int steps, const char *dir)
     return 0;
 }
 
-/* Run a command and parse its RESULT line into v[0..3]; 0 on success. */
-static int run_child(const char *cmd, double v[4])
+/* Run a command and parse its RESULT line into v[0..3]; 0 on success.  FAULTS and BREAKDOWN lines are kept in
+ * `extra` (may be NULL). */
+static int run_child(const char *cmd, double v[4], char *extra, size_t extra_len)
 {
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     char line[512];
     int found = 0;
+    if (extra) extra[0] = 0;
     while (fgets(line, sizeof line, p))
         if (!strncmp(line, "RESULT ", 7) && sscanf(line + 7, "%lf %lf %lf %lf", &v[0], &v[1], &v[2], &v[3]) == 4)
             found = 1;
+        else if (extra && (!strncmp(line, "BREAKDOWN ", 10) || !strncmp(line, "FAULTS ", 7)))
+            strncat(extra, line, extra_len - strlen(extra) - 1);
         else
             fputs(line, stderr);
     int rc = pclose(p);
     return (rc == 0 && found) ? 0 : -1;
 }
 
+/* Print the breakdown lines of a mednet child as "  conv fwd 0.123 s (31%)" rows, then the minor faults. */
+static void print_breakdown(const char *extra, double step)
+{
+    const char *p = extra;
+    double faults = -1, sum = 0;
+    printf("    step breakdown (mean per step of the best run; median step %.3f s):", step);
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        char line[256];
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        snprintf(line, sizeof line, "%.*s", (int)(n < 255 ? n : 255), p);
+        double sec;
+        char *bar = strchr(line, '|');
+        if (!strncmp(line, "FAULTS ", 7))
+            faults = atof(line + 7);
+        else if (!strncmp(line, "BREAKDOWN ", 10) && bar && (sec = atof(bar + 1)) > 0) {
+            *bar = 0;
+            printf(" %s %.3f s (%.0f%%),", line + 10, sec, 100.0 * sec / step);
+            sum += sec;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    printf(" sum %.3f s; minor page faults per step: %.0f\n", sum, faults);
+}
+
 int main(int argc, char **argv)
 {
-    int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, size = 64, batch = 2, repeat = 2;
+    int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, size = 64, batch = 2, repeat = 2, breakdown = 0;
+    int cfg[16][3] = {{10, 64, 2}, {18, 64, 2}, {50, 64, 2}, {10, 112, 1}, {18, 112, 1}, {50, 112, 1}, {10, 112, 2}};
+    int ncfg = 7, user_cfg = 0;
     const char *dir_arg = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -128,6 +186,12 @@ int main(int argc, char **argv)
             repeat = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1;
+        else if (!strcmp(argv[i], "--breakdown"))
+            breakdown = 1;
+        else if (!strcmp(argv[i], "--config") && i + 1 < argc && user_cfg < 16) {
+            if (sscanf(argv[++i], "%d,%d,%d", &cfg[user_cfg][0], &cfg[user_cfg][1], &cfg[user_cfg][2]) != 3) return 2;
+            ncfg = ++user_cfg;
+        }
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
             dir_arg = argv[++i];
         else if (!strcmp(argv[i], "--one") && i + 3 < argc) {
@@ -136,14 +200,14 @@ int main(int argc, char **argv)
             size = atoi(argv[++i]);
             batch = atoi(argv[++i]);
         } else {
-            fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--repeat R] [--quick] | --one DEPTH SIZE BATCH "
-                            "--dir D\n");
+            fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... "
+                            "[--breakdown] | --one DEPTH SIZE BATCH --dir D [--breakdown]\n");
             return 2;
         }
     }
     if (steps < 1 || threads < 1 || repeat < 1) return 2;
     if (mn_threads_init(threads) != MN_OK) return 1;
-    if (one) return run_one(depth, size, batch, steps, dir_arg ? dir_arg : "/tmp");
+    if (one) return run_one(depth, size, batch, steps, dir_arg ? dir_arg : "/tmp", breakdown);
 
     char dir[] = "/tmp/mn_bench_step_XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -161,24 +225,28 @@ int main(int argc, char **argv)
     if (access(jemalloc, R_OK) == 0)
         snprintf(pre, sizeof pre, "LD_PRELOAD=%s MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 ", jemalloc);
 
-    static const int cfg[][3] = {{10, 64, 2}, {18, 64, 2}, {50, 64, 2}, {10, 112, 2}};
-    int ncfg = quick ? 3 : 4, bad = 0;
+    if (quick && !user_cfg) ncfg = 3;
+    int bad = 0;
     printf("training step (forward + loss + backward + SGD), conv_seg head, 2 classes, %d thread(s), BLIS %s, "
            "median of %d steps after 1 warm-up, best of %d alternating runs%s\n",
            threads, mn_blis_arch(), steps, repeat, pre[0] ? "; PyTorch with jemalloc" : "");
+    char cpu[256];
+    mn_blis_cpu_key(cpu, sizeof cpu);
+    printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
     printf("%-10s %-14s | %10s %8s %9s | %10s %9s | %7s %7s | %s\n", "model", "input", "mednet s", "GFLOP/s",
            "peak MiB", "torch s", "peak MiB", "speedup", "mem", "first-step loss (mednet / torch)");
     for (int i = 0; i < ncfg; i++) {
         /* mednet and PyTorch alternate R times; each side keeps its best median (the machine is shared, and the
          * minimum is the estimate least disturbed by other processes). */
         double a[4] = {0}, b[4] = {0};
+        char extra[2048] = "", rextra[2048];
         int fail = 0;
         for (int rep = 0; rep < repeat && !fail; rep++) {
             char cmd[2048];
             double ra[4] = {0}, rb[4] = {0};
-            snprintf(cmd, sizeof cmd, "%s --one %d %d %d --threads %d --steps %d --dir %s", self, cfg[i][0],
-                     cfg[i][1], cfg[i][2], threads, steps, dir);
-            if (run_child(cmd, ra)) {
+            snprintf(cmd, sizeof cmd, "%s --one %d %d %d --threads %d --steps %d --dir %s%s", self, cfg[i][0],
+                     cfg[i][1], cfg[i][2], threads, steps, dir, breakdown ? " --breakdown" : "");
+            if (run_child(cmd, ra, rextra, sizeof rextra)) {
                 fprintf(stderr, "mednet run failed: %s\n", cmd);
                 fail = 1;
                 break;
@@ -186,12 +254,15 @@ int main(int argc, char **argv)
             snprintf(cmd, sizeof cmd,
                      "%s%s %s --depth %d --weights %s/w.safetensors --inputs %s/in.safetensors --threads %d --steps %d",
                      pre, MN_PYTHON, script, cfg[i][0], dir, dir, threads, steps);
-            if (run_child(cmd, rb)) {
+            if (run_child(cmd, rb, NULL, 0)) {
                 fprintf(stderr, "PyTorch run failed: %s\n", cmd);
                 fail = 1;
                 break;
             }
-            if (rep == 0 || ra[0] < a[0]) memcpy(a, ra, sizeof a);
+            if (rep == 0 || ra[0] < a[0]) {
+                memcpy(a, ra, sizeof a);
+                memcpy(extra, rextra, sizeof extra);
+            }
             if (rep == 0 || rb[0] < b[0]) memcpy(b, rb, sizeof b);
         }
         if (fail) {
@@ -206,6 +277,7 @@ int main(int argc, char **argv)
         printf("resnet%-4d %-14s | %10.3f %8.1f %9.0f | %10.3f %9.0f | %6.2fx %6.2fx | %.6f / %.6f %s\n", cfg[i][0],
                in, a[0], a[1], a[2], b[0], b[2], b[0] / a[0], a[2] / b[2], a[3], b[3],
                valid ? "(match)" : "(MISMATCH)");
+        if (breakdown) print_breakdown(extra, a[0]);
         fflush(stdout);
     }
     printf("speedup = torch time / mednet time (> 1: mednet faster); mem = mednet peak / torch peak (< 1: less)\n");

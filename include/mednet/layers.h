@@ -44,6 +44,24 @@ mn_err mn_bn3d_bwd_stats(const mn_bn3d *l, const mn_shape *in, const float *x, c
 mn_err mn_bn3d_bwd_apply(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
                          const float *save, const double *sums, double count);
 
+/* Fused passes (bit-identical to the separate ones; `res` and `mask` may be NULL):
+ *   forward_fused:  y = bn(x) + res, then max(y, 0) if relu (y must not alias res);
+ *   apply_fused:    the same for the split form;
+ *   backward_fused: with g = dy where mask > 0, else 0 (ReLU backward from its output `mask`): dx is OVERWRITTEN
+ *                   with the batch-norm input gradient of g (dx may alias mask, not dy), dgamma/dbeta += as in
+ *                   mn_bn3d_backward;
+ *   bwd_stats_masked / bwd_apply_fused: the same for the split form (bwd_apply_fused overwrites dx). */
+mn_err mn_bn3d_forward_fused(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save,
+                             int training, const float *res, int relu);
+mn_err mn_bn3d_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save,
+                           const double *sums, double count, const float *res, int relu);
+mn_err mn_bn3d_backward_fused(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                              const float *mask, float *dx, const float *save, int training);
+mn_err mn_bn3d_bwd_stats_masked(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                                const float *mask, const float *save, double *sums);
+mn_err mn_bn3d_bwd_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                               const float *mask, float *dx, const float *save, const double *sums, double count);
+
 /* ---- ReLU ----  y = max(x, 0), y may alias x.  Backward from the OUTPUT: dx += dy * (y > 0). */
 void mn_relu_forward(size_t n, const float *x, float *y);
 void mn_relu_backward(size_t n, const float *y, const float *dy, float *dx);

@@ -13,7 +13,7 @@ mn_err mn_cmd_info(int argc, char **argv, mn_cmd_result *res)
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
     mn_launch launch;
     MN_CALL(mn_agree(MPI_COMM_WORLD, mn_launch_check(MPI_COMM_WORLD, &launch)));
-    MN_CALL(mn_agree(MPI_COMM_WORLD, mn_threads_init(mn_threads_resolve(0))));
+    MN_CALL(mn_agree(MPI_COMM_WORLD, mn_threads_init_comm(mn_threads_resolve(0), MPI_COMM_WORLD)));
     mn_log_info("mednet %s", MN_VERSION);
     int nodes = 0, per_node = 0;
     MN_CALL(mn_agree(MPI_COMM_WORLD, mn_dist_node_count(MPI_COMM_WORLD, &nodes, &per_node)));
@@ -24,6 +24,9 @@ mn_err mn_cmd_info(int argc, char **argv, mn_cmd_result *res)
                 launch.plugin, launch.plugin[0] ? ")" : "");
     mn_log_info("launch check: %s", launch.message);
     mn_log_info("threads per rank: %d", mn_threads_count());
+    char cpu[256];
+    mn_blis_cpu_key(cpu, sizeof cpu);
+    mn_log_info("CPU: %s", cpu);
     mn_log_info("BLIS kernels: %s (%s)", mn_blis_arch(), mn_blis_arch_reason());
     return MN_OK;
 }

@@ -1,13 +1,12 @@
-/* threads.c: thread count for BLIS and OpenMP, and the choice of BLIS kernels.
+/* threads.c: thread count for BLIS and OpenMP, and the choice of BLIS kernels (see mednet/threads.h).
  *
- * BLIS 0.9.0 decides its kernel set once, at its first use, from CPUID: Intel parts by feature bits, AMD parts by
- * family (0x15 bulldozer..excavator, 0x17 zen/zen2, 0x19 zen3); any other AMD family (0x1A, Zen 5) gets the
- * generic C kernels.  The query that BLIS itself uses (bli_cpuid_query_id) is not exported by Debian's library, so
- * we predict the fallback with the same rules and, when it would happen on a CPU that has AVX-512 (or AVX2+FMA),
- * set BLIS_ARCH_TYPE to skx (haswell) before BLIS initialises.  BLIS 0.9.0 reads BLIS_ARCH_TYPE as a number (a
- * name reads as 0 = skx, silently), so we write the enum value from blis.h.  After initialisation we read back
- * what BLIS chose; generic on a CPU with AVX2 is reported loudly whatever the reason.  Never force AVX-512 kernels
- * on a CPU without AVX-512: they die with SIGILL.
+ * The kernel set must be fixed before BLIS initialises: BLIS 0.9.0 reads BLIS_ARCH_TYPE (a number; a name reads
+ * as 0 = skx, silently) once, at its first use.  So the decision is made first, without touching BLIS (the
+ * measurement runs in child processes, src/core/blis_choose.c), then written into BLIS_ARCH_TYPE, then BLIS
+ * starts and we read back what it runs.  When nothing can be measured we fall back to predicting BLIS's CPUID
+ * rules: AMD families other than 0x15/0x17/0x19 (Zen 5 is 0x1A) get the generic C kernels, and we select skx
+ * (AVX-512) or haswell (AVX2+FMA) instead.  Generic on a CPU with AVX2 is reported loudly whatever the reason.
+ * Never force AVX-512 kernels on a CPU without AVX-512: they die with SIGILL.
  */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "mednet/threads.h"
@@ -19,9 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "mednet/mpicheck.h"
 
 static int g_threads = 1;
-static char g_reason[160] = "not initialised";
+static char g_reason[1400] = "not initialised";
 static const char *g_arch = "unknown";
 
 int mn_threads_resolve(int requested)
@@ -42,13 +44,8 @@ int mn_threads_count(void) { return g_threads; }
 const char *mn_blis_arch(void) { return g_arch; }
 const char *mn_blis_arch_reason(void) { return g_reason; }
 
-static int cpu_has_avx512(void)
-{
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-}
-
-static int cpu_has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+static int cpu_has_avx512(void) { return mn_blis_cpu_lacks("skx") == NULL; }
+static int cpu_has_avx2(void) { return mn_blis_cpu_lacks("haswell") == NULL; }
 
 /* 1 if BLIS 0.9.0's CPUID rules would fall back to the generic kernels on this CPU. */
 static int blis_would_fall_back(void)
@@ -68,44 +65,79 @@ static int blis_would_fall_back(void)
     return 1;
 }
 
-/* Map a kernel-set name to BLIS's arch id by asking BLIS for each id's name (works before bli_init). */
-static int arch_id_from_name(const char *name)
-{
-    for (int id = 0; id < BLIS_NUM_ARCHS; id++) {
-        const char *s = bli_arch_string((arch_t)id);
-        if (s && strcmp(s, name) == 0) return id;
-    }
-    return -1;
-}
+/* What to do about BLIS_ARCH_TYPE, decided before BLIS starts; plain bytes, so rank 0 can broadcast it. */
+typedef struct {
+    int measure; /* 1: the environment leaves the choice to measurement */
+    int id;      /* arch id to write into BLIS_ARCH_TYPE, -1 = leave the variable as it is */
+    char reason[sizeof g_reason];
+} arch_decision;
 
-mn_err mn_threads_init(int nthreads)
+/* The decision the environment dictates, or measure = 1.  Errors on a bad MEDNET_BLIS_ARCH. */
+static mn_err decide_from_env(arch_decision *d)
 {
-    MN_CHECK(nthreads > 0, MN_ERR_ARG, "thread count must be > 0, got %d", nthreads);
+    memset(d, 0, sizeof *d);
+    d->id = -1;
     const char *user = getenv("MEDNET_BLIS_ARCH");
     const char *blis_env = getenv("BLIS_ARCH_TYPE");
-    char num[16];
-    if (user && *user) {
-        int id = arch_id_from_name(user);
+    if (user && *user && strcmp(user, "auto") != 0) {
+        int id = mn_blis_arch_id(user);
         MN_CHECK(id >= 0, MN_ERR_ARG,
-                 "MEDNET_BLIS_ARCH='%s' is not a BLIS kernel set\n---> HINT: use skx, haswell, zen3, zen2, zen or generic",
+                 "MEDNET_BLIS_ARCH='%s' is not a BLIS kernel set\n---> HINT: use auto, skx, haswell, zen3, zen2, zen "
+                 "or generic",
                  user);
-        MN_CHECK(!(id == BLIS_ARCH_SKX && !cpu_has_avx512()), MN_ERR_ARG,
-                 "MEDNET_BLIS_ARCH=skx needs AVX-512, which this CPU lacks");
-        snprintf(num, sizeof num, "%d", id);
-        setenv("BLIS_ARCH_TYPE", num, 1);
-        snprintf(g_reason, sizeof g_reason, "set by MEDNET_BLIS_ARCH=%s", user);
+        const char *lacks = mn_blis_cpu_lacks(user);
+        MN_CHECK(lacks == NULL, MN_ERR_ARG, "MEDNET_BLIS_ARCH=%s needs %s, which this CPU lacks", user,
+                 lacks ? lacks : "");
+        d->id = id;
+        snprintf(d->reason, sizeof d->reason, "set by MEDNET_BLIS_ARCH=%s", user);
+    } else if (user && *user) {
+        snprintf(d->reason, sizeof d->reason, "MEDNET_BLIS_ARCH=auto: ");
     } else if (blis_env && *blis_env) {
-        snprintf(g_reason, sizeof g_reason, "set by BLIS_ARCH_TYPE=%s", blis_env);
-    } else if (blis_would_fall_back() && (cpu_has_avx512() || cpu_has_avx2())) {
-        int id = cpu_has_avx512() ? BLIS_ARCH_SKX : BLIS_ARCH_HASWELL;
-        snprintf(num, sizeof num, "%d", id);
-        setenv("BLIS_ARCH_TYPE", num, 1);
-        snprintf(g_reason, sizeof g_reason,
-                 "BLIS does not recognise this CPU and would use generic kernels; selected %s (CPU has %s)",
-                 bli_arch_string((arch_t)id), id == BLIS_ARCH_SKX ? "AVX-512" : "AVX2+FMA");
+        snprintf(d->reason, sizeof d->reason, "set by BLIS_ARCH_TYPE=%s", blis_env);
     } else {
-        snprintf(g_reason, sizeof g_reason, "auto-detected by BLIS");
+        d->measure = 1;
     }
+    return MN_OK;
+}
+
+/* BLIS's own CPUID choice, guarded against its generic fall-back; appends to d->reason. */
+static void decide_by_cpuid(arch_decision *d)
+{
+    size_t n = strlen(d->reason);
+    if (blis_would_fall_back() && (cpu_has_avx512() || cpu_has_avx2())) {
+        d->id = cpu_has_avx512() ? BLIS_ARCH_SKX : BLIS_ARCH_HASWELL;
+        snprintf(d->reason + n, sizeof d->reason - n,
+                 "BLIS does not recognise this CPU and would use generic kernels; selected %s (CPU has %s)",
+                 bli_arch_string((arch_t)d->id), d->id == BLIS_ARCH_SKX ? "AVX-512" : "AVX2+FMA");
+    } else {
+        d->id = -1;
+        snprintf(d->reason + n, sizeof d->reason - n, "auto-detected by BLIS");
+    }
+}
+
+/* Measure (or read the cache) and decide. */
+static void decide_by_measurement(arch_decision *d)
+{
+    mn_blis_choice ch;
+    mn_blis_choose(&ch);
+    if (ch.name[0]) {
+        d->id = mn_blis_arch_id(ch.name);
+        snprintf(d->reason, sizeof d->reason, "fastest of conv-shaped sgemm per core: %s (%s)", ch.rates, ch.source);
+        return;
+    }
+    snprintf(d->reason, sizeof d->reason, "measuring failed (%s: %.400s); ", ch.source, ch.rates);
+    decide_by_cpuid(d);
+}
+
+/* Start BLIS with the decision and set the thread counts. */
+static mn_err apply(const arch_decision *d, int nthreads)
+{
+    if (d->id >= 0) {
+        char num[16];
+        snprintf(num, sizeof num, "%d", d->id);
+        MN_CHECK(setenv("BLIS_ARCH_TYPE", num, 1) == 0, MN_ERR_INTERNAL, "setenv(BLIS_ARCH_TYPE) failed");
+    }
+    snprintf(g_reason, sizeof g_reason, "%s", d->reason);
     bli_init();
     arch_t id = bli_arch_query_id();
     g_arch = bli_arch_string(id);
@@ -125,4 +157,57 @@ mn_err mn_threads_init(int nthreads)
     bli_thread_set_num_threads(nthreads);
     omp_set_num_threads(nthreads);
     return MN_OK;
+}
+
+mn_err mn_threads_init(int nthreads)
+{
+    MN_CHECK(nthreads > 0, MN_ERR_ARG, "thread count must be > 0, got %d", nthreads);
+    arch_decision d;
+    MN_CALL(decide_from_env(&d));
+    if (d.measure)
+        decide_by_measurement(&d);
+    else if (d.id < 0 && strncmp(d.reason, "MEDNET_BLIS_ARCH=auto", 21) == 0)
+        decide_by_cpuid(&d);
+    return apply(&d, nthreads);
+}
+
+mn_err mn_threads_init_comm(int nthreads, MPI_Comm comm)
+{
+    MN_CHECK(nthreads > 0, MN_ERR_ARG, "thread count must be > 0, got %d", nthreads);
+    int rank = 0;
+    MN_MPI(MPI_Comm_rank(comm, &rank));
+    arch_decision mine, root;
+    mn_err e = decide_from_env(&mine);
+    /* rank 0 decides; every rank takes part in the broadcast whatever its own environment says, so a rank with a
+     * bad setting cannot leave the others waiting */
+    if (rank == 0) {
+        if (!e && mine.measure) decide_by_measurement(&mine);
+        root = mine;
+        root.measure = e ? 0 : root.measure;
+    }
+    MPI_Request req;
+    MN_MPI(MPI_Ibcast(&root, (int)sizeof root, MPI_BYTE, 0, comm, &req));
+    /* the others sleep while rank 0 measures: spinning in a blocking broadcast would steal the cores it times */
+    for (int done = 0; !done;) {
+        MN_MPI(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+        if (!done) nanosleep(&(struct timespec){0, 2000000}, NULL);
+    }
+    if (e) return e;
+    if (rank != 0 && mine.measure) {
+        const char *lacks = root.id >= 0 ? mn_blis_cpu_lacks(bli_arch_string((arch_t)root.id)) : NULL;
+        if (root.id >= 0 && lacks) {
+            mn_log_warn("rank 0 chose BLIS kernels %s, but this rank's CPU lacks %s: choosing for itself",
+                        bli_arch_string((arch_t)root.id), lacks);
+            decide_by_measurement(&mine);
+        } else {
+            mine = root;
+            size_t n = strlen(mine.reason);
+            snprintf(mine.reason + n, sizeof mine.reason - n, ", chosen by rank 0");
+        }
+    } else if (rank != 0 && mine.id < 0 && strncmp(mine.reason, "MEDNET_BLIS_ARCH=auto", 21) == 0) {
+        decide_by_cpuid(&mine);
+    } else if (rank == 0 && mine.id < 0 && strncmp(mine.reason, "MEDNET_BLIS_ARCH=auto", 21) == 0) {
+        decide_by_cpuid(&mine);
+    }
+    return apply(&mine, nthreads);
 }

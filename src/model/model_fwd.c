@@ -6,8 +6,11 @@
  *
  * Backward walks the same way back.  Gradients of activations live in the scratch buffers: g0/g1 carry the
  * gradient of block outputs/inputs (ping-pong), t1/t2 the gradients inside a block.  Layers accumulate (+=), so
- * every scratch target is zeroed before the layer that writes it.  ReLU backward is done in place on the incoming
- * gradient (g = 0 where the saved output is not positive), which needs no extra buffer.  After each block the
+ * every scratch target is zeroed before the layer that writes it, except batch norm's fused backward, which
+ * overwrites.  The block output's ReLU backward is done in place on the incoming gradient (g = 0 where the saved
+ * output is not positive; the shortcut and the residual branch share it); the inner ReLUs' backward is the mask
+ * argument of the batch-norm backward below them.  Forward fuses batch norm, the residual add and ReLU into one
+ * pass per layer (mn_bn3d_forward_fused).  After each block the
  * block's parameter range is final and grad_ready is called for it (reverse layer order), so the caller can start
  * a non-blocking all-reduce of that bucket while earlier blocks are still being differentiated.
  */
@@ -17,6 +20,7 @@
 #include <string.h>
 
 #include "mednet/loss.h"
+#include "mednet/prof.h"
 #include "model/model_impl.h"
 
 /* g = 0 where y <= 0 (ReLU backward from its output, in place). */
@@ -26,6 +30,14 @@ static void relu_mask(size_t n, float *g, const float *y)
     for (size_t i = 0; i < n; i++)
         if (!(y[i] > 0.0f)) g[i] = 0.0f;
 }
+
+/* Run `stmt` charged to a kind of the step's time breakdown (mednet/prof.h; one branch when it is off). */
+#define PROF(kind, stmt)       \
+    do {                       \
+        mn_prof_push(kind);    \
+        stmt;                  \
+        mn_prof_pop();         \
+    } while (0)
 
 static void progress(mn_model *m)
 {
@@ -37,25 +49,26 @@ static void progress(mn_model *m)
  * are replaced by their all-reduced values between the two halves, in forward (sum x, sum x^2) and in backward
  * (sum dy, sum dy*xhat).  Head batch norm always uses the local sub-batch (see model.h). */
 static mn_err enc_bn_forward(mn_model *m, const mn_bn3d *l, const mn_shape *s, const float *x, float *y, float *save,
-                             int tr)
+                             int tr, const float *res, int relu)
 {
-    if (!tr || !m->bn_sync) return mn_bn3d_forward(l, s, x, y, save, tr);
+    if (!tr || !m->bn_sync) return mn_bn3d_forward_fused(l, s, x, y, save, tr, res, relu);
     MN_CHECK(2 * l->c <= MN_MODEL_BN_SYNC_MAX, MN_ERR_INTERNAL, "batch norm with %d channels: sync buffer too small", l->c);
     double count = (double)s->n * (double)mn_shape_voxels(s);
     MN_CALL(mn_bn3d_stats(l, s, x, m->bn_sums));
     MN_CALL(m->bn_sync(m->bn_sync_ctx, m->bn_sums, 2 * l->c, &count));
-    MN_CALL(mn_bn3d_apply(l, s, x, y, save, m->bn_sums, count));
+    MN_CALL(mn_bn3d_apply_fused(l, s, x, y, save, m->bn_sums, count, res, relu));
     return MN_OK;
 }
 
+/* dx is OVERWRITTEN with the input gradient of batch norm for dy masked by the ReLU output `mask` (NULL: none). */
 static mn_err enc_bn_backward(mn_model *m, const mn_bn3d *l, const mn_shape *s, const float *x, const float *dy,
-                              float *dx, const float *save, int tr)
+                              const float *mask, float *dx, const float *save, int tr)
 {
-    if (!tr || !m->bn_sync) return mn_bn3d_backward(l, s, x, dy, dx, save, tr);
+    if (!tr || !m->bn_sync) return mn_bn3d_backward_fused(l, s, x, dy, mask, dx, save, tr);
     double count = (double)s->n * (double)mn_shape_voxels(s);
-    MN_CALL(mn_bn3d_bwd_stats(l, s, x, dy, save, m->bn_sums));
+    MN_CALL(mn_bn3d_bwd_stats_masked(l, s, x, dy, mask, save, m->bn_sums));
     MN_CALL(m->bn_sync(m->bn_sync_ctx, m->bn_sums, 2 * l->c, &count));
-    MN_CALL(mn_bn3d_bwd_apply(l, s, x, dy, dx, save, m->bn_sums, count));
+    MN_CALL(mn_bn3d_bwd_apply_fused(l, s, x, dy, mask, dx, save, m->bn_sums, count));
     return MN_OK;
 }
 
@@ -65,36 +78,41 @@ mn_err mn_model_block_forward(mn_model *m, mn_block *b)
 {
     int tr = m->training;
     size_t nout = mn_shape_numel(&b->out);
-    MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws));
-    MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr));
-    mn_relu_forward(mn_shape_numel(&b->s1), b->a1, b->a1);
-    MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, b->a1, b->c2o, m->ws));
+    /* Batch norm, ReLU and the residual add run as fused passes (mn_bn3d_forward_fused). */
+    PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws)));
+    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr, NULL, 1)));
+    PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, b->a1, b->c2o, m->ws)));
+    const mn_bn3d *last = &b->b2.l;
+    const mn_shape *last_s = &b->s2;
+    const float *last_x = b->c2o;
+    float *last_save = b->b2.save;
     if (b->bottleneck) {
-        MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr));
-        mn_relu_forward(mn_shape_numel(&b->s2), b->a2, b->a2);
-        MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, b->a2, b->c3o, m->ws));
-        MN_CALL(enc_bn_forward(m, &b->b3.l, &b->out, b->c3o, b->y, b->b3.save, tr));
-    } else {
-        MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->y, b->b2.save, tr));
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr, NULL, 1)));
+        PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, b->a2, b->c3o, m->ws)));
+        last = &b->b3.l, last_s = &b->out, last_x = b->c3o, last_save = b->b3.save;
     }
     if (b->shortcut == SC_NONE) {
-        mn_add_inplace(nout, b->y, b->x);
+        /* y = relu(bn(last) + x) in one pass */
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, last, last_s, last_x, b->y, last_save, tr, b->x, 1)));
+        return MN_OK;
     } else if (b->shortcut == SC_B) {
-        MN_CALL(mn_conv3d_forward(&b->dsc, &b->in, b->x, b->dso, m->ws));
-        MN_CALL(enc_bn_forward(m, &b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr));
-        mn_add_inplace(nout, b->y, m->t1);
+        PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->dsc, &b->in, b->x, b->dso, m->ws)));
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->dsb.l, &b->out, b->dso, m->t1, b->dsb.save, tr, NULL, 0)));
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, last, last_s, last_x, b->y, last_save, tr, m->t1, 1)));
+        return MN_OK;
     } else {
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, last, last_s, last_x, b->y, last_save, tr, NULL, 0)));
         /* Type A: subsample x with the stride, add it to the first cin channels; the rest get zeros (no-op). */
         mn_shape one = b->in;
         one.n = 1;
         size_t in_per = mn_shape_numel(&one), out_per = nout / (size_t)b->out.n;
         size_t part = (size_t)b->in.c * mn_shape_voxels(&b->out);
         for (int n = 0; n < b->in.n; n++) {
-            MN_CALL(mn_avgpool3d_forward(&b->pool, &one, b->x + (size_t)n * in_per, m->t1));
+            PROF(MN_PROF_POOL, MN_CALL(mn_avgpool3d_forward(&b->pool, &one, b->x + (size_t)n * in_per, m->t1)));
             mn_add_inplace(part, b->y + (size_t)n * out_per, m->t1);
         }
     }
-    mn_relu_forward(nout, b->y, b->y);
+    PROF(MN_PROF_RELU, mn_relu_forward(nout, b->y, b->y));
     return MN_OK;
 }
 
@@ -105,16 +123,15 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
     size_t nout = mn_shape_numel(&b->out), nin = mn_shape_numel(&b->in);
     size_t n1 = mn_shape_numel(&b->s1), n2 = mn_shape_numel(&b->s2);
     float *t1 = m->t1, *t2 = m->t2;
-    relu_mask(nout, dy, b->y);
+    PROF(MN_PROF_RELU, relu_mask(nout, dy, b->y));
 
     /* Shortcut: the identity part first (it initialises dx). */
     if (b->shortcut == SC_NONE) {
         memcpy(dx, dy, nout * sizeof *dx);
     } else if (b->shortcut == SC_B) {
-        mn_zero(nout, t1);
-        MN_CALL(enc_bn_backward(m, &b->dsb.l, &b->out, b->dso, dy, t1, b->dsb.save, tr));
+        PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->dsb.l, &b->out, b->dso, dy, NULL, t1, b->dsb.save, tr)));
         mn_zero(nin, dx);
-        MN_CALL(mn_conv3d_backward(&b->dsc, &b->in, b->x, t1, dx, m->ws));
+        PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->dsc, &b->in, b->x, t1, dx, m->ws)));
         progress(m);
     } else {
         mn_shape one = b->in;
@@ -122,29 +139,26 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
         size_t in_per = nin / (size_t)b->in.n, out_per = nout / (size_t)b->out.n;
         mn_zero(nin, dx);
         for (int n = 0; n < b->in.n; n++)
-            MN_CALL(mn_avgpool3d_backward(&b->pool, &one, dy + (size_t)n * out_per, dx + (size_t)n * in_per));
+            PROF(MN_PROF_POOL, MN_CALL(mn_avgpool3d_backward(&b->pool, &one, dy + (size_t)n * out_per, dx + (size_t)n * in_per)));
     }
 
-    /* Residual branch. */
-    const float *g = dy;
+    /* Residual branch.  The inner ReLUs' backward is the mask argument of the batch-norm backward that follows,
+     * which overwrites its output: no masking or zeroing passes. */
+    const float *g = dy, *gmask = NULL;
     if (b->bottleneck) {
-        mn_zero(nout, t1);
-        MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, t1, b->b3.save, tr));
+        PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, NULL, t1, b->b3.save, tr)));
         mn_zero(n2, t2);
-        MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, b->a2, t1, t2, m->ws));
+        PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, b->a2, t1, t2, m->ws)));
         progress(m);
-        relu_mask(n2, t2, b->a2);
         g = t2;
+        gmask = b->a2;
     }
-    mn_zero(n2, t1);
-    MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, t1, b->b2.save, tr));
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, gmask, t1, b->b2.save, tr)));
     mn_zero(n1, t2);
-    MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, b->a1, t1, t2, m->ws));
+    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, b->a1, t1, t2, m->ws)));
     progress(m);
-    relu_mask(n1, t2, b->a1);
-    mn_zero(n1, t1);
-    MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, t1, b->b1.save, tr));
-    MN_CALL(mn_conv3d_backward(&b->c1, &b->in, b->x, t1, dx, m->ws));
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, b->a1, t1, b->b1.save, tr)));
+    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c1, &b->in, b->x, t1, dx, m->ws)));
     progress(m);
     return MN_OK;
 }
@@ -287,10 +301,10 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
     int tr = m->training;
 
     /* Encoder. */
-    MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws));
-    MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr));
-    mn_relu_forward(mn_shape_numel(&m->stem_shape), m->stem_a, m->stem_a);
-    MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax));
+    PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws)));
+    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr,
+                                                NULL, 1)));
+    PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax)));
     for (int i = 0; i < m->nblocks; i++) MN_CALL(mn_model_block_forward(m, &m->blocks[i]));
     if (tr) m->enc_bn_batches++;
 
@@ -298,7 +312,7 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
     for (int i = 0; i < nhb; i++) {
         m->hbs[i].hb = hb[i];
         m->hbs[i].have_loss = 0;
-        if (hb[i].count > 0) MN_CALL(head_forward(m, &hb[i]));
+        if (hb[i].count > 0) PROF(MN_PROF_HEAD, MN_CALL(head_forward(m, &hb[i])));
     }
     m->nhb = nhb;
     m->forwarded = 1;
@@ -332,7 +346,7 @@ static int all_finite(const float *v, size_t n)
     return ok;
 }
 
-mn_err mn_model_loss_samples(mn_model *m, int i, const int32_t *labels, const float *weight, double *loss)
+static mn_err loss_samples(mn_model *m, int i, const int32_t *labels, const float *weight, double *loss)
 {
     MN_CHECK(m && labels && weight && loss, MN_ERR_ARG, "NULL model, labels, weights or losses");
     MN_CHECK(!m->consumed, MN_ERR_ARG, "loss: the last forward was consumed by a backward; run forward again");
@@ -393,6 +407,14 @@ mn_err mn_model_loss_samples(mn_model *m, int i, const int32_t *labels, const fl
     return MN_OK;
 }
 
+mn_err mn_model_loss_samples(mn_model *m, int i, const int32_t *labels, const float *weight, double *loss)
+{
+    mn_prof_push(MN_PROF_LOSS);
+    mn_err e = loss_samples(m, i, labels, weight, loss);
+    mn_prof_pop();
+    return e;
+}
+
 mn_err mn_model_loss(mn_model *m, int i, const int32_t *labels, float scale, double *loss)
 {
     MN_CHECK(m && loss, MN_ERR_ARG, "NULL model or loss");
@@ -420,7 +442,7 @@ mn_err mn_model_backward(mn_model *m)
     /* Heads, into the encoder-output gradient. */
     mn_zero(mn_shape_numel(&m->feat_shape), G);
     for (int i = m->nhb - 1; i >= 0; i--)
-        if (m->hbs[i].have_loss && m->hbs[i].hb.count > 0) MN_CALL(head_backward(m, &m->hbs[i].hb, G));
+        if (m->hbs[i].have_loss && m->hbs[i].hb.count > 0) PROF(MN_PROF_HEAD, MN_CALL(head_backward(m, &m->hbs[i].hb, G)));
 
     /* Blocks, last to first; each block's parameter range is final after its backward. */
     for (int i = m->nblocks - 1; i >= 0; i--) {
@@ -437,11 +459,11 @@ mn_err mn_model_backward(mn_model *m)
      * of the network).  This is why a backward consumes its forward. */
     size_t ns = mn_shape_numel(&m->stem_shape);
     mn_zero(ns, m->t1);
-    MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1));
-    relu_mask(ns, m->t1, m->stem_a);
-    mn_zero(ns, m->stem_a);
-    MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->bn1.save, m->training));
-    MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws));
+    PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1)));
+    /* ReLU backward as the mask of the batch-norm backward, whose output overwrites the mask buffer in place */
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->stem_a,
+                                                m->bn1.save, m->training)));
+    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws)));
     m->consumed = 1;
     if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);
     progress(m);

@@ -15,10 +15,19 @@
  * b = beta - mean*a, which cancels catastrophically in float when |mean| >> std (an input offset of 100 costs
  * ~1e-5 absolute); subtracting first is as cheap and closer to the exact result.
  * Rejected: Welford merging (needs three values per channel and a custom MPI reduction).
+ *
+ * Fused variants (the _fused/_masked entry points) save whole passes over activations in the encoder: forward
+ * writes max(bn(x) + res, 0) (batch norm, residual add and ReLU in one pass instead of three), backward reads the
+ * ReLU's output as a mask on dy instead of a separate masking pass, and overwrites dx instead of adding into a
+ * zeroed buffer (no zeroing pass).  Each computes the same float operations in the same order as the separate
+ * passes, so results are bit-identical to them (the test compares exactly).
  */
 #include "mednet/layers.h"
 
 #include <math.h>
+
+static mn_err bn_backward(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy, const float *mask,
+                          float *dx, const float *save, int training, int overwrite);
 
 /* Shape check shared by every entry point. */
 static mn_err bn_check(const mn_bn3d *l, const mn_shape *in, const char *fn)
@@ -51,9 +60,10 @@ static void stats_channel(const mn_shape *in, const float *x, int c, double *s1,
     *s2 = q;
 }
 
-/* Normalise channel c with the sums over `count` voxels; write save and update running stats (training). */
+/* Normalise channel c with the sums over `count` voxels; write save and update running stats (training).  Fused
+ * epilogue: y = max(bn(x) + res, 0) when res != NULL / relu (the order and rounding of the separate passes). */
 static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save, int c,
-                          double s1, double s2, double count)
+                          double s1, double s2, double count, const float *res, int relu)
 {
     const size_t V = mn_shape_voxels(in);
     double mean = s1 / count;
@@ -73,14 +83,39 @@ static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, 
         size_t off = ((size_t)n * in->c + c) * V;
         const float *p = x + off;
         float *q = y + off;
+        if (res) {
+            const float *r = res + off;
+            if (relu) {
 #pragma omp simd
-        for (size_t v = 0; v < V; v++) q[v] = (p[v] - m) * a + b;
+                for (size_t v = 0; v < V; v++) {
+                    float t = (p[v] - m) * a + b;
+                    t = t + r[v];
+                    q[v] = t < 0.0f ? 0.0f : t; /* as mn_relu_forward: NaN and -0 pass */
+                }
+            } else {
+#pragma omp simd
+                for (size_t v = 0; v < V; v++) {
+                    float t = (p[v] - m) * a + b;
+                    q[v] = t + r[v];
+                }
+            }
+        } else if (relu) {
+#pragma omp simd
+            for (size_t v = 0; v < V; v++) {
+                float t = (p[v] - m) * a + b;
+                q[v] = t < 0.0f ? 0.0f : t; /* as mn_relu_forward: NaN and -0 pass */
+            }
+        } else {
+#pragma omp simd
+            for (size_t v = 0; v < V; v++) q[v] = (p[v] - m) * a + b;
+        }
     }
 }
 
-/* sum dy and sum dy*xhat of channel c (xhat from save). */
+/* sum dy and sum dy*xhat of channel c (xhat from save).  With `mask`, dy counts only where mask > 0 (the
+ * backward of a ReLU whose output is mask, applied on the fly). */
 static void bwd_stats_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
-                              const float *save, int c, double *sdy, double *sdyx)
+                              const float *mask, const float *save, int c, double *sdy, double *sdyx)
 {
     const size_t V = mn_shape_voxels(in);
     const float mean = save[c];
@@ -88,10 +123,21 @@ static void bwd_stats_channel(const mn_bn3d *l, const mn_shape *in, const float 
     for (int n = 0; n < in->n; n++) {
         size_t off = ((size_t)n * in->c + c) * V;
         const float *p = x + off, *g = dy + off;
+        if (mask) {
+            const float *y = mask + off;
 #pragma omp simd reduction(+ : a, q)
-        for (size_t v = 0; v < V; v++) {
-            a += g[v];
-            q += (double)g[v] * (double)(p[v] - mean);
+            for (size_t v = 0; v < V; v++) {
+                const float gl = g[v];
+                const float gv = y[v] > 0.0f ? gl : 0.0f;
+                a += gv;
+                q += (double)gv * (double)(p[v] - mean);
+            }
+        } else {
+#pragma omp simd reduction(+ : a, q)
+            for (size_t v = 0; v < V; v++) {
+                a += g[v];
+                q += (double)g[v] * (double)(p[v] - mean);
+            }
         }
     }
     *sdy = a;
@@ -99,14 +145,19 @@ static void bwd_stats_channel(const mn_bn3d *l, const mn_shape *in, const float 
 }
 
 /* dx += gamma*invstd*(dy - sdy/count - xhat*sdyx/count) (training), or gamma*invstd*dy (eval, count = 0);
- * dgamma += local sum dy*xhat, dbeta += local sum dy. */
-static void bwd_apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
-                              const float *save, int c, double sdy, double sdyx, double count)
+ * dgamma += local sum dy*xhat, dbeta += local sum dy.  Fused variants: `mask` as in bwd_stats_channel, and
+ * `overwrite` writes dx instead of adding (the value 0 + t, so the result equals zeroing first); dx may alias
+ * mask (each element is read before it is written). */
+static void bwd_apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                              const float *mask, float *dx, const float *save, int c, double sdy, double sdyx,
+                              double count, int overwrite, int local)
 {
     const size_t V = mn_shape_voxels(in);
     const float mean = save[c], invstd = save[l->c + c];
     const double g = l->gamma ? l->gamma[c] : 1.0;
-    const int want_param = l->dgamma != NULL || l->dbeta != NULL;
+    /* local: sdy and sdyx are this rank's own sums (no reduction), which are exactly the parameter gradients'
+     * sums, so the pass that computes those is skipped */
+    const int want_param = (l->dgamma != NULL || l->dbeta != NULL) && !local;
     float a = (float)(g * invstd), k1 = 0, k2 = 0;
     if (count > 0) {
         k1 = (float)(sdy / count);
@@ -115,19 +166,52 @@ static void bwd_apply_channel(const mn_bn3d *l, const mn_shape *in, const float 
     double ldy = 0, ldyx = 0;
     for (int n = 0; n < in->n; n++) {
         size_t off = ((size_t)n * in->c + c) * V;
-        const float *p = x + off, *gy = dy + off;
-        if (dx) {
-            float *q = dx + off;
-#pragma omp simd
-            for (size_t v = 0; v < V; v++) q[v] += a * (gy[v] - k1 - (p[v] - mean) * k2);
-        }
-        if (want_param) {
+        const float *p = x + off, *gy = dy + off, *y = mask ? mask + off : NULL;
+        /* parameter sums first: dx may alias mask (the stem's buffer reuse) */
+        if (want_param && y) {
+#pragma omp simd reduction(+ : ldy, ldyx)
+            for (size_t v = 0; v < V; v++) {
+                const float gl = gy[v]; /* loaded unconditionally: a select, which vectorises */
+                const float gv = y[v] > 0.0f ? gl : 0.0f;
+                ldy += gv;
+                ldyx += (double)gv * (double)(p[v] - mean);
+            }
+        } else if (want_param) {
 #pragma omp simd reduction(+ : ldy, ldyx)
             for (size_t v = 0; v < V; v++) {
                 ldy += gy[v];
                 ldyx += (double)gy[v] * (double)(p[v] - mean);
             }
         }
+        if (dx) {
+            float *q = dx + off;
+            if (y && overwrite) {
+#pragma omp simd
+                for (size_t v = 0; v < V; v++) {
+                    const float gl = gy[v]; /* loaded unconditionally: a select, which vectorises */
+                    const float gv = y[v] > 0.0f ? gl : 0.0f;
+                    q[v] = 0.0f + a * (gv - k1 - (p[v] - mean) * k2); /* 0 + t: a zero is +0, as when added */
+                }
+            } else if (y) {
+#pragma omp simd
+                for (size_t v = 0; v < V; v++) {
+                    const float gl = gy[v]; /* loaded unconditionally: a select, which vectorises */
+                    const float gv = y[v] > 0.0f ? gl : 0.0f;
+                    q[v] += a * (gv - k1 - (p[v] - mean) * k2);
+                }
+            } else if (overwrite) {
+#pragma omp simd
+                for (size_t v = 0; v < V; v++) q[v] = 0.0f + a * (gy[v] - k1 - (p[v] - mean) * k2);
+            } else {
+#pragma omp simd
+                for (size_t v = 0; v < V; v++) q[v] += a * (gy[v] - k1 - (p[v] - mean) * k2);
+            }
+        }
+    }
+    if (local) {
+        if (l->dgamma) l->dgamma[c] += (float)sdyx;
+        if (l->dbeta) l->dbeta[c] += (float)sdy;
+        return;
     }
     if (l->dgamma) l->dgamma[c] += (float)(ldyx * invstd);
     if (l->dbeta) l->dbeta[c] += (float)ldy;
@@ -154,7 +238,19 @@ mn_err mn_bn3d_apply(const mn_bn3d *l, const mn_shape *in, const float *x, float
              "bn3d(c=%d) apply: expected more than 1 value per channel in training, got count = %.0f", l->c, count);
     const int C = in->c;
 #pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++) apply_channel(l, in, x, y, save, c, sums[c], sums[C + c], count);
+    for (int c = 0; c < C; c++) apply_channel(l, in, x, y, save, c, sums[c], sums[C + c], count, NULL, 0);
+    return MN_OK;
+}
+
+mn_err mn_bn3d_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save,
+                           const double *sums, double count, const float *res, int relu)
+{
+    MN_CALL(bn_check(l, in, "apply_fused"));
+    MN_CHECK(count > 1, MN_ERR_SHAPE,
+             "bn3d(c=%d) apply: expected more than 1 value per channel in training, got count = %.0f", l->c, count);
+    const int C = in->c;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) apply_channel(l, in, x, y, save, c, sums[c], sums[C + c], count, res, relu);
     return MN_OK;
 }
 
@@ -165,7 +261,17 @@ mn_err mn_bn3d_bwd_stats(const mn_bn3d *l, const mn_shape *in, const float *x, c
     MN_CALL(bn_check(l, in, "bwd_stats"));
     const int C = in->c;
 #pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++) bwd_stats_channel(l, in, x, dy, save, c, &sums[c], &sums[C + c]);
+    for (int c = 0; c < C; c++) bwd_stats_channel(l, in, x, dy, NULL, save, c, &sums[c], &sums[C + c]);
+    return MN_OK;
+}
+
+mn_err mn_bn3d_bwd_stats_masked(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                                const float *mask, const float *save, double *sums)
+{
+    MN_CALL(bn_check(l, in, "bwd_stats_masked"));
+    const int C = in->c;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) bwd_stats_channel(l, in, x, dy, mask, save, c, &sums[c], &sums[C + c]);
     return MN_OK;
 }
 
@@ -178,13 +284,30 @@ mn_err mn_bn3d_bwd_apply(const mn_bn3d *l, const mn_shape *in, const float *x, c
     MN_CHECK(count > 1, MN_ERR_SHAPE, "bn3d(c=%d) bwd_apply: expected count > 1, got %.0f", l->c, count);
     const int C = in->c;
 #pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++) bwd_apply_channel(l, in, x, dy, dx, save, c, sums[c], sums[C + c], count);
+    for (int c = 0; c < C; c++) bwd_apply_channel(l, in, x, dy, NULL, dx, save, c, sums[c], sums[C + c], count, 0, 0);
+    return MN_OK;
+}
+
+mn_err mn_bn3d_bwd_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                               const float *mask, float *dx, const float *save, const double *sums, double count)
+{
+    MN_CALL(bn_check(l, in, "bwd_apply_fused"));
+    MN_CHECK(count > 1, MN_ERR_SHAPE, "bn3d(c=%d) bwd_apply: expected count > 1, got %.0f", l->c, count);
+    const int C = in->c;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) bwd_apply_channel(l, in, x, dy, mask, dx, save, c, sums[c], sums[C + c], count, 1, 0);
     return MN_OK;
 }
 
 /* Training: the split form with count = N*D*H*W and no reduction, fused per channel.  Eval: running statistics
  * (batch statistics when the layer tracks none, as PyTorch with track_running_stats=False). */
 mn_err mn_bn3d_forward(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save, int training)
+{
+    return mn_bn3d_forward_fused(l, in, x, y, save, training, NULL, 0);
+}
+
+mn_err mn_bn3d_forward_fused(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save,
+                             int training, const float *res, int relu)
 {
     MN_CALL(bn_check(l, in, "forward"));
     MN_CHECK((l->running_mean == NULL) == (l->running_var == NULL), MN_ERR_ARG,
@@ -199,7 +322,7 @@ mn_err mn_bn3d_forward(const mn_bn3d *l, const mn_shape *in, const float *x, flo
         for (int c = 0; c < C; c++) {
             double s1, s2;
             stats_channel(in, x, c, &s1, &s2);
-            apply_channel(l, in, x, y, save, c, s1, s2, count);
+            apply_channel(l, in, x, y, save, c, s1, s2, count, res, relu);
         }
         return MN_OK;
     }
@@ -215,7 +338,11 @@ mn_err mn_bn3d_forward(const mn_bn3d *l, const mn_shape *in, const float *x, flo
         for (int n = 0; n < in->n; n++) {
             size_t off = ((size_t)n * C + c) * V;
 #pragma omp simd
-            for (size_t v = 0; v < V; v++) y[off + v] = (x[off + v] - m) * a + b;
+            for (size_t v = 0; v < V; v++) {
+                float t = (x[off + v] - m) * a + b;
+                if (res) t = t + res[off + v];
+                y[off + v] = relu ? (t < 0.0f ? 0.0f : t) : t;
+            }
         }
     }
     return MN_OK;
@@ -225,6 +352,18 @@ mn_err mn_bn3d_forward(const mn_bn3d *l, const mn_shape *in, const float *x, flo
  * tracked running stats): the statistics are constants, dx += dy*gamma*invstd.  `save` is what forward wrote. */
 mn_err mn_bn3d_backward(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
                         const float *save, int training)
+{
+    return bn_backward(l, in, x, dy, NULL, dx, save, training, 0);
+}
+
+mn_err mn_bn3d_backward_fused(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
+                              const float *mask, float *dx, const float *save, int training)
+{
+    return bn_backward(l, in, x, dy, mask, dx, save, training, 1);
+}
+
+static mn_err bn_backward(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy, const float *mask,
+                          float *dx, const float *save, int training, int overwrite)
 {
     MN_CALL(bn_check(l, in, "backward"));
     const int C = in->c;
@@ -236,10 +375,10 @@ mn_err mn_bn3d_backward(const mn_bn3d *l, const mn_shape *in, const float *x, co
     for (int c = 0; c < C; c++) {
         if (batch_stats) {
             double sdy, sdyx;
-            bwd_stats_channel(l, in, x, dy, save, c, &sdy, &sdyx);
-            bwd_apply_channel(l, in, x, dy, dx, save, c, sdy, sdyx, count);
+            bwd_stats_channel(l, in, x, dy, mask, save, c, &sdy, &sdyx);
+            bwd_apply_channel(l, in, x, dy, mask, dx, save, c, sdy, sdyx, count, overwrite, 1);
         } else {
-            bwd_apply_channel(l, in, x, dy, dx, save, c, 0, 0, 0);
+            bwd_apply_channel(l, in, x, dy, mask, dx, save, c, 0, 0, 0, overwrite, 0);
         }
     }
     return MN_OK;

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "mednet/prof.h"
 #include "nn/gemm.h"
 #include "nn/vol2col.h"
 
@@ -276,6 +277,7 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
     const int G = conv_group(N, P);
     float *colt = ws, *stage = colt + (size_t)C * G * tp->maxnv, *tmp = stage + (size_t)K * G * P;
     float *w2 = tmp + (size_t)K * G * tp->maxnv, *dwt2 = w2 + (size_t)C * tp->n * K;
+    mn_prof_refine(MN_PROF_CONV_BWD_DATA);
     if (dx) permute_w_tap_major(l->w, K, C, tp->n, w2);
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
@@ -287,6 +289,7 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
             const int nt = (int)((size_t)nb * tp->nv[t]);
             /* Tap by tap: the block is unfolded, used, overwritten by its gradient and folded back while it is in
              * L3 (a whole-layer column matrix is 150 MiB for layer4 at 14^3 and went to memory and back twice). */
+            mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
             if (l->dw) mn_vol2col_tap(g, tp, t, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, colt);
             /* dY at the box's voxels, (nt x K) row-major. */
             const float *dyt = stage;
@@ -298,12 +301,14 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
             if (l->dw)
                 MN_CALL(mn_gemm(K, C, nt, 1.0f, dyt, 1, K, colt, 1, nt, n0 ? 1.0f : 0.0f, dwt2 + (size_t)t * K * C,
                                 C, 1));
+            mn_prof_refine(MN_PROF_CONV_BWD_DATA);
             if (dx) {
                 MN_CALL(mn_gemm(C, nt, K, 1.0f, w2 + (size_t)t * K * C, 1, C, dyt, 1, K, 0.0f, colt, nt, 1));
                 mn_col2vol_tap(g, tp, t, nb, colt, dx + (size_t)n0 * C * Pin, (size_t)C * Pin);
             }
         }
     }
+    mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
     if (l->dw) add_dw_from_tap_major(dwt2, tp, K, C, l->dw);
     return MN_OK;
 }
@@ -414,9 +419,11 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     if (conv_is_direct(l)) {
         for (int n = 0; n < N; n++) {
             const float *dyn = dy + (size_t)n * K * P;
+            mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
             if (l->dw)
                 MN_CALL(mn_gemm(K, C, (int)P, 1.0f, dyn, (ptrdiff_t)P, 1, x + (size_t)n * C * Pin, 1,
                                 (ptrdiff_t)Pin, 1.0f, l->dw, C, 1));
+            mn_prof_refine(MN_PROF_CONV_BWD_DATA);
             if (dx)
                 MN_CALL(mn_gemm(C, (int)P, K, 1.0f, l->w, 1, C, dyn, (ptrdiff_t)P, 1, 1.0f, dx + (size_t)n * C * Pin,
                                 (ptrdiff_t)Pin, 1));
@@ -448,12 +455,14 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
                 dyg = stage;
                 ldy = ld;
             }
+            mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
             if (l->dw) {
                 mn_vol2col(&gs, nb, x + (size_t)n0 * C * Pin, (size_t)C * Pin, col, ld, sv);
                 /* dW^T (rows x K) += col dY^T, accumulated over groups and slabs, added to dW at the end. */
                 MN_CALL(mn_gemm(rows, K, (int)ld, 1.0f, col, (ptrdiff_t)ld, 1, dyg, 1, (ptrdiff_t)ldy,
                                 (n0 || z0) ? 1.0f : 0.0f, dwt, K, 1));
             }
+            mn_prof_refine(MN_PROF_CONV_BWD_DATA);
             if (dx) {
                 MN_CALL(mn_gemm(rows, (int)ld, K, 1.0f, l->w, 1, rows, dyg, (ptrdiff_t)ldy, 1, 0.0f, col,
                                 (ptrdiff_t)ld, 1));
@@ -461,6 +470,7 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
             }
         }
     }
+    mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
     if (l->dw) mn_transpose(dwt, (size_t)rows, (size_t)K, NULL, 1, l->dw, (size_t)rows);
     return MN_OK;
 }

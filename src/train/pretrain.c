@@ -534,7 +534,7 @@ mn_err mn_pretrain_run(MPI_Comm comm, const char *path, char **overrides, int no
     if (!e) e = mn_agree(comm, r.rank == 0 ? mn_run_config_read(r.config, &r.cfg) : MN_OK); /* rank 0 reports */
     if (!e) e = mn_agree(comm, r.rank != 0 ? mn_run_config_read(r.config, &r.cfg) : MN_OK);
     if (!e) e = mn_agree(comm, mn_config_dump(r.config, &r.config_text));
-    if (!e) e = mn_agree(comm, mn_threads_init(mn_threads_resolve((int)r.cfg.threads)));
+    if (!e) e = mn_agree(comm, mn_threads_init_comm(mn_threads_resolve((int)r.cfg.threads), comm));
     int nodes = 0;
     if (!e) e = mn_agree(comm, mn_dist_node_count(comm, &nodes, NULL));
     if (!e) {

@@ -140,7 +140,7 @@ static mn_err run(int sync)
     int rank, size;
     MN_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MN_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    MN_CALL(mn_threads_init(1));
+    MN_CALL(mn_threads_init_comm(1, MPI_COMM_WORLD));
 
     /* The P-rank run: dataset d on the ranks r with r % 2 == d. */
     int holders[NDS][64], self[NDS][1] = {{1}, {1}};

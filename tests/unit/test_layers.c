@@ -255,6 +255,91 @@ static void test_bn_split(void)
     bn_free(&c);
 }
 
+/* The fused batch-norm passes against the separate ones, bit for bit: forward with residual and ReLU, backward with
+ * the ReLU mask and overwrite (also with dx aliasing the mask, as the stem does), the split form, eval mode. */
+static int same_bits(const float *a, const float *b, size_t n)
+{
+    return memcmp(a, b, n * sizeof *a) == 0;
+}
+static void test_bn_fused(void)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        bn_ctx c;
+        mn_shape in = {3, 5, 3, 4, 5}; /* odd extents, batch > 1 */
+        bn_setup(&c, in, mode == 0);
+        const int C = in.c;
+        const size_t n = mn_shape_numel(&in);
+        float *res = rand_f(n, 1), *mask = rand_f(n, 1), *y1 = mn_test_alloc(n), *y2 = mn_test_alloc(n);
+        float *dx1 = mn_test_alloc(n), *dx2 = mn_test_alloc(n), *g = mn_test_alloc(n), *sv1 = mn_test_alloc(2 * C);
+        float *sv2 = mn_test_alloc(2 * C), rm0[5], rv0[5];
+        memcpy(rm0, c.l.running_mean, sizeof rm0);
+        memcpy(rv0, c.l.running_var, sizeof rv0);
+        int ok = 1;
+        for (int relu = 0; relu < 2; relu++)
+            for (int with_res = 0; with_res < 2; with_res++) {
+                /* separate: bn, add, relu */
+                memcpy(c.l.running_mean, rm0, sizeof rm0), memcpy(c.l.running_var, rv0, sizeof rv0);
+                ok &= mn_bn3d_forward(&c.l, &in, c.x, y1, sv1, c.training) == MN_OK;
+                if (with_res) mn_add_inplace(n, y1, res);
+                if (relu) mn_relu_forward(n, y1, y1);
+                memcpy(c.l.running_mean, rm0, sizeof rm0), memcpy(c.l.running_var, rv0, sizeof rv0);
+                ok &= mn_bn3d_forward_fused(&c.l, &in, c.x, y2, sv2, c.training, with_res ? res : NULL, relu) ==
+                      MN_OK;
+                TEST_EXPECT(same_bits(y1, y2, n) && same_bits(sv1, sv2, 2 * (size_t)C),
+                            "bn forward fused (training %d, res %d, relu %d) differs", c.training, with_res, relu);
+            }
+        /* backward: mask + zero + accumulate vs fused overwrite */
+        for (int with_mask = 0; with_mask < 2; with_mask++) {
+            memcpy(g, c.r, n * sizeof *g);
+            if (with_mask)
+                for (size_t i = 0; i < n; i++)
+                    if (!(mask[i] > 0.0f)) g[i] = 0.0f;
+            memset(dx1, 0, n * sizeof *dx1);
+            memset(c.l.dgamma, 0, C * sizeof(float)), memset(c.l.dbeta, 0, C * sizeof(float));
+            ok &= mn_bn3d_backward(&c.l, &in, c.x, g, dx1, sv1, c.training) == MN_OK;
+            float dg1[5], db1[5];
+            memcpy(dg1, c.l.dgamma, sizeof dg1), memcpy(db1, c.l.dbeta, sizeof db1);
+            for (size_t i = 0; i < n; i++) dx2[i] = NAN; /* overwritten, never read */
+            memset(c.l.dgamma, 0, C * sizeof(float)), memset(c.l.dbeta, 0, C * sizeof(float));
+            ok &= mn_bn3d_backward_fused(&c.l, &in, c.x, c.r, with_mask ? mask : NULL, dx2, sv1, c.training) ==
+                  MN_OK;
+            TEST_EXPECT(same_bits(dx1, dx2, n) && same_bits(dg1, c.l.dgamma, (size_t)C) &&
+                            same_bits(db1, c.l.dbeta, (size_t)C),
+                        "bn backward fused (training %d, mask %d) differs", c.training, with_mask);
+            if (with_mask) { /* dx aliasing the mask */
+                float *alias = mn_test_alloc(n);
+                memcpy(alias, mask, n * sizeof *alias);
+                memset(c.l.dgamma, 0, C * sizeof(float)), memset(c.l.dbeta, 0, C * sizeof(float));
+                ok &= mn_bn3d_backward_fused(&c.l, &in, c.x, c.r, alias, alias, sv1, c.training) == MN_OK;
+                TEST_EXPECT(same_bits(dx1, alias, n) && same_bits(dg1, c.l.dgamma, (size_t)C),
+                            "bn backward fused with dx == mask differs (training %d)", c.training);
+                free(alias);
+            }
+            if (c.training) { /* the split form, one "rank" */
+                double sums[10];
+                const double count = (double)n / C;
+                ok &= mn_bn3d_bwd_stats_masked(&c.l, &in, c.x, c.r, with_mask ? mask : NULL, sv1, sums) == MN_OK;
+                for (size_t i = 0; i < n; i++) dx2[i] = NAN;
+                memset(c.l.dgamma, 0, C * sizeof(float)), memset(c.l.dbeta, 0, C * sizeof(float));
+                ok &= mn_bn3d_bwd_apply_fused(&c.l, &in, c.x, c.r, with_mask ? mask : NULL, dx2, sv1, sums, count) ==
+                      MN_OK;
+                TEST_EXPECT(same_bits(dx1, dx2, n) && same_bits(dg1, c.l.dgamma, (size_t)C),
+                            "bn split backward fused (mask %d) differs", with_mask);
+                ok &= mn_bn3d_stats(&c.l, &in, c.x, sums) == MN_OK;
+                ok &= mn_bn3d_apply_fused(&c.l, &in, c.x, y2, sv2, sums, count, res, 1) == MN_OK;
+                ok &= mn_bn3d_apply(&c.l, &in, c.x, y1, sv2, sums, count) == MN_OK;
+                mn_add_inplace(n, y1, res);
+                mn_relu_forward(n, y1, y1);
+                TEST_EXPECT(same_bits(y1, y2, n), "bn split apply fused differs");
+            }
+        }
+        TEST_EXPECT(ok, "fused bn calls returned errors");
+        printf("  bn fused passes (%s) equal the separate ones bit for bit\n", c.training ? "training" : "eval");
+        free(res), free(mask), free(y1), free(y2), free(dx1), free(dx2), free(g), free(sv1), free(sv2);
+        bn_free(&c);
+    }
+}
+
 static void test_bn_errors(void)
 {
     bn_ctx c;
@@ -588,6 +673,7 @@ int main(void)
     printf("semantic checks:\n");
     test_bn_running();
     test_bn_split();
+    test_bn_fused();
     test_bn_errors();
     test_pool_values();
     test_maxpool_fast_vs_ref();
