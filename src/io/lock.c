@@ -93,6 +93,21 @@ static unsigned long long proc_start_time(long pid)
     return strtoull(p, NULL, 10);
 }
 
+/* 1 when process `pid` has exited but is not yet reaped (state Z or X in /proc/<pid>/stat): it holds nothing, though
+ * kill(pid, 0) still succeeds.  A rank killed by the launcher stays a zombie until its parent reaps it. */
+static int proc_is_dead(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
 static void make_nonce(char *out, size_t n)
 {
     unsigned char b[12] = {0};
@@ -273,6 +288,7 @@ static enum verdict holder_verdict(const holder *old, const holder *me)
         /* A different boot of this host: every process of the holder's boot is gone. */
         if (old->boot_id[0] && me->boot_id[0] && strcmp(old->boot_id, me->boot_id) != 0) return HOLDER_GONE_HERE;
         if (kill((pid_t)old->pid, 0) != 0 && errno == ESRCH) return HOLDER_GONE_HERE;
+        if (proc_is_dead(old->pid)) return HOLDER_GONE_HERE; /* exited, not yet reaped */
         /* The pid exists (EPERM: it belongs to another user, still alive).  A recycled pid started later. */
         unsigned long long now_start = proc_start_time(old->pid);
         if (old->proc_start && now_start && now_start != old->proc_start) return HOLDER_GONE_HERE;

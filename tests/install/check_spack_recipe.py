@@ -24,6 +24,7 @@ CMAKE_TO_SPACK = {
     ("find_package", "MPI"): "mpi",
     ("find_package", "HDF5"): "hdf5",
     ("find_package", "OpenMP"): None,  # the compiler's runtime
+    ("find_package", "Threads"): None,  # the C library's pthreads
     ("find_package", "PkgConfig"): "pkgconfig",
     ("find_package", "ZLIB"): "zlib-api",
     ("pkg_check_modules", "inih"): "libinih",
