@@ -133,29 +133,31 @@ stop)
     "after the stop; survived: $left; the rerun resumed from step 2 and finished"
   ;;
 disk_full)
-  # The output folder on a 100 MB tmpfs: ckpt-2 (70 MB) fits, ckpt-4 does not.
+  # The output folder on a 100 MB tmpfs: ckpt-2 (70 MB) fits, ckpt-4 does not.  The run's folder is df, a link into
+  # the tmpfs, so that the drill's own logs (df.log, df.tlog) stay outside it and see every line.
   mkdir -p fs && mount -t tmpfs -o size=100m drill-tmpfs fs || fail "cannot mount a tmpfs (needs root)"
   trap 'umount -l "$work/fs" 2>/dev/null' EXIT
-  run fs/df train.steps=6
-  agreed fs/df.log "full file system, train.checkpoint_failure = stop"
-  has fs/df.log "No space left on device"
-  has fs/df.log "checkpoint 'fs/df/ckpt-4\.h5' was not written; the previous checkpoint and 'latest' are untouched"
-  has fs/df.log "stopping: the checkpoint of step 4 could not be written \(train.checkpoint_failure = stop\); the newest checkpoint on disk is fs/df/ckpt-2\.h5"
-  t_fail=$(stamp_of fs/df.tlog "No space left on device")
+  mkdir -p fs/df && ln -sfn fs/df df || fail "cannot link df to the tmpfs"
+  run df train.steps=6
+  agreed df.log "full file system, train.checkpoint_failure = stop"
+  has df.log "No space left on device"
+  has df.log "checkpoint 'df/ckpt-4\.h5' was not written; the previous checkpoint and 'latest' are untouched"
+  has df.log "stopping: the checkpoint of step 4 could not be written \(train.checkpoint_failure = stop\); the newest checkpoint on disk is df/ckpt-2\.h5"
+  t_fail=$(stamp_of df.tlog "No space left on device")
   dt=$(secs "$t_fail" "$t_end")
-  latest_is fs/df ckpt-2.h5
-  ! ls fs/df/*.tmp >/dev/null 2>&1 || fail "a temporary file was left behind"
-  before=$(sums fs/df)
-  echo "  stop: exit 1 on every rank $dt s after the write failed; survived: $(survived fs/df)"
+  latest_is df ckpt-2.h5
+  ! ls df/*.tmp >/dev/null 2>&1 || fail "a temporary file was left behind"
+  before=$(sums df)
+  echo "  stop: exit 1 on every rank $dt s after the write failed; survived: $(survived df)"
   # train.checkpoint_failure = continue: the rerun resumes from ckpt-2, trains on past the failed checkpoints, and
   # stops only when the last one (step 8) fails too.
-  run fs/df train.steps=8 train.checkpoint_failure=continue
-  agreed fs/df.log "full file system, train.checkpoint_failure = continue"
-  has fs/df.log "resumed from fs/df/ckpt-2\.h5 at step 2"
-  has fs/df.log "checkpoint of step 4 failed \(above\): training goes on \(train.checkpoint_failure = continue\)"
-  has fs/df.log "^step 8/8"
-  has fs/df.log "stopping: the checkpoint of step 8 could not be written; the newest checkpoint on disk is fs/df/ckpt-2\.h5"
-  [ "$(sums fs/df)" = "$before" ] || fail "ckpt-2.h5 or latest changed"
+  run df train.steps=8 train.checkpoint_failure=continue
+  agreed df.log "full file system, train.checkpoint_failure = continue"
+  has df.log "resumed from df/ckpt-2\.h5 at step 2"
+  has df.log "checkpoint of step 4 failed \(above\): training goes on \(train.checkpoint_failure = continue\)"
+  has df.log "^step 8/8"
+  has df.log "stopping: the checkpoint of step 8 could not be written; the newest checkpoint on disk is df/ckpt-2\.h5"
+  [ "$(sums df)" = "$before" ] || fail "ckpt-2.h5 or latest changed"
   echo "disk_full: stop ends the job with exit 1 and keeps ckpt-2 + latest; continue trains on to step 8, then" \
     "exit 1 with ckpt-2 + latest unchanged"
   ;;
