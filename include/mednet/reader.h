@@ -23,8 +23,10 @@
  * time may call into a file reader, and no other thread may call HDF5 while it does (mednet/prefetch.h arranges
  * this).  A reader makes no MPI call: it needs no more than MPI_THREAD_FUNNELED from a helper thread.
  *
- * Integrity: the in-memory loader checks each volume's data_crc32; a file reader reads chunks, not volumes, and
- * cannot: it reports HDF5 read errors (a truncated or damaged chunk) naming the file, dataset and volume.
+ * Integrity: both backends check each volume's data_crc32 before its first crop: the in-memory loader as it loads,
+ * a file reader when it first opens the volume (one whole read of its image and label into a temporary buffer that
+ * does not count against the cache).  HDF5 read errors (a truncated or damaged chunk) name the file, dataset and
+ * volume.
  */
 #ifndef MEDNET_READER_H
 #define MEDNET_READER_H

@@ -202,6 +202,36 @@ static void vol_name(const mn_reader *rd, const rvol *v, char *buf, size_t n)
     snprintf(buf, n, "/%s/vol_%04d", rd->info->datasets[v->dataset].name, rd->info->volumes[v->volume].index);
 }
 
+/* File backend: the integrity check of volume k, once, when it is first opened: its image and label are read whole
+ * into a temporary buffer (freed at once; it does not count against the cache) and their CRC-32 compared with the
+ * corpus's data_crc32, as the in-memory loader does.  Flipped bytes inside a chunk are thus caught before any crop of
+ * the volume is used.  Local work. */
+static mn_err verify_volume(mn_reader *rd, int k)
+{
+    rvol *v = &rd->v[k];
+    int64_t n = v->shape[0] * v->shape[1] * v->shape[2];
+    float *img = malloc((size_t)n * sizeof *img);
+    uint8_t *lab = malloc((size_t)n);
+    if (!img || !lab) {
+        free(img), free(lab);
+        MN_FAIL(MN_ERR_MEM, "out of memory to verify shard volume %d (%lld voxels)", k, (long long)n);
+    }
+    herr_t a = H5Dread(v->dset[0], H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, img);
+    herr_t b = a < 0 ? -1 : H5Dread(v->dset[1], H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, lab);
+    if (a < 0 || b < 0) mn_h5_report("H5Dread", __FILE__, __LINE__, __func__);
+    uint32_t crc = a < 0 || b < 0 ? 0 : mn_corpus_data_crc(img, lab, n);
+    free(img), free(lab);
+    char base[200];
+    vol_name(rd, v, base, sizeof base);
+    MN_CHECK(a >= 0 && b >= 0, MN_ERR_FORMAT, "corpus '%s': cannot read volume %s (truncated or corrupt file?)",
+             rd->info->path, base);
+    uint32_t want = rd->info->volumes[v->volume].data_crc32;
+    MN_CHECK(crc == want, MN_ERR_FORMAT, "corpus '%s': volume %s (image + label) has CRC-32 %08x, the file records "
+             "%08x: the corpus is damaged; rebuild it with `mednet prep`", rd->info->path, base, (unsigned)crc,
+             (unsigned)want);
+    return MN_OK;
+}
+
 /* File backend: open the file (first call) and volume k's two datasets; check their shapes against the metadata
  * and take the chunk geometry.  Local work. */
 static mn_err open_volume(mn_reader *rd, int k)
@@ -266,6 +296,7 @@ static mn_err open_volume(mn_reader *rd, int k)
     }
     v->slot = calloc((size_t)v->nchunks * 2, sizeof *v->slot);
     MN_CHECK(v->slot, MN_ERR_MEM, "out of memory for the chunk table of %s", base);
+    MN_CALL(verify_volume(rd, k));
     v->opened = 1;
     return MN_OK;
 }

@@ -417,11 +417,17 @@ os.truncate(trunc, n * 6 // 10)
 print(f"flipped 64 bytes of {name} at byte {off + size // 2} (chunk of {size} bytes at {off}); "
       f"truncated {n} -> {n * 6 // 10} bytes")
 PY
+  # The streaming reader checks a volume's CRC-32 when the rank first opens it, inside the first step: the rank that
+  # holds the damaged volume ends the job through MPI_Abort (status 10 + code), its message naming file and volume.
   run_stamped pretrain 2 cc_flip corpus.path="$work/flip.h5" train.steps=2
-  expect_agreed cc_flip.log "flipped voxel bytes" "flip\.h5"
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] || { cat cc_flip.log; fail "flipped voxel bytes: status $status"; }
+  grep -Eq "flip\.h5': volume /[a-z_0-9]+/vol_[0-9]+ \(image \+ label\) has CRC-32" cc_flip.log ||
+    { cat cc_flip.log; fail "flipped voxel bytes: no CRC-32 message naming the file and volume"; }
+  ! grep -q "^checkpoint: cc_flip" cc_flip.log || { cat cc_flip.log; fail "a checkpoint was written from damaged data"; }
+  echo "  flipped voxel bytes: status $status, the CRC-32 message names the file and volume"
   run_stamped pretrain 2 cc_trunc corpus.path="$work/trunc.h5" train.steps=2
   expect_agreed cc_trunc.log "truncated corpus" "trunc\.h5"
-  echo "corrupt_corpus: flipped and truncated copies rejected with the agreed status 1 naming the file"
+  echo "corrupt_corpus: flipped bytes refused by the CRC-32 check, a truncated copy with the agreed status 1, each naming the file"
   ;;
 *)
   fail "unknown case"
