@@ -51,6 +51,13 @@ static void write_corpus(fz_reader *r, const char *path)
         fz_attr_i64(&h, g, "num_classes", 2);
         fz_attr_str(&h, g, "class_names", cls, MN_CORPUS_NAME_LEN, 2);
         fz_attr_num(&h, g, "spacing", H5T_NATIVE_DOUBLE, 8, spacing, 3);
+        /* The dataset's preprocessing record (what `mednet infer` repeats). */
+        double clip[2] = {-5, 5}, mean = 0, sd = 1;
+        fz_attr_str(&h, g, "normalisation", "zscore", 0, 0);
+        fz_attr_num(&h, g, "norm_clip", H5T_NATIVE_DOUBLE, 8, clip, 2);
+        fz_attr_num(&h, g, "norm_mean", H5T_NATIVE_DOUBLE, 8, &mean, 1);
+        fz_attr_num(&h, g, "norm_std", H5T_NATIVE_DOUBLE, 8, &sd, 1);
+        fz_attr_i64(&h, g, "antialias", 1);
         fz_attr_i64(&h, g, "num_volumes", nv);
         for (int v = 0; v < nv; v++) {
             char vn[32];
