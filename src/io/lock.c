@@ -71,20 +71,27 @@ static void read_boot_id(char *out, size_t n)
     fclose(f);
 }
 
-/* Start time of process pid in clock ticks since boot (field 22 of /proc/<pid>/stat), 0 if unknown.  The command
- * name (field 2) may contain spaces and parentheses, so the fields are counted from the LAST ')'. */
-static unsigned long long proc_start_time(long pid)
+/* The fields of /proc/<pid>/stat after the command name (field 2, which may contain spaces and parentheses, so the
+ * text is taken from the LAST ')'): a pointer into buf at field 3 (the state), or NULL if unreadable. */
+static const char *proc_stat_fields(long pid, char *buf, size_t len)
 {
-    char path[64], buf[1024];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    if (!f) return NULL;
+    size_t n = fread(buf, 1, len - 1, f);
     fclose(f);
     buf[n] = '\0';
     char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p + 2 : NULL;
+}
+
+/* Start time of process pid in clock ticks since boot (field 22 of /proc/<pid>/stat), 0 if unknown. */
+static unsigned long long proc_start_time(long pid)
+{
+    char buf[1024];
+    const char *p = proc_stat_fields(pid, buf, sizeof buf);
     if (!p) return 0;
-    p++;
     for (int field = 3; field < 22; field++) {   /* skip fields 3 (state) .. 21 */
         while (*p == ' ') p++;
         while (*p && *p != ' ') p++;
@@ -93,19 +100,13 @@ static unsigned long long proc_start_time(long pid)
     return strtoull(p, NULL, 10);
 }
 
-/* 1 when process `pid` has exited but is not yet reaped (state Z or X in /proc/<pid>/stat): it holds nothing, though
- * kill(pid, 0) still succeeds.  A rank killed by the launcher stays a zombie until its parent reaps it. */
+/* 1 when process `pid` has exited but is not yet reaped (state Z or X): it holds nothing, though kill(pid, 0) still
+ * succeeds.  A rank killed by the launcher stays a zombie until its parent reaps it. */
 static int proc_is_dead(long pid)
 {
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+    char buf[1024];
+    const char *p = proc_stat_fields(pid, buf, sizeof buf);
+    return p && (*p == 'Z' || *p == 'X');
 }
 
 static void make_nonce(char *out, size_t n)
