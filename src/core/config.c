@@ -10,10 +10,13 @@
  * libinih (as Debian builds it) reads at most INI_MAX_LINE - 1 bytes per line: the rest of a longer line becomes a
  * line of its own (a syntax error, or a new key), so a line, and the `key = value` line the dump writes, may hold at
  * most MN_CONFIG_LINE_MAX characters.  It cuts section names to 49 bytes, so a 49-byte name may already be cut
- * (at most MN_CONFIG_SECTION_MAX).  An empty key (a line "= value") would be dumped as " = value", which inih reads
+ * (at most MN_CONFIG_NAME_MAX), and it cuts the key it repeats for a continuation line to as many, so keys are
+ * limited alike.  An empty key (a line "= value") would be dumped as " = value", which inih reads
  * as a continuation of the key before it.  "key =;x" has the value ";x", but the dump's "key = ;x" is a key with
- * a comment, so a value cannot start with ';'.  A key is printable ASCII: no mednet key is anything else, and a byte
- * order mark at the start of a key would be dropped when the dump puts that key on the first line.
+ * a comment, so a value cannot start with ';', nor hold ';' after a space or tab (inih keeps it in a continuation
+ * line, but on the dump's line it starts a comment).  A key is printable ASCII: no mednet key is anything else,
+ * and a byte order mark at the start of a key would be dropped when the dump puts that key on the first line.  A
+ * value holds no control character but tab (a carriage return before ';' would also start a comment).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mednet/config.h"
@@ -29,7 +32,7 @@
 #include <strings.h>
 
 #define MN_CONFIG_LINE_MAX (INI_MAX_LINE - 2) /* characters per line, without the newline */
-#define MN_CONFIG_SECTION_MAX 48
+#define MN_CONFIG_NAME_MAX 48 /* bytes of a section name or key */
 
 typedef struct entry {
     char *section, *key, *value;
@@ -98,10 +101,24 @@ static const char *entry_problem(const char *section, const char *key, const cha
                      (unsigned char)*p);
             return msg;
         }
+    for (const char *p = value; *p; p++)
+        if (((unsigned char)*p < 0x20 && *p != '\t') || *p == 0x7f) {
+            snprintf(msg, cap, "the value of key '%s' contains a control character (0x%02x)", key, (unsigned char)*p);
+            return msg;
+        }
     if (*value == ';') return "a value cannot start with ';' (after `key = ` it starts a comment)";
-    if (strlen(section) > MN_CONFIG_SECTION_MAX) {
+    /* A continuation line (one starting with white space) keeps " ;..." in its value; on the dump's line it would
+     * start a comment. */
+    if (strstr(value, " ;") || strstr(value, "\t;"))
+        return "a value cannot contain ';' after a space or tab (in a `key = value` line it starts a comment)";
+    if (strlen(section) > MN_CONFIG_NAME_MAX) {
         snprintf(msg, cap, "section name '%.*s...' is longer than %d bytes (libinih cuts longer names)",
-                 MN_CONFIG_SECTION_MAX, section, MN_CONFIG_SECTION_MAX);
+                 MN_CONFIG_NAME_MAX, section, MN_CONFIG_NAME_MAX);
+        return msg;
+    }
+    if (strlen(key) > MN_CONFIG_NAME_MAX) {
+        snprintf(msg, cap, "key '%.*s...' is longer than %d bytes (libinih cuts longer names)", MN_CONFIG_NAME_MAX,
+                 key, MN_CONFIG_NAME_MAX);
         return msg;
     }
     size_t n = strlen(key) + 3 + strlen(value);
@@ -286,13 +303,10 @@ mn_err mn_config_override(mn_config *cfg, const char *assignment)
     key = strip(key);
     const char *value = strip(val);
     MN_CHECK(*key, MN_ERR_CONFIG, "override '%s' has an empty key", assignment);
-    MN_CHECK(!strpbrk(section, "[]"), MN_ERR_CONFIG, "override '%s': a section name cannot contain '[' or ']'",
-             assignment);
+    MN_CHECK(!strpbrk(section, "[];#"), MN_ERR_CONFIG,
+             "override '%s': a section name cannot contain '[', ']', ';' or '#'", assignment);
     MN_CHECK(!strpbrk(key, ":;#[") , MN_ERR_CONFIG,
              "override '%s': a key cannot contain ':', ';', '#' or '['", assignment);
-    MN_CHECK(!strstr(value, " ;") && !strstr(value, "\t;") && *value != ';', MN_ERR_CONFIG,
-             "override '%s': ';' after a space starts a comment in a config file; remove it from the value",
-             assignment);
     char msg[400];
     const char *why = entry_problem(section, key, value, msg, sizeof msg);
     MN_CHECK(!why, MN_ERR_CONFIG, "override '%s': %s", assignment, why ? why : "");

@@ -178,11 +178,7 @@ mn_err mn_corpus_def_from_config(mn_config *cfg, mn_corpus_def **out)
     TRY(mn_config_double(cfg, "corpus", "affine_tolerance", 1e-3, 0, 10, &def->affine_tolerance));
     TRY(mn_config_string(cfg, "corpus", "mpiio_hints", "", &s));
     snprintf(def->mpiio_hints, sizeof def->mpiio_hints, "%s", s);
-    {
-        MPI_Info check = MPI_INFO_NULL;
-        TRY(mn_mpiio_hints_parse(def->mpiio_hints, mn_config_origin(cfg), &check));
-        if (check != MPI_INFO_NULL) MPI_Info_free(&check);
-    }
+    TRY(mn_mpiio_hints_parse(def->mpiio_hints, mn_config_origin(cfg), NULL));
 
     int nsec = mn_config_section_count(cfg);
     def->datasets = calloc((size_t)(nsec > 0 ? nsec : 1), sizeof *def->datasets);

@@ -20,11 +20,11 @@
 
 mn_err mn_mpiio_hints_parse(const char *text, const char *origin, MPI_Info *info)
 {
-    *info = MPI_INFO_NULL;
+    if (info) *info = MPI_INFO_NULL;
     if (!text || !*text) return MN_OK;
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", text);
-    MN_CHECK(MPI_Info_create(info) == MPI_SUCCESS, MN_ERR_MPI, "MPI_Info_create failed");
+    if (info) MN_CHECK(MPI_Info_create(info) == MPI_SUCCESS, MN_ERR_MPI, "MPI_Info_create failed");
     char *save = NULL;
     for (char *pair = strtok_r(buf, ",", &save); pair; pair = strtok_r(NULL, ",", &save)) {
         while (*pair == ' ' || *pair == '\t') pair++;
@@ -39,11 +39,11 @@ mn_err mn_mpiio_hints_parse(const char *text, const char *origin, MPI_Info *info
             while (*v == ' ' || *v == '\t') v++;
         }
         if (!eq || !*k || !*v) {
-            MPI_Info_free(info);
+            if (info) MPI_Info_free(info);
             MN_FAIL(MN_ERR_CONFIG, "config %s: mpiio_hints: '%s' is not key=value (expected e.g. "
                     "\"striping_factor=16, romio_cb_write=enable\")", origin, pair);
         }
-        if (MPI_Info_set(*info, k, v) != MPI_SUCCESS) {
+        if (info && MPI_Info_set(*info, k, v) != MPI_SUCCESS) {
             MPI_Info_free(info);
             MN_FAIL(MN_ERR_MPI, "MPI_Info_set(%s, %s) failed", k, v);
         }

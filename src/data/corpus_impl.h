@@ -17,7 +17,8 @@ mn_err mn_corpus_fapl(MPI_Comm comm, int coll_metadata, const char *hints, hid_t
 /* MPI-IO hints from text: "key=value" pairs separated by commas (spaces around them ignored), e.g.
  * "striping_factor=16, striping_unit=4194304, romio_cb_write=enable".  "" or NULL gives MPI_INFO_NULL.  A pair
  * without '=' or with an empty key is MN_ERR_CONFIG naming `origin` and the pair.  Not collective.  The caller frees
- * a non-null *info with MPI_Info_free. */
+ * a non-null *info with MPI_Info_free.  With info NULL only the text is checked, with no MPI call (the config
+ * readers, which may run before MPI_Init, do this). */
 mn_err mn_mpiio_hints_parse(const char *text, const char *origin, MPI_Info *info);
 
 /* The check before a collective open of an existing corpus file (MPI_File_open inside H5Fopen waits for every rank:

@@ -2,7 +2,8 @@
  *
  * libnifti does the parsing, byte swapping and decompression; this file adds what mednet needs around it:
  * - a magic check of its own before libnifti sees the file (zlib's gzread reads plain and gzipped files alike),
- *   because libnifti silently falls back to ANALYZE 7.5 for a 348-byte header without the NIfTI magic;
+ *   because libnifti silently falls back to ANALYZE 7.5 for a 348-byte header without the NIfTI magic, and a
+ *   check of dim[0] (libnifti overruns its stack on some headers with dim[0] outside 1..7);
  * - the header is read first and checked (3-D only, known voxel type), then the voxels are read by us through
  *   zlib (libnifti's loader silently turns NaN/Inf floats into 0, hiding corrupt voxels), so that a truncated
  *   .nii.gz is reported as such and NaNs survive to the validation of prep;
@@ -70,6 +71,20 @@ static mn_err check_magic(const char *path)
     int32_t le = h[0] | h[1] << 8 | h[2] << 16 | (int32_t)((uint32_t)h[3] << 24);
     int32_t be = h[3] | h[2] << 8 | h[1] << 16 | (int32_t)((uint32_t)h[0] << 24);
     int32_t size = (le == 348 || le == 540) ? le : be;
+    int swap = !(le == 348 || le == 540);
+    /* dim[0] (an int16 at byte 40 in NIfTI-1, an int64 at byte 16 in NIfTI-2) must be 1..7 in the file's byte
+     * order: libnifti guesses the byte order from it and indexes its 8-entry dim arrays with it, and a header that
+     * passes its guess with an out-of-range dim[0] overruns its stack. */
+    int64_t ndim = 0;
+    if (size == 348 || (size == 540 && got >= 540)) {
+        int off = size == 348 ? 40 : 16, width = size == 348 ? 2 : 8;
+        uint64_t v = 0;
+        for (int i = 0; i < width; i++) v |= (uint64_t)h[off + (swap ? width - 1 - i : i)] << (8 * i);
+        ndim = width == 2 ? (int16_t)v : (int64_t)v;
+        MN_CHECK(ndim >= 1 && ndim <= 7, MN_ERR_FORMAT,
+                 "'%s': corrupt NIfTI-%d header: dim[0] (the number of dimensions) is %lld, expected 1 to 7",
+                 path, size == 348 ? 1 : 2, (long long)ndim);
+    }
     if (size == 348) {
         const char *m = (const char *)h + 344;
         MN_CHECK(!memcmp(m, "n+1\0", 4) || !memcmp(m, "ni1\0", 4), MN_ERR_FORMAT,
@@ -125,7 +140,7 @@ static mn_err open_header(const char *path, nifti_image **out, mn_volume *vol, m
     MN_CHECK(nim, MN_ERR_FORMAT, "libnifti cannot read the header of '%s' (corrupt or truncated file)", path);
     mn_err err = MN_OK;
     int64_t extra = 1;
-    for (int d = 4; d <= nim->dim[0] && d <= 7; d++) extra *= nim->dim[d] > 0 ? nim->dim[d] : 1;
+    for (int d = 4; d <= nim->dim[0] && d <= 7 && extra == 1; d++) extra = nim->dim[d] > 1 ? nim->dim[d] : 1;
     const char *dt = dtype_name(nim->datatype);
     if (nim->dim[0] < 3 || nim->nx < 1 || nim->ny < 1 || nim->nz < 1) {
         err = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__,
