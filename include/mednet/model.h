@@ -200,6 +200,11 @@ long mn_model_bn_batches(const mn_model *m, int part);
 void mn_model_set_bn_batches(mn_model *m, int part, long batches);
 
 void mn_model_set_training(mn_model *m, int training); /* 1: BN uses batch statistics (default), 0: running stats */
+/* Freeze the encoder (fine-tuning recipes): 1: its batch norm uses the running statistics and does not update them
+ * (as in eval mode) whatever the training mode, and backward stops at the encoder output: no encoder gradient is
+ * computed (the grad buffer's encoder range is left as it is), the grad_ready hook still fires once per encoder
+ * range.  Heads train as usual.  0 (default): the encoder trains. */
+void mn_model_set_encoder_frozen(mn_model *m, int frozen);
 /* Install the backward hooks (either may be NULL; ctx is passed back unchanged). */
 void mn_model_set_hooks(mn_model *m, mn_grad_ready_fn grad_ready, mn_progress_fn progress, void *ctx);
 

@@ -13,6 +13,8 @@
  *     sample of every rank and micro-batch, and head d's the same over the samples of dataset d;
  *   non-finite losses or gradients anywhere: every rank skips the update (BN buffers restored) or stops, per config;
  *   the optimiser updates the encoder and each head that saw a sample somewhere (lr * head_lr_mult for heads);
+ *     while step < freeze_steps the encoder is frozen: batch norm on running statistics, no backward through it
+ *     (its buckets reduce zeros), no update, its BN buffers restored bit for bit after the averaging;
  *   batch-norm running statistics averaged over holders, weighted by samples.
  *
  * The loss of a sample does not depend on its batch, rank or micro-batch, so P ranks, m micro-batches and one large
@@ -59,6 +61,8 @@ typedef struct mn_trainer_config {
     int sync_bn;             /* 1: encoder batch norm with global-batch statistics */
     int nan_abort;           /* 1: stop on non-finite numbers; 0: skip the update */
     double bucket_mb;        /* encoder bucket size, MiB */
+    long freeze_steps;       /* steps < freeze_steps train the heads only (mn_model_set_encoder_frozen: no encoder
+                              * gradient, update or BN statistics change); 0: never, LONG_MAX: always */
 } mn_trainer_config;
 
 /* What one step saw, per row of the part table.  Times in seconds on this rank:

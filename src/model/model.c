@@ -750,6 +750,7 @@ void mn_model_set_bn_batches(mn_model *m, int part, long batches)
 }
 
 void mn_model_set_training(mn_model *m, int training) { m->training = training ? 1 : 0; }
+void mn_model_set_encoder_frozen(mn_model *m, int frozen) { m->enc_frozen = frozen ? 1 : 0; }
 
 void mn_model_set_bn_sync(mn_model *m, mn_bn_sync_fn fn, void *ctx)
 {

@@ -74,9 +74,12 @@ static mn_err enc_bn_backward(mn_model *m, const mn_bn3d *l, const mn_shape *s, 
 
 /* ---- encoder ---- */
 
+/* Training mode of the encoder's batch norm: the model's, unless the encoder is frozen (running statistics). */
+static int enc_training(const mn_model *m) { return m->training && !m->enc_frozen; }
+
 mn_err mn_model_block_forward(mn_model *m, mn_block *b)
 {
-    int tr = m->training;
+    int tr = enc_training(m);
     size_t nout = mn_shape_numel(&b->out);
     /* Batch norm, ReLU and the residual add run as fused passes (mn_bn3d_forward_fused). */
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws)));
@@ -119,7 +122,7 @@ mn_err mn_model_block_forward(mn_model *m, mn_block *b)
 /* dy: gradient of the block output (masked in place); dx: receives (overwritten) the gradient of the block input. */
 mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
 {
-    int tr = m->training;
+    int tr = enc_training(m);
     size_t nout = mn_shape_numel(&b->out), nin = mn_shape_numel(&b->in);
     size_t n1 = mn_shape_numel(&b->s1), n2 = mn_shape_numel(&b->s2);
     float *t1 = m->t1, *t2 = m->t2;
@@ -298,7 +301,7 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
     }
     m->forwarded = 0;
     m->x = x;
-    int tr = m->training;
+    int tr = enc_training(m);
 
     /* Encoder. */
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws)));
@@ -444,6 +447,17 @@ mn_err mn_model_backward(mn_model *m)
     for (int i = m->nhb - 1; i >= 0; i--)
         if (m->hbs[i].have_loss && m->hbs[i].hb.count > 0) PROF(MN_PROF_HEAD, MN_CALL(head_backward(m, &m->hbs[i].hb, G)));
 
+    /* A frozen encoder gets no gradient: its ranges are announced as final (the hooks' contract: every encoder
+     * range once per backward) with whatever the grad buffer holds, zero after mn_model_zero_grad. */
+    if (m->enc_frozen) {
+        for (int i = m->nblocks - 1; i >= 0; i--)
+            if (m->grad_ready) m->grad_ready(m->hook_ctx, m->blocks[i].p_off, m->blocks[i].p_len);
+        m->consumed = 1;
+        if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);
+        progress(m);
+        return MN_OK;
+    }
+
     /* Blocks, last to first; each block's parameter range is final after its backward. */
     for (int i = m->nblocks - 1; i >= 0; i--) {
         mn_block *b = &m->blocks[i];
@@ -462,7 +476,7 @@ mn_err mn_model_backward(mn_model *m)
     PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1)));
     /* ReLU backward as the mask of the batch-norm backward, whose output overwrites the mask buffer in place */
     PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->stem_a,
-                                                m->bn1.save, m->training)));
+                                                m->bn1.save, enc_training(m))));
     PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws)));
     m->consumed = 1;
     if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);

@@ -109,6 +109,7 @@ struct mn_model {
 
     /* state */
     int training;
+    int enc_frozen; /* mn_model_set_encoder_frozen: encoder BN in eval mode, backward stops at the encoder output */
     const float *x;
     mn_hb_state hbs[MN_MODEL_MAX_HEADS];
     int nhb;

@@ -145,20 +145,31 @@ mn_err mn_optim_config_read(struct mn_config *c, const char *sec, long total_ste
                             double *head_lr_mult)
 {
     *o = mn_optim_defaults();
+    static const char *const recipes[] = {"none", "medicalnet", "med3d_adam", NULL};
     static const char *const kinds[] = {"sgd", "adam", NULL};
     static const char *const scheds[] = {"constant", "exponential", "cosine", NULL};
     int k;
-    MN_CALL(mn_config_choice(c, sec, "kind", "sgd", kinds, &k));
+    /* A recipe only changes the defaults of the keys below; a key given explicitly still wins. */
+    MN_CALL(mn_config_choice(c, sec, "recipe", "none", recipes, &k));
+    double mult = 1.0;
+    if (k == 1) { /* MedicalNet's train.py: SGD 0.9, decay 1e-3, lr 1e-3, new layers x100, ExponentialLR 0.99 */
+        o->kind = MN_OPTIM_SGD, o->lr = 1e-3, o->momentum = 0.9, o->weight_decay = 1e-3;
+        o->schedule = MN_SCHED_EXPONENTIAL, o->gamma = 0.99, mult = 100.0;
+    } else if (k == 2) { /* Adam, lr 1e-3, decay 1e-3, new layers x10 (x100 makes Adam's head steps too large) */
+        o->kind = MN_OPTIM_ADAM, o->lr = 1e-3, o->weight_decay = 1e-3;
+        o->schedule = MN_SCHED_EXPONENTIAL, o->gamma = 0.99, mult = 10.0;
+    }
+    MN_CALL(mn_config_choice(c, sec, "kind", kinds[o->kind], kinds, &k));
     o->kind = (mn_optim_kind)k;
     MN_CALL(mn_config_double(c, sec, "lr", o->lr, 1e-12, 1e3, &o->lr));
-    MN_CALL(mn_config_double(c, sec, "head_lr_mult", 1.0, 0, 1e6, head_lr_mult));
+    MN_CALL(mn_config_double(c, sec, "head_lr_mult", mult, 0, 1e6, head_lr_mult));
     MN_CALL(mn_config_double(c, sec, "momentum", o->momentum, 0, 0.999999, &o->momentum));
     MN_CALL(mn_config_bool(c, sec, "nesterov", 0, &o->nesterov));
     MN_CALL(mn_config_double(c, sec, "weight_decay", o->weight_decay, 0, 1, &o->weight_decay));
     MN_CALL(mn_config_double(c, sec, "beta1", o->beta1, 0, 0.999999, &o->beta1));
     MN_CALL(mn_config_double(c, sec, "beta2", o->beta2, 0, 0.999999999, &o->beta2));
     MN_CALL(mn_config_double(c, sec, "eps", o->eps, 1e-30, 1, &o->eps));
-    MN_CALL(mn_config_choice(c, sec, "schedule", "exponential", scheds, &k));
+    MN_CALL(mn_config_choice(c, sec, "schedule", scheds[o->schedule], scheds, &k));
     o->schedule = (mn_sched_kind)k;
     MN_CALL(mn_config_double(c, sec, "gamma", o->gamma, 1e-9, 1, &o->gamma));
     MN_CALL(mn_config_int(c, sec, "decay_steps", o->decay_steps, 1, 1L << 40, &o->decay_steps));

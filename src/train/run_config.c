@@ -83,6 +83,8 @@ mn_err mn_run_config_read(mn_config *c, run_cfg *r)
     MN_CALL(mn_config_int(c, "train", "eval_every", 0, 0, 1L << 40, &r->eval_every));
     MN_CALL(mn_config_int(c, "train", "eval_batches", 4, 0, 100000, &r->eval_batches));
     MN_CALL(mn_config_double(c, "train", "bucket_mb", 25.0, 0.001, 1e5, &r->bucket_mb));
+    MN_CALL(mn_config_bool(c, "train", "freeze_encoder", 0, &r->freeze_encoder));
+    MN_CALL(mn_config_int(c, "train", "head_warmup_steps", 0, 0, 1L << 40, &r->head_warmup_steps));
     static const char *const nan_policy[] = {"skip", "abort", NULL};
     MN_CALL(mn_config_choice(c, "train", "nan_policy", "skip", nan_policy, &r->nan_abort));
     MN_CALL(mn_config_bool(c, "train", "trace", 0, &r->trace));

@@ -9,6 +9,7 @@
 #include "mednet/mpicheck.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,13 +175,17 @@ static mn_err setup_trainer(run *r)
                             .micro_batches = (int)c->micro,
                             .sync_bn = c->sync_bn,
                             .nan_abort = c->nan_abort,
-                            .bucket_mb = c->bucket_mb};
+                            .bucket_mb = c->bucket_mb,
+                            .freeze_steps = c->freeze_encoder ? LONG_MAX : c->head_warmup_steps};
     if (!e) e = mn_trainer_create(r->comm, &tc, n, ds, nd, r->trace, &r->trainer);
     mn_free(&ds);
     mn_free(&holders);
     MN_CALL(e);
     r->parts = mn_trainer_parts(r->trainer);
     mn_model *m = mn_trainer_model(r->trainer);
+    if (c->freeze_encoder) mn_log_info("encoder frozen (train.freeze_encoder): only the heads train");
+    else if (c->head_warmup_steps > 0)
+        mn_log_info("head warm-up: steps 1-%ld train the heads only (train.head_warmup_steps)", c->head_warmup_steps);
     mn_model_memory mem = mn_model_memory_plan(m);
     mn_log_info("model: resnet%d, %s head, %zu parameters on rank 0 (encoder %zu), %.1f MiB planned per rank "
                 "(activations %.1f MiB)",

@@ -87,6 +87,8 @@ typedef struct run_cfg {
     int prefetch;             /* [data] prefetch: draw the next batch on the I/O thread during the step */
     long steps, batch, micro, threads, ckpt_every, keep, consistency_every, log_every, eval_every, eval_batches;
     double bucket_mb;
+    int freeze_encoder;       /* train.freeze_encoder: the encoder never trains (heads only) */
+    long head_warmup_steps;   /* train.head_warmup_steps: the first N steps train the heads only */
     double watchdog_s;        /* no progress for this long ends the job (0: no watchdog) */
     int nan_abort, trace, resume, sync_bn;
     int ckpt_continue;        /* train.checkpoint_failure: 0 stop (default), 1 continue training */

@@ -203,6 +203,9 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
     st->skipped = 0;
     int bad = 0;
     memcpy(t->bn_saved, mn_model_bn_buffers(m), sizeof(float) * mn_model_num_bn_buffers(m));
+    /* Fine-tuning recipes: a function of the step alone, so a resumed run freezes exactly where it would have. */
+    int frozen = step < c->freeze_steps;
+    mn_model_set_encoder_frozen(m, frozen);
     MN_CALL(mn_model_zero_grad(m));
     mn_parts_begin_step(p);
     mn_head_batch hb[MN_MODEL_MAX_HEADS];
@@ -271,11 +274,18 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
         for (int i = 0; i < p->nrows; i++) {
             mn_part *r = &p->row[i];
             if (!r->held || r->total_weight <= 0) continue; /* no sample of this dataset anywhere: head untouched */
+            if (i == 0 && frozen) continue;                 /* a frozen encoder: no step, no decay, no count */
             MN_CALL(mn_optim_update(t->optim, mn_model_params(m), mn_model_grads(m), r->params.offset,
                                     r->params.count, i ? lr * c->head_lr_mult : lr, ++r->updates));
         }
         st->t_update = MPI_Wtime() - t_upd;
         MN_CALL(mn_parts_average_bn(p, mn_model_bn_buffers(m)));
+        /* The weighted average of equal replicas need not return the same bits: a frozen encoder's statistics are
+         * put back exactly. */
+        if (frozen) {
+            mn_range eb = p->row[0].bn;
+            memcpy(mn_model_bn_buffers(m) + eb.offset, t->bn_saved + eb.offset, sizeof(float) * eb.count);
+        }
     }
     double t4 = MPI_Wtime();
     st->t_comm = t4 - t3 - st->t_update; /* the optimiser's arithmetic is not communication */

@@ -30,6 +30,8 @@ mn_train_case(stream TIMEOUT 300)
 mn_train_case(signal TIMEOUT 300)
 mn_train_case(badconfig TIMEOUT 120)
 mn_train_case(finetune TIMEOUT 300)
+# Fine-tuning recipes: a frozen encoder stays bit for bit the initial one, a head warm-up freezes it for its steps only.
+mn_train_case(freeze TIMEOUT 200)
 mn_train_case(export TIMEOUT 400)
 mn_train_case(filter TIMEOUT 1500)
 mn_train_case(nan TIMEOUT 300)

@@ -181,6 +181,59 @@ print(f"fine-tuning Dice {ev['untrained']:.4f} -> {ev['trained']:.4f}")
 sys.exit(0 if ev["trained"] > ev["untrained"] else 1)
 PY
   ;;
+freeze)
+  # Fine-tuning recipes: train.freeze_encoder leaves the encoder (parameters and batch-norm statistics) bit for bit
+  # as train.init_encoder gave it while the head trains; train.head_warmup_steps=2 does so for steps 1-2 and trains
+  # the whole net from step 3; the warm-up run resumed from its step-1 checkpoint gives the same step 3 bit for bit.
+  run 2 pre train.steps=1 train.checkpoint_every=1 sampler.crop=16
+  [ $status -eq 0 ] || { cat pre.log; fail "pre-training exited with $status"; }
+  ftcfg=$(dirname "$config")/finetune_mricron.ini
+  ft() { # ft OUT [overrides...]
+    local out=$1
+    shift
+    timeout 120 "${mpiexec[@]}" -n 2 "$mednet" finetune "$ftcfg" "${common[@]}" train.out_dir="$out" \
+      train.init_encoder=pre/ckpt-1.h5 sampler.crop=16 train.checkpoint_every=1 "$@" > "$out.log" 2>&1
+    status=$?
+    [ $status -eq 0 ] || { cat "$out.log"; fail "finetune $out exited with $status"; }
+  }
+  ft frozen train.steps=1 train.freeze_encoder=true
+  grep -q "encoder frozen" frozen.log || fail "no 'encoder frozen' line"
+  ft warm train.steps=3 train.head_warmup_steps=2
+  mkdir -p resumed && cp warm/ckpt-1.h5 resumed/ && echo ckpt-1.h5 > resumed/latest
+  ft resumed train.steps=3 train.head_warmup_steps=2
+  grep -q "resumed from" resumed.log || fail "the warm-up run did not resume"
+  $py - pre/ckpt-1.h5 frozen warm resumed <<'PY' || fail "recipes"
+import sys, h5py
+pre, frozen, warm, resumed = sys.argv[1:]
+def arrays(path, prefix=""):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visit(lambda n: out.__setitem__(n, f[n][()].tobytes())
+                if n.startswith(prefix) and isinstance(f[n], h5py.Dataset) else None)
+        return out
+init = {k: v for k, v in arrays(pre, "encoder/").items() if k in ("encoder/params", "encoder/bn")}
+def enc(path): return {k: v for k, v in arrays(path, "encoder/").items() if k in init}
+checks = []
+checks.append(("freeze_encoder: encoder (params, BN statistics) at step 1 bitwise the initial one",
+               enc(f"{frozen}/ckpt-1.h5") == init))
+checks.append(("freeze_encoder: no encoder update counted",
+               arrays(f"{frozen}/ckpt-1.h5", "encoder/updates")["encoder/updates"] == (0).to_bytes(8, "little")))
+checks.append(("freeze_encoder and the warm-up give the same step 1 (head included)",
+               arrays(f"{frozen}/ckpt-1.h5") == arrays(f"{warm}/ckpt-1.h5")))
+h1, h2 = arrays(f"{warm}/ckpt-1.h5", "heads/"), arrays(f"{warm}/ckpt-2.h5", "heads/")
+p = [k for k in h1 if k.endswith("/params")]
+checks.append(("head parameters trained during the warm-up (step 1 -> 2)",
+               bool(p) and all(h1[k] != h2[k] for k in p)))
+checks.append(("head_warmup_steps=2: encoder unchanged at step 2", enc(f"{warm}/ckpt-2.h5") == init))
+checks.append(("head_warmup_steps=2: encoder parameters changed at step 3",
+               enc(f"{warm}/ckpt-3.h5")["encoder/params"] != init["encoder/params"]))
+checks.append(("resumed at step 1: step 3 bitwise the uninterrupted run's",
+               arrays(f"{warm}/ckpt-3.h5") == arrays(f"{resumed}/ckpt-3.h5")))
+for what, ok in checks:
+    print(f"{what}: {'yes' if ok else 'NO'}")
+sys.exit(0 if all(ok for _, ok in checks) else 1)
+PY
+  ;;
 export)
   # Weights out and back in: a pre-training checkpoint exported to safetensors (encoder; one head) matches the
   # checkpoint value for value through PyTorch (strict load into MedicalNet's ResNet); fine-tuning from the exported
