@@ -1,5 +1,7 @@
 /* test_optim: SGD (momentum, Nesterov) and Adam against torch.optim trajectories written by tests/ref/optim_ref.py;
- * schedules (exponential, cosine, warm-up) against their formulas; bad configs rejected. */
+ * schedules (exponential, cosine, warm-up) against their formulas; bad configs rejected; the optim.recipe presets
+ * and an explicit key winning over a preset. */
+#include "mednet/config.h"
 #include "mednet/optim.h"
 #include "test_util.h"
 
@@ -67,5 +69,41 @@ int main(int argc, char **argv)
     mn_error_set_quiet(1);
     TEST_EXPECT(mn_optim_create(&cfg, 10, &opt) == MN_ERR_ARG && opt == NULL, "negative lr rejected");
     mn_error_set_quiet(0);
+
+    /* Recipes: defaults of the other keys; a key in the file wins. */
+    static const struct {
+        const char *text;
+        int kind;
+        double lr, mult, wd, momentum;
+    } rc[] = {
+        {"[optim]\nrecipe = medicalnet\n", MN_OPTIM_SGD, 1e-3, 100, 1e-3, 0.9},
+        {"[optim]\nrecipe = med3d_adam\n", MN_OPTIM_ADAM, 1e-3, 10, 1e-3, 0.9},
+        {"[optim]\nrecipe = medicalnet\nhead_lr_mult = 7\nlr = 0.5\n", MN_OPTIM_SGD, 0.5, 7, 1e-3, 0.9},
+        {"[optim]\n", MN_OPTIM_SGD, 1e-3, 1, 1e-3, 0.9},
+    };
+    for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) {
+        mn_config *c = NULL;
+        mn_optim_config o;
+        double mult = 0;
+        mn_err e = mn_config_parse(rc[i].text, "recipe test", &c);
+        if (!e) e = mn_optim_config_read(c, "optim", 100, &o, &mult);
+        TEST_EXPECT(e == MN_OK, "recipe case %zu parsed", i);
+        if (!e)
+            TEST_EXPECT((int)o.kind == rc[i].kind && o.lr == rc[i].lr && mult == rc[i].mult &&
+                            o.weight_decay == rc[i].wd && o.momentum == rc[i].momentum &&
+                            o.schedule == MN_SCHED_EXPONENTIAL && o.gamma == 0.99,
+                        "recipe case %zu: kind %d lr %g head x%g decay %g momentum %g", i, (int)o.kind, o.lr, mult,
+                        o.weight_decay, o.momentum);
+        mn_config_destroy(&c);
+    }
+    mn_config *c = NULL;
+    mn_optim_config o;
+    double mult = 0;
+    mn_error_set_quiet(1);
+    mn_err e = mn_config_parse("[optim]\nrecipe = sgdr\n", "recipe test", &c);
+    if (!e) e = mn_optim_config_read(c, "optim", 100, &o, &mult);
+    mn_error_set_quiet(0);
+    TEST_EXPECT(e == MN_ERR_CONFIG, "unknown recipe rejected (got %d)", (int)e);
+    mn_config_destroy(&c);
     return mn_test_finish("test_optim");
 }
