@@ -238,6 +238,9 @@ mn_err mn_run_setup(run *r)
     } else if (*c->init_encoder) {
         MN_CALL(mn_train_ckpt_init_encoder(r->trainer, c->init_encoder));
         mn_log_info("encoder initialised from %s", c->init_encoder);
+    } else if (c->freeze_encoder || c->head_warmup_steps > 0) {
+        mn_log_info("warning: train.%s on a randomly initialised encoder (train.init_encoder is empty)",
+                    c->freeze_encoder ? "freeze_encoder" : "head_warmup_steps");
     }
     mn_err e = MN_OK;
     if (r->rank == 0) {
