@@ -35,7 +35,7 @@ typedef struct mn_optim_config {
 /* MedicalNet's defaults: SGD, lr 0.001, momentum 0.9, weight decay 1e-3, exponential gamma 0.99 per 100 steps. */
 mn_optim_config mn_optim_defaults(void);
 
-/* Read an optimiser configuration from [section] of a run config: recipe (none | medicalnet | med3d_adam: presets
+/* Read an optimiser configuration from [section] of a run config: recipe (none | medicalnet | adam: presets
  * for the defaults of the other keys, see configs/pretrain_mricron.ini), kind (sgd | adam), lr, momentum, nesterov,
  * weight_decay, beta1, beta2, eps, schedule (constant | exponential | cosine), gamma, decay_steps, warmup_steps,
  * min_lr, and head_lr_mult into *head_lr_mult (heads learn at lr * head_lr_mult).  total_steps is set to

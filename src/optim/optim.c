@@ -145,7 +145,7 @@ mn_err mn_optim_config_read(struct mn_config *c, const char *sec, long total_ste
                             double *head_lr_mult)
 {
     *o = mn_optim_defaults();
-    static const char *const recipes[] = {"none", "medicalnet", "med3d_adam", NULL};
+    static const char *const recipes[] = {"none", "medicalnet", "adam", NULL};
     static const char *const kinds[] = {"sgd", "adam", NULL};
     static const char *const scheds[] = {"constant", "exponential", "cosine", NULL};
     int k;

@@ -77,7 +77,7 @@ int main(int argc, char **argv)
         double lr, mult, wd, momentum;
     } rc[] = {
         {"[optim]\nrecipe = medicalnet\n", MN_OPTIM_SGD, 1e-3, 100, 1e-3, 0.9},
-        {"[optim]\nrecipe = med3d_adam\n", MN_OPTIM_ADAM, 1e-3, 10, 1e-3, 0.9},
+        {"[optim]\nrecipe = adam\n", MN_OPTIM_ADAM, 1e-3, 10, 1e-3, 0.9},
         {"[optim]\nrecipe = medicalnet\nhead_lr_mult = 7\nlr = 0.5\n", MN_OPTIM_SGD, 0.5, 7, 1e-3, 0.9},
         {"[optim]\n", MN_OPTIM_SGD, 1e-3, 1, 1e-3, 0.9},
     };
