@@ -92,8 +92,12 @@ static mn_err parse_args(int argc, char **argv, synth_opts *o, char **overrides,
             MN_CALL(num_arg(a, argv[++i], 1, 1e9, &v));
             o->progress = (long)v;
         } else if (!strcmp(a, "--seed") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 1.8e19, &v));
-            o->seed = strtoull(argv[i], NULL, 10);
+            const char *sv = argv[++i];
+            char *end = NULL;
+            errno = 0;
+            o->seed = strtoull(sv, &end, 10);
+            MN_CHECK(*sv >= '0' && *sv <= '9' && end != sv && !*end && !errno, MN_ERR_ARG,
+                     "synth: --seed needs a whole number >= 0, got '%s'", sv);
         } else if (!strcmp(a, "--rotate") && has) {
             MN_CALL(num_arg(a, argv[++i], 0, 180, &o->def.rotate_deg));
         } else if (!strcmp(a, "--scale") && has) {

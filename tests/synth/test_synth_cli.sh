@@ -52,6 +52,7 @@ bad() { # bad PATTERN ARGS...
 }
 bad "missing --out" "$corpus_ini"
 bad "--subjects needs a number" "$corpus_ini" --out e --subjects 0
+bad "--seed needs a whole number" "$corpus_ini" --out e --seed -3
 bad "--scale needs a number" "$corpus_ini" --out e --scale 1.5
 bad "unknown option '--bogus'" "$corpus_ini" --out e --bogus
 bad "nope.ini" nope.ini --out e
