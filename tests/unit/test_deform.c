@@ -1,7 +1,9 @@
 /* test_deform.c: the deformations of `mednet synth` (mednet/deform.h) and the grid writer they use.
  *
  * Checks: strengths of 0 give the identity bitwise (image and label, also with an oblique affine and a label on
- * another grid); a translation by whole voxels moves the volume by those voxels; a strong random deformation leaves
+ * another grid); a translation by whole voxels moves the volume by those voxels; under a known rotation + scale +
+ * translation, trilinear sampling reproduces a linear ramp and nearest neighbour picks the voxel of the rounded
+ * source point (both computed independently here); a strong random deformation leaves
  * only label values of the input; draws are deterministic per (seed, stream) and differ between streams; the
  * intensity change keeps zero at zero; the resampled grid and mn_nifti_write_grid's header (read back through
  * libnifti); bad strengths are refused. */
@@ -91,6 +93,52 @@ int main(void)
             }
     TEST_EXPECT(bad == 0, "translation by whole voxels: %d voxel(s) not moved as expected", bad);
     printf("translation by (2, -1, 1) voxels: every voxel moved exactly\n");
+
+    /* Trilinear interpolation against the exact value: a linear ramp is reproduced exactly at any point inside the
+     * volume, so under a known rotation + scale + translation every output voxel whose source point (computed here
+     * independently: q = A^-1 (c + M (A p - c) + t)) lies inside must equal the ramp there. */
+    static float ramp[NV];
+    const double rc[4] = {0.7, -1.3, 2.1, 5.0};
+    for (int k = 0; k < NZ; k++)
+        for (int j = 0; j < NY; j++)
+            for (int i = 0; i < NX; i++) ramp[i + NX * (j + NY * k)] = (float)(rc[0] * i + rc[1] * j + rc[2] * k + rc[3]);
+    const double th = 0.3, mm[3][3] = {{cos(th) * 1.1, -sin(th), 0}, {sin(th), cos(th) * 0.9, 0}, {0, 0, 1.05}};
+    const double tt[3] = {0.7, -0.4, 0.9};
+    mn_deform_src sr = sd;
+    sr.data = ramp;
+    /* The label source holds each voxel's own index: nearest neighbour must return the index of the rounded q. */
+    static float idx[NV];
+    for (int n = 0; n < NV; n++) idx[n] = (float)n;
+    mn_deform_src sx = sd;
+    sx.data = idx;
+    mn_deform_affine(mm, tt, &d);
+    TEST_EXPECT(mn_deform_apply(&d, dim, sr.affine, &sr, out_img, &sx, out_lab) == MN_OK, "apply ramp");
+    double worst_ramp = 0;
+    int inside = 0, wrong_nearest = 0;
+    const double sp[3] = {2, 1, 3}, cen[3] = {o1[0] + 2 * (NX - 1) / 2.0, o1[1] + (NY - 1) / 2.0, o1[2] + 3 * (NZ - 1) / 2.0};
+    for (int k = 0; k < NZ; k++)
+        for (int j = 0; j < NY; j++)
+            for (int i = 0; i < NX; i++) {
+                const double x[3] = {o1[0] + 2 * i - cen[0], o1[1] + j - cen[1], o1[2] + 3 * k - cen[2]};
+                double q[3];
+                for (int r = 0; r < 3; r++)
+                    q[r] = (cen[r] + mm[r][0] * x[0] + mm[r][1] * x[1] + mm[r][2] * x[2] + tt[r] - o1[r]) / sp[r];
+                if (q[0] < 0 || q[0] > NX - 1 || q[1] < 0 || q[1] > NY - 1 || q[2] < 0 || q[2] > NZ - 1) continue;
+                inside++;
+                double want = rc[0] * q[0] + rc[1] * q[1] + rc[2] * q[2] + rc[3];
+                worst_ramp = fmax(worst_ramp, fabs(out_img[i + NX * (j + NY * k)] - want));
+                int tie = 0;
+                for (int r = 0; r < 3; r++) tie |= fabs(q[r] - floor(q[r]) - 0.5) < 1e-3;
+                if (!tie) {
+                    double nn = floor(q[0] + 0.5) + NX * (floor(q[1] + 0.5) + NY * floor(q[2] + 0.5));
+                    wrong_nearest += out_lab[i + NX * (j + NY * k)] != (float)nn;
+                }
+            }
+    TEST_EXPECT(wrong_nearest == 0, "nearest neighbour picked another voxel at %d voxel(s)", wrong_nearest);
+    TEST_EXPECT(inside > NV / 3 && worst_ramp < 1e-4, "ramp under a known affine: %d voxels inside, worst error %g",
+                inside, worst_ramp);
+    printf("trilinear: a linear ramp under rotation + scale + translation matches at %d voxels, worst error %.2g\n",
+           inside, worst_ramp);
 
     /* Strong random deformations: only label values of the input, and a changed volume. */
     mn_deform_params strong = {.rotate_deg = 25, .scale = 0.2, .shear = 0.1, .translate_mm = 3, .elastic_mm = 4,
