@@ -57,6 +57,13 @@ mn_err mn_nifti_read_header(const char *path, mn_volume *vol, mn_nifti_info *inf
 mn_err mn_nifti_write_like(const char *like, const char *path, int datatype, int64_t nt, const void *data, int intent,
                            double cal_min, double cal_max);
 
+/* As mn_nifti_write_like, on another grid: dim (nx, ny, nz) voxels whose affine (voxel -> world mm) is `affine`,
+ * written as the sform (when `like` has one) and as the qform (its nearest rigid-plus-scale form), voxel sizes from
+ * the affine's columns; everything else of `like`'s header is kept.  dim and affine NULL: `like`'s own grid (this is
+ * mn_nifti_write_like).  Same errors, atomicity and check; MN_ERR_ARG for a grid out of range.  Not collective. */
+mn_err mn_nifti_write_grid(const char *like, const char *path, const int64_t dim[3], const double affine[4][4],
+                           int datatype, int64_t nt, const void *data, int intent, double cal_min, double cal_max);
+
 /* Free the voxels of a volume (accepts an empty volume) and clear it. */
 void mn_volume_free(mn_volume *vol);
 

@@ -107,6 +107,9 @@ void mn_foreground_bbox(const float *image, const float *label, const int64_t di
 /* Copy the box [lo, hi) of a (nz, ny, nx) array into out (hi-lo shape).  Not collective. */
 void mn_crop(const float *in, const int64_t dims[3], const int64_t lo[3], const int64_t hi[3], float *out);
 
+/* Inverse of the 3x3 linear part of a voxel-to-world affine into inv; returns 0 (inv undefined) if singular. */
+int mn_affine_invert3(const double a[4][4], double inv[3][3]);
+
 /* Intensity normalisation modes. */
 typedef enum mn_norm { MN_NORM_ZSCORE = 0, MN_NORM_CT, MN_NORM_WINDOW, MN_NORM_NONE } mn_norm;
 

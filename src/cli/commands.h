@@ -23,5 +23,6 @@ mn_err mn_cmd_eval(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_infer(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_export(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_filter(int argc, char **argv, mn_cmd_result *res);
+mn_err mn_cmd_synth(int argc, char **argv, mn_cmd_result *res);
 
 #endif

@@ -20,6 +20,7 @@ static const struct {
     {"eval", mn_cmd_eval, "per-class Dice, HD95 and ASSD (mm) of predicted against reference NIfTI label maps"},
     {"model", mn_cmd_model, "ResNet parameter counts, memory plan, tensor names, safetensors export/import"},
     {"filter", mn_cmd_filter, "dataset filtering by proxy training: which datasets help (mednet filter CONFIG --out DIR)"},
+    {"synth", mn_cmd_synth, "a synthetic corpus: N deformed subjects per dataset of a corpus definition, as NIfTI + .ini"},
     {"export", mn_cmd_export, "a checkpoint's weights as safetensors with MedicalNet's names (mednet export CKPT OUT)"},
 };
 

@@ -354,6 +354,40 @@ static int64_t gz_length(const char *path)
 mn_err mn_nifti_write_like(const char *like, const char *path, int datatype, int64_t nt, const void *data, int intent,
                            double cal_min, double cal_max)
 {
+    return mn_nifti_write_grid(like, path, NULL, NULL, datatype, nt, data, intent, cal_min, cal_max);
+}
+
+/* The header of `like` moved onto another grid: dimensions, voxel sizes (the affine's column norms), sform and
+ * qform from `affine` (the codes of `like`; a file that declared neither gets scanner-anatomical qform). */
+static void set_grid(nifti_image *nim, const int64_t dim[3], const double affine[4][4])
+{
+    nifti_dmat44 m;
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) m.m[r][c] = affine[r][c];
+    nim->nx = nim->dim[1] = dim[0], nim->ny = nim->dim[2] = dim[1], nim->nz = nim->dim[3] = dim[2];
+    double qb, qc, qd, qx, qy, qz, dx, dy, dz, qfac;
+    nifti_dmat44_to_quatern(m, &qb, &qc, &qd, &qx, &qy, &qz, &dx, &dy, &dz, &qfac);
+    nim->dx = nim->pixdim[1] = dx, nim->dy = nim->pixdim[2] = dy, nim->dz = nim->pixdim[3] = dz;
+    nim->quatern_b = qb, nim->quatern_c = qc, nim->quatern_d = qd;
+    nim->qoffset_x = qx, nim->qoffset_y = qy, nim->qoffset_z = qz, nim->qfac = qfac;
+    if (nim->sform_code <= 0 && nim->qform_code <= 0) nim->qform_code = NIFTI_XFORM_SCANNER_ANAT;
+    nim->qto_xyz = nifti_quatern_to_dmat44(qb, qc, qd, qx, qy, qz, dx, dy, dz, qfac);
+    nim->qto_ijk = nifti_dmat44_inverse(nim->qto_xyz);
+    if (nim->sform_code > 0) {
+        nim->sto_xyz = m;
+        nim->sto_ijk = nifti_dmat44_inverse(m);
+    }
+}
+
+mn_err mn_nifti_write_grid(const char *like, const char *path, const int64_t dim[3], const double affine[4][4],
+                           int datatype, int64_t nt, const void *data, int intent, double cal_min, double cal_max)
+{
+    MN_CHECK((dim == NULL) == (affine == NULL), MN_ERR_ARG, "output '%s': give both the grid and its affine, or "
+             "neither", path);
+    MN_CHECK(!dim || (dim[0] >= 1 && dim[1] >= 1 && dim[2] >= 1 && dim[0] <= MN_MAX_VOLUME_EXTENT &&
+                      dim[1] <= MN_MAX_VOLUME_EXTENT && dim[2] <= MN_MAX_VOLUME_EXTENT),
+             MN_ERR_ARG, "output '%s': grid %lldx%lldx%lld out of range", path, dim ? (long long)dim[0] : 0LL,
+             dim ? (long long)dim[1] : 0LL, dim ? (long long)dim[2] : 0LL);
     MN_CHECK(ends_with(path, ".nii") || ends_with(path, ".nii.gz"), MN_ERR_ARG,
              "output '%s' must end in .nii or .nii.gz", path);
     MN_CHECK(datatype == DT_UINT8 || datatype == DT_FLOAT32, MN_ERR_ARG, "output '%s': voxel type %d not supported",
@@ -370,6 +404,7 @@ mn_err mn_nifti_write_like(const char *like, const char *path, int datatype, int
     nim->cal_min = cal_min, nim->cal_max = cal_max;
     nim->intent_code = intent, nim->intent_p1 = nim->intent_p2 = nim->intent_p3 = 0;
     nim->intent_name[0] = 0;
+    if (dim) set_grid(nim, dim, affine);
     nim->ndim = nim->dim[0] = nt > 1 ? 4 : 3;
     nim->nt = nim->dim[4] = nt;
     nim->nu = nim->nv = nim->nw = nim->dim[5] = nim->dim[6] = nim->dim[7] = 1;

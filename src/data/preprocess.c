@@ -28,8 +28,7 @@ void mn_volume_world_spacing(const mn_volume *vol, double spacing[3])
     }
 }
 
-/* Inverse of the 3x3 part of the affine; 0 if singular. */
-static int invert3(const double a[4][4], double inv[3][3])
+int mn_affine_invert3(const double a[4][4], double inv[3][3])
 {
     double det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0]) +
                  a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
@@ -65,7 +64,7 @@ static void world_box(const mn_volume *vol, double lo_idx, double hi_off, double
 mn_err mn_grid_for_volume(const mn_volume *vol, const double spacing[3], mn_grid *grid)
 {
     double inv[3][3];
-    MN_CHECK(invert3(vol->affine, inv), MN_ERR_ARG, "the volume's affine is singular (zero voxel size?)");
+    MN_CHECK(mn_affine_invert3(vol->affine, inv), MN_ERR_ARG, "the volume's affine is singular (zero voxel size?)");
     double wmin[3], wmax[3];
     world_box(vol, 0, 0, wmin, wmax);
     int64_t total = 1;
@@ -86,7 +85,7 @@ mn_err mn_resample_affine(const mn_volume *src, const int64_t dim[3], const doub
                           float *out)
 {
     double inv[3][3];
-    MN_CHECK(invert3(src->affine, inv), MN_ERR_ARG, "the source affine is singular (zero voxel size?)");
+    MN_CHECK(mn_affine_invert3(src->affine, inv), MN_ERR_ARG, "the source affine is singular (zero voxel size?)");
     const int64_t nx = src->dim[0], ny = src->dim[1], nz = src->dim[2];
     const float *s = src->data;
     /* Source index of output voxel (i,j,k): c = inv * (B (i,j,k) + b - t) for the output affine (B, b); for a
