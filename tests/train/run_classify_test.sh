@@ -1,10 +1,12 @@
 #!/bin/bash
 # run_classify_test.sh CASE MEDNET SRCDIR WORKDIR MPIEXEC: classification fine-tuning on data made from mricron-data
-# (tests/train/make_cls_data.py: class 0 = Colin27 with skull, class 1 = skull-stripped, 4 subjects each).
-#   train    prep (2 ranks), then a short `model.head = cls` fine-tune on 1 and on 2 ranks: the training loss falls,
-#            and the held-out accuracy (sampler.holdout: crops centred in the top slab of every volume, never
-#            labelled in training) should end clearly above chance (>= 0.75 on two classes).  Not registered in
-#            CTest yet: 60 steps reach about 0.62.  (Per-step losses of 1 and 2 ranks are not compared: the sampler
+# (tests/train/make_cls_data.py: class 0 = Colin27 T1, class 1 = the same with the brain's contrast inverted, 4
+# subjects each).
+#   train    prep (2 ranks), then a short `model.head = cls` fine-tune on 1 and on 2 ranks (2 ranks with
+#            synchronised batch norm: each rank's shard holds one class here, and per-rank statistics would normalise
+#            the class away; the run warns about it): the training loss falls, and the held-out accuracy
+#            (sampler.holdout: crops centred in the top slab of every volume, never labelled in training) ends clearly
+#            above chance (>= 0.75 on two classes).  (Per-step losses of 1 and 2 ranks are not compared: the sampler
 #            draws from (seed, rank, step), so P changes which crops a step sees; the contract holds in expectation.)
 #   badcsv   a subject without a row, a label outside 0..K-1 and a non-integer label: each one error naming the CSV
 #            (and the row), non-zero exit, no corpus; model.head = seg on a classification corpus is refused.
@@ -70,8 +72,12 @@ train)
     h5dump -a /skull/vol_0007/class skull.h5 | grep -q "(0): 1" || fail "vol_0007 should be class 1"
     for np in 1 2; do
         cfg run$np cls > ft.ini
-        timeout 150 $MPIEXEC -n $np "$MEDNET" finetune ft.ini > ft$np.log 2>&1 || { cat ft$np.log; fail "finetune on $np rank(s)"; }
+        sbn=false; [ $np -gt 1 ] && sbn=true
+        timeout 150 $MPIEXEC -n $np "$MEDNET" finetune ft.ini train.sync_bn=$sbn > ft$np.log 2>&1 || { cat ft$np.log; fail "finetune on $np rank(s)"; }
     done
+    cfg run2w cls > ft.ini
+    timeout 60 $MPIEXEC -n 2 "$MEDNET" finetune ft.ini train.steps=1 > ftw.log 2>&1 || { cat ftw.log; fail "1 step on 2 ranks"; }
+    grep -q "warning: a classifier on 2 ranks with per-rank batch norm" ftw.log || fail "no per-rank batch norm warning"
     grep "accuracy" ft1.log | tail -2
     python3 - <<'EOP' || fail "see above"
 import json, sys
