@@ -10,12 +10,14 @@
  *                                  num_classes, class_names, spacing (double[3], x,y,z mm), normalisation,
  *                                  label_map (text), num_volumes, skipped (pairs skipped with --skip-bad) and
  *                                  skipped_pairs ("image | label | reason" lines),
- *                                  norm_clip (double[2]) and norm_mean/norm_std for dataset-level (CT) statistics
+ *                                  norm_clip (double[2]) and norm_mean/norm_std for dataset-level (CT) statistics,
+ *                                  task ("segmentation" or "classification"; absent in older files = segmentation)
  *   /<dataset>/vol_0000/    attrs: source_image, source_label, image_bytes, label_bytes, image_crc32, label_crc32,
  *                                  source_dim_image (int64[3]), source_spacing (double[3]), affine_source,
  *                                  affine (double[4][4]: voxel (i,j,k,1) -> world mm of the stored grid),
  *                                  norm_mean, norm_std, norm_clip (double[2]), foreground_share, data_crc32,
- *                                  antialias_sigma (double[3], voxels of the source axes; 0 = not filtered)
+ *                                  antialias_sigma (double[3], voxels of the source axes; 0 = not filtered),
+ *                                  class (int32, classification datasets only: the volume's class, 0..num_classes-1)
  *   /<dataset>/vol_0000/image   float32 (D, H, W) = (z, y, x), chunked
  *   /<dataset>/vol_0000/label   uint8   (D, H, W): class index, 0 = background
  *
@@ -40,6 +42,9 @@
 typedef enum mn_modality { MN_MOD_MR = 0, MN_MOD_CT, MN_MOD_OTHER } mn_modality;
 /* MN_ROLE_EXCLUDED is never stored: a run marks the datasets its corpus.datasets list leaves out. */
 typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET, MN_ROLE_EXCLUDED } mn_role;
+/* What a dataset's labels are: a label volume per image (segmentation), or one class per volume (classification:
+ * the label volume is still stored and used only to centre crops on foreground). */
+typedef enum mn_task { MN_TASK_SEG = 0, MN_TASK_CLS } mn_task;
 
 /* ---- the definition: one [corpus] section and one section per dataset ---------------------------------------
  *
@@ -52,7 +57,9 @@ typedef enum mn_role { MN_ROLE_PRETRAIN = 0, MN_ROLE_TARGET, MN_ROLE_EXCLUDED } 
  *             (MR | CT | other), role (pretrain | target), classes (comma-separated names, background first),
  *             label_map ("code:class" or "lo-hi:class", comma-separated; default identity), label_grid
  *             (same | world), spacing, normalisation (zscore | ct | window | none; default zscore, ct for CT),
- *             window (lo, hi), crop (bool, default true), antialias (bool, default true)
+ *             window (lo, hi), crop (bool, default true), antialias (bool, default true), task (segmentation |
+ *             classification), class_labels (classification: a CSV file of `subject,label` rows, the subject being
+ *             the image file name without .nii/.nii.gz, the label an integer in 0..classes-1)
  */
 typedef struct mn_dataset_def {
     char name[MN_CORPUS_NAME_LEN];
@@ -70,9 +77,12 @@ typedef struct mn_dataset_def {
     double window[2];
     int crop;
     int antialias;          /* Gaussian low-pass before downsampling an image (mn_antialias) */
+    mn_task task;
+    char class_labels[1024];/* classification: the CSV file of `subject,label` rows (relative to root) */
     char image_pattern[1024], label_pattern[1024];
     int num_pairs;          /* after mn_corpus_def_expand */
     char **images, **labels;
+    int *pair_class;        /* after mn_corpus_def_expand, classification only: the class of each pair */
 } mn_dataset_def;
 
 typedef struct mn_corpus_def {
@@ -100,8 +110,10 @@ mn_err mn_corpus_def_from_config(mn_config *cfg, mn_corpus_def **out);
  * rank. */
 mn_err mn_corpus_def_load(MPI_Comm comm, const char *path, char **overrides, int noverrides, mn_corpus_def **out);
 
-/* Expand the image/label patterns (globs, lists) on rank 0 and broadcast the file lists.  Collective.  A pattern
- * matching nothing, or different image and label counts, is an error on every rank. */
+/* Expand the image/label patterns (globs, lists) on rank 0 and broadcast the file lists, and for a classification
+ * dataset each image's class from its class_labels CSV.  Collective.  A pattern matching nothing, different image
+ * and label counts, or a CSV problem (an image without a row, a label that is not an integer in 0..classes-1, a
+ * subject listed twice; the message names the CSV file and the row or subject) is an error on every rank. */
 mn_err mn_corpus_def_expand(MPI_Comm comm, mn_corpus_def *def);
 
 void mn_corpus_def_destroy(mn_corpus_def **def);
@@ -140,12 +152,14 @@ typedef struct mn_corpus_volume {
     int64_t shape[3];       /* D, H, W */
     double foreground_share;
     uint32_t data_crc32;
+    int cls;                /* classification datasets: the volume's class; -1 otherwise */
 } mn_corpus_volume;
 
 typedef struct mn_corpus_dataset {
     char name[MN_CORPUS_NAME_LEN];
     char modality[16];
     mn_role role;
+    mn_task task;
     int num_classes;
     char class_names[MN_CORPUS_MAX_CLASSES][MN_CORPUS_NAME_LEN];
     double spacing[3];
@@ -263,6 +277,7 @@ typedef struct mn_shard_volume {
     int64_t chunk[3];         /* chunk extent in the file (mn_corpus_chunk_rule); 0: the whole volume is one chunk */
     float *image;             /* D*H*W floats */
     uint8_t *label;           /* D*H*W class indices */
+    int cls_tag;              /* classification: the volume's class + 1; 0: none (so a zeroed entry is segmentation) */
 } mn_shard_volume;
 
 typedef struct mn_shard {

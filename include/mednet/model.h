@@ -91,7 +91,7 @@ typedef struct mn_model_config {
 mn_model_config mn_model_config_default(void);
 
 /* Read a model configuration from [section] of a run config (mednet/config.h): depth (10, 18, 34, 50, 101, 152 or
- * 200: anything else is MN_ERR_CONFIG naming the valid depths), shortcut (default | A | B), head (seg | branch),
+ * 200: anything else is MN_ERR_CONFIG naming the valid depths), shortcut (default | A | B), head (seg | branch | cls),
  * loss_full_size, ce_weight, dice_weight, seed.  Starts from mn_model_config_default(); heads and input are left
  * for the caller.  Each key is marked used. */
 struct mn_config;

@@ -72,6 +72,8 @@ int mn_reader_num_volumes(const mn_reader *rd);
 /* Shape (D, H, W) and corpus dataset index of shard volume k. */
 const int64_t *mn_reader_shape(const mn_reader *rd, int k);
 int mn_reader_dataset(const mn_reader *rd, int k);
+/* Class of shard volume k when its dataset is a classification dataset, -1 otherwise. */
+int mn_reader_class(const mn_reader *rd, int k);
 
 /* Voxel bytes of the whole shard (image + label). */
 int64_t mn_reader_shard_bytes(const mn_reader *rd);

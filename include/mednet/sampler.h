@@ -11,7 +11,9 @@
  * with x = 0 and label MN_LABEL_IGNORE, which losses must skip.
  * Hold-out (holdout > 0; dataset filtering's proxy validation): voxels with z >= ceil((1 - holdout) * D) form the
  * held-out slab of a volume of depth D.  Training crops keep their images whole but carry MN_LABEL_IGNORE there, and
- * validation crops (holdout_side = 1) carry labels only there, so no validation label is ever trained on.
+ * validation crops (holdout_side = 1) carry labels only there, so no validation label is ever trained on.  A crop of
+ * a classification volume is labelled (with its class, every voxel) when it lies wholly below the slab (training)
+ * or is centred in it (validation); otherwise it is ignored whole.
  *
  * Determinism: everything a call draws comes from a generator seeded with (seed, rank, step) only, so a step can
  * be replayed (resume from a checkpoint) and does not depend on previous calls.  The samples of one call are

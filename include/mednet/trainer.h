@@ -37,7 +37,8 @@
 typedef struct mn_batch {
     int n;
     float *x;          /* (n, 1, D, H, W) */
-    int32_t *labels;   /* (n, D, H, W): class indices, or the model's ignore label */
+    int32_t *labels;   /* (n, D, H, W): class indices, or the model's ignore label; a classification crop holds its
+                        * class (or the ignore label) in every voxel */
     int *dataset;      /* (n) corpus dataset index of each sample, non-decreasing */
     float *weight;     /* (n) importance weight of each sample (> 0) */
 } mn_batch;

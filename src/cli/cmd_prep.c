@@ -36,7 +36,11 @@ static mn_err info_only(const char *path, int ranks, unsigned long long seed)
     mn_err e = MN_OK;
     if (rank == 0) {
         mn_shard_plan *plan = NULL;
-        e = mn_shard_assign(info, ranks > 0 ? ranks : size, seed, MN_ROLE_PRETRAIN, &plan);
+        /* The pre-training plan; a corpus of target datasets only (a fine-tuning corpus) shows the target plan. */
+        mn_role role = MN_ROLE_TARGET;
+        for (int d = 0; d < info->num_datasets; d++)
+            if (info->datasets[d].role == MN_ROLE_PRETRAIN) role = MN_ROLE_PRETRAIN;
+        e = mn_shard_assign(info, ranks > 0 ? ranks : size, seed, role, &plan);
         mn_corpus_print_summary(info, stdout);
         if (!e) mn_shard_plan_print(plan, info, stdout);
         mn_shard_plan_destroy(&plan);

@@ -13,13 +13,16 @@
 #include <ctype.h>
 #include <errno.h>
 #include <glob.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static const char *const modality_names[] = {"MR", "CT", "other", NULL};
 static const char *const role_names[] = {"pretrain", "target", NULL};
 static const char *const norm_names[] = {"zscore", "ct", "window", "none", NULL};
 static const char *const grid_names[] = {"same", "world", NULL};
+static const char *const task_names[] = {"segmentation", "classification", NULL};
 
 /* Trim spaces at both ends of s in place; returns s advanced past leading spaces. */
 static char *trim(char *s)
@@ -124,8 +127,19 @@ static mn_err parse_dataset(mn_config *cfg, const char *section, mn_dataset_def 
     MN_CHECK(strlen(s) < sizeof d->label_pattern, MN_ERR_CONFIG, "config %s: [%s] label is too long", origin, section);
     snprintf(d->label_pattern, sizeof d->label_pattern, "%s", s);
 
+    MN_CALL(mn_config_choice(cfg, section, "task", "segmentation", task_names, &v));
+    d->task = (mn_task)v;
+    MN_CALL(mn_config_string(cfg, section, "class_labels", NULL, &s));
+    MN_CHECK(!s == (d->task == MN_TASK_SEG), MN_ERR_CONFIG, "config %s: [%s] %s", origin, section,
+             s ? "class_labels is only used with task = classification"
+               : "task = classification needs `class_labels = <file.csv>` (rows `subject,label`)");
+    MN_CHECK(!s || (*s && strlen(s) < sizeof d->class_labels), MN_ERR_CONFIG, "config %s: [%s] class_labels is empty "
+             "or too long", origin, section);
+    if (s) snprintf(d->class_labels, sizeof d->class_labels, "%s", s);
+
     MN_CALL(mn_config_string(cfg, section, "classes", NULL, &s));
-    MN_CHECK(s && *s, MN_ERR_CONFIG, "config %s: [%s] needs `classes = background, <class 1>, ...`", origin, section);
+    MN_CHECK(s && *s, MN_ERR_CONFIG, "config %s: [%s] needs `classes = %s`", origin, section,
+             d->task == MN_TASK_SEG ? "background, <class 1>, ..." : "<class 0>, <class 1>, ...");
     char buf[4096];
     MN_CHECK(strlen(s) < sizeof buf, MN_ERR_CONFIG, "config %s: [%s] classes is too long", origin, section);
     snprintf(buf, sizeof buf, "%s", s);
@@ -138,8 +152,9 @@ static mn_err parse_dataset(mn_config *cfg, const char *section, mn_dataset_def 
                  "classes (merge them with label_map)", origin, section, MN_CORPUS_MAX_CLASSES);
         snprintf(d->class_names[d->num_classes++], MN_CORPUS_NAME_LEN, "%s", t);
     }
-    MN_CHECK(d->num_classes >= 2, MN_ERR_CONFIG, "config %s: [%s] classes: need at least 2 (background and one "
-             "foreground class), got %d", origin, section, d->num_classes);
+    MN_CHECK(d->num_classes >= 2, MN_ERR_CONFIG, "config %s: [%s] classes: need at least 2 (%s), got %d", origin,
+             section, d->task == MN_TASK_SEG ? "background and one foreground class" : "a classifier's classes",
+             d->num_classes);
     MN_CALL(mn_config_string(cfg, section, "label_map", NULL, &s));
     if (s) {
         MN_CALL(parse_label_map(origin, section, s, d));
@@ -309,7 +324,134 @@ static mn_err expand_list(const char *root, const char *pattern, const char *wha
     return MN_OK;
 }
 
-/* Rank 0: the blob "<n>\n" followed by n image and n label paths, one per line, for every dataset. */
+/* The subject of an image path: its file name without the directory and a .nii or .nii.gz ending. */
+static void subject_of(const char *path, size_t len, char *out, size_t cap)
+{
+    const char *b = path;
+    for (size_t i = 0; i < len; i++)
+        if (path[i] == '/') b = path + i + 1;
+    size_t n = len - (size_t)(b - path);
+    if (n > 7 && !strncmp(b + n - 7, ".nii.gz", 7)) n -= 7;
+    else if (n > 4 && !strncmp(b + n - 4, ".nii", 4)) n -= 4;
+    snprintf(out, cap, "%.*s", (int)n, b);
+}
+
+typedef struct csv_row {
+    char subject[256];
+    long label;
+    int row;
+} csv_row;
+
+/* Read a class_labels CSV (rank 0): rows `subject,label`, blank lines and '#' comments skipped, an optional first
+ * row `subject,label` taken as a header.  Every label must be an integer in 0..classes-1 and every subject listed
+ * once.  *rows is malloc'ed.  Errors name the file and the row. */
+static mn_err read_csv(const char *path, const mn_dataset_def *ds, csv_row **rows, int *nrows)
+{
+    *rows = NULL, *nrows = 0;
+    FILE *f = fopen(path, "r");
+    MN_CHECK(f, MN_ERR_IO, "dataset [%s]: cannot open class_labels '%s': %s", ds->name, path, strerror(errno));
+    int cap = 0, n = 0, row = 0, seen = 0;
+    csv_row *r = NULL;
+    char line[1024];
+    mn_err e = MN_OK;
+    while (!e && fgets(line, sizeof line, f)) {
+        row++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s row %d: line longer "
+                                "than %d characters", path, row, (int)sizeof line - 2);
+            break;
+        }
+        char *t = trim(line);
+        if (!*t || *t == '#') continue;
+        char *comma = strchr(t, ',');
+        if (!comma) {
+            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s row %d: '%s' is not "
+                                "`subject,label`", path, row, t);
+            break;
+        }
+        *comma = 0;
+        char *subj = trim(t), *lab = trim(comma + 1), *end = NULL;
+        if (!seen++ && !strcasecmp(subj, "subject") && !strcasecmp(lab, "label")) continue; /* the header */
+        errno = 0;
+        long v = strtol(lab, &end, 10);
+        if (!*lab || *end || errno) {
+            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s row %d: label '%s' of "
+                                "subject '%s' is not an integer", path, row, lab, subj);
+            break;
+        }
+        if (v < 0 || v >= ds->num_classes) {
+            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s row %d: label %ld of "
+                                "subject '%s' is outside 0..%d ([%s] classes has %d names)", path, row, v, subj,
+                                ds->num_classes - 1, ds->name, ds->num_classes);
+            break;
+        }
+        if (!*subj || strlen(subj) >= sizeof r->subject) {
+            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s row %d: empty or too "
+                                "long subject", path, row);
+            break;
+        }
+        for (int k = 0; k < n && !e; k++)
+            if (!strcmp(r[k].subject, subj))
+                e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s row %d: subject "
+                                    "'%s' is listed again (first on row %d)", path, row, subj, r[k].row);
+        if (e) break;
+        if (n == cap) {
+            csv_row *nr = realloc(r, sizeof *r * (size_t)(cap = cap ? 2 * cap : 64));
+            if (!nr) {
+                e = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory reading %s", path);
+                break;
+            }
+            r = nr;
+        }
+        snprintf(r[n].subject, sizeof r->subject, "%s", subj);
+        r[n].label = v, r[n].row = row;
+        n++;
+    }
+    if (!e && ferror(f))
+        e = mn_error_report(MN_ERR_IO, __FILE__, __LINE__, __func__, "class_labels %s: read error", path);
+    fclose(f);
+    if (e) {
+        free(r);
+        return e;
+    }
+    *rows = r, *nrows = n;
+    return MN_OK;
+}
+
+/* Rank 0: append the class of each of the n images (newline-separated in `images`) of classification dataset ds,
+ * one line each, to the blob.  An image whose subject has no row is an error naming the CSV and the subject. */
+static mn_err expand_classes(const char *root, const mn_dataset_def *ds, const char *images, int n, char **buf,
+                             size_t *len, size_t *cap)
+{
+    char path[2048];
+    if (ds->class_labels[0] != '/' && root[0]) snprintf(path, sizeof path, "%s/%s", root, ds->class_labels);
+    else snprintf(path, sizeof path, "%s", ds->class_labels);
+    csv_row *rows = NULL;
+    int nrows = 0;
+    MN_CALL(read_csv(path, ds, &rows, &nrows));
+    mn_err e = MN_OK;
+    const char *p = images;
+    for (int i = 0; i < n && !e; i++) {
+        size_t l = strcspn(p, "\n");
+        char subj[256];
+        subject_of(p, l, subj, sizeof subj);
+        int found = -1;
+        for (int k = 0; k < nrows && found < 0; k++)
+            if (!strcmp(rows[k].subject, subj)) found = k;
+        char num[32];
+        if (found < 0)
+            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "class_labels %s: no row for subject "
+                                "'%s' (image %.*s of dataset [%s])", path, subj, (int)l, p, ds->name);
+        else if (snprintf(num, sizeof num, "%ld", rows[found].label), !append(buf, len, cap, num))
+            e = mn_error_report(MN_ERR_MEM, __FILE__, __LINE__, __func__, "out of memory expanding file lists");
+        p += l + (p[l] ? 1 : 0);
+    }
+    free(rows);
+    return e;
+}
+
+/* Rank 0: the blob "<n>\n" followed by n image and n label paths, one per line, and for a classification dataset
+ * n classes, one per line, for every dataset. */
 static mn_err expand_all(const mn_corpus_def *def, char **blob, size_t *blen)
 {
     size_t cap = 4096, len = 0;
@@ -339,10 +481,11 @@ static mn_err expand_all(const mn_corpus_def *def, char **blob, size_t *blen)
             memcpy(buf + len, lb, ll), len += ll;
             buf[len] = 0;
         }
+        if (!e && ds->task == MN_TASK_CLS) e = expand_classes(def->root, ds, ib, ni, &buf, &len, &cap);
         free(ib), free(lb);
         if (e) {
             free(buf);
-            MN_CHECK(!e, e, "called from expand_list");
+            MN_CHECK(!e, e, "called from expand_list / expand_classes");
         }
     }
     *blob = buf;
@@ -385,7 +528,8 @@ mn_err mn_corpus_def_expand(MPI_Comm comm, mn_corpus_def *def)
         ds->num_pairs = n;
         ds->images = calloc((size_t)n, sizeof(char *));
         ds->labels = calloc((size_t)n, sizeof(char *));
-        if (!ds->images || !ds->labels) {
+        if (ds->task == MN_TASK_CLS) ds->pair_class = calloc((size_t)n, sizeof(int));
+        if (!ds->images || !ds->labels || (ds->task == MN_TASK_CLS && !ds->pair_class)) {
             e = MN_ERR_MEM;
             break;
         }
@@ -402,6 +546,7 @@ mn_err mn_corpus_def_expand(MPI_Comm comm, mn_corpus_def *def)
             else ds->labels[k - n] = s;
             p += l + (nl ? 1 : 0);
         }
+        for (int k = 0; k < n && ds->task == MN_TASK_CLS; k++) ds->pair_class[k] = (int)strtol(p, &p, 10), p++;
     }
     free(blob);
     MN_CHECK(!e, e, "out of memory for the file lists");
@@ -418,7 +563,7 @@ void mn_corpus_def_destroy(mn_corpus_def **pdef)
             if (ds->images) free(ds->images[i]);
             if (ds->labels) free(ds->labels[i]);
         }
-        free(ds->images), free(ds->labels);
+        free(ds->images), free(ds->labels), free(ds->pair_class);
     }
     free(def->datasets);
     free(def);

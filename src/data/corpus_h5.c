@@ -240,6 +240,12 @@ mn_err mn_h5_attr_i64(hid_t loc, const char *name, const int64_t *v, int n)
     return MN_OK;
 }
 
+mn_err mn_h5_attr_i32(hid_t loc, const char *name, int32_t v)
+{
+    MN_CALL(write_attr(loc, name, H5T_NATIVE_INT32, 0, NULL, &v));
+    return MN_OK;
+}
+
 mn_err mn_h5_attr_f64(hid_t loc, const char *name, const double *v, int n)
 {
     hsize_t dims[1] = {(hsize_t)n};
@@ -308,6 +314,12 @@ mn_err mn_h5_read_strs(hid_t loc, const char *name, char *out, int n, int stride
 mn_err mn_h5_read_i64(hid_t loc, const char *name, int64_t *v, int n, const char *what)
 {
     MN_CALL(read_attr(loc, name, H5T_NATIVE_INT64, n, v, what));
+    return MN_OK;
+}
+
+mn_err mn_h5_read_i32(hid_t loc, const char *name, int32_t *v, const char *what)
+{
+    MN_CALL(read_attr(loc, name, H5T_NATIVE_INT32, 1, v, what));
     return MN_OK;
 }
 

@@ -35,6 +35,7 @@ mn_err mn_corpus_check_readable(MPI_Comm comm, const char *path);
 mn_err mn_h5_attr_str(hid_t loc, const char *name, const char *value);
 mn_err mn_h5_attr_strs(hid_t loc, const char *name, const char *values, int n, int stride);
 mn_err mn_h5_attr_i64(hid_t loc, const char *name, const int64_t *v, int n);
+mn_err mn_h5_attr_i32(hid_t loc, const char *name, int32_t v);
 mn_err mn_h5_attr_f64(hid_t loc, const char *name, const double *v, int n);
 mn_err mn_h5_attr_u32(hid_t loc, const char *name, uint32_t v);
 
@@ -42,6 +43,7 @@ mn_err mn_h5_attr_u32(hid_t loc, const char *name, uint32_t v);
 mn_err mn_h5_read_str(hid_t loc, const char *name, char *out, size_t cap, const char *what);
 mn_err mn_h5_read_strs(hid_t loc, const char *name, char *out, int n, int stride, const char *what);
 mn_err mn_h5_read_i64(hid_t loc, const char *name, int64_t *v, int n, const char *what);
+mn_err mn_h5_read_i32(hid_t loc, const char *name, int32_t *v, const char *what);
 mn_err mn_h5_read_f64(hid_t loc, const char *name, double *v, int n, const char *what);
 mn_err mn_h5_read_u32(hid_t loc, const char *name, uint32_t *v, const char *what);
 

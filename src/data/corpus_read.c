@@ -72,6 +72,14 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
         MN_CALL(mn_h5_read_str(g, "modality", ds->modality, sizeof ds->modality, what));
         MN_CALL(mn_h5_read_str(g, "role", role, sizeof role, what));
         ds->role = strcmp(role, "target") ? MN_ROLE_PRETRAIN : MN_ROLE_TARGET;
+        /* Files written before classification existed have no task: segmentation. */
+        char task[32] = "segmentation";
+        htri_t has_task = H5Aexists(g, "task");
+        MN_CHECK(has_task >= 0, MN_ERR_HDF5, "%s: H5Aexists(task) failed", what);
+        if (has_task) MN_CALL(mn_h5_read_str(g, "task", task, sizeof task, what));
+        MN_CHECK(!strcmp(task, "segmentation") || !strcmp(task, "classification"), MN_ERR_FORMAT,
+                 "%s: task = '%s' (expected segmentation or classification)", what, task);
+        ds->task = strcmp(task, "classification") ? MN_TASK_SEG : MN_TASK_CLS;
         MN_CALL(mn_h5_read_i64(g, "num_classes", &ncls, 1, what));
         MN_CHECK(ncls >= 2 && ncls <= MN_CORPUS_MAX_CLASSES, MN_ERR_FORMAT, "%s: num_classes = %lld", what,
                  (long long)ncls);
@@ -112,6 +120,14 @@ static mn_err read_meta(hid_t file, const char *path, mn_corpus_info *info)
             MN_H5(vg = H5Gopen2(g, name, H5P_DEFAULT));
             MN_CALL(mn_h5_read_f64(vg, "foreground_share", &vol->foreground_share, 1, vwhat));
             MN_CALL(mn_h5_read_u32(vg, "data_crc32", &vol->data_crc32, vwhat));
+            vol->cls = -1;
+            if (ds->task == MN_TASK_CLS) {
+                int32_t k = -1;
+                MN_CALL(mn_h5_read_i32(vg, "class", &k, vwhat));
+                MN_CHECK(k >= 0 && k < ds->num_classes, MN_ERR_FORMAT, "%s: class = %d outside 0..%d", vwhat, (int)k,
+                         ds->num_classes - 1);
+                vol->cls = k;
+            }
             for (int k = 0; k < 2; k++) {
                 const char *dn = k ? "label" : "image";
                 MN_CHECK(H5Lexists(vg, dn, H5P_DEFAULT) > 0, MN_ERR_FORMAT, "%s: dataset '%s' is missing", vwhat, dn);
@@ -245,8 +261,9 @@ void mn_corpus_print_summary(const mn_corpus_info *info, FILE *f)
             strncat(cls, ds->class_names[k], sizeof cls - strlen(cls) - 1);
             if (k + 1 < ds->num_classes) strncat(cls, ",", sizeof cls - strlen(cls) - 1);
         }
-        fprintf(f, "  %-24s %-8s %-5s %4d %-22s %-16s %7.2f  %d: %s\n", ds->name, role_name(ds->role), ds->modality,
-                ds->num_volumes, shape, sp, 100 * fg / ds->num_volumes, ds->num_classes, cls);
+        fprintf(f, "  %-24s %-8s %-5s %4d %-22s %-16s %7.2f  %d: %s%s\n", ds->name, role_name(ds->role), ds->modality,
+                ds->num_volumes, shape, sp, 100 * fg / ds->num_volumes, ds->num_classes, cls,
+                ds->task == MN_TASK_CLS ? " (classification: one class per volume)" : "");
     }
     fflush(f);
 }
@@ -468,6 +485,7 @@ static mn_err alloc_shard(const mn_corpus_info *info, const mn_shard_plan *plan,
         mn_shard_volume *sv = &s->volumes[i];
         const mn_corpus_volume *cv = &info->volumes[it->volume];
         sv->dataset = it->dataset, sv->volume = it->volume;
+        sv->cls_tag = cv->cls + 1;
         memcpy(sv->shape, cv->shape, sizeof sv->shape);
         int64_t n = cv->shape[0] * cv->shape[1] * cv->shape[2];
         sv->image = malloc((size_t)n * sizeof(float));

@@ -393,6 +393,7 @@ static mn_err write_volume(prep *p, hid_t dgrp, int g, int index)
     MN_CALL(mn_h5_attr_f64(grp, "foreground_share", &r->fg_share, 1));
     MN_CALL(mn_h5_attr_u32(grp, "data_crc32", r->data_crc));
     MN_CALL(mn_h5_attr_f64(grp, "antialias_sigma", r->aa_sigma, 3));
+    if (ds->task == MN_TASK_CLS) MN_CALL(mn_h5_attr_i32(grp, "class", ds->pair_class[r->pair]));
 
     hsize_t dims[3], chunk[3];
     /* As many chunks per axis as `chunk` asks for, but evened out over the extent, so that edge chunks are not
@@ -465,6 +466,7 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
         MN_CALL(mn_h5_attr_str(grp, "name", ds->name));
         MN_CALL(mn_h5_attr_str(grp, "modality", mod[ds->modality]));
         MN_CALL(mn_h5_attr_str(grp, "role", role[ds->role]));
+        MN_CALL(mn_h5_attr_str(grp, "task", ds->task == MN_TASK_CLS ? "classification" : "segmentation"));
         MN_CALL(mn_h5_attr_i64(grp, "num_classes", &ncls, 1));
         MN_CALL(mn_h5_attr_strs(grp, "class_names", ds->class_names[0], ds->num_classes, MN_CORPUS_NAME_LEN));
         MN_CALL(mn_h5_attr_f64(grp, "spacing", p->spacing[d], 3));
@@ -500,7 +502,9 @@ static mn_err write_file(prep *p, const char *tmp, uint32_t checksum)
     return MN_OK;
 }
 
-/* The corpus identity: CRC-32 over the name, each dataset's name and classes, each volume's shape and data CRC. */
+/* The corpus identity: CRC-32 over the name, each dataset's name and classes, each volume's shape and data CRC;
+ * for a classification dataset also the word "classification" and each volume's class (int32), so a corpus of
+ * segmentation datasets keeps the identity it had before classification existed. */
 static uint32_t corpus_checksum(const prep *p)
 {
     uLong c = crc32(0L, Z_NULL, 0);
@@ -510,11 +514,16 @@ static uint32_t corpus_checksum(const prep *p)
         c = crc32(c, (const Bytef *)ds->name, (uInt)strlen(ds->name));
         for (int k = 0; k < ds->num_classes; k++)
             c = crc32(c, (const Bytef *)ds->class_names[k], (uInt)strlen(ds->class_names[k]));
+        if (ds->task == MN_TASK_CLS) c = crc32(c, (const Bytef *)"classification", 14);
         for (int g = p->first[d]; g < p->first[d + 1]; g++) {
             const vol_rec *r = &p->rec[g];
             if (r->status != REC_OK) continue;
             c = crc32(c, (const Bytef *)r->shape, sizeof r->shape);
             c = crc32(c, (const Bytef *)&r->data_crc, sizeof r->data_crc);
+            if (ds->task == MN_TASK_CLS) {
+                int32_t k = ds->pair_class[r->pair];
+                c = crc32(c, (const Bytef *)&k, sizeof k);
+            }
         }
     }
     return (uint32_t)c;

@@ -32,6 +32,7 @@ typedef struct centry {
 
 typedef struct rvol {
     int dataset, volume;      /* as in mn_shard_item */
+    int cls;                  /* classification: the volume's class; -1 otherwise */
     int64_t shape[3], chunk[3], nch[3];
     int nchunks;
     int opened;               /* file backend: datasets open, chunk geometry known */
@@ -122,7 +123,7 @@ mn_err mn_reader_create_memory(const mn_shard *shard, mn_reader **out)
     for (int k = 0; k < rd->nvol; k++) {
         const mn_shard_volume *sv = &shard->volumes[k];
         rvol *v = &rd->v[k];
-        v->dataset = sv->dataset, v->volume = sv->volume;
+        v->dataset = sv->dataset, v->volume = sv->volume, v->cls = sv->cls_tag - 1;
         memcpy(v->shape, sv->shape, sizeof v->shape);
         memcpy(v->chunk, sv->chunk, sizeof v->chunk);
         set_geometry(v);
@@ -156,7 +157,7 @@ mn_err mn_reader_create_file(const mn_corpus_info *info, const mn_shard_plan *pl
     for (int k = 0; k < n; k++) {
         const mn_shard_item *it = &plan->items[plan->offset[rank] + k];
         rvol *v = &rd->v[k];
-        v->dataset = it->dataset, v->volume = it->volume;
+        v->dataset = it->dataset, v->volume = it->volume, v->cls = info->volumes[it->volume].cls;
         memcpy(v->shape, info->volumes[it->volume].shape, sizeof v->shape);
         v->dset[0] = v->dset[1] = -1;
         rd->shard_bytes += 5 * v->shape[0] * v->shape[1] * v->shape[2];
@@ -188,6 +189,7 @@ void mn_reader_destroy(mn_reader **prd)
 int mn_reader_num_volumes(const mn_reader *rd) { return rd->nvol; }
 const int64_t *mn_reader_shape(const mn_reader *rd, int k) { return rd->v[k].shape; }
 int mn_reader_dataset(const mn_reader *rd, int k) { return rd->v[k].dataset; }
+int mn_reader_class(const mn_reader *rd, int k) { return rd->v[k].cls; }
 int64_t mn_reader_shard_bytes(const mn_reader *rd) { return rd->shard_bytes; }
 
 void mn_reader_get_stats(const mn_reader *rd, mn_reader_stats *st)

@@ -8,6 +8,8 @@
  * one generator seeded by (seed, rank, step), then orders the samples by dataset (stable insertion sort: n is a
  * batch size), then copies the crops.  Drawing before ordering keeps the draws independent of the ordering.
  * The generator is splitmix64 (one 64-bit state, passes BigCrush, trivially seedable from a hash).
+ * A crop of a classification volume carries the volume's class in every label voxel (the trainer and evaluator
+ * take the first), so batches keep one layout whatever the task.
  */
 #include "mednet/sampler.h"
 
@@ -167,6 +169,15 @@ static mn_err render(mn_sampler *s, const draw *dr, float *x, int32_t *labels)
                 labels[o] = (vz >= held) == val ? s->boxl[i] : MN_LABEL_IGNORE;
             }
         }
+    }
+    /* A classification volume: the whole crop carries the volume's class.  With a held-out slab a training crop
+     * counts only when it lies wholly below the slab, a validation crop only when its centre lies in it, so no
+     * validation crop is centred on voxels a training crop was labelled with. */
+    const int cls = mn_reader_class(s->rd, dr->vol);
+    if (cls >= 0) {
+        int use = s->cfg.holdout <= 0 || (val ? dr->origin[0] + c[0] / 2 >= held : dr->origin[0] + c[0] <= held);
+        const size_t vox = (size_t)c[0] * (size_t)c[1] * (size_t)c[2];
+        for (size_t k = 0; k < vox; k++) labels[k] = use ? cls : MN_LABEL_IGNORE;
     }
     return MN_OK;
 }

@@ -777,12 +777,12 @@ mn_err mn_model_config_read(struct mn_config *c, const char *sec, mn_model_confi
              "152 or 200", mn_config_origin(c), sec, depth);
     out->depth = (int)depth;
     static const char *const shortcuts[] = {"default", "A", "B", NULL};
-    static const char *const heads[] = {"seg", "branch", NULL};
+    static const char *const heads[] = {"seg", "branch", "cls", NULL};
     int k;
     MN_CALL(mn_config_choice(c, sec, "shortcut", "default", shortcuts, &k));
     out->shortcut = k == 0 ? MN_SHORTCUT_DEFAULT : k == 1 ? MN_SHORTCUT_A : MN_SHORTCUT_B;
     MN_CALL(mn_config_choice(c, sec, "head", "seg", heads, &k));
-    out->head_kind = k == 0 ? MN_HEAD_SEG : MN_HEAD_BRANCH;
+    out->head_kind = k == 0 ? MN_HEAD_SEG : k == 1 ? MN_HEAD_BRANCH : MN_HEAD_CLS;
     MN_CALL(mn_config_bool(c, sec, "loss_full_size", 0, &out->loss_full_size));
     double w;
     MN_CALL(mn_config_double(c, sec, "ce_weight", 1.0, 0, 1e3, &w));

@@ -262,7 +262,7 @@ mn_err mn_train_ckpt_describe(const char *path, mn_ckpt_desc *d)
     }
     long depth = 10;
     static const char *const shortcuts[] = {"default", "A", "B", NULL};
-    static const char *const heads[] = {"seg", "branch", NULL};
+    static const char *const heads[] = {"seg", "branch", "cls", NULL};
     if (!e) e = mn_config_int(cfg, "model", "depth", 10, 0, 100000, &depth);
     if (!e) e = mn_config_choice(cfg, "model", "shortcut", "default", shortcuts, &d->shortcut);
     if (!e) e = mn_config_choice(cfg, "model", "head", "seg", heads, &d->head_kind);

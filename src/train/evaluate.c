@@ -1,5 +1,6 @@
 /* evaluate.c: the evaluator (src/train/train_impl.h): mean foreground Dice per dataset on fixed crops of each
- * rank's shard, with batch norm in eval mode.  The crops come from a second sampler with its own seed and no
+ * rank's shard, with batch norm in eval mode; for a classifier (model.head = cls) the accuracy and the mean
+ * per-class accuracy instead, from counts summed over the ranks.  The crops come from a second sampler with its own seed and no
  * intensity jitter, so every evaluation of a run sees the same crops; with sampler.holdout > 0 their labels are
  * those of the held-out slab only (mednet/sampler.h). */
 #include "train/train_impl.h"
@@ -71,14 +72,34 @@ static double mean_finite(const double *v, int n)
     return c ? s / c : NAN;
 }
 
-mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice)
+/* Per dataset row: Dice sum and count (segmentation), or correct and total per class (classification). */
+#define EVAL_SLOTS (2 + 2 * MN_CORPUS_MAX_CLASSES)
+
+/* Classification: add each sample's outcome to acc (correct and total, overall then per class); a sample whose
+ * label is ignored (outside the held-out slab) does not count. */
+static void count_classes(const mn_shape *ls, const float *logits, const int32_t *lab, size_t vox, double *acc)
+{
+    for (int j = 0; j < ls->n; j++) {
+        int y = lab[(size_t)j * vox];
+        if (y < 0 || y >= ls->c) continue;
+        const float *l = logits + (size_t)j * ls->c;
+        int best = 0;
+        for (int k = 1; k < ls->c; k++)
+            if (l[k] > l[best]) best = k;
+        acc[0] += best == y, acc[1] += 1;
+        acc[2 + 2 * y] += best == y, acc[3 + 2 * y] += 1;
+    }
+}
+
+mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *score, double *balanced)
 {
     mn_parts *p = mn_trainer_parts(t);
     mn_model *m = mn_trainer_model(t);
+    const int cls = mn_model_config_of(m)->head_kind == MN_HEAD_CLS;
     int n = ev->batch;
     size_t vox = (size_t)ev->crop[0] * ev->crop[1] * ev->crop[2];
-    double *acc = NULL; /* [2*nrows]: sum of Dice, count */
-    MN_CALL(mn_calloc(sizeof(double) * 2 * (size_t)p->nrows, "eval sums", (void **)&acc));
+    double *acc = NULL; /* [EVAL_SLOTS * nrows] */
+    MN_CALL(mn_calloc(sizeof(double) * EVAL_SLOTS * (size_t)p->nrows, "eval sums", (void **)&acc));
     mn_model_set_training(m, 0);
     mn_err e = MN_OK;
     mn_head_batch hb[MN_MODEL_MAX_HEADS];
@@ -99,6 +120,11 @@ mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice)
             mn_shape ls;
             const float *logits = mn_model_logits(m, i, &ls);
             const int32_t *lab = ev->labels + (size_t)hb[i].offset * vox;
+            double *a = acc + EVAL_SLOTS * (size_t)rows[i];
+            if (cls) {
+                count_classes(&ls, logits, lab, vox, a);
+                continue;
+            }
             mn_shape full = {hb[i].count, 1, ev->crop[0], ev->crop[1], ev->crop[2]};
             if (ls.d != full.d || ls.h != full.h || ls.w != full.w) {
                 mn_shape small = {ls.n, 1, ls.d, ls.h, ls.w};
@@ -111,15 +137,26 @@ mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice)
             int cnt = 0;
             for (int cl = 1; cl < ls.c && !e; cl++)
                 if (!isnan(dc[cl])) s += dc[cl], cnt++;
-            if (cnt) acc[2 * rows[i]] += s / cnt, acc[2 * rows[i] + 1] += 1;
+            if (cnt) a[0] += s / cnt, a[1] += 1;
         }
     }
     mn_model_set_training(m, 1);
     /* A local failure here (a bad label) must not leave the others in the reduction: agree first. */
     e = mn_agree(p->dist->world, e);
-    if (!e) e = mn_mpi_report_if(MPI_Allreduce(MPI_IN_PLACE, acc, 2 * p->nrows, MPI_DOUBLE, MPI_SUM, p->dist->world));
-    for (int k = 1; k < p->nrows && !e; k++) dice[k] = acc[2 * k + 1] > 0 ? acc[2 * k] / acc[2 * k + 1] : NAN;
-    dice[0] = e ? NAN : mean_finite(dice + 1, p->nrows - 1);
+    if (!e)
+        e = mn_mpi_report_if(MPI_Allreduce(MPI_IN_PLACE, acc, EVAL_SLOTS * p->nrows, MPI_DOUBLE, MPI_SUM,
+                                           p->dist->world));
+    for (int k = 1; k < p->nrows && !e; k++) {
+        const double *a = acc + EVAL_SLOTS * (size_t)k;
+        score[k] = a[1] > 0 ? a[0] / a[1] : NAN;
+        double s = 0;
+        int c = 0;
+        for (int y = 0; cls && y < MN_CORPUS_MAX_CLASSES; y++)
+            if (a[3 + 2 * y] > 0) s += a[2 + 2 * y] / a[3 + 2 * y], c++;
+        balanced[k] = c ? s / c : NAN;
+    }
+    score[0] = e ? NAN : mean_finite(score + 1, p->nrows - 1);
+    balanced[0] = e ? NAN : mean_finite(balanced + 1, p->nrows - 1);
     mn_free(&acc);
     MN_CALL(e);
     return MN_OK;

@@ -111,21 +111,36 @@ static void metrics_flush(run *r)
                 strerror(err));
 }
 
+/* dice: [2 * nrows] from run_eval: the scores, then (classification) the mean per-class accuracies. */
 static void log_dice(run *r, const char *when, const double *dice)
 {
     if (r->rank != 0) return;
     mn_parts *p = r->parts;
+    const int cls = r->cfg.model.head_kind == MN_HEAD_CLS;
+    const double *bal = dice + p->nrows;
     char line[2048];
-    int o = snprintf(line, sizeof line, "eval (%s, step %ld): mean foreground Dice %.4f [", when, r->step, dice[0]);
+    int o = cls ? snprintf(line, sizeof line, "eval (%s, step %ld): accuracy %.4f, mean per-class accuracy %.4f [",
+                           when, r->step, dice[0], bal[0])
+                : snprintf(line, sizeof line, "eval (%s, step %ld): mean foreground Dice %.4f [", when, r->step,
+                           dice[0]);
     for (int k = 1; k < p->nrows && o < (int)sizeof line - 80; k++)
-        o += snprintf(line + o, sizeof line - o, "%s%s %.4f", k > 1 ? ", " : "", p->row[k].name, dice[k]);
+        o += cls ? snprintf(line + o, sizeof line - o, "%s%s %.4f/%.4f", k > 1 ? ", " : "", p->row[k].name, dice[k],
+                            bal[k])
+                 : snprintf(line + o, sizeof line - o, "%s%s %.4f", k > 1 ? ", " : "", p->row[k].name, dice[k]);
     snprintf(line + o, sizeof line - o, "]");
     mn_log_info("%s", line);
     if (r->metrics) {
-        fprintf(r->metrics, "{\"step\": %ld, \"eval\": \"%s\", \"dice\": {", r->step, when);
+        fprintf(r->metrics, "{\"step\": %ld, \"eval\": \"%s\", \"%s\": {", r->step, when, cls ? "accuracy" : "dice");
         for (int k = 1; k < p->nrows; k++)
             fprintf(r->metrics, "%s\"%s\": %.6g", k > 1 ? ", " : "", p->row[k].name, isfinite(dice[k]) ? dice[k] : -1.0);
-        fprintf(r->metrics, "}, \"mean_dice\": %.6g}\n", dice[0]);
+        if (cls) {
+            fprintf(r->metrics, "}, \"mean_class_accuracy\": {");
+            for (int k = 1; k < p->nrows; k++)
+                fprintf(r->metrics, "%s\"%s\": %.6g", k > 1 ? ", " : "", p->row[k].name, isfinite(bal[k]) ? bal[k] : -1.0);
+            fprintf(r->metrics, "}, \"mean_accuracy\": %.6g, \"mean_mean_class_accuracy\": %.6g}\n", dice[0], bal[0]);
+        } else {
+            fprintf(r->metrics, "}, \"mean_dice\": %.6g}\n", dice[0]);
+        }
         metrics_flush(r);
     }
 }
@@ -387,7 +402,7 @@ static mn_err run_eval(run *r, double *dice)
 {
     mn_watchdog_beat(r->watchdog, r->step, "evaluation");
     fault_at(r, "signal_eval", r->step);
-    MN_CALL(mn_eval_run(r->eval, r->trainer, r->cfg.eval_batches, dice));
+    MN_CALL(mn_eval_run(r->eval, r->trainer, r->cfg.eval_batches, dice, dice + r->parts->nrows));
     return MN_OK;
 }
 
@@ -403,7 +418,7 @@ static mn_err train_loop(run *r, mn_train_result *res)
     MN_CALL(log_plan(r));
     MN_CALL(mn_calloc(sizeof(double) * (size_t)p->nrows, "step losses", (void **)&st.loss));
     mn_err e = mn_calloc(sizeof(double) * (size_t)p->nrows, "step weights", (void **)&st.weight);
-    if (!e) e = mn_calloc(sizeof(double) * (size_t)p->nrows, "dice", (void **)&dice);
+    if (!e) e = mn_calloc(sizeof(double) * 2 * (size_t)p->nrows, "evaluation scores", (void **)&dice);
     if (!e) e = mn_watchdog_start(c->out, c->watchdog_s, r->rank, r->size, &r->watchdog);
     e = mn_agree(p->dist->world, e);
     if (!e && c->eval_batches > 0) {

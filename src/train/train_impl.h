@@ -5,7 +5,7 @@
  *                 of a checkpoint's model against the configuration;
  *   setup.c       a run's set-up in failure-safe order: output folder and lock, checkpoints, corpus, shard,
  *                 sampler, trainer, resume;
- *   evaluate.c    the evaluator: mean foreground Dice per dataset on fixed crops;
+ *   evaluate.c    the evaluator: mean foreground Dice (or classification accuracy) per dataset on fixed crops;
  *   checkpoint.c  checkpoints of a trainer over its part table: write, resume, encoder initialisation, and the
  *                 description of a checkpoint file used to validate a run before any heavy work;
  *   watchdog.c    the step-progress watchdog: ends the job when a rank stops arriving;
@@ -41,7 +41,7 @@ typedef struct mn_ckpt_meta {
 typedef struct mn_ckpt_desc {
     int depth;                 /* model.depth of the config it was written with */
     int shortcut;              /* 0 default, 1 A, 2 B */
-    int head_kind;             /* 0 seg, 1 branch */
+    int head_kind;             /* 0 seg, 1 branch, 2 cls */
     int64_t step;
     uint32_t corpus_checksum;
     int nranks;
@@ -114,10 +114,12 @@ mn_err mn_eval_create(mn_reader *rd, mn_prefetch *pf, const mn_sampler_config *s
                       mn_evaluator **out);
 void mn_eval_destroy(mn_evaluator **ev);
 
-/* Mean foreground Dice per dataset row of t's part table over `nbatches` fixed batches, batch norm in eval mode:
- * dice[row] for rows >= 1 (NaN where no holder evaluated it), dice[0] the mean over the finite ones.  Collective on
- * the world (the local evaluation is agreed before the reduction). */
-mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *dice);
+/* Evaluate t over `nbatches` fixed batches, batch norm in eval mode, per dataset row of its part table: score[row]
+ * is the mean foreground Dice (segmentation heads) or the accuracy (model.head = cls), balanced[row] the mean
+ * per-class accuracy (classification; NaN for segmentation); NaN where no holder evaluated the row; [0] the means
+ * over the finite rows.  Classification counts are summed over the ranks before dividing.  Collective on the world
+ * (the local evaluation is agreed before the reduction). */
+mn_err mn_eval_run(mn_evaluator *ev, mn_trainer *t, long nbatches, double *score, double *balanced);
 
 /* ---- watchdog.c ---- */
 

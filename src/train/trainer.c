@@ -26,6 +26,7 @@ struct mn_trainer {
     size_t vox;              /* voxels of one crop */
     mn_batch b;              /* the micro-batch buffers */
     double *sample_loss;     /* [batch] */
+    int32_t *classes;        /* [batch]: a classification head batch's classes, one per sample (compacted) */
     float *bn_saved;         /* BN buffers before the step (restored when the step is skipped) */
     double bn_buf[MN_MODEL_BN_SYNC_MAX + 1];
 };
@@ -107,6 +108,7 @@ mn_err mn_trainer_create(MPI_Comm comm, const mn_trainer_config *cfg, int ndatas
         if (!e) e = mn_malloc(sizeof(int) * (size_t)t->batch, "dataset ids", (void **)&t->b.dataset);
         if (!e) e = mn_malloc(sizeof(float) * (size_t)t->batch, "sample weights", (void **)&t->b.weight);
         if (!e) e = mn_malloc(sizeof(double) * (size_t)t->batch, "sample losses", (void **)&t->sample_loss);
+        if (!e) e = mn_malloc(sizeof(int32_t) * (size_t)t->batch, "sample classes", (void **)&t->classes);
         if (!e)
             e = mn_malloc(sizeof(float) * (mn_model_num_bn_buffers(t->model) + 1), "saved BN buffers",
                           (void **)&t->bn_saved);
@@ -150,6 +152,7 @@ void mn_trainer_destroy(mn_trainer **pt)
     mn_free(&t->b.dataset);
     mn_free(&t->b.weight);
     mn_free(&t->sample_loss);
+    mn_free(&t->classes);
     mn_free(&t->bn_saved);
     mn_free(pt);
 }
@@ -227,8 +230,14 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
         MN_CALL(mn_model_forward(m, t->b.x, hb, nhb));
         for (int i = 0; i < nhb; i++) {
             int off = hb[i].offset;
-            MN_CALL(mn_model_loss_samples(m, i, t->b.labels + (size_t)off * t->vox, t->b.weight + off,
-                                          t->sample_loss));
+            const int32_t *lab = t->b.labels + (size_t)off * t->vox;
+            /* A classification head takes one class per sample: the first label voxel of each crop (the sampler
+             * fills a classification crop with its class). */
+            if (c->model.head_kind == MN_HEAD_CLS) {
+                for (int j = 0; j < hb[i].count; j++) t->classes[j] = lab[(size_t)j * t->vox];
+                lab = t->classes;
+            }
+            MN_CALL(mn_model_loss_samples(m, i, lab, t->b.weight + off, t->sample_loss));
             for (int j = 0; j < hb[i].count; j++) {
                 double l = t->sample_loss[j], w = t->b.weight[off + j];
                 if (!isfinite(l)) bad = 1;
