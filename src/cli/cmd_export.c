@@ -40,7 +40,7 @@ typedef struct export_meta {
 static mn_err meta_of(const mn_ckpt_model *cm, const char *src, export_meta *em)
 {
     snprintf(em->step, sizeof em->step, "%ld", cm->step);
-    em->k[em->n] = "source", em->v[em->n++] = src;
+    if (!strpbrk(src, "\"\\\n\t\r")) em->k[em->n] = "source", em->v[em->n++] = src; /* JSON-safe paths only */
     em->k[em->n] = "step", em->v[em->n++] = em->step;
     if (cm->nheads != 1) return MN_OK;
     const char *head = cm->head_names[0];
