@@ -217,7 +217,9 @@ static mn_err st_describe(const mn_safetensors *st, const char *path, const mn_m
     MN_CALL(pick(path, "dataset", mn_st_metadata(st, "dataset"), hint ? hint->head : NULL, "--head", &dataset));
     MN_CHECK(!kind || !strcmp(kind, "seg") || !strcmp(kind, "branch"), MN_ERR_ARG, "%s: head kind '%s' is not a "
              "segmentation head (seg or branch): mednet infer cannot apply it", path, kind);
-    MN_CHECK(!mn_st_metadata(st, "depth") || dataset, MN_ERR_ARG, "%s: its metadata names no head dataset: an "
+    const char *producer = mn_st_metadata(st, "producer");
+    const int ours = producer && !strncmp(producer, "mednet", 6);
+    MN_CHECK(!ours || dataset, MN_ERR_ARG, "%s: its metadata names no head dataset: an "
              "encoder alone (`mednet export --encoder`) or several heads (--all-heads), nothing mednet infer can "
              "apply\n---> HINT: export one head (--head NAME), or name the dataset of its head with --head", path);
     MN_CHECK(depth && dataset, MN_ERR_ARG, "%s: the file does not say its model's %s%s%s (its __metadata__ lacks "
