@@ -55,9 +55,10 @@ mn_err mn_sliding_window(const mn_window_config *c, const float *vol, const int6
 
 /* What `mednet infer` does (see the command's help). */
 typedef struct mn_infer_options {
-    const char *checkpoint;   /* a mednet training checkpoint (ckpt-<step>.h5) */
+    const char *checkpoint;   /* a mednet training checkpoint (ckpt-<step>.h5) or a .safetensors file */
     const char *head;         /* dataset whose head to apply; NULL: the checkpoint's only one */
-    const char *corpus;       /* for checkpoints without a preprocessing record: the corpus they were trained on */
+    const char *corpus;       /* for sources without a preprocessing record: the corpus they were trained on */
+    const char *config;       /* safetensors only: a run config for what its metadata lacks ([model], [sampler] crop) */
     const char *out_dir;      /* outputs <out_dir>/<stem>_seg.nii.gz (and <stem>_prob.nii.gz) */
     const char *const *inputs;
     int ninputs;
@@ -71,7 +72,8 @@ typedef struct mn_infer_options {
     int threads;              /* 0: SLURM_CPUS_PER_TASK / OMP_NUM_THREADS / 1 */
 } mn_infer_options;
 
-/* Run inference on comm: rank 0 reads the checkpoint's description and arrays and broadcasts them; the inputs are
+/* Run inference on comm: rank 0 reads the model (mn_model_file_load: a checkpoint, or a safetensors file with the
+ * metadata `mednet export` writes or the options that replace it) and broadcasts it (mn_ckpt_model_bcast); the inputs are
  * dealt round-robin to the ranks; each rank checks its inputs' headers and outputs first (agreed: a missing file
  * or an existing output without force stops every rank before any work), then processes its volumes one by one,
  * writing each output atomically (temporary file, check, rename: never a half-written file under its name).  A

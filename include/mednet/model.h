@@ -261,6 +261,11 @@ mn_err mn_model_backward(mn_model *m);
  * all; -1: encoder only; h: encoder + head h.  Not collective: call on one rank. */
 mn_err mn_model_save_safetensors(const mn_model *m, const char *path, int part);
 
+/* The same with nextra (<= 32) more __metadata__ entries after the standard ones (format, producer, depth,
+ * shortcut_type, head); keys and values free of quotes, backslashes and control characters. */
+mn_err mn_model_save_safetensors_meta(const mn_model *m, const char *path, int part, const char *const *keys,
+                                      const char *const *values, int nextra);
+
 /* Import report: counts, and the names of the first problems in a message buffer. */
 typedef struct mn_import_report {
     int loaded, missing, unexpected, mis_shaped;

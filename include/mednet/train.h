@@ -50,6 +50,7 @@ typedef struct mn_ckpt_model {
     char **head_names;       /* the datasets of the heads, in name order; head h has id h */
     mn_head_spec *heads;     /* class counts, solved from each head's parameter count */
     long step;               /* the step the checkpoint was written at */
+    char *prep_text;         /* the preprocessing record (mednet/corpus.h), one section per dataset; NULL if none */
     char *config_text;       /* the run config the checkpoint recorded */
 } mn_ckpt_model;
 
@@ -59,6 +60,30 @@ typedef struct mn_ckpt_model {
  * heads).  Not collective.  A file that is not a training checkpoint, a recorded config that is not usable, or a
  * head whose parameter count fits no class count is MN_ERR_FORMAT naming the file; *out is zeroed on error. */
 mn_err mn_ckpt_model_load(const char *path, mn_shape input, const char *only_head, mn_ckpt_model *out);
+
+/* What a safetensors file may not say about itself (mn_model_file_load).  Any field may be NULL. */
+typedef struct mn_model_file_hint {
+    const char *config_text;  /* a run config: [model] depth, shortcut, head; [sampler] crop */
+    const char *config_origin;/* its file name, for messages */
+    const char *head;         /* the dataset the head was trained on */
+    const char *prep_text;    /* a preprocessing record holding a section of that dataset */
+} mn_model_file_hint;
+
+/* Rebuild a model with one head from a training checkpoint (as mn_ckpt_model_load, with only_head = hint->head) or
+ * from a safetensors file (a file whose name ends in .safetensors).  For safetensors the model settings (depth,
+ * shortcut_type, head kind, classes), the dataset, the crop and the preprocessing record are read from the
+ * header's __metadata__ as `mednet export` writes them (keys depth, shortcut_type, head, classes, dataset, crop,
+ * prep.<record key>); what the metadata lacks comes from the hint (a config's [model] and [sampler] crop, a record
+ * section of hint->head); a metadata value and a hint that disagree is MN_ERR_ARG.  Settings still unknown
+ * after both are MN_ERR_ARG naming them and the options that supply them; the file must hold exactly the tensors of
+ * that model (strict).  out->config_text is then synthesised ([model] and, when known, [sampler] crop) and
+ * out->prep_text holds the one section (NULL when unknown).  Not collective. */
+mn_err mn_model_file_load(const char *path, mn_shape input, const mn_model_file_hint *hint, mn_ckpt_model *out);
+
+/* Give every rank of comm the model that rank `root` loaded (parameters only, input N == 0) into *cm: the
+ * description and texts are broadcast, every rank creates the model for `input` and receives the weights; on root
+ * the parameter-only model is replaced.  Collective on comm; root's *cm must be loaded, the others' zeroed. */
+mn_err mn_ckpt_model_bcast(MPI_Comm comm, int root, mn_shape input, mn_ckpt_model *cm);
 
 /* Index of the head of dataset `name`, or -1. */
 int mn_ckpt_model_head(const mn_ckpt_model *cm, const char *name);

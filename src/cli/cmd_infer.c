@@ -1,4 +1,4 @@
-/* cmd_infer.c: `mednet infer CKPT INPUT... -o DIR [options]`: a trained checkpoint applied to NIfTI volumes
+/* cmd_infer.c: `mednet infer CKPT INPUT... -o DIR [options]`: a trained checkpoint (or safetensors file) applied to NIfTI volumes
  * (mednet/infer.h): a label map per input on the input's grid, optionally the class probabilities.  Inputs are
  * dealt round-robin to the ranks.  The arguments are the same on every rank: rank 0 reports a bad one and the
  * agreement stops every rank with exit status 1. */
@@ -13,7 +13,8 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: mednet infer CKPT INPUT.nii[.gz]... -o DIR [options]\n"
-               "  CKPT            a training checkpoint (ckpt-<step>.h5 of mednet pretrain / finetune)\n"
+               "  CKPT            a training checkpoint (ckpt-<step>.h5 of mednet pretrain / finetune), or a\n"
+               "                  .safetensors file with one head (mednet export writes what infer needs into it)\n"
                "  -o, --out-dir   writes DIR/<name>_seg.nii.gz (uint8 classes) per input, on the input's grid and "
                "header\n"
                "  --list FILE     more inputs, one path per line\n"
@@ -26,7 +27,10 @@ static void usage(FILE *f)
                "  --probs         also write DIR/<name>_prob.nii.gz: float32, one volume per class\n"
                "  --force         replace existing outputs\n"
                "  --threads N     threads per rank (default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, 1)\n"
-               "  --corpus PATH   for checkpoints without a preprocessing record: the corpus they were trained on\n");
+               "  --corpus PATH   for checkpoints without a preprocessing record, and safetensors files without\n"
+               "                  metadata (with --head): the corpus they were trained on\n"
+               "  --config FILE   safetensors without metadata: a run config ([model] depth, shortcut, head;\n"
+               "                  [sampler] crop)\n");
 }
 
 /* Append the non-empty lines of `path` to the input list (*in, *n, *cap).  Local work. */
@@ -81,6 +85,8 @@ static mn_err parse(int argc, char **argv, mn_infer_options *o, char ***in, int 
             o->head = argv[++i];
         } else if (!strcmp(a, "--corpus")) {
             o->corpus = argv[++i];
+        } else if (!strcmp(a, "--config")) {
+            o->config = argv[++i];
         } else if (!strcmp(a, "--list")) {
             MN_CALL(read_list(argv[++i], in, n, &cap));
         } else if (!strcmp(a, "--window")) {
@@ -115,7 +121,7 @@ static mn_err parse(int argc, char **argv, mn_infer_options *o, char ***in, int 
         }
     }
     if (*help) return MN_OK;
-    MN_CHECK(o->checkpoint, MN_ERR_ARG, "infer: missing CKPT (a training checkpoint)");
+    MN_CHECK(o->checkpoint, MN_ERR_ARG, "infer: missing CKPT (a training checkpoint or .safetensors file)");
     MN_CHECK(*n > 0, MN_ERR_ARG, "infer: no input volumes (give NIfTI files after CKPT, or --list FILE)");
     MN_CHECK(o->out_dir && *o->out_dir, MN_ERR_ARG, "infer: missing -o DIR (the output folder)");
     return MN_OK;

@@ -1,12 +1,14 @@
 /* infer.c: `mednet infer` (mednet/infer.h): a checkpoint's model applied to NIfTI volumes, data-parallel over
  * ranks (each rank its own volumes).
  *
- * The model is rebuilt from the checkpoint alone: its config attribute gives the architecture and the training
- * crop (the default window), its preprocessing attribute (mednet/corpus.h) the classes and what prep did to the
- * dataset's volumes, and the arrays encoder/{params,bn} and heads/<dataset>/{params,bn} the weights.  A checkpoint
- * written before the preprocessing record existed is read together with its corpus (the recorded corpus_path or
- * --corpus; its checksum must be the checkpoint's), or refused with that hint.  Rank 0 reads the checkpoint and
- * broadcasts it, so P ranks cost one reader.
+ * The model comes from the one path that rebuilds models (mn_model_file_load, mn_ckpt_model_bcast in
+ * src/train/ckpt_model.c, also behind `mednet export`): from a training checkpoint alone (its config attribute gives
+ * the architecture and the training crop, the default window; its preprocessing attribute, mednet/corpus.h, what
+ * prep did to the dataset's volumes; the head's arrays its class count), or from a safetensors file whose
+ * __metadata__ (written by `mednet export`) says the same, or, for a file without it, from --config RUN.ini and
+ * --corpus CORPUS.h5 --head DATASET.  A checkpoint written before the preprocessing record existed is read together
+ * with its corpus (the recorded corpus_path or --corpus; its checksum must be the checkpoint's), or refused with
+ * that hint.  Rank 0 reads and broadcasts, so P ranks cost one reader.
  *
  * Per volume: read (libnifti), refuse non-finite voxels, the image half of prep (mn_preprocess_image: the canonical
  * grid at the dataset's spacing, anti-aliasing, the foreground mask) and the dataset's normalisation, the sliding
@@ -32,6 +34,7 @@
 #include "mednet/preprocess.h"
 #include "mednet/sampler.h"
 #include "mednet/threads.h"
+#include "mednet/train.h"
 
 #include <errno.h>
 #include <math.h>
@@ -45,193 +48,154 @@
 
 /* The model and everything the predictor needs. */
 typedef struct infer_model {
-    mn_config *config;        /* the checkpoint's run configuration */
-    mn_config *prep_cfg;      /* the parsed preprocessing record */
+    mn_ckpt_model cm;         /* the model with its one head, its description and preprocessing record */
     mn_prep_record prep;      /* of the applied head's dataset */
-    mn_model_config mc;
-    mn_model *model;
+    mn_model *model;          /* cm.model */
     int window[3], batch, classes, tta;
     float *xin, *up;          /* model input (batch, 1, window); up-sampled logits (batch, classes, window) */
 } infer_model;
 
 static void infer_model_destroy(infer_model *im)
 {
-    mn_model_destroy(&im->model);
-    mn_config_destroy(&im->config);
-    mn_config_destroy(&im->prep_cfg);
+    mn_ckpt_model_free(&im->cm);
+    im->model = NULL;
     mn_free(&im->xin);
     mn_free(&im->up);
 }
 
-/* ---- the checkpoint ------------------------------------------------------------------------------------------ */
+/* ---- the model and its preprocessing (rank 0) ---------------------------------------------------------------- */
 
-/* Does array `name` exist in the checkpoint? */
-static mn_err has_array(mn_ckpt *ck, const char *name, int *exists)
+static int is_safetensors(const char *path)
 {
-    MN_CALL(mn_ckpt_info(ck, name, exists, NULL, NULL));
-    return MN_OK;
+    size_t n = strlen(path), k = strlen(".safetensors");
+    return n > k && !strcmp(path + n - k, ".safetensors");
 }
 
-/* The preprocessing record of a checkpoint written without one, from its corpus (rank 0, serial open). */
-static mn_err record_from_corpus(mn_ckpt *ck, const char *ckpt_path, const char *corpus, char **prep_text)
+/* The preprocessing record of dataset `head` from corpus `corpus`, appended to *prep_text (rank 0, serial open).
+ * want: the checksum the model was trained on, or -1 when the source does not record one. */
+static mn_err record_from_corpus(const char *src, const char *corpus, const char *head, long long want,
+                                 char **prep_text)
 {
-    char *recorded = NULL, *sum = NULL;
-    MN_CALL(mn_ckpt_attr_get(ck, "corpus_checksum", &sum));
-    uint32_t want = (uint32_t)strtoul(sum, NULL, 16);
-    mn_free(&sum);
-    if (!corpus) {
-        MN_CALL(mn_ckpt_attr_get(ck, "corpus_path", &recorded));
-        corpus = recorded;
-    }
-    mn_err e = MN_OK;
-    if (!mn_path_exists(corpus))
-        e = mn_error_report(MN_ERR_CONFIG, __FILE__, __LINE__, __func__,
-                            "checkpoint '%s' has no preprocessing record (written by an older mednet) and its corpus "
-                            "'%s' cannot be read\n---> HINT: pass --corpus CORPUS, the corpus it was trained on",
-                            ckpt_path, corpus);
+    MN_CHECK(mn_path_exists(corpus), MN_ERR_CONFIG, "'%s' has no preprocessing record and its corpus '%s' cannot be "
+             "read\n---> HINT: pass --corpus CORPUS, the corpus it was trained on", src, corpus);
     mn_corpus_info *info = NULL;
-    if (!e) e = mn_corpus_open(MPI_COMM_SELF, corpus, &info);
-    if (!e && info->checksum != want)
+    MN_CALL(mn_corpus_open(MPI_COMM_SELF, corpus, &info));
+    mn_err e = MN_OK;
+    if (want >= 0 && info->checksum != (uint32_t)want)
         e = mn_error_report(MN_ERR_CONFIG, __FILE__, __LINE__, __func__, "checkpoint '%s' was trained on corpus %08x, "
-                            "but '%s' is corpus %08x: its preprocessing would not be the model's", ckpt_path,
+                            "but '%s' is corpus %08x: its preprocessing would not be the model's", src,
                             (unsigned)want, corpus, (unsigned)info->checksum);
-    for (int d = 0; !e && d < info->num_datasets; d++) {
-        char name[MN_CORPUS_NAME_LEN + 32];
-        int exists = 0;
-        snprintf(name, sizeof name, "heads/%s/params", info->datasets[d].name);
-        e = has_array(ck, name, &exists);
-        if (e || !exists) continue;
+    int d = -1;
+    for (int i = 0; !e && i < info->num_datasets; i++)
+        if (!strcmp(info->datasets[i].name, head)) d = i;
+    if (!e && d < 0)
+        e = mn_error_report(MN_ERR_CONFIG, __FILE__, __LINE__, __func__, "corpus '%s' has no dataset '%s' (the head "
+                            "of '%s')", corpus, head, src);
+    if (!e) {
         mn_prep_record rec;
         mn_prep_record_of(info, d, &rec);
         e = mn_prep_record_append(&rec, prep_text);
     }
-    if (!e) mn_log_info("infer: %s has no preprocessing record; taken from its corpus %s", ckpt_path, corpus);
+    if (!e) mn_log_info("infer: preprocessing of '%s' taken from corpus %s", head, corpus);
     mn_corpus_info_destroy(&info);
-    mn_free(&recorded);
-    MN_CHECK(!e, e, "called from reading the preprocessing record from the corpus");
+    MN_CHECK(!e, e, "called from reading the preprocessing record from corpus '%s'", corpus);
     return MN_OK;
 }
 
-/* Rank 0: the checkpoint's config text, preprocessing record and the head to apply.  Local work. */
-static mn_err describe(const mn_infer_options *o, char **config_text, char **prep_text, char *head, size_t headlen)
+/* Rank 0: the model (parameters only) with the one head to apply, and its preprocessing record.  Local work. */
+static mn_err load_source(const mn_infer_options *o, mn_ckpt_model *cm)
 {
-    mn_ckpt *ck = NULL;
-    MN_CALL(mn_ckpt_open(o->checkpoint, &ck));
-    char *rec = NULL;
+    const char *src = o->checkpoint;
+    const int st = is_safetensors(src);
+    mn_model_file_hint hint = {NULL, o->config, o->head, NULL};
+    char *cfg_text = NULL, *prep = NULL;
+    mn_err e = MN_OK;
+    if (!st && o->config)
+        e = mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "--config %s: a checkpoint records its own "
+                            "configuration; --config is for safetensors files", o->config);
+    if (!e && st && o->config) e = mn_config_read_text(o->config, &cfg_text, NULL);
+    if (!e && st && o->corpus) {
+        if (!o->head)
+            e = mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "--corpus %s with safetensors file '%s': "
+                                "name the dataset with --head DATASET", o->corpus, src);
+        if (!e) e = record_from_corpus(src, o->corpus, o->head, -1, &prep);
+    }
+    hint.config_text = cfg_text, hint.prep_text = prep;
+    if (!e) e = mn_model_file_load(src, (mn_shape){0, 1, 0, 0, 0}, &hint, cm);
+    free(cfg_text);
+    free(prep);
+    MN_CHECK(!e, e, "called from reading %s", src);
+    char list[1024] = "";
+    for (int h = 0; h < cm->nheads; h++) {
+        if (h) strncat(list, ", ", sizeof list - strlen(list) - 1);
+        strncat(list, cm->head_names[h], sizeof list - strlen(list) - 1);
+    }
+    MN_CHECK(cm->nheads > 0, MN_ERR_FORMAT, "'%s' holds no head (an encoder alone): nothing to apply", src);
+    MN_CHECK(cm->nheads == 1, MN_ERR_ARG, "checkpoint '%s' has %d heads (%s): choose one with --head NAME", src,
+             cm->nheads, list);
+    const char *head = cm->head_names[0];
+    if (!cm->prep_text && st)
+        MN_FAIL(MN_ERR_ARG, "safetensors file '%s' records no preprocessing (spacing, normalisation) for its head "
+                "'%s'\n---> HINT: give --corpus CORPUS.h5 --head DATASET, the corpus it was trained on", src, head);
+    if (!cm->prep_text) {
+        /* A checkpoint written before the preprocessing record existed: its corpus, checked by checksum. */
+        mn_ckpt *ck = NULL;
+        char *sum = NULL, *recorded = NULL;
+        MN_CALL(mn_ckpt_open(src, &ck));
+        e = mn_ckpt_attr_get(ck, "corpus_checksum", &sum);
+        if (!e && !o->corpus) e = mn_ckpt_attr_get(ck, "corpus_path", &recorded);
+        mn_ckpt_close(&ck);
+        if (!e) e = record_from_corpus(src, o->corpus ? o->corpus : recorded, head, (long long)strtoul(sum, NULL, 16),
+                                       &cm->prep_text);
+        mn_free(&sum);
+        mn_free(&recorded);
+        MN_CHECK(!e, e, "called from reading the corpus of %s", src);
+    }
+    /* The record must describe the head. */
     mn_config *pc = NULL;
-    mn_err e = mn_ckpt_attr_get(ck, "config", config_text);
-    if (e)
-        e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "'%s' is not a mednet training checkpoint "
-                            "(no config attribute)", o->checkpoint);
-    int has_rec = 0;
-    if (!e) e = mn_ckpt_attr_exists(ck, "preprocessing", &has_rec);
-    if (!e && has_rec) e = mn_ckpt_attr_get(ck, "preprocessing", &rec);
-    if (!e && rec && *rec) {
-        *prep_text = rec;
-        rec = NULL;
-    } else if (!e) {
-        e = record_from_corpus(ck, o->checkpoint, o->corpus, prep_text);
-    }
-    mn_free(&rec);
-    /* The head: the one asked for, or the only one. */
-    if (!e) e = mn_config_parse(*prep_text, o->checkpoint, &pc);
-    if (!e) {
-        int n = mn_config_section_count(pc);
-        char list[1024] = "";
-        for (int i = 0; i < n; i++) {
-            if (i) strncat(list, ", ", sizeof list - strlen(list) - 1);
-            strncat(list, mn_config_section_name(pc, i), sizeof list - strlen(list) - 1);
-        }
-        const char *pick = NULL;
-        if (o->head) {
-            for (int i = 0; i < n; i++)
-                if (!strcmp(mn_config_section_name(pc, i), o->head)) pick = o->head;
-            if (!pick)
-                e = mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "--head %s: checkpoint '%s' has no head "
-                                    "for that dataset (its heads: %s)", o->head, o->checkpoint, list);
-        } else if (n == 1) {
-            pick = mn_config_section_name(pc, 0);
-        } else {
-            e = mn_error_report(MN_ERR_ARG, __FILE__, __LINE__, __func__, "checkpoint '%s' has %d heads (%s): choose "
-                                "one with --head NAME", o->checkpoint, n, list);
-        }
-        if (pick) snprintf(head, headlen, "%s", pick);
-    }
-    if (!e) {
-        char name[MN_CORPUS_NAME_LEN + 32];
-        int exists = 0;
-        snprintf(name, sizeof name, "heads/%s/params", head);
-        e = has_array(ck, name, &exists);
-        if (!e && !exists)
-            e = mn_error_report(MN_ERR_FORMAT, __FILE__, __LINE__, __func__, "checkpoint '%s' lists dataset '%s' but "
-                                "holds no array %s", o->checkpoint, head, name);
-    }
+    mn_prep_record rec;
+    MN_CALL(mn_config_parse(cm->prep_text, src, &pc));
+    e = mn_prep_record_read(pc, head, &rec);
     mn_config_destroy(&pc);
-    mn_ckpt_close(&ck);
-    MN_CHECK(!e, e, "called from describing checkpoint '%s'", o->checkpoint);
+    MN_CHECK(!e, e, "'%s': no usable preprocessing record of its head '%s'", src, head);
+    MN_CHECK(rec.num_classes == cm->heads[0].classes, MN_ERR_FORMAT, "'%s': its head '%s' predicts %d classes, its "
+             "preprocessing record lists %d", src, head, cm->heads[0].classes, rec.num_classes);
     return MN_OK;
 }
 
-/* Broadcast a malloc'ed string from rank 0 (allocated on the others). */
-static mn_err bcast_text(MPI_Comm comm, int rank, char **text)
+/* Rank 0: the window (--window, else the training crop).  Local work. */
+static mn_err window_of(const mn_infer_options *o, const mn_ckpt_model *cm, int window[3])
 {
-    long len = rank == 0 ? (long)strlen(*text) : 0;
-    MN_MPI(MPI_Bcast(&len, 1, MPI_LONG, 0, comm));
-    if (rank != 0) MN_CALL(mn_malloc((size_t)len + 1, "broadcast text", (void **)text));
-    MN_MPI(MPI_Bcast(*text, (int)len + 1, MPI_CHAR, 0, comm));
-    return MN_OK;
-}
-
-/* Every rank: the model the checkpoint describes, planned for (batch, 1, window).  Local work. */
-static mn_err build_model(const mn_infer_options *o, const char *config_text, const char *prep_text,
-                          const char *head, infer_model *im)
-{
-    MN_CALL(mn_config_parse(config_text, o->checkpoint, &im->config));
-    MN_CALL(mn_config_parse(prep_text, o->checkpoint, &im->prep_cfg));
-    MN_CALL(mn_prep_record_read(im->prep_cfg, head, &im->prep));
-    MN_CALL(mn_model_config_read(im->config, "model", &im->mc));
+    mn_config *cfg = NULL;
+    MN_CALL(mn_config_parse(cm->config_text, o->checkpoint, &cfg));
     mn_sampler_config sc;
-    MN_CALL(mn_sampler_config_read(im->config, "sampler", &sc));
-    for (int a = 0; a < 3; a++) im->window[a] = o->window[a] > 0 ? o->window[a] : sc.crop[a];
+    const int known = mn_config_has(cfg, "sampler", "crop") || !is_safetensors(o->checkpoint);
+    mn_err e = mn_sampler_config_read(cfg, "sampler", &sc);
+    mn_config_destroy(&cfg);
+    MN_CHECK(!e, e, "called from reading the crop of %s", o->checkpoint);
+    MN_CHECK(known || o->window[0] > 0, MN_ERR_ARG, "'%s' does not record its training crop\n---> HINT: give "
+             "--window N (or --config RUN.ini with [sampler] crop)", o->checkpoint);
+    for (int a = 0; a < 3; a++) window[a] = o->window[a] > 0 ? o->window[a] : sc.crop[a];
+    return MN_OK;
+}
+
+/* Every rank: the predictor's fields once the model is there.  Local work. */
+static mn_err build_model(const mn_infer_options *o, infer_model *im)
+{
+    mn_config *pc = NULL;
+    MN_CALL(mn_config_parse(im->cm.prep_text, o->checkpoint, &pc));
+    mn_err e = mn_prep_record_read(pc, im->cm.head_names[0], &im->prep);
+    mn_config_destroy(&pc);
+    MN_CHECK(!e, e, "called from reading the preprocessing record of %s", o->checkpoint);
+    im->model = im->cm.model;
     im->batch = o->batch > 0 ? o->batch : 1;
-    im->classes = im->prep.num_classes;
+    im->classes = im->cm.heads[0].classes;
     im->tta = o->tta;
-    mn_head_spec hs = {0, im->classes};
-    im->mc.nheads = 1;
-    im->mc.heads = &hs;
-    im->mc.prefix_heads = 0;
-    im->mc.loss_full_size = 0;
-    im->mc.input = (mn_shape){im->batch, 1, im->window[0], im->window[1], im->window[2]};
-    MN_CALL(mn_model_create(&im->mc, &im->model));
-    im->mc.heads = NULL;
     mn_model_set_training(im->model, 0);
     size_t wv = (size_t)im->window[0] * im->window[1] * im->window[2];
     MN_CALL(mn_malloc(sizeof(float) * wv * (size_t)im->batch, "inference input", (void **)&im->xin));
     MN_CALL(mn_malloc(sizeof(float) * wv * (size_t)im->batch * (size_t)im->classes, "inference logits",
                       (void **)&im->up));
-    return MN_OK;
-}
-
-/* Rank 0: the weights into the model.  Local work. */
-static mn_err read_weights(const mn_infer_options *o, const char *head, infer_model *im)
-{
-    mn_model *m = im->model;
-    mn_range pe = mn_model_param_range(m, -1), be = mn_model_bn_range(m, -1);
-    mn_range ph = mn_model_param_range(m, 0), bh = mn_model_bn_range(m, 0);
-    char hp[MN_CORPUS_NAME_LEN + 32], hb[MN_CORPUS_NAME_LEN + 32];
-    snprintf(hp, sizeof hp, "heads/%s/params", head);
-    snprintf(hb, sizeof hb, "heads/%s/bn", head);
-    mn_ckpt_array a[4] = {{"encoder/params", MN_CKPT_F32, mn_model_params(m) + pe.offset, pe.count},
-                          {"encoder/bn", MN_CKPT_F32, mn_model_bn_buffers(m) + be.offset, be.count},
-                          {hp, MN_CKPT_F32, mn_model_params(m) + ph.offset, ph.count},
-                          {hb, MN_CKPT_F32, mn_model_bn_buffers(m) + bh.offset, bh.count}};
-    mn_ckpt *ck = NULL;
-    MN_CALL(mn_ckpt_open(o->checkpoint, &ck));
-    mn_err e = mn_ckpt_read(ck, a, 4);
-    mn_ckpt_close(&ck);
-    MN_CHECK(!e, e, "checkpoint '%s': its arrays do not fit the resnet%d with a %d-class %s head that its "
-             "configuration describes (a damaged or edited checkpoint?)", o->checkpoint, im->mc.depth, im->classes,
-             im->mc.head_kind == MN_HEAD_SEG ? "conv_seg" : "branch");
     return MN_OK;
 }
 
@@ -422,25 +386,23 @@ mn_err mn_infer_run(MPI_Comm comm, const mn_infer_options *o)
     MN_MPI(MPI_Comm_rank(comm, &rank));
     MN_MPI(MPI_Comm_size(comm, &size));
     MN_CALL(mn_agree(comm, mn_threads_init(mn_threads_resolve(o->threads))));
-    /* The checkpoint's description (rank 0), then the model on every rank, then its weights (rank 0, broadcast). */
-    char *config_text = NULL, *prep_text = NULL, head[MN_CORPUS_NAME_LEN] = "";
+    /* Rank 0 reads the model (parameters only) and its description; every rank then builds it for the window and
+     * receives the weights (mn_ckpt_model_bcast). */
     infer_model im;
     memset(&im, 0, sizeof im);
-    mn_err e = mn_agree(comm, rank == 0 ? describe(o, &config_text, &prep_text, head, sizeof head) : MN_OK);
+    mn_err e = mn_agree(comm, rank == 0 ? load_source(o, &im.cm) : MN_OK);
+    if (!e) e = mn_agree(comm, rank == 0 ? window_of(o, &im.cm, im.window) : MN_OK);
     if (!e) e = mn_agree(comm, rank == 0 ? check_outputs(o) : MN_OK);
-    if (!e) e = bcast_text(comm, rank, &config_text);
-    if (!e) e = bcast_text(comm, rank, &prep_text);
-    if (!e) e = mn_mpi_report_if(MPI_Bcast(head, (int)sizeof head, MPI_CHAR, 0, comm));
-    /* Every rank parses the same text: rank 0 first (one message per error), the others once it succeeded. */
-    if (!e) e = mn_agree(comm, rank == 0 ? build_model(o, config_text, prep_text, head, &im) : MN_OK);
-    if (!e) e = mn_agree(comm, rank != 0 ? build_model(o, config_text, prep_text, head, &im) : MN_OK);
-    if (!e) e = mn_agree(comm, rank == 0 ? read_weights(o, head, &im) : MN_OK);
-    if (!e) e = mn_dist_bcast_floats(comm, mn_model_params(im.model), mn_model_num_params(im.model), 0);
-    if (!e) e = mn_dist_bcast_floats(comm, mn_model_bn_buffers(im.model), mn_model_num_bn_buffers(im.model), 0);
+    if (!e) e = mn_mpi_report_if(MPI_Bcast(im.window, 3, MPI_INT, 0, comm));
+    if (!e) {
+        const int b = o->batch > 0 ? o->batch : 1;
+        e = mn_ckpt_model_bcast(comm, 0, (mn_shape){b, 1, im.window[0], im.window[1], im.window[2]}, &im.cm);
+    }
+    if (!e) e = mn_agree(comm, build_model(o, &im));
     if (!e) {
         mn_log_info("infer: %s, head '%s' (%d classes), resnet%d, window %dx%dx%d, overlap %g, %s blending%s, "
                     "batch %d; preprocessing: %g x %g x %g mm, %s; %d volume(s) on %d rank(s) x %d thread(s), BLIS "
-                    "kernels %s", o->checkpoint, head, im.classes, im.mc.depth, im.window[0], im.window[1],
+                    "kernels %s", o->checkpoint, im.cm.head_names[0], im.classes, im.cm.cfg.depth, im.window[0], im.window[1],
                     im.window[2], o->overlap, o->blend == MN_BLEND_GAUSSIAN ? "gaussian" : o->blend == MN_BLEND_LINEAR
                     ? "linear" : "constant", o->tta ? ", flip TTA" : "", im.batch, im.prep.spacing[0],
                     im.prep.spacing[1], im.prep.spacing[2], im.prep.normalisation == MN_NORM_ZSCORE ? "z-score" :
@@ -453,8 +415,6 @@ mn_err mn_infer_run(MPI_Comm comm, const mn_infer_options *o)
     for (int i = rank; i < o->ninputs && !e && !le; i += size) le = infer_one(&im, o, rank, o->inputs[i]);
     if (!e) e = mn_agree(comm, le);
     infer_model_destroy(&im);
-    free(config_text);
-    free(prep_text);
     MN_CHECK(!e, e, "called from mednet infer");
     return MN_OK;
 }

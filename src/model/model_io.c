@@ -30,6 +30,15 @@ static long bn_batches_of(const mn_model *m, int part)
 
 mn_err mn_model_save_safetensors(const mn_model *m, const char *path, int part)
 {
+    return mn_model_save_safetensors_meta(m, path, part, NULL, NULL, 0);
+}
+
+mn_err mn_model_save_safetensors_meta(const mn_model *m, const char *path, int part, const char *const *keys,
+                                      const char *const *values, int nextra)
+{
+    enum { NBASE = 5, MAXEXTRA = 32 };
+    MN_CHECK(nextra >= 0 && nextra <= MAXEXTRA, MN_ERR_ARG, "export: %d extra metadata entries (at most %d)", nextra,
+             MAXEXTRA);
     MN_CHECK(m && path, MN_ERR_ARG, "NULL model or path");
     MN_CHECK(part >= -2 && part < m->nheads, MN_ERR_ARG, "export: part %d not in [-2, %d)", part, m->nheads);
     int cap = 2 * m->ntensors;
@@ -70,9 +79,10 @@ mn_err mn_model_save_safetensors(const mn_model *m, const char *path, int part)
     snprintf(shortcut, sizeof shortcut, "%s", m->shortcut == SC_A ? "A" : "B");
     snprintf(kind, sizeof kind, "%s",
              m->cfg.head_kind == MN_HEAD_SEG ? "conv_seg" : m->cfg.head_kind == MN_HEAD_BRANCH ? "branch" : "fc");
-    const char *keys[] = {"format", "producer", "depth", "shortcut_type", "head"};
-    const char *vals[] = {"pt", "mednet " MN_VERSION, depth, shortcut, kind};
-    mn_err err = mn_st_write(path, e, n, keys, vals, 5);
+    const char *mk[NBASE + MAXEXTRA] = {"format", "producer", "depth", "shortcut_type", "head"};
+    const char *mv[NBASE + MAXEXTRA] = {"pt", "mednet " MN_VERSION, depth, shortcut, kind};
+    for (int i = 0; i < nextra; i++) mk[NBASE + i] = keys[i], mv[NBASE + i] = values[i];
+    mn_err err = mn_st_write(path, e, n, mk, mv, NBASE + nextra);
     free(e);
     free(nbt);
     free(names);

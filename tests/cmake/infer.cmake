@@ -19,3 +19,8 @@ set_tests_properties(test_infer_window_numpy PROPERTIES LABELS infer TIMEOUT 60 
 add_test(NAME test_infer_e2e COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_infer_e2e.py
          $<TARGET_FILE:mednet> ${MN_INFER_TEST_DIR}/e2e ${MN_MPIEXEC})
 set_tests_properties(test_infer_e2e PROPERTIES LABELS "infer;slow" TIMEOUT 1500 ENVIRONMENT "OMP_NUM_THREADS=1")
+# Inference from safetensors: a 12-step training, its export, infer from both bitwise equal; a file without the
+# export's metadata refused without options and accepted with --config/--corpus/--head (2 ranks); encoder-only refused.
+add_test(NAME test_infer_safetensors COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_infer_safetensors.py
+         $<TARGET_FILE:mednet> ${MN_INFER_TEST_DIR}/safetensors ${MN_MPIEXEC})
+set_tests_properties(test_infer_safetensors PROPERTIES LABELS "infer;train" TIMEOUT 600 ENVIRONMENT "OMP_NUM_THREADS=1")

@@ -6,9 +6,9 @@ the plain state-dict names that mednet and MedicalNet's / MONAI's ResNet classes
   /usr/bin/python3 tests/ref/convert_medicalnet.py resnet_50.pth resnet_50.safetensors [--keep-prefix]
 
 Tensors are written as contiguous float32 (num_batches_tracked stays int64).  The depth and shortcut type are
-inferred from the keys and stored in the metadata; the script then loads the converted file into the test-side
-PyTorch model (tests/ref/model_ref.py) and reports missing/unexpected keys, so a file that mednet will reject is
-caught here.  Import into mednet with `mednet model --depth 50 --import resnet_50.safetensors` (the pre-trained
+inferred from the keys and stored in the metadata (with a conv_seg head also its kind and class count, which
+`mednet infer` reads); the script then loads the converted file into the test-side PyTorch model
+(tests/ref/model_ref.py) and reports missing/unexpected keys, so a file that mednet will reject is caught here.  Import into mednet with `mednet model --depth 50 --import resnet_50.safetensors` (the pre-trained
 files hold only the encoder: add --strict only for files with a head).  Also `--selftest DIR`: builds a fake
 MedicalNet checkpoint from a seeded model_ref ResNet-10 (with the 'module.' prefix, every float tensor random) and
 converts it, for ctest, which imports the result into mednet, exports it again and compares every value with the
@@ -52,8 +52,10 @@ def convert(src, dst, keep_prefix=False):
     shortcut = "B" if any(".downsample.0.weight" in k for k in plain) else "A"
     head = "seg" if any(k.startswith("conv_seg.") for k in plain) else None
     classes = out[[k for k in out if k.endswith("conv_seg.6.weight")][0]].shape[0] if head else 2
-    save_safetensors(dst, out, {"format": "pt", "source": os.path.basename(src), "depth": str(depth),
-                                "shortcut_type": shortcut})
+    meta = {"format": "pt", "source": os.path.basename(src), "depth": str(depth), "shortcut_type": shortcut}
+    if head:  # what `mednet infer` reads; the dataset and preprocessing come from its --corpus and --head
+        meta.update(head="conv_seg", classes=str(classes))
+    save_safetensors(dst, out, meta)
     # Verify against the test-side model (strict for the encoder, the head is optional).
     model = ResNet(depth, shortcut, head or "none", classes)
     back = {k[len("module."):] if k.startswith("module.") else k: torch.from_numpy(v)
