@@ -1,22 +1,32 @@
 /* mem.c: checked aligned allocation and the peak-RSS probe.
  *
- * 64-byte alignment through posix_memalign.  Working buffers are allocated once at setup and reused every step
- * (page faults are expensive; see ENVIRONMENT.md), so nothing here is on a hot path.
+ * 64-byte alignment through posix_memalign (2 MiB and transparent huge pages for buffers of 8 MiB or more).
+ * Working buffers are allocated once at setup and reused every step (page faults are expensive on VMs), so nothing
+ * here is on a hot path.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #include "mednet/mem.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 mn_err mn_malloc(size_t bytes, const char *what, void **out)
 {
     *out = NULL;
     void *p = NULL;
+    /* A large buffer is aligned to a huge page and offered to transparent huge pages (in the kernel's "madvise"
+     * mode only such ranges get them): one fault per 2 MiB instead of one per 4 KiB when it is first touched, and
+     * fewer TLB misses when it is streamed.  The advice is a hint: its failure changes nothing. */
+    const size_t huge = (size_t)2 << 20;
+    int big = bytes >= 4 * huge;
     /* posix_memalign(0) may return NULL; allocate one line so callers can always free. */
-    int rc = posix_memalign(&p, 64, bytes ? bytes : 64);
+    int rc = posix_memalign(&p, big ? huge : 64, bytes ? bytes : 64);
     MN_CHECK(rc == 0 && p != NULL, MN_ERR_MEM, "cannot allocate %zu bytes for %s", bytes, what ? what : "buffer");
+#ifdef MADV_HUGEPAGE
+    if (big) (void)madvise(p, bytes & ~(huge - 1), MADV_HUGEPAGE);
+#endif
     *out = p;
     return MN_OK;
 }

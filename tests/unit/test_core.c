@@ -107,5 +107,29 @@ int main(void)
     TEST_EXPECT(mn_malloc(1000, "x", &p) == MN_OK && ((size_t)p % 64) == 0, "aligned alloc");
     mn_free(&p);
     TEST_EXPECT(p == NULL, "free clears");
+    /* A large buffer: 2 MiB aligned (offered to transparent huge pages), zeroed by mn_calloc, freed by mn_free. */
+    size_t big = (size_t)9 << 20;
+    TEST_EXPECT(mn_calloc(big, "big", &p) == MN_OK && ((size_t)p % ((size_t)2 << 20)) == 0, "large alloc aligned");
+    if (p) {
+        size_t nz = 0;
+        for (size_t i = 0; i < big; i += 4093) nz += ((unsigned char *)p)[i] != 0;
+        TEST_EXPECT(nz == 0, "large calloc zeroed");
+        memset(p, 1, big);
+    }
+    mn_free(&p);
+    TEST_EXPECT(p == NULL, "free clears a large buffer");
+    /* Config entries that the dump would not read back as they are. */
+    mn_error_set_quiet(1);
+    TEST_EXPECT(mn_config_parse("[s]\na =\n \x1d\r;x\n", "cr.ini", &cfg) == MN_ERR_CONFIG, "control character in a value");
+    TEST_EXPECT(mn_config_parse("[s]\na =\n b ; c\n", "cont.ini", &cfg) == MN_ERR_CONFIG, "' ;' kept by a continuation");
+    snprintf(line, sizeof line, "[s]\n%049d = 1\n", 0);
+    TEST_EXPECT(mn_config_parse(line, "key.ini", &cfg) == MN_ERR_CONFIG, "49-byte key");
+    snprintf(line, sizeof line, "[s]\n%048d = 1\n", 0);
+    TEST_EXPECT(mn_config_parse(line, "key.ini", &cfg) == MN_OK, "48-byte key");
+    mn_config_destroy(&cfg);
+    TEST_EXPECT(mn_config_parse("[s]\nk = 1\n", "o.ini", &cfg) == MN_OK, "parse");
+    TEST_EXPECT(mn_config_override(cfg, "a ;b.k=1") == MN_ERR_CONFIG, "';' in an override's section");
+    mn_config_destroy(&cfg);
+    mn_error_set_quiet(0);
     return mn_test_finish("test_core");
 }
