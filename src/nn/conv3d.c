@@ -450,6 +450,9 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
              mn_conv3d_workspace_floats(l, in));
     /* Winograd hook: the passes it was chosen for run here, the rest below on the GEMM path. */
     if (mn_wino_eligible(l, in)) {
+        if (dx && l->dw && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD &&
+            l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_WINOGRAD)
+            return mn_wino_backward(l, in, &out, x, dy, dx, ws);
         if (dx && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD) {
             mn_prof_refine(MN_PROF_CONV_BWD_DATA);
             MN_CALL(mn_wino_backward_data(l, in, &out, dy, dx, ws));

@@ -51,6 +51,7 @@
 #include <time.h>
 
 #include "mednet/mem.h"
+#include "mednet/prof.h"
 #include "nn/gemm.h"
 
 #define MN_WINO_MAXT 256                                  /* tiles per dimension */
@@ -58,6 +59,12 @@
 #define MN_WINO_MAXL (2 * MN_WINO_MAXT + 2 * MN_WINO_MAXG) /* x-buffer length */
 /* V and M of one block together (floats): 16 MiB, about L3 size on the machines we measured. */
 #define MN_WINO_BLOCK_FLOATS ((size_t)1 << 22)
+
+/* The 64 planes of V, M and U are WG_PAD floats (two cache lines) longer than their contents.  Unpadded plane sizes
+ * are powers of two for most layers (C * tiles = 2^15 for layer1 and layer3), so the 64 streams a transform writes
+ * fell into one L1 set and every store missed: the transforms ran 3-5x slower than with the padding. */
+#define WG_PAD 32
+static inline size_t pstride(size_t n) { return n + WG_PAD; }
 
 /* Clone the transforms for AVX2 and AVX-512 where the compiler supports it: the library is built for baseline
  * x86-64 (SSE2), and the transforms are element-wise loops that gain 2-4x from wider vectors. */
@@ -141,7 +148,7 @@ static int plan_init(wplan *pl, const mn_conv3d *l, const mn_shape *in, const mn
 static size_t plan_ws(const wplan *pl)
 {
     const size_t tb = (size_t)pl->rpb * pl->tx;
-    return 64 * ((size_t)pl->C * pl->K + ((size_t)pl->C + pl->K) * tb);
+    return 64 * (pstride((size_t)pl->C * pl->K) + pstride((size_t)pl->C * tb) + pstride((size_t)pl->K * tb));
 }
 
 static mn_shape out_shape(const mn_conv3d *l, const mn_shape *in)
@@ -249,7 +256,7 @@ static void wino_in(const wplan *pl, const float *x, int r0, int nr, float *V)
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
     const int C = pl->C, tx = pl->tx, L = dx->len;
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->in * dx->in, pin = plane * dz->in;
-    const size_t xi = (size_t)C * tbb;
+    const size_t xi = pstride((size_t)C * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)C * tbb > 4096)
     for (int c = 0; c < C; c++) {
         float rb[16][MN_WINO_MAXL], tb[16][MN_WINO_MAXL];
@@ -313,7 +320,7 @@ static void wino_dyt(const wplan *pl, const float *dyv, int r0, int nr, float *D
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
     const int K = pl->K, tx = pl->tx, L = 2 * tx;
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->out * dx->out, pout = plane * dz->out;
-    const size_t xi = (size_t)K * tbb;
+    const size_t xi = pstride((size_t)K * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)K * tbb > 4096)
     for (int k = 0; k < K; k++) {
         float rb[4][2 * MN_WINO_MAXT], tb[8][2 * MN_WINO_MAXT], sb[16][2 * MN_WINO_MAXT];
@@ -373,7 +380,7 @@ static void wino_out(const wplan *pl, const float *M, int r0, int nr, const floa
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
     const int K = pl->K, tx = pl->tx, L = 2 * tx;
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->out * dx->out, pout = plane * dz->out;
-    const size_t xi = (size_t)K * tbb;
+    const size_t xi = pstride((size_t)K * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)K * tbb > 4096)
     for (int k = 0; k < K; k++) {
         float xb[16][2 * MN_WINO_MAXT], yb[8][2 * MN_WINO_MAXT], zb[4][2 * MN_WINO_MAXT];
@@ -426,7 +433,7 @@ static void wino_dx(const wplan *pl, const float *dV, int r0, int nr, float *dxv
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
     const int C = pl->C, tx = pl->tx, L = dx->len;
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->in * dx->in, pin = plane * dz->in;
-    const size_t xi = (size_t)C * tbb;
+    const size_t xi = pstride((size_t)C * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)C * tbb > 4096)
     for (int c = 0; c < C; c++) {
         float xb[16][MN_WINO_MAXL], yb[16][MN_WINO_MAXL];
@@ -497,7 +504,7 @@ static void wino_dx(const wplan *pl, const float *dV, int r0, int nr, float *dxv
 MN_WINO_CLONES
 static void wino_wt(const float *w, int K, int C, float *U)
 {
-    const size_t xi = (size_t)K * C;
+    const size_t xi = pstride((size_t)K * C);
 #pragma omp parallel for schedule(static) if (xi > 4096)
     for (int k = 0; k < K; k++)
         for (int c0 = 0; c0 < C; c0 += WG_CB) {
@@ -538,7 +545,7 @@ static void wino_wt(const float *w, int K, int C, float *U)
 MN_WINO_CLONES
 static void wino_dw(const float *dU, int K, int C, float *dw)
 {
-    const size_t xi = (size_t)K * C;
+    const size_t xi = pstride((size_t)K * C);
 #pragma omp parallel for schedule(static) if (xi > 4096)
     for (int k = 0; k < K; k++)
         for (int c0 = 0; c0 < C; c0 += WG_CB) {
@@ -604,7 +611,7 @@ static mn_err wino_data(const mn_conv3d *l, const mn_shape *in, const mn_shape *
     wplan pl;
     MN_CALL(plan_get(&pl, l, in, out));
     const int C = pl.C, K = pl.K, ci = bwd ? K : C, co = bwd ? C : K;
-    float *U = ws, *S = U + (size_t)64 * C * K, *D = S + (size_t)64 * ci * pl.rpb * pl.tx;
+    float *U = ws, *S = U + 64 * pstride((size_t)C * K), *D = S + 64 * pstride((size_t)ci * pl.rpb * pl.tx);
     wino_wt(l->w, K, C, U);
     for (int r0 = 0; r0 < pl.rows; r0 += pl.rpb) {
         const int nr = pl.rows - r0 < pl.rpb ? pl.rows - r0 : pl.rpb;
@@ -614,8 +621,8 @@ static mn_err wino_data(const mn_conv3d *l, const mn_shape *in, const mn_shape *
         else
             wino_in(&pl, src, r0, nr, S);
         /* Forward M_xi (tbb x K) = V_xi (tbb x C) U_xi (C x K); backward dV_xi (tbb x C) = dM_xi (tbb x K) U_xi^T. */
-        MN_CALL(gemm64(tbb, co, ci, S, 1, tbb, (size_t)ci * tbb, U, bwd ? C : 1, bwd ? 1 : C, (size_t)K * C, 0.0f, D,
-                       1, tbb, (size_t)co * tbb));
+        MN_CALL(gemm64(tbb, co, ci, S, 1, tbb, pstride((size_t)ci * tbb), U, bwd ? C : 1, bwd ? 1 : C,
+                       pstride((size_t)K * C), 0.0f, D, 1, tbb, pstride((size_t)co * tbb)));
         if (bwd)
             wino_dx(&pl, D, r0, nr, dst);
         else
@@ -636,24 +643,44 @@ mn_err mn_wino_backward_data(const mn_conv3d *l, const mn_shape *in, const mn_sh
     return wino_data(l, in, out, 1, dy, dx, ws);
 }
 
+/* dU (64 C K floats at ws) = sum over blocks of V_xi^T dM_xi, then dw += G^T-transform.  With dm_ready, the single
+ * block's dM is already at its place (after dV, see mn_wino_backward). */
+static mn_err wino_weights(const wplan *pl, const float *x, const float *dy, float *dw, float *ws, int dm_ready)
+{
+    const int C = pl->C, K = pl->K;
+    /* dM right after dU, where the backward-data pass left it. */
+    float *dU = ws, *dM = dU + 64 * pstride((size_t)C * K), *V = dM + 64 * pstride((size_t)K * pl->rpb * pl->tx);
+    for (int r0 = 0; r0 < pl->rows; r0 += pl->rpb) {
+        const int nr = pl->rows - r0 < pl->rpb ? pl->rows - r0 : pl->rpb;
+        const int tbb = nr * pl->tx;
+        wino_in(pl, x, r0, nr, V);
+        if (!dm_ready) wino_dyt(pl, dy, r0, nr, dM);
+        /* dU_xi (C x K) (+)= V_xi^T (C x tbb) * dM_xi (tbb x K). */
+        MN_CALL(gemm64(C, K, tbb, V, tbb, 1, pstride((size_t)C * tbb), dM, 1, tbb, pstride((size_t)K * tbb),
+                       r0 ? 1.0f : 0.0f, dU, 1, C, pstride((size_t)K * C)));
+    }
+    wino_dw(dU, K, C, dw);
+    return MN_OK;
+}
+
 mn_err mn_wino_backward_weights(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x,
                                 const float *dy, float *ws)
 {
     wplan pl;
     MN_CALL(plan_get(&pl, l, in, out));
-    const int C = pl.C, K = pl.K;
-    float *dU = ws, *V = dU + (size_t)64 * C * K, *dM = V + (size_t)64 * C * pl.rpb * pl.tx;
-    for (int r0 = 0; r0 < pl.rows; r0 += pl.rpb) {
-        const int nr = pl.rows - r0 < pl.rpb ? pl.rows - r0 : pl.rpb;
-        const int tbb = nr * pl.tx;
-        wino_in(&pl, x, r0, nr, V);
-        wino_dyt(&pl, dy, r0, nr, dM);
-        /* dU_xi (C x K) (+)= V_xi^T (C x tbb) * dM_xi (tbb x K). */
-        MN_CALL(gemm64(C, K, tbb, V, tbb, 1, (size_t)C * tbb, dM, 1, tbb, (size_t)K * tbb, r0 ? 1.0f : 0.0f, dU, 1,
-                       C, (size_t)K * C));
-    }
-    wino_dw(dU, K, C, l->dw);
-    return MN_OK;
+    return wino_weights(&pl, x, dy, l->dw, ws, 0);
+}
+
+mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x, const float *dy,
+                        float *dx, float *ws)
+{
+    wplan pl;
+    MN_CALL(plan_get(&pl, l, in, out));
+    mn_prof_refine(MN_PROF_CONV_BWD_DATA);
+    MN_CALL(wino_data(l, in, out, 1, dy, dx, ws));
+    mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
+    /* One block: dM of the data pass is still in place (U, dV, dM), and U is no longer needed (dU overwrites it). */
+    return wino_weights(&pl, x, dy, l->dw, ws, pl.rows <= pl.rpb);
 }
 
 /* ---- choice by measurement ------------------------------------------------------------------------------------ */

@@ -29,6 +29,11 @@ mn_err mn_wino_backward_data(const mn_conv3d *l, const mn_shape *in, const mn_sh
 mn_err mn_wino_backward_weights(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x,
                                 const float *dy, float *ws);
 
+/* Both backward passes: dx += dL/dx and l->dw += dL/dw (both non-NULL); when the layer fits one block of tiles the
+ * transformed dy is computed once for both. */
+mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x, const float *dy,
+                        float *dx, float *ws);
+
 /* MEDNET_CONV_ALGO: -1 unset or "auto" (measure), MN_CONV_ALGO_GEMM ("gemm"), MN_CONV_ALGO_WINOGRAD
  * ("winograd"), -2 anything else. */
 int mn_wino_env_force(void);
