@@ -12,8 +12,8 @@
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
  * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks (GEMM path or Winograd, timed
- * once; MEDNET_CONV_ALGO=gemm|winograd forces it, as in the model); the validation copies run Winograd on every
- * pass it can take unless MEDNET_CONV_ALGO=gemm.  The path column gives fwd/bwd-data/bwd-weights:
+ * once) with MEDNET_CONV_ALGO=auto, as in the model (winograd forces Winograd, unset or gemm the GEMM path); the
+ * validation copies run Winograd on every pass it can take unless the GEMM path is forced.  The path column gives fwd/bwd-data/bwd-weights:
  * w = Winograd, d = dense, t = taps, x = direct (1x1x1).
  *
  * Usage: bench_conv3d [THREADS] [REPS]   (THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
@@ -120,7 +120,7 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
         L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     }
     const char *env = getenv("MEDNET_CONV_ALGO");
-    const int force_gemm = env && !strcmp(env, "gemm");
+    const int force_gemm = !env || !*env || !strcmp(env, "gemm");
     L->nx = mn_shape_numel(&L->in);
     L->ny = mn_shape_numel(&L->out);
     L->x = falloc(L->nx, "x");
@@ -361,7 +361,7 @@ int main(int argc, char **argv)
     if (mn_threads_init(threads) != MN_OK) return 1;
     printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d, "
            "MEDNET_CONV_ALGO=%s\n",
-           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(auto)");
+           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: gemm)");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());

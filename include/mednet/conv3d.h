@@ -33,8 +33,8 @@ typedef struct mn_conv3d {
 /* Output shape for input `in`; MN_ERR_SHAPE (naming the layer geometry) if in->c != cin or the output is empty. */
 mn_err mn_conv3d_out_shape(const mn_conv3d *l, const mn_shape *in, mn_shape *out);
 
-/* Workspace (floats) needed by forward and backward for input shape `in`, for either algorithm (the Winograd
- * share is left out when MEDNET_CONV_ALGO=gemm). */
+/* Workspace (floats) needed by forward and backward for input shape `in`: the GEMM path's, and Winograd's when
+ * l->algo asks for it on some pass or MEDNET_CONV_ALGO (auto, winograd) lets mn_conv3d_choose_algo pick it. */
 size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in);
 
 /* y (out shape) is overwritten.  ws: workspace of at least mn_conv3d_workspace_floats floats. Not thread-safe on
@@ -66,8 +66,9 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
 /* Set l->algo for input shape `in` by measurement: each pass the layer needs (backward-weights only when
  * l->dw != NULL) is timed once on the GEMM path and once with Winograd (one warm-up, best of two, on private
  * random operands: the layer's parameters and gradients are not touched) and the faster is kept.  Layers Winograd
- * cannot run get GEMM without timing.  MEDNET_CONV_ALGO=gemm|winograd forces the choice, auto (or unset) measures;
- * another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
+ * cannot run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or gemm) keeps GEMM everywhere, because
+ * a timed choice can differ between processes and a resumed run must match an uninterrupted one bit for bit;
+ * winograd takes Winograd wherever it can run; another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
  * destroyed).  Allocates the timing operands for the duration of the call.  Not collective: ranks may choose
  * differently, which changes rounding, not results beyond fp32 tolerance. */
 mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t ws_floats);

@@ -40,7 +40,8 @@
  * Scratch rows live on each thread's stack (at most about 70 KiB); extents are limited to MN_WINO_MAXT tiles per
  * dimension (about 510 voxels undilated) and dilation to MN_WINO_MAXG.  Larger layers take the GEMM path.
  *
- * mn_conv3d_choose_algo (end of file) times both paths per pass once and records the faster one in the layer.
+ * mn_conv3d_choose_algo (end of file) times both paths per pass once and records the faster one in the layer
+ * (MEDNET_CONV_ALGO=auto; unset or gemm keeps the GEMM path, winograd forces Winograd where it can run).
  */
 #include "nn/winograd.h"
 
@@ -687,9 +688,11 @@ mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *
 
 int mn_wino_env_force(void)
 {
+    /* Unset means GEMM: a choice by timing can differ between two processes, and a resumed run must reproduce an
+     * uninterrupted one bit for bit (DESIGN.md, checkpoints).  "auto" opts in. */
     const char *e = getenv("MEDNET_CONV_ALGO");
-    if (!e || !*e || !strcmp(e, "auto")) return -1;
-    if (!strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
+    if (e && !strcmp(e, "auto")) return -1;
+    if (!e || !*e || !strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
     if (!strcmp(e, "winograd")) return MN_CONV_ALGO_WINOGRAD;
     return -2;
 }

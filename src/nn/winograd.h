@@ -34,7 +34,7 @@ mn_err mn_wino_backward_weights(const mn_conv3d *l, const mn_shape *in, const mn
 mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x, const float *dy,
                         float *dx, float *ws);
 
-/* MEDNET_CONV_ALGO: -1 unset or "auto" (measure), MN_CONV_ALGO_GEMM ("gemm"), MN_CONV_ALGO_WINOGRAD
+/* MEDNET_CONV_ALGO: -1 "auto" (measure), MN_CONV_ALGO_GEMM (unset, empty or "gemm"), MN_CONV_ALGO_WINOGRAD
  * ("winograd"), -2 anything else. */
 int mn_wino_env_force(void);
 

@@ -10,7 +10,8 @@
  * (c) mn_conv3d_pass_algo reports the path; a layer Winograd cannot run (stride 2, kernel 1) keeps the GEMM path
  *     when asked for Winograd and still matches the reference;
  * (d) mn_conv3d_choose_algo: MEDNET_CONV_ALGO=gemm / winograd force the choice, an unknown value is MN_ERR_ARG,
- *     auto measures and leaves the layer's parameters and gradients untouched.
+ *     auto measures and leaves the layer's parameters and gradients untouched, unset keeps GEMM; the workspace
+ *     size follows l->algo and the variable.
  * Runs with 2 threads (the transforms are OpenMP-parallel over channels).
  */
 #include <blis.h>
@@ -62,6 +63,7 @@ static void check(const char *name, mn_conv3d l, mn_shape in, int bias, const un
     const size_t nx = mn_shape_numel(&in), ny = mn_shape_numel(&out), nw = (size_t)l.cout * l.cin * l.k[0] * l.k[1] *
                                                                           l.k[2];
     const int K = l.cout;
+    memcpy(l.algo, algo, sizeof l.algo); /* before sizing the workspace, which depends on it */
     float *x = mn_test_alloc(nx), *w = mn_test_alloc(nw), *b = mn_test_alloc(K), *dy = mn_test_alloc(ny), *y = mn_test_alloc(ny), *yr = mn_test_alloc(ny);
     float *dx = mn_test_alloc(nx), *dxr = mn_test_alloc(nx), *dw = mn_test_alloc(nw), *dwr = mn_test_alloc(nw), *db = mn_test_alloc(K), *dbr = mn_test_alloc(K);
     float *ws = mn_test_alloc(mn_conv3d_workspace_floats(&l, &in));
@@ -78,7 +80,6 @@ static void check(const char *name, mn_conv3d l, mn_shape in, int bias, const un
     for (size_t i = 0; i < ny; i++) y[i] = NAN; /* forward must overwrite */
     l.w = w;
     l.b = bias ? b : NULL;
-    memcpy(l.algo, algo, sizeof l.algo);
     for (int p = 0; p < MN_CONV_NPASS && expect; p++)
         TEST_EXPECT(!strcmp(expect, "gemm") ? strcmp(mn_conv3d_pass_algo(&l, &in, p), "winograd") != 0
                                             : !strcmp(mn_conv3d_pass_algo(&l, &in, p), expect), "%s: pass %d runs '%s', expected '%s'", name,
@@ -120,6 +121,7 @@ static void check_choose(void)
     mn_conv3d l = mk(12, 20, k3, s1, p2, d2);
     mn_shape in = {2, 12, 8, 8, 8};
     const size_t nw = (size_t)20 * 12 * 27;
+    setenv("MEDNET_CONV_ALGO", "auto", 1); /* the workspace then has room for Winograd */
     float *w = mn_test_alloc(nw), *dw = mn_test_alloc(nw), *ws = mn_test_alloc(mn_conv3d_workspace_floats(&l, &in));
     mn_test_rng rng = {99};
     mn_test_fill(&rng, w, nw, 0.5f);
@@ -152,7 +154,13 @@ static void check_choose(void)
     TEST_EXPECT(mn_conv3d_choose_algo(&l2, &in, ws, wsn) == MN_OK && l2.algo[0] == MN_CONV_ALGO_GEMM,
                 "stride-2 layer: choose failed or chose Winograd");
     unsetenv("MEDNET_CONV_ALGO");
-    free(w);
+    TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_OK && l.algo[0] == MN_CONV_ALGO_GEMM &&
+                    l.algo[1] == MN_CONV_ALGO_GEMM && l.algo[2] == MN_CONV_ALGO_GEMM,
+                "MEDNET_CONV_ALGO unset: not GEMM on every pass");
+    TEST_EXPECT(mn_conv3d_workspace_floats(&l, &in) < wsn, "unset variable, GEMM layer: Winograd workspace counted");
+    l.algo[1] = MN_CONV_ALGO_WINOGRAD;
+    TEST_EXPECT(mn_conv3d_workspace_floats(&l, &in) == wsn, "layer asking for Winograd: its workspace not counted");
+        free(w);
     free(dw);
     free(ws);
 }
