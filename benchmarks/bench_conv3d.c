@@ -425,6 +425,42 @@ int main(int argc, char **argv)
     printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
            ws_max * 4.0 / 1048576.0);
 
+    /* GEMM path against Winograd on the shapes Winograd can run, alternating, fastest of REPS calls each: the
+     * comparison mn_conv3d_choose_algo makes once, with more repetitions. */
+    printf("\nGEMM path vs Winograd, fastest of %d alternating calls, ms (ratio > 1: Winograd faster):\n", reps);
+    printf("%-32s | %8s %8s %8s | %8s %8s %8s | %5s %5s %5s\n", "shape", "gemm fwd", "bwd-d", "bwd-w", "wino fwd",
+           "bwd-d", "bwd-w", "fwd", "bwd-d", "bwd-w");
+    for (int i = 0; i < NSHAPES; i++) {
+        const shape_spec *sp = &g_shapes[i];
+        if (sp->transposed || sp->k != 3 || sp->s != 1) continue;
+        bench_layer L;
+        if (layer_setup(&L, sp, 1)) return 1;
+        for (int p = 0; p < 3; p++) L.c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+        const size_t nws = mn_conv3d_workspace_floats(&L.c, &L.in);
+        if (nws > L.nws) {
+            mn_free(&L.ws);
+            L.ws = falloc(nws, "workspace");
+            L.nws = nws;
+        }
+        double best[2][3];
+        for (int a = 0; a < 2; a++)
+            for (int p = 0; p < 3; p++) best[a][p] = INFINITY;
+        for (int r = 0; r <= reps; r++)
+            for (int a = 0; a < 2; a++) {
+                for (int p = 0; p < 3; p++) L.c.algo[p] = a ? MN_CONV_ALGO_WINOGRAD : MN_CONV_ALGO_GEMM;
+                for (int p = 0; p < 3; p++) {
+                    double t0 = now();
+                    if (run_pass(&L, p, 0) != MN_OK) return 1;
+                    double dt = now() - t0;
+                    if (r > 0 && dt < best[a][p]) best[a][p] = dt; /* r = 0: warm-up */
+                }
+            }
+        printf("%-32s | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %5.2f %5.2f %5.2f\n", sp->name, best[0][0] * 1e3,
+               best[0][1] * 1e3, best[0][2] * 1e3, best[1][0] * 1e3, best[1][1] * 1e3, best[1][2] * 1e3,
+               best[0][0] / best[1][0], best[0][1] / best[1][1], best[0][2] / best[1][2]);
+        layer_free(&L);
+    }
+
     double tt[NSHAPES][3], tb[NSHAPES][3];
     char version[256];
     if (run_torch(threads, reps, tt, tb, version, sizeof version) == 0) {
