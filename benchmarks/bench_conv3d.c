@@ -11,6 +11,11 @@
  * (jemalloc preloaded, as ENVIRONMENT.md recommends) and the ratio is printed.  Type-B downsample 1x1 convs
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
+ * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks (GEMM path or Winograd, timed
+ * once) with MEDNET_CONV_ALGO=auto, as in the model (winograd forces Winograd, unset or gemm the GEMM path); the
+ * validation copies run Winograd on every pass it can take unless the GEMM path is forced.  The path column gives fwd/bwd-data/bwd-weights:
+ * w = Winograd, d = dense, t = taps, x = direct (1x1x1).
+ *
  * Usage: bench_conv3d [THREADS] [REPS]   (THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
  * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
@@ -114,6 +119,8 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
         if (mn_conv3d_out_shape(&L->c, &L->in, &L->out) != MN_OK) return 1;
         L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     }
+    const char *env = getenv("MEDNET_CONV_ALGO");
+    const int force_gemm = !env || !*env || !strcmp(env, "gemm");
     L->nx = mn_shape_numel(&L->in);
     L->ny = mn_shape_numel(&L->out);
     L->x = falloc(L->nx, "x");
@@ -129,7 +136,26 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
     fill(L->dy, L->ny, 2, 1.0f);
     fill(L->w, L->nw, 3, 0.05f);
     fill(L->b, cout, 4, 1.0f);
+    if (!sp->transposed && cdiv > 1 && !force_gemm)
+        for (int p = 0; p < MN_CONV_NPASS; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+    if (!sp->transposed && cdiv == 1) {
+        L->c.dw = L->dw;
+        if (mn_conv3d_choose_algo(&L->c, &L->in, L->ws, L->nws) != MN_OK) return 1;
+    }
     return 0;
+}
+
+/* "w/t/t": the path of each pass (see the file comment). */
+static const char *path_str(const bench_layer *L, char *buf, size_t n)
+{
+    if (L->sp->transposed) return "convT";
+    char c[3];
+    for (int p = 0; p < 3; p++) {
+        const char *a = mn_conv3d_pass_algo(&L->c, &L->in, p);
+        c[p] = !strcmp(a, "winograd") ? 'w' : !strcmp(a, "direct") ? 'x' : a[0];
+    }
+    snprintf(buf, n, "%c/%c/%c", c[0], c[1], c[2]);
+    return buf;
 }
 
 static void layer_free(bench_layer *L)
@@ -333,8 +359,9 @@ int main(int argc, char **argv)
     int reps = argc > 2 ? atoi(argv[2]) : 7;
     if (reps < 1) reps = 7;
     if (mn_threads_init(threads) != MN_OK) return 1;
-    printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d\n", BATCH,
-           threads, reps);
+    printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d, "
+           "MEDNET_CONV_ALGO=%s\n",
+           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: gemm)");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
@@ -364,8 +391,9 @@ int main(int argc, char **argv)
         fl[i] = layer_flops(&L);
         if (L.nws > ws_max) ws_max = L.nws;
         for (int p = 0; p < 3; p++) tm[i][p] = time_pass(&L, p, reps, &tmb[i][p]);
+        char pbuf[16];
         printf("%-32s %-6s %5d %8.3f %6.0f%% | %8.1f %8.1f %8.1f\n", g_shapes[i].name,
-               g_shapes[i].transposed ? "convT" : mn_conv3d_algo(&L.c, &L.in), g_shapes[i].count, fl[i] * 1e-9,
+               path_str(&L, pbuf, sizeof pbuf), g_shapes[i].count, fl[i] * 1e-9,
                100.0 * useful_fraction(&L), fl[i] / tm[i][0] * 1e-9, fl[i] / tm[i][1] * 1e-9,
                fl[i] / tm[i][2] * 1e-9);
         layer_free(&L);
@@ -396,6 +424,42 @@ int main(int argc, char **argv)
     printf("BLIS sgemm 2048^3: %.1f GFLOP/s before, %.1f after\n", gemm0, gemm1);
     printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
            ws_max * 4.0 / 1048576.0);
+
+    /* GEMM path against Winograd on the shapes Winograd can run, alternating, fastest of REPS calls each: the
+     * comparison mn_conv3d_choose_algo makes once, with more repetitions. */
+    printf("\nGEMM path vs Winograd, fastest of %d alternating calls, ms (ratio > 1: Winograd faster):\n", reps);
+    printf("%-32s | %8s %8s %8s | %8s %8s %8s | %5s %5s %5s\n", "shape", "gemm fwd", "bwd-d", "bwd-w", "wino fwd",
+           "bwd-d", "bwd-w", "fwd", "bwd-d", "bwd-w");
+    for (int i = 0; i < NSHAPES; i++) {
+        const shape_spec *sp = &g_shapes[i];
+        if (sp->transposed || sp->k != 3 || sp->s != 1) continue;
+        bench_layer L;
+        if (layer_setup(&L, sp, 1)) return 1;
+        for (int p = 0; p < 3; p++) L.c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+        const size_t nws = mn_conv3d_workspace_floats(&L.c, &L.in);
+        if (nws > L.nws) {
+            mn_free(&L.ws);
+            L.ws = falloc(nws, "workspace");
+            L.nws = nws;
+        }
+        double best[2][3];
+        for (int a = 0; a < 2; a++)
+            for (int p = 0; p < 3; p++) best[a][p] = INFINITY;
+        for (int r = 0; r <= reps; r++)
+            for (int a = 0; a < 2; a++) {
+                for (int p = 0; p < 3; p++) L.c.algo[p] = a ? MN_CONV_ALGO_WINOGRAD : MN_CONV_ALGO_GEMM;
+                for (int p = 0; p < 3; p++) {
+                    double t0 = now();
+                    if (run_pass(&L, p, 0) != MN_OK) return 1;
+                    double dt = now() - t0;
+                    if (r > 0 && dt < best[a][p]) best[a][p] = dt; /* r = 0: warm-up */
+                }
+            }
+        printf("%-32s | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %5.2f %5.2f %5.2f\n", sp->name, best[0][0] * 1e3,
+               best[0][1] * 1e3, best[0][2] * 1e3, best[1][0] * 1e3, best[1][1] * 1e3, best[1][2] * 1e3,
+               best[0][0] / best[1][0], best[0][1] / best[1][1], best[0][2] / best[1][2]);
+        layer_free(&L);
+    }
 
     double tt[NSHAPES][3], tb[NSHAPES][3];
     char version[256];

@@ -14,18 +14,27 @@
 #include "mednet/error.h"
 #include "mednet/tensor.h"
 
+/* The three passes of a convolution, indexing mn_conv3d.algo. */
+enum { MN_CONV_PASS_FWD, MN_CONV_PASS_BWD_DATA, MN_CONV_PASS_BWD_WEIGHTS, MN_CONV_NPASS };
+
+/* How a pass is computed: the GEMM path (direct/dense/taps, chosen by geometry) or 3-D Winograd F(2x2x2, 3x3x3)
+ * (stride-1 3x3x3 convolutions, any padding and dilation; others always take the GEMM path). */
+typedef enum mn_conv_algo { MN_CONV_ALGO_GEMM = 0, MN_CONV_ALGO_WINOGRAD = 1 } mn_conv_algo;
+
 /* A 3-D convolution: y[n,k] = b[k] + sum_c w[k,c] (*) x[n,c]. Index order of k/s/p/dil is (d, h, w). */
 typedef struct mn_conv3d {
     int cin, cout;
     int k[3], s[3], p[3], dil[3];  /* kernel, stride, zero padding, dilation: all >= 1 except p >= 0 */
     float *w, *b;                  /* (cout, cin, kd, kh, kw), (cout) or NULL for no bias */
     float *dw, *db;                /* same shapes; NULL: parameter gradients not wanted (frozen) */
+    unsigned char algo[MN_CONV_NPASS]; /* mn_conv_algo per pass; zero-initialised = GEMM; see choose_algo */
 } mn_conv3d;
 
 /* Output shape for input `in`; MN_ERR_SHAPE (naming the layer geometry) if in->c != cin or the output is empty. */
 mn_err mn_conv3d_out_shape(const mn_conv3d *l, const mn_shape *in, mn_shape *out);
 
-/* Workspace (floats) needed by forward and backward for input shape `in`. */
+/* Workspace (floats) needed by forward and backward for input shape `in`: the GEMM path's, and Winograd's when
+ * l->algo asks for it on some pass or MEDNET_CONV_ALGO (auto, winograd) lets mn_conv3d_choose_algo pick it. */
 size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in);
 
 /* y (out shape) is overwritten.  ws: workspace of at least mn_conv3d_workspace_floats floats. Not thread-safe on
@@ -49,6 +58,20 @@ double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
  * no unfolding), "dense" (vol2col of every tap), "taps" (only the taps that read inside the volume: large padding
  * and dilation on small volumes) or "invalid".  For tests and benchmarks. */
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
+
+/* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd" when l->algo[pass] says so and the layer can
+ * (otherwise the GEMM path runs), else the mn_conv3d_algo name; "invalid" for a bad pass or geometry. */
+const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass);
+
+/* Set l->algo for input shape `in` by measurement: each pass the layer needs (backward-weights only when
+ * l->dw != NULL) is timed once on the GEMM path and once with Winograd (one warm-up, best of two, on private
+ * random operands: the layer's parameters and gradients are not touched) and the faster is kept.  Layers Winograd
+ * cannot run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or gemm) keeps GEMM everywhere, because
+ * a timed choice can differ between processes and a resumed run must match an uninterrupted one bit for bit;
+ * winograd takes Winograd wherever it can run; another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
+ * destroyed).  Allocates the timing operands for the duration of the call.  Not collective: ranks may choose
+ * differently, which changes rounding, not results beyond fp32 tolerance. */
+mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t ws_floats);
 
 /* Transposed 3-D convolution (the adjoint of mn_conv3d with the same geometry), as torch.nn.ConvTranspose3d with
  * output_padding `op`: out = (in - 1)*s - 2p + dil*(k - 1) + op + 1. */

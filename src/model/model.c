@@ -185,6 +185,69 @@ static mn_err conv_shape(mn_model *m, const mn_conv3d *c, const mn_shape *in, mn
     return MN_OK;
 }
 
+/* Per-layer algorithm choice (mn_conv3d_choose_algo), timed once per distinct geometry and input shape: ResNets
+ * repeat the same conv many times (resnet50's layer3 has 6 identical blocks). */
+typedef struct algo_cache {
+    int n;
+    struct {
+        int geom[14]; /* cin, cout, k, s, p, dil */
+        mn_shape in;
+        int has_dw;
+        unsigned char algo[MN_CONV_NPASS];
+    } e[64];
+} algo_cache;
+
+static mn_err tune_conv(mn_model *m, algo_cache *ac, mn_conv3d *c, const mn_shape *in)
+{
+    int geom[14] = {c->cin, c->cout};
+    for (int i = 0; i < 3; i++) {
+        geom[2 + i] = c->k[i];
+        geom[5 + i] = c->s[i];
+        geom[8 + i] = c->p[i];
+        geom[11 + i] = c->dil[i];
+    }
+    for (int i = 0; i < ac->n; i++)
+        if (!memcmp(ac->e[i].geom, geom, sizeof geom) && !memcmp(&ac->e[i].in, in, sizeof *in) &&
+            ac->e[i].has_dw == (c->dw != NULL)) {
+            memcpy(c->algo, ac->e[i].algo, sizeof c->algo);
+            return MN_OK;
+        }
+    MN_CALL(mn_conv3d_choose_algo(c, in, m->ws, m->ws_floats));
+    if (ac->n < (int)(sizeof ac->e / sizeof ac->e[0])) {
+        memcpy(ac->e[ac->n].geom, geom, sizeof geom);
+        ac->e[ac->n].in = *in;
+        ac->e[ac->n].has_dw = c->dw != NULL;
+        memcpy(ac->e[ac->n].algo, c->algo, sizeof c->algo);
+        ac->n++;
+    }
+    return MN_OK;
+}
+
+/* Choose every convolution's algorithm for the planned input shape (after the workspace exists). */
+static mn_err tune_convs(mn_model *m)
+{
+    algo_cache *ac = calloc(1, sizeof *ac);
+    MN_CHECK(ac != NULL, MN_ERR_MEM, "model: out of memory for the convolution algorithm table");
+    mn_err err = tune_conv(m, ac, &m->conv1, &m->in_shape);
+    for (int i = 0; i < m->nblocks && !err; i++) {
+        mn_block *b = &m->blocks[i];
+        err = tune_conv(m, ac, &b->c1, &b->in);
+        if (!err) err = tune_conv(m, ac, &b->c2, &b->s1);
+        if (!err && b->bottleneck) err = tune_conv(m, ac, &b->c3, &b->s2);
+        if (!err && b->shortcut == SC_B) err = tune_conv(m, ac, &b->dsc, &b->in);
+    }
+    for (int h = 0; h < m->nheads && !err; h++) {
+        mn_head *hd = &m->heads[h];
+        if (m->cfg.head_kind == MN_HEAD_SEG) {
+            mn_shape q = m->head_q_shape;
+            q.c = hd->hc2.cin;
+            err = tune_conv(m, ac, &hd->hc2, &q);
+        }
+    }
+    free(ac);
+    return err;
+}
+
 /* One residual block: names layer<stage>.<index>.*, parameters contiguous. */
 static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int planes, int stride, int dil,
                     const mn_shape *in, const float *x)
@@ -568,6 +631,7 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
         m->t1 = s + 2 * io;
         m->t2 = s + 2 * io + t1;
         m->ws = s + 2 * io + t1 + pad16(m->max_int);
+        err = tune_convs(m);
     }
     if (!err) err = mn_model_init(m, cfg->seed);
     if (err) {

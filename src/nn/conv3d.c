@@ -47,6 +47,7 @@
 #include "mednet/prof.h"
 #include "nn/gemm.h"
 #include "nn/vol2col.h"
+#include "nn/winograd.h"
 
 /* Target columns per GEMM when several small samples are packed together (see the note above). */
 #define MN_CONV_GEMM_COLS 8192
@@ -333,9 +334,18 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     const mn_shape out = {in->n, l->cout, o[0], o[1], o[2]};
     conv_vgeom(l, in, &out, &vg);
     mn_taps tp;
-    if (conv_use_taps(&vg, &tp)) return taps_workspace(&tp, l->cin, l->cout, g, P);
-    const size_t cols = conv_slab_max_cols(&vg, in->n, g);
-    return rows * cols + (size_t)l->cout * cols + rows * l->cout;
+    size_t ws;
+    if (conv_use_taps(&vg, &tp)) {
+        ws = taps_workspace(&tp, l->cin, l->cout, g, P);
+    } else {
+        const size_t cols = conv_slab_max_cols(&vg, in->n, g);
+        ws = rows * cols + (size_t)l->cout * cols + rows * l->cout;
+    }
+    /* Winograd's share when the layer asks for it or mn_conv3d_choose_algo may pick it. */
+    int wino_possible = mn_wino_env_force() != MN_CONV_ALGO_GEMM;
+    for (int i = 0; i < MN_CONV_NPASS; i++) wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD;
+    const size_t wino = wino_possible ? mn_wino_workspace_floats(l, in) : 0;
+    return ws > wino ? ws : wino;
 }
 
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in)
@@ -350,6 +360,13 @@ const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in)
     conv_vgeom(l, in, &out, &vg);
     mn_taps tp;
     return conv_use_taps(&vg, &tp) ? "taps" : "dense";
+}
+
+const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass)
+{
+    if (!l || pass < 0 || pass >= MN_CONV_NPASS) return "invalid";
+    if (l->algo[pass] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in)) return "winograd";
+    return mn_conv3d_algo(l, in);
 }
 
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in)
@@ -378,6 +395,8 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
     }
     MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d forward: NULL workspace (need %zu floats)", C, K,
              mn_conv3d_workspace_floats(l, in));
+    if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in))
+        return mn_wino_forward(l, in, &out, x, y, ws);
     mn_vgeom g;
     conv_vgeom(l, in, &out, &g);
     mn_taps tp;
@@ -432,6 +451,27 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     }
     MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d backward: NULL workspace (need %zu floats)", C, K,
              mn_conv3d_workspace_floats(l, in));
+    /* Winograd hook: the passes it was chosen for run here, the rest below on the GEMM path. */
+    if (mn_wino_eligible(l, in)) {
+        if (dx && l->dw && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD &&
+            l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_WINOGRAD)
+            return mn_wino_backward(l, in, &out, x, dy, dx, ws);
+        if (dx && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD) {
+            mn_prof_refine(MN_PROF_CONV_BWD_DATA);
+            MN_CALL(mn_wino_backward_data(l, in, &out, dy, dx, ws));
+            dx = NULL;
+        }
+        if (l->dw && l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_WINOGRAD) {
+            mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
+            MN_CALL(mn_wino_backward_weights(l, in, &out, x, dy, ws));
+            if (!dx) return MN_OK;
+            mn_conv3d gemm_dx = *l;
+            gemm_dx.dw = NULL;
+            gemm_dx.db = NULL;
+            return mn_conv3d_backward(&gemm_dx, in, x, dy, dx, ws);
+        }
+        if (!dx && !l->dw) return MN_OK;
+    }
     mn_vgeom g;
     conv_vgeom(l, in, &out, &g);
     mn_taps tp;

@@ -1,0 +1,214 @@
+/* test_winograd.c: the Winograd F(2x2x2, 3x3x3) path of mn_conv3d against the direct loop nests.
+ *
+ * (a) forward, backward-data and backward-weights forced onto Winograd (l->algo), compared with
+ *     mn_conv3d_forward_ref / mn_conv3d_backward_ref on awkward shapes: odd extents, extents smaller than one tile
+ *     (1x2x3), dilation 1/2/4 and mixed per dimension, padding 0, 1, d and unequal per dimension, batch 1 and 3,
+ *     channels not multiples of 8, with and without bias, and a layer spread over several tile blocks.  y is
+ *     overwritten (prefilled with NaN), dx and dw accumulate (prefilled with random values), db too; relative
+ *     error below 1e-4 with an absolute floor of 1% of the largest reference value (as test_conv3d);
+ * (b) mixed passes (Winograd backward-data with GEMM backward-weights and the reverse) give the same gradients;
+ * (c) mn_conv3d_pass_algo reports the path; a layer Winograd cannot run (stride 2, kernel 1) keeps the GEMM path
+ *     when asked for Winograd and still matches the reference;
+ * (d) mn_conv3d_choose_algo: MEDNET_CONV_ALGO=gemm / winograd force the choice, an unknown value is MN_ERR_ARG,
+ *     auto measures and leaves the layer's parameters and gradients untouched, unset keeps GEMM; the workspace
+ *     size follows l->algo and the variable.
+ * Runs with 2 threads (the transforms are OpenMP-parallel over channels).
+ */
+#include <blis.h>
+#include <omp.h>
+#include <string.h>
+
+#include "mednet/conv3d.h"
+#include "mednet/threads.h"
+#include "test_util.h"
+
+#define TOL 1e-4
+
+static double g_worst;
+
+/* Worst relative error of a against the reference b, with an absolute floor of 1% of max|b|. */
+static double cmp(const float *a, const float *b, size_t n)
+{
+    double big = 0;
+    for (size_t i = 0; i < n; i++) big = fmax(big, fabs(b[i]));
+    return mn_test_max_relerr(a, b, n, fmax(1e-6, 0.01 * big));
+}
+
+static mn_conv3d mk(int cin, int cout, const int k[3], const int s[3], const int p[3], const int dil[3])
+{
+    mn_conv3d l;
+    memset(&l, 0, sizeof l);
+    l.cin = cin;
+    l.cout = cout;
+    for (int i = 0; i < 3; i++) {
+        l.k[i] = k[i];
+        l.s[i] = s[i];
+        l.p[i] = p[i];
+        l.dil[i] = dil[i];
+    }
+    return l;
+}
+
+/* Run the layer with algo[] on every pass and compare with the loop nests.  expect: the name mn_conv3d_pass_algo
+ * must report for each pass ("gemm": any GEMM-path name; NULL: not checked). */
+static void check(const char *name, mn_conv3d l, mn_shape in, int bias, const unsigned char algo[3],
+                  const char *expect, uint64_t seed)
+{
+    mn_test_rng rng = {seed};
+    mn_shape out;
+    if (mn_conv3d_out_shape(&l, &in, &out) != MN_OK) {
+        TEST_EXPECT(0, "%s: out_shape failed", name);
+        return;
+    }
+    const size_t nx = mn_shape_numel(&in), ny = mn_shape_numel(&out), nw = (size_t)l.cout * l.cin * l.k[0] * l.k[1] *
+                                                                          l.k[2];
+    const int K = l.cout;
+    memcpy(l.algo, algo, sizeof l.algo); /* before sizing the workspace, which depends on it */
+    float *x = mn_test_alloc(nx), *w = mn_test_alloc(nw), *b = mn_test_alloc(K), *dy = mn_test_alloc(ny), *y = mn_test_alloc(ny), *yr = mn_test_alloc(ny);
+    float *dx = mn_test_alloc(nx), *dxr = mn_test_alloc(nx), *dw = mn_test_alloc(nw), *dwr = mn_test_alloc(nw), *db = mn_test_alloc(K), *dbr = mn_test_alloc(K);
+    float *ws = mn_test_alloc(mn_conv3d_workspace_floats(&l, &in));
+    mn_test_fill(&rng, x, nx, 1.0f);
+    mn_test_fill(&rng, w, nw, 0.5f);
+    mn_test_fill(&rng, b, K, 1.0f);
+    mn_test_fill(&rng, dy, ny, 1.0f);
+    mn_test_fill(&rng, dx, nx, 1.0f);
+    memcpy(dxr, dx, nx * sizeof *dx);
+    mn_test_fill(&rng, dw, nw, 1.0f);
+    memcpy(dwr, dw, nw * sizeof *dw);
+    mn_test_fill(&rng, db, K, 1.0f);
+    memcpy(dbr, db, K * sizeof *db);
+    for (size_t i = 0; i < ny; i++) y[i] = NAN; /* forward must overwrite */
+    l.w = w;
+    l.b = bias ? b : NULL;
+    for (int p = 0; p < MN_CONV_NPASS && expect; p++)
+        TEST_EXPECT(!strcmp(expect, "gemm") ? strcmp(mn_conv3d_pass_algo(&l, &in, p), "winograd") != 0
+                                            : !strcmp(mn_conv3d_pass_algo(&l, &in, p), expect), "%s: pass %d runs '%s', expected '%s'", name,
+                    p, mn_conv3d_pass_algo(&l, &in, p), expect);
+
+    mn_conv3d r = l;
+    int ok = mn_conv3d_forward(&l, &in, x, y, ws) == MN_OK && mn_conv3d_forward_ref(&r, &in, x, yr) == MN_OK;
+    l.dw = dw;
+    l.db = bias ? db : NULL;
+    r.dw = dwr;
+    r.db = bias ? dbr : NULL;
+    ok = ok && mn_conv3d_backward(&l, &in, x, dy, dx, ws) == MN_OK &&
+         mn_conv3d_backward_ref(&r, &in, x, dy, dxr) == MN_OK;
+    TEST_EXPECT(ok, "%s: a call failed", name);
+    const double ey = cmp(y, yr, ny), ex = cmp(dx, dxr, nx), ew = cmp(dw, dwr, nw), eb = cmp(db, dbr, K);
+    double e = fmax(fmax(ey, ex), fmax(ew, eb));
+    printf("  %-52s y %.2e dx %.2e dw %.2e db %.2e\n", name, ey, ex, ew, eb);
+    TEST_EXPECT(e < TOL, "%s: worst rel err %.3g (y %.3g dx %.3g dw %.3g db %.3g)", name, e, ey, ex, ew, eb);
+    if (e > g_worst || e != e) g_worst = e;
+    free(x);
+    free(w);
+    free(b);
+    free(dy);
+    free(y);
+    free(yr);
+    free(dx);
+    free(dxr);
+    free(dw);
+    free(dwr);
+    free(db);
+    free(dbr);
+    free(ws);
+}
+
+/* (d) the choice and its environment variable. */
+static void check_choose(void)
+{
+    const int k3[3] = {3, 3, 3}, s1[3] = {1, 1, 1}, p2[3] = {2, 2, 2}, d2[3] = {2, 2, 2};
+    mn_conv3d l = mk(12, 20, k3, s1, p2, d2);
+    mn_shape in = {2, 12, 8, 8, 8};
+    const size_t nw = (size_t)20 * 12 * 27;
+    setenv("MEDNET_CONV_ALGO", "auto", 1); /* the workspace then has room for Winograd */
+    float *w = mn_test_alloc(nw), *dw = mn_test_alloc(nw), *ws = mn_test_alloc(mn_conv3d_workspace_floats(&l, &in));
+    mn_test_rng rng = {99};
+    mn_test_fill(&rng, w, nw, 0.5f);
+    mn_test_fill(&rng, dw, nw, 0.5f);
+    float w0 = w[7], dw0 = dw[7];
+    l.w = w;
+    l.dw = dw;
+    const size_t wsn = mn_conv3d_workspace_floats(&l, &in);
+
+    setenv("MEDNET_CONV_ALGO", "winograd", 1);
+    TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_OK, "choose (winograd) failed");
+    for (int p = 0; p < MN_CONV_NPASS; p++)
+        TEST_EXPECT(l.algo[p] == MN_CONV_ALGO_WINOGRAD, "MEDNET_CONV_ALGO=winograd: pass %d not Winograd", p);
+    setenv("MEDNET_CONV_ALGO", "gemm", 1);
+    TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_OK, "choose (gemm) failed");
+    for (int p = 0; p < MN_CONV_NPASS; p++)
+        TEST_EXPECT(l.algo[p] == MN_CONV_ALGO_GEMM, "MEDNET_CONV_ALGO=gemm: pass %d not GEMM", p);
+    setenv("MEDNET_CONV_ALGO", "fastest", 1);
+    fprintf(stderr, "(an error about MEDNET_CONV_ALGO='fastest' is expected next)\n");
+    TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_ERR_ARG, "MEDNET_CONV_ALGO=fastest accepted");
+    setenv("MEDNET_CONV_ALGO", "auto", 1);
+    TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_OK, "choose (auto) failed");
+    printf("  auto choice for 12->20 dil2 8^3 n2: fwd %s, bwd-data %s, bwd-weights %s\n",
+           mn_conv3d_pass_algo(&l, &in, 0), mn_conv3d_pass_algo(&l, &in, 1), mn_conv3d_pass_algo(&l, &in, 2));
+    TEST_EXPECT(w[7] == w0 && dw[7] == dw0, "choose_algo changed the layer's weights or gradients");
+    /* A layer Winograd cannot run is never timed and stays on GEMM. */
+    const int s2[3] = {2, 2, 2}, p1[3] = {1, 1, 1};
+    mn_conv3d l2 = mk(12, 20, k3, s2, p1, s1);
+    l2.w = w;
+    TEST_EXPECT(mn_conv3d_choose_algo(&l2, &in, ws, wsn) == MN_OK && l2.algo[0] == MN_CONV_ALGO_GEMM,
+                "stride-2 layer: choose failed or chose Winograd");
+    unsetenv("MEDNET_CONV_ALGO");
+    TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_OK && l.algo[0] == MN_CONV_ALGO_GEMM &&
+                    l.algo[1] == MN_CONV_ALGO_GEMM && l.algo[2] == MN_CONV_ALGO_GEMM,
+                "MEDNET_CONV_ALGO unset: not GEMM on every pass");
+    TEST_EXPECT(mn_conv3d_workspace_floats(&l, &in) < wsn, "unset variable, GEMM layer: Winograd workspace counted");
+    l.algo[1] = MN_CONV_ALGO_WINOGRAD;
+    TEST_EXPECT(mn_conv3d_workspace_floats(&l, &in) == wsn, "layer asking for Winograd: its workspace not counted");
+        free(w);
+    free(dw);
+    free(ws);
+}
+
+int main(void)
+{
+    if (mn_threads_init(2) != MN_OK) return 2;
+    printf("test_winograd: BLIS kernels %s, 2 threads\n", mn_blis_arch());
+    const unsigned char W[3] = {1, 1, 1}, G[3] = {0, 0, 0}, WG[3] = {1, 1, 0}, GW[3] = {0, 0, 1};
+    const int k3[3] = {3, 3, 3}, s1[3] = {1, 1, 1};
+    struct {
+        const char *name;
+        int cin, cout, p[3], dil[3];
+        mn_shape in;
+        int bias;
+    } cases[] = {
+        {"3->5 p1 7x6x5 n1 bias", 3, 5, {1, 1, 1}, {1, 1, 1}, {1, 3, 7, 6, 5}, 1},
+        {"5->7 p0 9x8x7 n3", 5, 7, {0, 0, 0}, {1, 1, 1}, {3, 5, 9, 8, 7}, 0},
+        {"4->3 p1 1x2x3 (smaller than a tile) n2 bias", 4, 3, {1, 1, 1}, {1, 1, 1}, {2, 4, 1, 2, 3}, 1},
+        {"6->9 p2 dil2 11x10x9 n3 bias", 6, 9, {2, 2, 2}, {2, 2, 2}, {3, 6, 11, 10, 9}, 1},
+        {"3->5 p4 dil4 9x10x11 n1", 3, 5, {4, 4, 4}, {4, 4, 4}, {1, 3, 9, 10, 11}, 0},
+        {"9->11 p4 dil4 8x8x8 n3 bias (layer4-like)", 9, 11, {4, 4, 4}, {4, 4, 4}, {3, 9, 8, 8, 8}, 1},
+        {"10->6 p1 dil2 7x9x5 n2 (p < d)", 10, 6, {1, 1, 1}, {2, 2, 2}, {2, 10, 7, 9, 5}, 0},
+        {"5->4 p0 dil2 9x8x7 n1", 5, 4, {0, 0, 0}, {2, 2, 2}, {1, 5, 9, 8, 7}, 1},
+        {"7->5 p(0,1,2) dil(1,2,4) 6x9x13 n2 bias", 7, 5, {0, 1, 2}, {1, 2, 4}, {2, 7, 6, 9, 13}, 1},
+        {"3->4 p3 dil1 5x4x3 n1 (pad > kernel)", 3, 4, {3, 3, 3}, {1, 1, 1}, {1, 3, 5, 4, 3}, 0},
+        {"24->24 p1 15^3 n3 (several tile blocks)", 24, 24, {1, 1, 1}, {1, 1, 1}, {3, 24, 15, 15, 15}, 1},
+    };
+    const int nc = (int)(sizeof cases / sizeof cases[0]);
+    printf("(a) all passes Winograd vs loop nests:\n");
+    for (int i = 0; i < nc; i++)
+        check(cases[i].name, mk(cases[i].cin, cases[i].cout, k3, s1, cases[i].p, cases[i].dil), cases[i].in,
+              cases[i].bias, W, "winograd", 1000 + (uint64_t)i);
+    printf("(b) mixed passes:\n");
+    check("6->9 p2 dil2 11x10x9 n3: Winograd fwd+data, GEMM weights", mk(6, 9, k3, s1, cases[3].p, cases[3].dil),
+          cases[3].in, 1, WG, NULL, 77);
+    check("6->9 p2 dil2 11x10x9 n3: GEMM fwd+data, Winograd weights", mk(6, 9, k3, s1, cases[3].p, cases[3].dil),
+          cases[3].in, 1, GW, NULL, 78);
+    printf("(c) layers Winograd cannot run keep the GEMM path:\n");
+    {
+        const int s2[3] = {2, 2, 2}, p1[3] = {1, 1, 1}, k1[3] = {1, 1, 1}, p0[3] = {0, 0, 0};
+        mn_shape in = {2, 5, 9, 8, 7};
+        check("5->7 k3 s2 p1 asked for Winograd", mk(5, 7, k3, s2, p1, s1), in, 1, W, "gemm", 79);
+        check("5->7 k1 asked for Winograd", mk(5, 7, k1, s1, p0, s1), in, 0, W, "direct", 80);
+        check("5->7 k3 p1 GEMM", mk(5, 7, k3, s1, p1, s1), in, 0, G, "gemm", 81);
+    }
+    printf("(d) choice by measurement and MEDNET_CONV_ALGO:\n");
+    check_choose();
+    printf("worst relative error vs loop nests: %.3g (tol %.0e)\n", g_worst, TOL);
+    return mn_test_finish("test_winograd");
+}
