@@ -5,7 +5,9 @@
  * soft Dice), head_lr_mult, micro-batches and momentum SGD.  Two datasets; virtual rank v holds dataset v % 2, so at
  * 3 and 4 ranks each head has several holders and the shards are uneven (dataset 0 has more samples at P = 3).
  * Each sample has its own importance weight and its own share of ignored voxels, so a normalisation that depended
- * on how samples are grouped (per head batch, per rank or per micro-batch) would show.
+ * on how samples are grouped (per head batch, per rank or per micro-batch) would show.  A normalisation that is the
+ * same for every grouping but wrong (dividing by the sample count instead of the weight sum) shows in the last
+ * check: the reference's step with every weight doubled must give the same updates.
  *
  *   default  P ranks x M micro-batches of BATCH (local batch norm), against ONE rank (MPI_COMM_SELF) accumulating the
  *            same P x M micro-batches, one per (virtual rank, micro-batch): the micro-batches see the same samples,
@@ -31,6 +33,9 @@ enum { NDS = 2, STEPS = 3, BATCH = 2, MICRO = 2, SIDE = 16 };
 static const int classes[NDS] = {3, 2};
 static const size_t VOX = (size_t)SIDE * SIDE * SIDE;
 
+/* Every sample weight is multiplied by this (the scale check below). */
+static float weight_scale = 1.0f;
+
 /* Sample j of virtual rank v's micro-batch mb of step s: inputs in [-1, 1), labels of dataset v % 2 with a share of
  * ignored voxels that differs between samples, and a weight in [0.5, 1.5]. */
 static void make_sample(int v, int s, int mb, int j, float *x, int32_t *lab, float *w)
@@ -43,7 +48,7 @@ static void make_sample(int v, int s, int mb, int j, float *x, int32_t *lab, flo
         uint64_t u = mn_test_rng_u64(&rng);
         lab[i] = (u & 7) < ignore_per_8 ? -1 : (int32_t)((u >> 3) % (uint64_t)classes[v % NDS]);
     }
-    *w = 0.5f + 0.25f * (float)((v * 7 + s * 5 + mb * 3 + j) % 5);
+    *w = weight_scale * (0.5f + 0.25f * (float)((v * 7 + s * 5 + mb * 3 + j) % 5));
 }
 
 typedef struct source {
@@ -196,15 +201,41 @@ static mn_err run(int sync)
             if (e > e_head) e_head = e;
         }
     }
+    /* The objective is the weighted mean: multiplying every weight by 2 must leave every update as it is (a
+     * gradient divided by the sample count instead of the weight sum would double). */
+    double e_scale = 0;
+    {
+        const size_t np = mn_model_num_params(rm);
+        float *base = malloc(sizeof(float) * np), *one = malloc(sizeof(float) * np);
+        MN_CHECK(base && one, MN_ERR_MEM, "out of memory");
+        MN_CALL(sync_reference(t, ref));
+        memcpy(base, mn_model_params(rm), sizeof(float) * np);
+        MN_CALL(mn_trainer_step(ref, STEPS, draw, &rsrc, &st));
+        memcpy(one, mn_model_params(rm), sizeof(float) * np);
+        MN_CALL(sync_reference(t, ref));
+        weight_scale = 2.0f;
+        MN_CALL(mn_trainer_step(ref, STEPS, draw, &rsrc, &st));
+        weight_scale = 1.0f;
+        for (int i = 0; i < rp->nrows; i++) {
+            mn_range r = rp->row[i].params;
+            double e = update_relerr(mn_model_params(rm) + r.offset, one + r.offset, base + r.offset, r.count);
+            TEST_EXPECT(e <= 1e-6, "rank %d: %s update changes when every sample weight is doubled: %.3e", rank,
+                        i ? rp->row[i].name : "encoder", e);
+            if (e > e_scale) e_scale = e;
+        }
+        free(base);
+        free(one);
+    }
     MN_CALL(mn_parts_check_replicas(parts, mn_model_params(m)));
-    double worst[2] = {e_enc, e_head};
-    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, worst, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+    double worst[3] = {e_enc, e_head, e_scale};
+    MN_MPI(MPI_Allreduce(MPI_IN_PLACE, worst, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     if (rank == 0)
         printf("%s%d rank(s) x %d micro-batches, %d steps (weighted samples, ignored voxels, Dice, head_lr_mult 2, "
                "momentum): each step's updates vs the 1-rank %s reference from the same state: encoder %.2e, heads "
-               "%.2e (worst relative 2-norm); every part bitwise identical on its holders\n",
+               "%.2e (worst relative 2-norm); every part bitwise identical on its holders; every update with all "
+               "weights doubled %.2e\n",
                sync ? "SyncBN: " : "", size, MICRO, STEPS,
-               sync ? "global-micro-batch" : "micro-batch-per-rank", worst[0], worst[1]);
+               sync ? "global-micro-batch" : "micro-batch-per-rank", worst[0], worst[1], worst[2]);
     free(init);
     mn_trainer_destroy(&ref);
     mn_trainer_destroy(&t);
