@@ -50,18 +50,6 @@ static void usage(FILE *f)
                "  Writes DIR/filter.json and DIR/datasets.txt (corpus.datasets=... for mednet pretrain).\n");
 }
 
-static mn_err number(const char *opt, const char *v, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    MN_CHECK(v != NULL, MN_ERR_ARG, "mednet filter: %s needs a value", opt);
-    errno = 0;
-    double x = strtod(v, &end);
-    MN_CHECK(end != v && !*end && !errno && x >= lo && x <= hi, MN_ERR_ARG,
-             "mednet filter: %s %s: expected a number in [%g, %g]", opt, v, lo, hi);
-    *out = x;
-    return MN_OK;
-}
-
 /* The arguments, the same on every rank (local work, agreed by the caller). */
 static mn_err parse(int argc, char **argv, filter_opts *o)
 {
@@ -74,19 +62,19 @@ static mn_err parse(int argc, char **argv, filter_opts *o)
             MN_CHECK(v != NULL, MN_ERR_ARG, "mednet filter: --out needs a folder");
             o->out = v, i++;
         } else if (!strcmp(a, "--steps")) {
-            MN_CALL(number(a, v, 1, 1e7, &x));
+            MN_CALL(mn_cli_number("filter", a, v, 1, 1e7, &x));
             o->steps = (long)x, i++;
         } else if (!strcmp(a, "--eval-batches")) {
-            MN_CALL(number(a, v, 1, 1e5, &x));
+            MN_CALL(mn_cli_number("filter", a, v, 1, 1e5, &x));
             o->eval_batches = (long)x, i++;
         } else if (!strcmp(a, "--holdout")) {
-            MN_CALL(number(a, v, 0.05, 0.9, &o->holdout));
+            MN_CALL(mn_cli_number("filter", a, v, 0.05, 0.9, &o->holdout));
             i++;
         } else if (!strcmp(a, "--min-dice")) {
-            MN_CALL(number(a, v, 0, 1, &o->min_dice));
+            MN_CALL(mn_cli_number("filter", a, v, 0, 1, &o->min_dice));
             i++;
         } else if (!strcmp(a, "--rel-median")) {
-            MN_CALL(number(a, v, 0, 10, &o->rel_median));
+            MN_CALL(mn_cli_number("filter", a, v, 0, 10, &o->rel_median));
             i++;
         } else if (a[0] == '-') {
             usage(stderr);

@@ -58,18 +58,6 @@ static void usage(FILE *f)
                "  --force           replace the files of an earlier run in DIR\n");
 }
 
-/* Parse a number argument; rank 0 reports a bad one. */
-static mn_err num_arg(const char *opt, const char *s, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    MN_CHECK(end != s && !*end && !errno && isfinite(v) && v >= lo && v <= hi, MN_ERR_ARG,
-             "synth: %s needs a number in [%g, %g], got '%s'", opt, lo, hi, s);
-    *out = v;
-    return MN_OK;
-}
-
 static mn_err parse_args(int argc, char **argv, synth_opts *o, char **overrides, int *nover, int *help)
 {
     for (int i = 1; i < argc; i++) {
@@ -85,11 +73,11 @@ static mn_err parse_args(int argc, char **argv, synth_opts *o, char **overrides,
         } else if (!strcmp(a, "--out") && has) {
             o->out = argv[++i];
         } else if (!strcmp(a, "--subjects") && has) {
-            MN_CALL(num_arg(a, argv[++i], 1, 1e6, &v));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 1, 1e6, &v));
             MN_CHECK(v == floor(v), MN_ERR_ARG, "synth: --subjects needs a whole number, got '%s'", argv[i]);
             o->subjects = (long)v;
         } else if (!strcmp(a, "--progress") && has) {
-            MN_CALL(num_arg(a, argv[++i], 1, 1e9, &v));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 1, 1e9, &v));
             o->progress = (long)v;
         } else if (!strcmp(a, "--seed") && has) {
             const char *sv = argv[++i];
@@ -99,22 +87,22 @@ static mn_err parse_args(int argc, char **argv, synth_opts *o, char **overrides,
             MN_CHECK(*sv >= '0' && *sv <= '9' && end != sv && !*end && !errno, MN_ERR_ARG,
                      "synth: --seed needs a whole number >= 0, got '%s'", sv);
         } else if (!strcmp(a, "--rotate") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 180, &o->def.rotate_deg));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0, 180, &o->def.rotate_deg));
         } else if (!strcmp(a, "--scale") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 0.9, &o->def.scale));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0, 0.9, &o->def.scale));
         } else if (!strcmp(a, "--shear") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 1, &o->def.shear));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0, 1, &o->def.shear));
         } else if (!strcmp(a, "--translate") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 1e4, &o->def.translate_mm));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0, 1e4, &o->def.translate_mm));
         } else if (!strcmp(a, "--elastic") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 1e3, &o->def.elastic_mm));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0, 1e3, &o->def.elastic_mm));
         } else if (!strcmp(a, "--elastic-grid") && has) {
-            MN_CALL(num_arg(a, argv[++i], 2, 64, &v));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 2, 64, &v));
             o->def.elastic_grid = (int)v;
         } else if (!strcmp(a, "--intensity") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0, 2, &o->def.intensity));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0, 2, &o->def.intensity));
         } else if (!strcmp(a, "--spacing") && has) {
-            MN_CALL(num_arg(a, argv[++i], 0.01, 1e3, &o->spacing));
+            MN_CALL(mn_cli_number("synth", a, argv[++i], 0.01, 1e3, &o->spacing));
         } else if (a[0] == '-') {
             MN_CHECK(0, MN_ERR_ARG, "synth: unknown option '%s' (or its value is missing)", a);
         } else if (strchr(a, '=')) {

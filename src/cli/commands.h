@@ -25,4 +25,8 @@ mn_err mn_cmd_export(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_filter(int argc, char **argv, mn_cmd_result *res);
 mn_err mn_cmd_synth(int argc, char **argv, mn_cmd_result *res);
 
+/* Option `opt` of command `cmd` as a finite number in [lo, hi]: anything else (v NULL, not a number,
+ * out of range) is MN_ERR_ARG naming the command, the option and the text. */
+mn_err mn_cli_number(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out);
+
 #endif
