@@ -344,17 +344,21 @@ static mn_err log_plan(run *r)
 static mn_err checkpoint_failed(run *r, mn_err e, int periodic)
 {
     if (!e || !mn_err_is_agreed(e)) return e;
-    char latest[1400] = "none";
+    char latest[1400] = "", where[1500];
     int found = 0;
-    if (r->rank == 0 && (mn_ckpt_latest(r->cfg.out, latest, sizeof latest, &found) != MN_OK || !found))
-        snprintf(latest, sizeof latest, "none");
+    if (r->rank == 0 && (mn_ckpt_latest(r->cfg.out, latest, sizeof latest, &found) != MN_OK || !found)) found = 0;
+    if (found)
+        snprintf(where, sizeof where, "the newest checkpoint on disk is %s", latest);
+    else
+        snprintf(where, sizeof where, "there is no checkpoint on disk yet");
     if (periodic && r->cfg.ckpt_continue) {
         mn_log_info("checkpoint of step %ld failed (above): training goes on (train.checkpoint_failure = continue); "
-                    "the newest checkpoint on disk is %s", r->step, latest);
+                    "%s", r->step, where);
         return MN_OK;
     }
-    mn_log_info("stopping: the checkpoint of step %ld could not be written%s; the newest checkpoint on disk is %s, "
-                "a rerun resumes from it", r->step, periodic ? " (train.checkpoint_failure = stop)" : "", latest);
+    mn_log_info("stopping: the checkpoint of step %ld could not be written%s; %s, %s", r->step,
+                periodic ? " (train.checkpoint_failure = stop)" : "", where,
+                found ? "a rerun resumes from it" : "a rerun starts from step 0");
     return e;
 }
 

@@ -8,8 +8,8 @@ set -u
 mednet=$1 bench=$2 config=$3 corpus=$4 work=$5
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-rm -rf "$work"
-mkdir -p "$work"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$work" || exit 1
 fail=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MEDNET_BIN=$mednet MEDNET_BENCH_DIR=$bench timeout 600 bash "$repo/jobs/scaling_study.sh" local -o "$work/study" \

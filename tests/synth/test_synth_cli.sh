@@ -9,7 +9,8 @@ mednet=$1 corpus_ini=$2 pretrain_ini=$3 work=$4
 shift 4
 mpiexec=("$@")
 fail() { echo "FAIL (synth): $*" >&2; exit 1; }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || fail "cannot use $work"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$work" || fail "cannot use $work"
 gen=(--subjects 2 --spacing 4 --progress 5)
 
 # Determinism: the same seed twice (the second with --force over the first), 2 ranks, and another seed.

@@ -14,7 +14,8 @@ set -u
 CASE=$1 MEDNET=$2 SRC=$3 WORK=$4 MPIEXEC=$5
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMP_NUM_THREADS=1
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$WORK" || exit 1
 fail() { echo "FAIL: $*"; exit 1; }
 python3 "$SRC/tests/train/make_cls_data.py" data 4 || fail "cannot make the data"
 

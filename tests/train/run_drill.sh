@@ -13,7 +13,8 @@ py=/usr/bin/python3
 fail() { echo "FAIL (drill $case_name): $*" >&2; exit 1; }
 hydra=0
 grep -q "HYDRA\|MPICH" <<<"$(${mpiexec[0]} --version 2>&1)" && hydra=1
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || fail "cannot use $work"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$work" || fail "cannot use $work"
 # Small and quick: 16^3 crops, SGD without momentum (a 70 MB checkpoint), a checkpoint every 2 steps.
 common=(corpus.path="$corpus" train.eval_batches=0 train.log_every=1 train.checkpoint_every=2 sampler.crop=16
         optim.momentum=0)
@@ -136,7 +137,7 @@ disk_full)
   # The output folder on a 100 MB tmpfs: ckpt-2 (70 MB) fits, ckpt-4 does not.  The run's folder is df, a link into
   # the tmpfs, so that the drill's own logs (df.log, df.tlog) stay outside it and see every line.
   mkdir -p fs && mount -t tmpfs -o size=100m drill-tmpfs fs || fail "cannot mount a tmpfs (needs root)"
-  trap 'umount -l "$work/fs" 2>/dev/null' EXIT
+  mn_at_exit 'umount -l "$work/fs" 2>/dev/null'
   mkdir -p fs/df && ln -sfn fs/df df || fail "cannot link df to the tmpfs"
   run df train.steps=6
   agreed df.log "full file system, train.checkpoint_failure = stop"
@@ -181,7 +182,7 @@ outdir)
   wait_line ro.tlog "^[0-9.]+ checkpoint: ro/ckpt-4\.h5" > /dev/null || { finish_bg; cat ro.log; fail "no checkpoint"; }
   mount --bind ro ro && mount -o remount,ro,bind ro || { finish_bg; fail "cannot make ro/ read-only"; }
   t_fault=$EPOCHREALTIME
-  trap 'umount -l "$work/ro" 2>/dev/null' EXIT
+  mn_at_exit 'umount -l "$work/ro" 2>/dev/null'
   finish_bg
   umount -l ro
   agreed ro.log "read-only output folder"

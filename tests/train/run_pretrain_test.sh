@@ -16,7 +16,8 @@ requeue_asked() {
   [ -s "$2/REQUEUE" ] || return 1
   [ "$1" -eq 99 ] || { [ "$1" -eq 0 ] && grep -q "^mpich\|MPICH\|HYDRA" <<<"$(${mpiexec[0]} --version 2>&1)"; }
 }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || fail "cannot use $work"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$work" || fail "cannot use $work"
 common=(corpus.path="$corpus" train.eval_batches=0 train.log_every=1 train.checkpoint_every=0)
 
 run() { # run NP OUT [overrides...]: mpirun NP ranks, output to OUT.log, status in $status

@@ -10,7 +10,8 @@ shift 3
 mpiexec=("$@")
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 fail() { echo "FAIL: $*"; exit 1; }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$work" || exit 1
 timeout 300 "${mpiexec[@]}" -n 2 "$mednet" pretrain "$root/configs/pretrain_mricron.ini" corpus.path="$corpus" \
     train.out_dir=pre train.steps=4 train.eval_batches=0 train.checkpoint_every=0 > pre.log 2>&1 ||
     { cat pre.log; fail "pre-training"; }

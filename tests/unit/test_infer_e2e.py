@@ -224,6 +224,8 @@ def main():
     print("timings: training %.1f s, inference of 3 volumes %.1f s (1 rank), %.1f s (2 ranks), whole test %.1f s"
           % (t_train, t_infer, t_infer2, time.time() - t_start))
     print("test_infer_e2e: all checks passed")
+    if not os.environ.get("MN_KEEP_TEST_OUTPUT"):  # passed: its checkpoints are not needed
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

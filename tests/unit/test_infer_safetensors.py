@@ -120,6 +120,8 @@ def main():
         sys.exit("FAIL: an encoder-only file: status %d, message:\n%s" % (p.returncode, err))
     print("encoder-only file: status 1, message: %s" % [l for l in err.splitlines() if "enc.safet" in l][0].strip())
     print("PASS")
+    if not os.environ.get("MN_KEEP_TEST_OUTPUT"):  # passed: its checkpoints are not needed
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

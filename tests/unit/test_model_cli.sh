@@ -11,7 +11,8 @@ set -uo pipefail
 case_name=$1 mednet=$2 py=$3 work=$4
 ref=$(cd "$(dirname "$0")/../ref" && pwd)
 fail() { echo "FAIL ($case_name): $*" >&2; exit 1; }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || fail "cannot use $work"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/workdir.sh"
+mn_workdir "$work" || fail "cannot use $work"
 # must LOG CMD...: run CMD with its output in LOG (and printed); exit status 0 required.
 must() {
   local log=$1 st
