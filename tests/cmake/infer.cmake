@@ -20,7 +20,8 @@ add_test(NAME test_infer_e2e COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/un
          $<TARGET_FILE:mednet> ${MN_INFER_TEST_DIR}/e2e ${MN_MPIEXEC})
 set_tests_properties(test_infer_e2e PROPERTIES LABELS "infer;slow" TIMEOUT 1500 ENVIRONMENT "OMP_NUM_THREADS=1")
 # Inference from safetensors: a 12-step training, its export, infer from both bitwise equal; a file without the
-# export's metadata refused without options and accepted with --config/--corpus/--head (2 ranks); encoder-only refused.
+# export's metadata refused without options and accepted with --config/--corpus/--head (2 ranks); encoder-only refused;
+# a 2-class head for a 3-class dataset refused; fine-tuning from an encoder file missing a tensor refused.
 add_test(NAME test_infer_safetensors COMMAND ${MN_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_infer_safetensors.py
          $<TARGET_FILE:mednet> ${MN_INFER_TEST_DIR}/safetensors ${MN_MPIEXEC})
 set_tests_properties(test_infer_safetensors PROPERTIES LABELS "infer;train" TIMEOUT 600 ENVIRONMENT "OMP_NUM_THREADS=1")

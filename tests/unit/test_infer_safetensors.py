@@ -6,7 +6,10 @@ A short training on synthetic blobs (prep + 12 steps of a resnet10), `mednet exp
   - the same file with its __metadata__ removed and no options: exit status 1 and one message naming the file
     and the options that supply what is missing;
   - that file with --config (the run config) and --corpus CORPUS --head DATASET: bitwise equal again, on 2 ranks;
-  - an encoder-only export (no head): refused, naming the file."""
+  - an encoder-only export (no head): refused, naming the file;
+  - a head of fewer classes than the dataset named by --head (a 3-class corpus): refused, naming the tensor and both
+    shapes, and no output written;
+  - fine-tuning from an encoder export with one tensor removed: exit status 1 naming the tensor, no checkpoint."""
 import json
 import os
 import shutil
@@ -54,14 +57,27 @@ def same(a, b, what):
                                                                                   if a[1].ndim == 4 else 1))
 
 
-def strip_metadata(src, dst):
+def rewrite(src, dst, drop=("__metadata__",)):
+    """Copy safetensors file src to dst without the entries named in drop (data repacked, offsets renumbered)."""
     raw = open(src, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
-    head = json.loads(raw[8:8 + n])
-    head.pop("__metadata__")
-    text = json.dumps(head).encode()
+    head, data, out = json.loads(raw[8:8 + n]), raw[8 + n:], b""
+    kept = {}
+    for name, t in head.items():
+        if name in drop:
+            continue
+        if name != "__metadata__":
+            begin, end = t["data_offsets"]
+            t = dict(t, data_offsets=[len(out), len(out) + end - begin])
+            out += data[begin:end]
+        kept[name] = t
+    text = json.dumps(kept).encode()
     text += b" " * (-len(text) % 8)
-    open(dst, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    open(dst, "wb").write(struct.pack("<Q", len(text)) + text + out)
+
+
+def strip_metadata(src, dst):
+    rewrite(src, dst)
 
 
 def main():
@@ -119,6 +135,36 @@ def main():
     if p.returncode != 1 or "enc.safetensors" not in err:
         sys.exit("FAIL: an encoder-only file: status %d, message:\n%s" % (p.returncode, err))
     print("encoder-only file: status 1, message: %s" % [l for l in err.splitlines() if "enc.safet" in l][0].strip())
+
+    # A head of 2 classes applied to a dataset of 3: the same volumes prepared as a 3-class dataset (a fine-tuning
+    # target, for the case after this one).
+    corpus3 = os.path.join(work, "corpus3.h5")
+    open(os.path.join(work, "corpus3.ini"), "w").write(
+        "[corpus]\nname = synth_st3\noutput = %s\n\n[blobs3]\nimage = %s/train?.nii.gz\nlabel = %s/train?_seg.nii.gz\n"
+        "modality = MR\nrole = target\nclasses = background, blob, rim\nspacing = 2\n" % (corpus3, work, work))
+    run([mednet, "prep", os.path.join(work, "corpus3.ini"), "--force"])
+    p = run([mednet, "infer", bare, test, "-o", work + "/more", "--config", cfg, "--corpus", corpus3, "--head",
+             "blobs3", "--window", "20"], ok=False)
+    err = p.stderr + p.stdout
+    if p.returncode != 1 or not all(n in err for n in ("bare.safetensors", "conv_seg.6.weight", "file 2x", "model 3x")):
+        sys.exit("FAIL: a 2-class head for a 3-class dataset: status %d, message:\n%s" % (p.returncode, err))
+    if os.path.exists(work + "/more/test_seg.nii.gz"):
+        sys.exit("FAIL: an output was written for a head of too few classes")
+    print("2-class head, 3-class dataset: status 1, message: %s" %
+          [l for l in err.splitlines() if "mis-shaped" in l][0].split(": ", 1)[1].strip())
+
+    # Fine-tuning from an encoder export that lacks one tensor.
+    holed = os.path.join(work, "enc_missing.safetensors")
+    rewrite(enc, holed, drop=("layer3.0.bn2.running_var",))
+    p = run([mednet, "finetune", cfg, "corpus.path=" + corpus3, "train.out_dir=%s/ft" % work, "train.steps=2",
+             "train.eval_batches=0", "train.threads=1", "model.depth=10", "sampler.crop=20",
+             "train.init_encoder=" + holed], ok=False)
+    err = p.stderr + p.stdout
+    if p.returncode != 1 or "enc_missing.safetensors" not in err or "layer3.0.bn2.running_var" not in err:
+        sys.exit("FAIL: fine-tuning from an encoder missing a tensor: status %d, message:\n%s" % (p.returncode, err))
+    if [f for f in os.listdir(work + "/ft") if f.startswith("ckpt-")] if os.path.isdir(work + "/ft") else []:
+        sys.exit("FAIL: fine-tuning from an incomplete encoder left a checkpoint")
+    print("fine-tuning from an encoder missing a tensor: status 1, names layer3.0.bn2.running_var")
     print("PASS")
     if not os.environ.get("MN_KEEP_TEST_OUTPUT"):  # passed: its checkpoints are not needed
         shutil.rmtree(work, ignore_errors=True)
