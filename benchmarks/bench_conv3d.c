@@ -11,9 +11,9 @@
  * (jemalloc preloaded, as ENVIRONMENT.md recommends) and the ratio is printed.  Type-B downsample 1x1 convs
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
- * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks (GEMM path or Winograd, timed
- * once) with MEDNET_CONV_ALGO=auto, as in the model (winograd forces Winograd, unset or gemm the GEMM path); the
- * validation copies run Winograd on every pass it can take unless the GEMM path is forced.  The path column gives fwd/bwd-data/bwd-weights:
+ * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule:
+ * the fixed rule; auto: timed once; winograd: Winograd; gemm: the GEMM path); the validation copies run Winograd on
+ * every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm).  The path column gives fwd/bwd-data/bwd-weights:
  * w = Winograd, d = dense, t = taps, x = direct (1x1x1).
  *
  * Usage: bench_conv3d [--sweep] [THREADS] [REPS]   (--sweep: only the GEMM-vs-Winograd table over the 3x3x3
@@ -126,10 +126,14 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
         L->c = (mn_conv3d){.cin = cin, .cout = cout, .k = {sp->k, sp->k, sp->k}, .s = {sp->s, sp->s, sp->s},
                            .p = {sp->p, sp->p, sp->p}, .dil = {sp->dil, sp->dil, sp->dil}};
         if (mn_conv3d_out_shape(&L->c, &L->in, &L->out) != MN_OK) return 1;
-        L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     }
     const char *env = getenv("MEDNET_CONV_ALGO");
-    const int force_gemm = !env || !*env || !strcmp(env, "gemm");
+    const int force_gemm = env && !strcmp(env, "gemm");
+    /* The validation copies ask for Winograd before the workspace is sized: it counts Winograd's share only for
+     * layers that ask for it or that MEDNET_CONV_ALGO may give it to. */
+    if (!sp->transposed && cdiv > 1 && !force_gemm)
+        for (int p = 0; p < MN_CONV_NPASS; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+    if (!sp->transposed) L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     L->nx = mn_shape_numel(&L->in);
     L->ny = mn_shape_numel(&L->out);
     L->x = falloc(L->nx, "x");
@@ -145,8 +149,6 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
     fill(L->dy, L->ny, 2, 1.0f);
     fill(L->w, L->nw, 3, 0.05f);
     fill(L->b, cout, 4, 1.0f);
-    if (!sp->transposed && cdiv > 1 && !force_gemm)
-        for (int p = 0; p < MN_CONV_NPASS; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
     if (!sp->transposed && cdiv == 1) {
         L->c.dw = L->dw;
         if (mn_conv3d_choose_algo(&L->c, &L->in, L->ws, L->nws) != MN_OK) return 1;
@@ -443,7 +445,7 @@ int main(int argc, char **argv)
     if (mn_threads_init(threads) != MN_OK) return 1;
     printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d, "
            "MEDNET_CONV_ALGO=%s\n",
-           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: gemm)");
+           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: rule)");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
