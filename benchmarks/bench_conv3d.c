@@ -11,12 +11,13 @@
  * (jemalloc preloaded, as ENVIRONMENT.md recommends) and the ratio is printed.  Type-B downsample 1x1 convs
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
- * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks (GEMM path or Winograd, timed
- * once) with MEDNET_CONV_ALGO=auto, as in the model (winograd forces Winograd, unset or gemm the GEMM path); the
- * validation copies run Winograd on every pass it can take unless the GEMM path is forced.  The path column gives fwd/bwd-data/bwd-weights:
+ * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule:
+ * the fixed rule; auto: timed once; winograd: Winograd; gemm: the GEMM path); the validation copies run Winograd on
+ * every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm).  The path column gives fwd/bwd-data/bwd-weights:
  * w = Winograd, d = dense, t = taps, x = direct (1x1x1).
  *
- * Usage: bench_conv3d [THREADS] [REPS]   (THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
+ * Usage: bench_conv3d [--sweep] [THREADS] [REPS]   (--sweep: only the GEMM-vs-Winograd table over the 3x3x3
+ * shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
  * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -58,12 +59,20 @@ static const shape_spec g_shapes[] = {
     {"(B) down 256->512 k1 @8^3", 0, 256, 512, 8, 1, 1, 0, 1, 0, 0, 0},
 };
 #define NSHAPES ((int)(sizeof g_shapes / sizeof g_shapes[0]))
-#define BATCH 2
+#define BATCH g_batch
+static int g_batch = 2; /* the batch of the layers set up next (--sweep changes it) */
 
 static double now(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -117,10 +126,14 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
         L->c = (mn_conv3d){.cin = cin, .cout = cout, .k = {sp->k, sp->k, sp->k}, .s = {sp->s, sp->s, sp->s},
                            .p = {sp->p, sp->p, sp->p}, .dil = {sp->dil, sp->dil, sp->dil}};
         if (mn_conv3d_out_shape(&L->c, &L->in, &L->out) != MN_OK) return 1;
-        L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     }
     const char *env = getenv("MEDNET_CONV_ALGO");
-    const int force_gemm = !env || !*env || !strcmp(env, "gemm");
+    const int force_gemm = env && !strcmp(env, "gemm");
+    /* The validation copies ask for Winograd before the workspace is sized: it counts Winograd's share only for
+     * layers that ask for it or that MEDNET_CONV_ALGO may give it to. */
+    if (!sp->transposed && cdiv > 1 && !force_gemm)
+        for (int p = 0; p < MN_CONV_NPASS; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+    if (!sp->transposed) L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     L->nx = mn_shape_numel(&L->in);
     L->ny = mn_shape_numel(&L->out);
     L->x = falloc(L->nx, "x");
@@ -136,8 +149,6 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
     fill(L->dy, L->ny, 2, 1.0f);
     fill(L->w, L->nw, 3, 0.05f);
     fill(L->b, cout, 4, 1.0f);
-    if (!sp->transposed && cdiv > 1 && !force_gemm)
-        for (int p = 0; p < MN_CONV_NPASS; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
     if (!sp->transposed && cdiv == 1) {
         L->c.dw = L->dw;
         if (mn_conv3d_choose_algo(&L->c, &L->in, L->ws, L->nws) != MN_OK) return 1;
@@ -352,8 +363,81 @@ static int run_torch(int threads, int reps, double tt[][3], double tb[][3], char
     return 0;
 }
 
+/* GEMM path (a = 0) against Winograd (a = 1) on one layer, alternating, fastest of reps calls after a warm-up:
+ * best[a][pass] wall seconds, cbest[a][pass] process CPU seconds.  Grows the workspace for Winograd. */
+static int gemm_vs_wino(bench_layer *L, int reps, double best[2][3], double cbest[2][3])
+{
+    for (int p = 0; p < 3; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+    const size_t nws = mn_conv3d_workspace_floats(&L->c, &L->in);
+    if (nws > L->nws) {
+        mn_free(&L->ws);
+        L->ws = falloc(nws, "workspace");
+        L->nws = nws;
+    }
+    for (int a = 0; a < 2; a++)
+        for (int p = 0; p < 3; p++) best[a][p] = cbest[a][p] = INFINITY;
+    for (int r = 0; r <= reps; r++)
+        for (int a = 0; a < 2; a++) {
+            for (int p = 0; p < 3; p++) L->c.algo[p] = a ? MN_CONV_ALGO_WINOGRAD : MN_CONV_ALGO_GEMM;
+            for (int p = 0; p < 3; p++) {
+                double t0 = now(), c0 = cpu_now();
+                if (run_pass(L, p, 0) != MN_OK) return 1;
+                double dt = now() - t0, dc = cpu_now() - c0;
+                if (r > 0 && dt < best[a][p]) best[a][p] = dt; /* r = 0: warm-up */
+                if (r > 0 && dc < cbest[a][p]) cbest[a][p] = dc;
+            }
+        }
+    return 0;
+}
+
+/* --sweep: GEMM path against Winograd for every stride-1 3x3x3 convolution shape of MedicalNet resnet10/18/50
+ * (basic and bottleneck blocks give the same 3x3x3 shapes) and the conv_seg head, at input 1x64^3 batch 2 and
+ * 1x112^3 batch 1 and 2; alternating, fastest of reps calls, wall and CPU (CLOCK_PROCESS_CPUTIME_ID) time, and
+ * the pass the rule of MEDNET_CONV_ALGO unset would give (mn_conv3d_rule_algo). */
+static int sweep(int reps)
+{
+    static const struct { int size, batch, e1, e2; } inputs[] = {{64, 2, 16, 8}, {112, 1, 28, 14}, {112, 2, 28, 14}};
+    static const struct { const char *name; int cin, cout, dil, big; } convs[] = {
+        {"layer1 64->64", 64, 64, 1, 1},       {"layer2 128->128", 128, 128, 1, 0}, {"layer3 128->256 d2", 128, 256, 2, 0},
+        {"layer3 256->256 d2", 256, 256, 2, 0}, {"layer4 256->512 d4", 256, 512, 4, 0},
+        {"layer4 512->512 d4", 512, 512, 4, 0}, {"head 32->32", 32, 32, 1, 1}};
+    printf("\nGEMM path vs Winograd per pass, fastest of %d alternating calls, ms wall (CPU); ratio > 1: Winograd "
+           "faster (wall, CPU); rule: the MEDNET_CONV_ALGO-unset choice (w = Winograd, g = GEMM path)\n", reps);
+    printf("%-20s %-12s | %-22s %-22s %-22s | %-11s %-11s %-11s | %s\n", "layer", "input", "fwd gemm/wino",
+           "bwd-d gemm/wino", "bwd-w gemm/wino", "fwd", "bwd-d", "bwd-w", "rule");
+    for (size_t ii = 0; ii < sizeof inputs / sizeof inputs[0]; ii++)
+        for (size_t ci = 0; ci < sizeof convs / sizeof convs[0]; ci++) {
+            const int ext = convs[ci].big ? inputs[ii].e1 : inputs[ii].e2, d = convs[ci].dil;
+            shape_spec sp = {convs[ci].name, 0, convs[ci].cin, convs[ci].cout, ext, 3, 1, d, d, 0, 0, 1};
+            g_batch = inputs[ii].batch;
+            bench_layer L;
+            if (layer_setup(&L, &sp, 1)) return 1;
+            double best[2][3], cbest[2][3];
+            if (gemm_vs_wino(&L, reps, best, cbest)) return 1;
+            char in[32], rule[4] = "---", col[3][32], rat[3][32];
+            snprintf(in, sizeof in, "%dx1x%d^3 @%d^3", inputs[ii].batch, inputs[ii].size, ext);
+            for (int p = 0; p < 3; p++) {
+                rule[p] = mn_conv3d_rule_algo(&L.c, &L.in, p) == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                snprintf(col[p], sizeof col[p], "%.1f/%.1f (%.0f/%.0f)", best[0][p] * 1e3, best[1][p] * 1e3,
+                         cbest[0][p] * 1e3, cbest[1][p] * 1e3);
+                snprintf(rat[p], sizeof rat[p], "%.2f %.2f", best[0][p] / best[1][p], cbest[0][p] / cbest[1][p]);
+            }
+            printf("%-20s %-12s | %-22s %-22s %-22s | %-11s %-11s %-11s | %c/%c/%c\n", convs[ci].name, in, col[0],
+                   col[1], col[2], rat[0], rat[1], rat[2], rule[0], rule[1], rule[2]);
+            fflush(stdout);
+            layer_free(&L);
+        }
+    g_batch = 2;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    int do_sweep = argc > 1 && !strcmp(argv[1], "--sweep");
+    if (do_sweep) {
+        argv++;
+        argc--;
+    }
     int threads = argc > 1 ? atoi(argv[1]) : 0;
     if (threads <= 0) threads = (getenv("SLURM_CPUS_PER_TASK") || getenv("OMP_NUM_THREADS")) ? mn_threads_resolve(0) : 2;
     int reps = argc > 2 ? atoi(argv[2]) : 7;
@@ -361,11 +445,21 @@ int main(int argc, char **argv)
     if (mn_threads_init(threads) != MN_OK) return 1;
     printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d, "
            "MEDNET_CONV_ALGO=%s\n",
-           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: gemm)");
+           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: rule)");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
 
+    if (do_sweep) {
+        double l[3] = {0};
+        FILE *la = fopen("/proc/loadavg", "r");
+        if (la) {
+            if (fscanf(la, "%lf %lf %lf", &l[0], &l[1], &l[2]) != 3) l[0] = l[1] = l[2] = -1;
+            fclose(la);
+        }
+        printf("load average at start: %.2f %.2f %.2f\n", l[0], l[1], l[2]);
+        return sweep(reps);
+    }
     double gemm0 = sgemm_gflops(2048, 5);
     printf("BLIS sgemm 2048^3: %.1f GFLOP/s (measured again after the convolutions; the higher is used)\n\n", gemm0);
 
@@ -435,26 +529,8 @@ int main(int argc, char **argv)
         if (sp->transposed || sp->k != 3 || sp->s != 1) continue;
         bench_layer L;
         if (layer_setup(&L, sp, 1)) return 1;
-        for (int p = 0; p < 3; p++) L.c.algo[p] = MN_CONV_ALGO_WINOGRAD;
-        const size_t nws = mn_conv3d_workspace_floats(&L.c, &L.in);
-        if (nws > L.nws) {
-            mn_free(&L.ws);
-            L.ws = falloc(nws, "workspace");
-            L.nws = nws;
-        }
-        double best[2][3];
-        for (int a = 0; a < 2; a++)
-            for (int p = 0; p < 3; p++) best[a][p] = INFINITY;
-        for (int r = 0; r <= reps; r++)
-            for (int a = 0; a < 2; a++) {
-                for (int p = 0; p < 3; p++) L.c.algo[p] = a ? MN_CONV_ALGO_WINOGRAD : MN_CONV_ALGO_GEMM;
-                for (int p = 0; p < 3; p++) {
-                    double t0 = now();
-                    if (run_pass(&L, p, 0) != MN_OK) return 1;
-                    double dt = now() - t0;
-                    if (r > 0 && dt < best[a][p]) best[a][p] = dt; /* r = 0: warm-up */
-                }
-            }
+        double best[2][3], cbest[2][3];
+        if (gemm_vs_wino(&L, reps, best, cbest)) return 1;
         printf("%-32s | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %5.2f %5.2f %5.2f\n", sp->name, best[0][0] * 1e3,
                best[0][1] * 1e3, best[0][2] * 1e3, best[1][0] * 1e3, best[1][1] * 1e3, best[1][2] * 1e3,
                best[0][0] / best[1][0], best[0][1] / best[1][1], best[0][2] / best[1][2]);

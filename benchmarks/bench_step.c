@@ -1,13 +1,19 @@
 /* bench_step: one full MedicalNet training step (forward, loss, backward, SGD update) in mednet next to the same
  * step in PyTorch (benchmarks/torch_step.py), measured in the same run.
  *
- *   bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... [--breakdown]
+ *   bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... [--breakdown] [--vs-algo A]
  *                           the table: resnet10/18/50 at 1x64^3 batch 2 and at 1x112^3 batch 1, resnet10 at 1x112^3
  *                           batch 2 (--quick: 64^3 only; --config depth,size,batch replaces the list); mednet and
  *                           PyTorch alternate R times (default 2), best median kept
  *   bench_step --one DEPTH SIZE BATCH [--threads T] ...     one configuration (used by the table driver)
  *
- * --breakdown adds, under each row, mednet's step split by layer type (encoder conv forward / backward-data /
+ * --vs-algo A adds a second mednet run per repetition with MEDNET_CONV_ALGO=A (gemm, winograd, auto, rule),
+ * alternating with the default run (MEDNET_CONV_ALGO as in the environment, unset = the rule) and PyTorch, and
+ * prints its step time, peak memory and ratios in extra columns.  Every time is also given as CPU time (process
+ * CPU seconds per step, all threads, median over the timed steps), which a loaded machine disturbs less than
+ * wall time; the header gives the load average at start and end.
+ *
+ * --breakdown adds, under each row, the convolution plan (mn_model_conv_plan) and mednet's step split by layer type (encoder conv forward / backward-data /
  * backward-weights, batch norm, ReLU, pooling, the head, the loss, the SGD update, the rest) as the mean over the
  * timed steps of the best run (mednet/prof.h), and the minor page faults per step.
  *
@@ -25,6 +31,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "mednet/mem.h"
@@ -50,14 +57,31 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void loadavg(double l[3])
+{
+    l[0] = l[1] = l[2] = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f) return;
+    if (fscanf(f, "%lf %lf %lf", &l[0], &l[1], &l[2]) != 3) l[0] = l[1] = l[2] = -1;
+    fclose(f);
+}
+
 static long minor_faults(void)
 {
     struct rusage u;
     return getrusage(RUSAGE_SELF, &u) == 0 ? u.ru_minflt : 0;
 }
 
-/* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0", and with `breakdown` one
- * "BREAKDOWN kind seconds_per_step" line per kind and "FAULTS minor_faults_per_step" before it. */
+/* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0 step_cpu_s", and with `breakdown`
+ * "PLAN line" lines (the convolution plan), one "BREAKDOWN kind seconds_per_step" line per kind and
+ * "FAULTS minor_faults_per_step" before it. */
 static int run_one(int depth, int size, int batch, int steps, const char *dir, int breakdown)
 {
     mn_head_spec head = {0, 2};
@@ -92,14 +116,15 @@ static int run_one(int depth, int size, int batch, int steps, const char *dir, i
     const float *G = mn_model_grads(m);
     size_t np = mn_model_num_params(m);
     const float lr = 1e-3f;
-    double *t = calloc((size_t)steps + 1, sizeof *t), loss0 = 0;
+    double *t = calloc((size_t)steps + 1, sizeof *t), *tc = calloc((size_t)steps + 1, sizeof *tc), loss0 = 0;
+    if (!t || !tc) return 1;
     long faults0 = 0;
     for (int k = 0; k <= steps; k++) {
         if (k == 1) { /* after the warm-up step: the steady state */
             mn_prof_enable(breakdown);
             faults0 = minor_faults();
         }
-        double t0 = now(), loss = 0;
+        double t0 = now(), c0 = cpu_now(), loss = 0;
         if (mn_model_forward(m, x, &hb, 1) || mn_model_loss(m, 0, lab, 1.0f, &loss) || mn_model_zero_grad(m) ||
             mn_model_backward(m))
             return 1;
@@ -107,28 +132,35 @@ static int run_one(int depth, int size, int batch, int steps, const char *dir, i
         for (size_t i = 0; i < np; i++) P[i] -= lr * G[i];
         mn_prof_pop();
         t[k] = now() - t0;
+        tc[k] = cpu_now() - c0;
         if (k == 0) loss0 = loss;
     }
     long faults = minor_faults() - faults0;
     if (breakdown) {
+        char plan[8192];
+        mn_model_conv_plan(m, plan, sizeof plan);
+        for (char *line = strtok(plan, "\n"); line; line = strtok(NULL, "\n")) printf("PLAN %s\n", line);
         printf("FAULTS %.1f\n", (double)faults / steps);
         for (int k = 0; k < MN_PROF_NKINDS; k++)
             printf("BREAKDOWN %s|%.6f\n", mn_prof_name((mn_prof_kind)k), mn_prof_seconds((mn_prof_kind)k) / steps);
     }
     qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
+    qsort(tc + 1, (size_t)steps, sizeof *tc, cmp_double);
     double med = t[1 + steps / 2];
     double gflops = 3.0 * mn_model_forward_flops(m, &hb, 1) / med / 1e9;
-    printf("RESULT %.6f %.3f %.1f %.8f\n", med, gflops, (double)mn_mem_peak_rss() / 1048576.0, loss0);
+    printf("RESULT %.6f %.3f %.1f %.8f %.6f\n", med, gflops, (double)mn_mem_peak_rss() / 1048576.0, loss0,
+           tc[1 + steps / 2]);
     free(t);
+    free(tc);
     mn_free(&x);
     mn_free(&lab);
     mn_model_destroy(&m);
     return 0;
 }
 
-/* Run a command and parse its RESULT line into v[0..3]; 0 on success.  FAULTS and BREAKDOWN lines are kept in
- * `extra` (may be NULL). */
-static int run_child(const char *cmd, double v[4], char *extra, size_t extra_len)
+/* Run a command and parse its RESULT line into v[0..4]; 0 on success.  PLAN, FAULTS and BREAKDOWN lines are kept
+ * in `extra` (may be NULL). */
+static int run_child(const char *cmd, double v[5], char *extra, size_t extra_len)
 {
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
@@ -136,9 +168,11 @@ static int run_child(const char *cmd, double v[4], char *extra, size_t extra_len
     int found = 0;
     if (extra) extra[0] = 0;
     while (fgets(line, sizeof line, p))
-        if (!strncmp(line, "RESULT ", 7) && sscanf(line + 7, "%lf %lf %lf %lf", &v[0], &v[1], &v[2], &v[3]) == 4)
+        if (!strncmp(line, "RESULT ", 7) &&
+            sscanf(line + 7, "%lf %lf %lf %lf %lf", &v[0], &v[1], &v[2], &v[3], &v[4]) == 5)
             found = 1;
-        else if (extra && (!strncmp(line, "BREAKDOWN ", 10) || !strncmp(line, "FAULTS ", 7)))
+        else if (extra && (!strncmp(line, "BREAKDOWN ", 10) || !strncmp(line, "FAULTS ", 7) ||
+                           !strncmp(line, "PLAN ", 5)))
             strncat(extra, line, extra_len - strlen(extra) - 1);
         else
             fputs(line, stderr);
@@ -151,6 +185,12 @@ static void print_breakdown(const char *extra, double step)
 {
     const char *p = extra;
     double faults = -1, sum = 0;
+    for (const char *q = extra; q && *q;) { /* the plan first */
+        const char *nl = strchr(q, '\n');
+        const int n = nl ? (int)(nl - q) : (int)strlen(q);
+        if (!strncmp(q, "PLAN ", 5)) printf("    conv plan: %.*s\n", n - 5, q + 5);
+        q = nl ? nl + 1 : NULL;
+    }
     printf("    step breakdown (mean per step of the best run; median step %.3f s):", step);
     while (p && *p) {
         const char *nl = strchr(p, '\n');
@@ -176,7 +216,7 @@ int main(int argc, char **argv)
     int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, size = 64, batch = 2, repeat = 2, breakdown = 0;
     int cfg[16][3] = {{10, 64, 2}, {18, 64, 2}, {50, 64, 2}, {10, 112, 1}, {18, 112, 1}, {50, 112, 1}, {10, 112, 2}};
     int ncfg = 7, user_cfg = 0;
-    const char *dir_arg = NULL;
+    const char *dir_arg = NULL, *vs_algo = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
@@ -188,6 +228,8 @@ int main(int argc, char **argv)
             quick = 1;
         else if (!strcmp(argv[i], "--breakdown"))
             breakdown = 1;
+        else if (!strcmp(argv[i], "--vs-algo") && i + 1 < argc)
+            vs_algo = argv[++i];
         else if (!strcmp(argv[i], "--config") && i + 1 < argc && user_cfg < 16) {
             if (sscanf(argv[++i], "%d,%d,%d", &cfg[user_cfg][0], &cfg[user_cfg][1], &cfg[user_cfg][2]) != 3) return 2;
             ncfg = ++user_cfg;
@@ -201,11 +243,17 @@ int main(int argc, char **argv)
             batch = atoi(argv[++i]);
         } else {
             fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... "
-                            "[--breakdown] | --one DEPTH SIZE BATCH --dir D [--breakdown]\n");
+                            "[--breakdown] [--vs-algo gemm|winograd|auto|rule] | --one DEPTH SIZE BATCH --dir D "
+                            "[--breakdown]\n");
             return 2;
         }
     }
     if (steps < 1 || threads < 1 || repeat < 1) return 2;
+    if (vs_algo && strcmp(vs_algo, "gemm") && strcmp(vs_algo, "winograd") && strcmp(vs_algo, "auto") &&
+        strcmp(vs_algo, "rule")) {
+        fprintf(stderr, "bench_step: --vs-algo '%s': expected gemm, winograd, auto or rule\n", vs_algo);
+        return 2;
+    }
     if (mn_threads_init(threads) != MN_OK) return 1;
     if (one) return run_one(depth, size, batch, steps, dir_arg ? dir_arg : "/tmp", breakdown);
 
@@ -233,23 +281,43 @@ int main(int argc, char **argv)
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
-    printf("%-10s %-14s | %10s %8s %9s | %10s %9s | %7s %7s | %s\n", "model", "input", "mednet s", "GFLOP/s",
-           "peak MiB", "torch s", "peak MiB", "speedup", "mem", "first-step loss (mednet / torch)");
+    const char *algo_env = getenv("MEDNET_CONV_ALGO");
+    printf("convolution algorithm: MEDNET_CONV_ALGO=%s%s%s\n", algo_env && *algo_env ? algo_env : "(unset: rule)",
+           vs_algo ? "; second mednet column: MEDNET_CONV_ALGO=" : "", vs_algo ? vs_algo : "");
+    double la[3];
+    loadavg(la);
+    printf("load average at start: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
+    printf("%-10s %-14s | %16s %8s %9s |", "model", "input", "mednet s (cpu)", "GFLOP/s", "peak MiB");
+    if (vs_algo) printf(" %16s %9s |", "mednet-A s (cpu)", "peak MiB");
+    printf(" %16s %9s | %13s %7s |", "torch s (cpu)", "peak MiB", "speedup (cpu)", "mem");
+    if (vs_algo) printf(" %13s %7s |", "A: spd (cpu)", "A: mem");
+    printf(" %s\n", "first-step loss (mednet / torch)");
     for (int i = 0; i < ncfg; i++) {
         /* mednet and PyTorch alternate R times; each side keeps its best median (the machine is shared, and the
          * minimum is the estimate least disturbed by other processes). */
-        double a[4] = {0}, b[4] = {0};
-        char extra[2048] = "", rextra[2048];
+        double a[5] = {0}, b[5] = {0}, v[5] = {0};
+        static char extra[16384], rextra[16384];
+        extra[0] = 0;
         int fail = 0;
         for (int rep = 0; rep < repeat && !fail; rep++) {
             char cmd[2048];
-            double ra[4] = {0}, rb[4] = {0};
+            double ra[5] = {0}, rb[5] = {0}, rv[5] = {0};
             snprintf(cmd, sizeof cmd, "%s --one %d %d %d --threads %d --steps %d --dir %s%s", self, cfg[i][0],
                      cfg[i][1], cfg[i][2], threads, steps, dir, breakdown ? " --breakdown" : "");
             if (run_child(cmd, ra, rextra, sizeof rextra)) {
                 fprintf(stderr, "mednet run failed: %s\n", cmd);
                 fail = 1;
                 break;
+            }
+            if (vs_algo) {
+                snprintf(cmd, sizeof cmd, "MEDNET_CONV_ALGO=%s %s --one %d %d %d --threads %d --steps %d --dir %s",
+                         vs_algo, self, cfg[i][0], cfg[i][1], cfg[i][2], threads, steps, dir);
+                if (run_child(cmd, rv, NULL, 0)) {
+                    fprintf(stderr, "mednet run failed: %s\n", cmd);
+                    fail = 1;
+                    break;
+                }
+                if (rep == 0 || rv[0] < v[0]) memcpy(v, rv, sizeof v);
             }
             snprintf(cmd, sizeof cmd,
                      "%s%s %s --depth %d --weights %s/w.safetensors --inputs %s/in.safetensors --threads %d --steps %d",
@@ -270,17 +338,28 @@ int main(int argc, char **argv)
             continue;
         }
         double rel = fabs(a[3] - b[3]) / fabs(b[3]);
-        int valid = rel < 1e-3;
+        int valid = rel < 1e-3 && (!vs_algo || fabs(v[3] - b[3]) / fabs(b[3]) < 1e-3);
         if (!valid) bad = 1;
         char in[32];
         snprintf(in, sizeof in, "%dx1x%d^3", cfg[i][2], cfg[i][1]);
-        printf("resnet%-4d %-14s | %10.3f %8.1f %9.0f | %10.3f %9.0f | %6.2fx %6.2fx | %.6f / %.6f %s\n", cfg[i][0],
-               in, a[0], a[1], a[2], b[0], b[2], b[0] / a[0], a[2] / b[2], a[3], b[3],
-               valid ? "(match)" : "(MISMATCH)");
+        char ta[32], tb[32], tv[32], sa[32], sv[32];
+        snprintf(ta, sizeof ta, "%.3f (%.3f)", a[0], a[4]);
+        snprintf(tb, sizeof tb, "%.3f (%.3f)", b[0], b[4]);
+        snprintf(tv, sizeof tv, "%.3f (%.3f)", v[0], v[4]);
+        snprintf(sa, sizeof sa, "%.2fx (%.2fx)", b[0] / a[0], b[4] / a[4]);
+        snprintf(sv, sizeof sv, "%.2fx (%.2fx)", b[0] / v[0], b[4] / v[4]);
+        printf("resnet%-4d %-14s | %16s %8.1f %9.0f |", cfg[i][0], in, ta, a[1], a[2]);
+        if (vs_algo) printf(" %16s %9.0f |", tv, v[2]);
+        printf(" %16s %9.0f | %13s %6.2fx |", tb, b[2], sa, a[2] / b[2]);
+        if (vs_algo) printf(" %13s %6.2fx |", sv, v[2] / b[2]);
+        printf(" %.6f / %.6f %s\n", a[3], b[3], valid ? "(match)" : "(MISMATCH)");
         if (breakdown) print_breakdown(extra, a[0]);
         fflush(stdout);
     }
-    printf("speedup = torch time / mednet time (> 1: mednet faster); mem = mednet peak / torch peak (< 1: less)\n");
+    loadavg(la);
+    printf("load average at end: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
+    printf("speedup = torch time / mednet time (> 1: mednet faster; wall, CPU in parentheses); mem = mednet peak / "
+           "torch peak (< 1: less)\n");
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);

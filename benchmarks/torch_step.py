@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """torch_step.py: the PyTorch side of benchmarks/bench_step.c: one MedicalNet training step (forward, CE loss on
 nearest-downsampled labels, backward, plain SGD update) of the test-side model (tests/ref/model_ref.py) loaded with
-mednet's exported weights; prints "RESULT median_step_s 0 peak_rss_mib first_step_loss".
+mednet's exported weights; prints "RESULT median_step_s 0 peak_rss_mib first_step_loss median_step_cpu_s" (CPU
+time of the process, all threads).
 
   torch_step.py --depth 10 --weights w.safetensors --inputs in.safetensors --threads 2 --steps 5
 """
@@ -35,19 +36,22 @@ def main():
     model.load_state_dict(sd, strict=True)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    times, loss0 = [], None
+    times, cpus, loss0 = [], [], None
     for k in range(a.steps + 1):
         t0 = time.perf_counter()
+        c0 = time.process_time()
         opt.zero_grad()
         loss = seg_loss(model(x), labels, False, x.shape)
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         if k == 0:
             loss0 = loss.item()
     t = sorted(times[1:])
+    c = sorted(cpus[1:])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print("RESULT %.6f 0 %.1f %.8f" % (t[len(t) // 2], peak, loss0))
+    print("RESULT %.6f 0 %.1f %.8f %.6f" % (t[len(t) // 2], peak, loss0, c[len(c) // 2]))
     return 0
 
 

@@ -34,7 +34,8 @@ typedef struct mn_conv3d {
 mn_err mn_conv3d_out_shape(const mn_conv3d *l, const mn_shape *in, mn_shape *out);
 
 /* Workspace (floats) needed by forward and backward for input shape `in`: the GEMM path's, and Winograd's when
- * l->algo asks for it on some pass or MEDNET_CONV_ALGO (auto, winograd) lets mn_conv3d_choose_algo pick it. */
+ * l->algo asks for it on some pass or mn_conv3d_choose_algo may pick it (MEDNET_CONV_ALGO auto or winograd, or
+ * the default rule choosing it for some pass). */
 size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in);
 
 /* y (out shape) is overwritten.  ws: workspace of at least mn_conv3d_workspace_floats floats. Not thread-safe on
@@ -63,12 +64,25 @@ const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
  * (otherwise the GEMM path runs), else the mn_conv3d_algo name; "invalid" for a bad pass or geometry. */
 const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass);
 
+/* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry and the pass, the same
+ * in every process.  Winograd when the layer can run it (see mn_conv3d_pass_algo), the dilation is 1, the smallest
+ * output extent is >= MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS
+ * (forward: MN_WINO_RULE_MIN_CHANNELS_FWD); the GEMM path otherwise (and for a bad pass).  Thresholds from
+ * per-layer measurements over the 3x3x3 shapes of resnet10/18/50 with the conv_seg head at 64^3 and 112^3
+ * (bench_conv3d --sweep): Winograd wins on the undilated 64- and 128-channel layers at 8^3 and up on every pass,
+ * on the head's 32->32 only forward, and loses or ties on the dilated stages. */
+#define MN_WINO_RULE_MIN_CHANNELS 64
+#define MN_WINO_RULE_MIN_CHANNELS_FWD 32
+#define MN_WINO_RULE_MIN_EXTENT 8
+mn_conv_algo mn_conv3d_rule_algo(const mn_conv3d *l, const mn_shape *in, int pass);
+
 /* Set l->algo for input shape `in` by measurement: each pass the layer needs (backward-weights only when
  * l->dw != NULL) is timed once on the GEMM path and once with Winograd (one warm-up, best of two, on private
  * random operands: the layer's parameters and gradients are not touched) and the faster is kept.  Layers Winograd
- * cannot run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or gemm) keeps GEMM everywhere, because
- * a timed choice can differ between processes and a resumed run must match an uninterrupted one bit for bit;
- * winograd takes Winograd wherever it can run; another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
+ * cannot run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or rule) applies mn_conv3d_rule_algo
+ * without timing, because a timed choice can differ between processes and a resumed run must match an
+ * uninterrupted one bit for bit; gemm keeps the GEMM path everywhere; winograd takes Winograd wherever it can run;
+ * another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
  * destroyed).  Allocates the timing operands for the duration of the call.  Not collective: ranks may choose
  * differently, which changes rounding, not results beyond fp32 tolerance. */
 mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t ws_floats);

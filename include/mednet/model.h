@@ -180,6 +180,13 @@ typedef struct mn_model_memory {
 } mn_model_memory;
 mn_model_memory mn_model_memory_plan(const mn_model *m);
 
+/* The convolution plan for the planned input: one line per group of convolutions with the same geometry, input
+ * shape and per-pass algorithm, in order of first use (encoder, then heads), e.g. "layer1.0.conv1 +3 like it:
+ * 64->64 k3 s1 d1 @2x16^3: winograd/winograd/winograd" (forward / backward-data / backward-weights: direct, dense,
+ * taps or winograd), each line ending in a newline.  Writes at most len bytes (truncated, NUL-terminated); returns the
+ * length the whole text needs, or 0 without a planned input. */
+size_t mn_model_conv_plan(const mn_model *m, char *buf, size_t len);
+
 /* Dense convolution FLOPs of one forward pass of the encoder + the given head batches (backward costs 2x). */
 double mn_model_forward_flops(const mn_model *m, const mn_head_batch *hb, int nhb);
 

@@ -6,7 +6,8 @@
  *                [--import in.safetensors [--strict]]
  *
  * With --input the activations are planned for that local batch and the memory plan (parameters, activations,
- * workspace, scratch) and the convolution FLOPs of one training step are printed.  Export/import go through
+ * workspace, scratch), the convolution FLOPs of one training step and the convolution plan (the algorithm of each
+ * pass of each convolution, mn_model_conv_plan) are printed.  Export/import go through
  * safetensors with MedicalNet's state-dict names; only rank 0 writes.  Every rank parses the same arguments, so
  * a bad argument is an error all ranks agree on.
  */
@@ -168,6 +169,12 @@ static mn_err model_cmd(int argc, char **argv, int rank)
         mn_log_info("  grad scratch    %9.1f MiB", mib(mp.scratch_bytes));
         mn_log_info("  total planned   %9.1f MiB (optimizer state not included)", mib(mp.total_bytes));
         mn_log_info("  conv FLOPs: forward %.2f GFLOP, training step ~%.2f GFLOP", gf, 3 * gf);
+        const char *algo = getenv("MEDNET_CONV_ALGO");
+        mn_log_info("convolution plan (MEDNET_CONV_ALGO=%s; passes forward/backward-data/backward-weights):",
+                    algo && *algo ? algo : "rule, the default");
+        char plan[8192];
+        mn_model_conv_plan(m, plan, sizeof plan);
+        for (char *line = strtok(plan, "\n"); line; line = strtok(NULL, "\n")) mn_log_info("  %s", line);
     }
     mn_err err = MN_OK;
     if (list)

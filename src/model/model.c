@@ -248,6 +248,105 @@ static mn_err tune_convs(mn_model *m)
     return err;
 }
 
+/* mn_model_conv_plan: convolutions grouped by geometry, input shape and per-pass algorithm, in order of first use. */
+typedef struct plan_group {
+    const mn_conv3d *c;
+    mn_shape in;
+    char first[48];
+    int count;
+} plan_group;
+
+typedef struct plan_list {
+    plan_group g[64];
+    int n;
+} plan_list;
+
+static int same_conv(const mn_conv3d *a, const mn_shape *ain, const mn_conv3d *b, const mn_shape *bin)
+{
+    if (a->cin != b->cin || a->cout != b->cout || memcmp(ain, bin, sizeof *ain)) return 0;
+    for (int i = 0; i < 3; i++)
+        if (a->k[i] != b->k[i] || a->s[i] != b->s[i] || a->p[i] != b->p[i] || a->dil[i] != b->dil[i]) return 0;
+    for (int p = 0; p < MN_CONV_NPASS; p++)
+        if (strcmp(mn_conv3d_pass_algo(a, ain, p), mn_conv3d_pass_algo(b, bin, p))) return 0;
+    return 1;
+}
+
+static void plan_add(plan_list *pl, const mn_conv3d *c, const mn_shape *in, const char *name)
+{
+    for (int i = 0; i < pl->n; i++)
+        if (same_conv(pl->g[i].c, &pl->g[i].in, c, in)) {
+            pl->g[i].count++;
+            return;
+        }
+    if (pl->n >= (int)(sizeof pl->g / sizeof pl->g[0])) return;
+    plan_group *g = &pl->g[pl->n++];
+    g->c = c;
+    g->in = *in;
+    g->count = 1;
+    snprintf(g->first, sizeof g->first, "%s", name);
+}
+
+size_t mn_model_conv_plan(const mn_model *m, char *buf, size_t len)
+{
+    if (!m || m->cfg.input.n <= 0) return 0;
+    if (buf && len) buf[0] = '\0';
+    plan_list *pl = calloc(1, sizeof *pl);
+    if (!pl) return 0;
+    plan_add(pl, &m->conv1, &m->in_shape, "conv1");
+    int layers[4], bott = 0;
+    depth_layers(m->cfg.depth, layers, &bott);
+    char nm[48];
+    for (int i = 0, st = 0, idx = 0; i < m->nblocks; i++, idx++) {
+        while (st < 3 && idx >= layers[st]) {
+            st++;
+            idx = 0;
+        }
+        const mn_block *b = &m->blocks[i];
+        snprintf(nm, sizeof nm, "layer%d.%d.conv1", st + 1, idx);
+        plan_add(pl, &b->c1, &b->in, nm);
+        snprintf(nm, sizeof nm, "layer%d.%d.conv2", st + 1, idx);
+        plan_add(pl, &b->c2, &b->s1, nm);
+        if (b->bottleneck) {
+            snprintf(nm, sizeof nm, "layer%d.%d.conv3", st + 1, idx);
+            plan_add(pl, &b->c3, &b->s2, nm);
+        }
+        if (b->shortcut == SC_B) {
+            snprintf(nm, sizeof nm, "layer%d.%d.downsample", st + 1, idx);
+            plan_add(pl, &b->dsc, &b->in, nm);
+        }
+    }
+    for (int h = 0; h < m->nheads; h++) {
+        const mn_head *hd = &m->heads[h];
+        if (m->cfg.head_kind != MN_HEAD_SEG) continue;
+        mn_shape q = m->head_q_shape;
+        q.c = hd->hc2.cin;
+        snprintf(nm, sizeof nm, m->nheads > 1 ? "head%d:conv_seg.3" : "conv_seg.3", hd->id);
+        plan_add(pl, &hd->hc2, &q, nm);
+        q.c = hd->hc3.cin;
+        snprintf(nm, sizeof nm, m->nheads > 1 ? "head%d:conv_seg.6" : "conv_seg.6", hd->id);
+        plan_add(pl, &hd->hc3, &q, nm);
+    }
+    size_t k = 0;
+    for (int i = 0; i < pl->n; i++) {
+        const plan_group *g = &pl->g[i];
+        const mn_conv3d *c = g->c;
+        char ext[48], more[32] = "";
+        if (g->in.d == g->in.h && g->in.h == g->in.w)
+            snprintf(ext, sizeof ext, "%d^3", g->in.d);
+        else
+            snprintf(ext, sizeof ext, "%dx%dx%d", g->in.d, g->in.h, g->in.w);
+        if (g->count > 1) snprintf(more, sizeof more, " +%d like it", g->count - 1);
+        int n = snprintf(buf && k < len ? buf + k : NULL, buf && k < len ? len - k : 0,
+                         "%s%s: %d->%d k%d s%d d%d @%dx%s: %s/%s/%s\n", g->first, more, c->cin, c->cout, c->k[0],
+                         c->s[0], c->dil[0], g->in.n, ext, mn_conv3d_pass_algo(c, &g->in, MN_CONV_PASS_FWD),
+                         mn_conv3d_pass_algo(c, &g->in, MN_CONV_PASS_BWD_DATA),
+                         mn_conv3d_pass_algo(c, &g->in, MN_CONV_PASS_BWD_WEIGHTS));
+        if (n > 0) k += (size_t)n;
+    }
+    free(pl);
+    return k;
+}
+
 /* One residual block: names layer<stage>.<index>.*, parameters contiguous. */
 static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int planes, int stride, int dil,
                     const mn_shape *in, const float *x)

@@ -22,13 +22,15 @@
 #include "mednet/loss.h"
 #include "mednet/prof.h"
 #include "model/model_impl.h"
+#include "nn/simd_clones.h"
 
-/* g = 0 where y <= 0 (ReLU backward from its output, in place). */
+/* g = 0 where y <= 0 (ReLU backward from its output, in place).  Every element is stored (a select, not a
+ * conditional store): the conditional store stayed scalar without AVX-512 masked stores. */
+MN_SIMD_CLONES
 static void relu_mask(size_t n, float *g, const float *y)
 {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++)
-        if (!(y[i] > 0.0f)) g[i] = 0.0f;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) g[i] = y[i] > 0.0f ? g[i] : 0.0f;
 }
 
 /* Run `stmt` charged to a kind of the step's time breakdown (mednet/prof.h; one branch when it is off). */

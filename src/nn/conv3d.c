@@ -342,8 +342,11 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
         ws = rows * cols + (size_t)l->cout * cols + rows * l->cout;
     }
     /* Winograd's share when the layer asks for it or mn_conv3d_choose_algo may pick it. */
-    int wino_possible = mn_wino_env_force() != MN_CONV_ALGO_GEMM;
-    for (int i = 0; i < MN_CONV_NPASS; i++) wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD;
+    const int env = mn_wino_env_force();
+    int wino_possible = env != MN_CONV_ALGO_GEMM && env != MN_CONV_ENV_RULE;
+    for (int i = 0; i < MN_CONV_NPASS; i++)
+        wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD ||
+                         (env == MN_CONV_ENV_RULE && mn_conv3d_rule_algo(l, in, i) == MN_CONV_ALGO_WINOGRAD);
     const size_t wino = wino_possible ? mn_wino_workspace_floats(l, in) : 0;
     return ws > wino ? ws : wino;
 }

@@ -15,6 +15,7 @@
  * mn_maxpool3d_forward_ref, which it matches bit for bit (values and argmax); the tests check this.
  */
 #include "mednet/layers.h"
+#include "nn/simd_clones.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -136,6 +137,8 @@ static inline __attribute__((always_inline)) void max_tap(const float *prow, int
  * rounded up to a multiple of 16 lanes (the extra lanes read padding and are dropped).  For each output the taps
  * are still visited in (z, y, x) order, so ties and NaNs resolve exactly as in mn_maxpool3d_forward_ref.  Rows
  * too long for the stack buffers take the reference path. */
+/* Cloned for AVX2/AVX-512 (simd_clones.h): the 16-wide max/argmax loops below. */
+MN_SIMD_CLONES
 mn_err mn_maxpool3d_forward(const mn_maxpool3d *l, const mn_shape *in, const float *x, float *y, int32_t *argmax)
 {
     mn_shape out = {0, 0, 0, 0, 0};

@@ -44,6 +44,7 @@
  * (MEDNET_CONV_ALGO=auto; unset or gemm keeps the GEMM path, winograd forces Winograd where it can run).
  */
 #include "nn/winograd.h"
+#include "nn/simd_clones.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -67,13 +68,8 @@
 #define WG_PAD 32
 static inline size_t pstride(size_t n) { return n + WG_PAD; }
 
-/* Clone the transforms for AVX2 and AVX-512 where the compiler supports it: the library is built for baseline
- * x86-64 (SSE2), and the transforms are element-wise loops that gain 2-4x from wider vectors. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MN_WINO_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define MN_WINO_CLONES
-#endif
+/* Clone the transforms for AVX2 and AVX-512 where the compiler supports it (simd_clones.h). */
+#define MN_WINO_CLONES MN_SIMD_CLONES
 
 /* One dimension's tiling. */
 typedef struct wdim {
@@ -688,13 +684,14 @@ mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *
 
 int mn_wino_env_force(void)
 {
-    /* Unset means GEMM: a choice by timing can differ between two processes, and a resumed run must reproduce an
-     * uninterrupted one bit for bit (DESIGN.md, checkpoints).  "auto" opts in. */
+    /* Unset means the fixed rule (mn_conv3d_rule_algo): a choice by timing can differ between two processes, and a
+     * resumed run must reproduce an uninterrupted one bit for bit (DESIGN.md, checkpoints).  "auto" opts in. */
     const char *e = getenv("MEDNET_CONV_ALGO");
-    if (e && !strcmp(e, "auto")) return -1;
-    if (!e || !*e || !strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
+    if (!e || !*e || !strcmp(e, "rule")) return MN_CONV_ENV_RULE;
+    if (!strcmp(e, "auto")) return MN_CONV_ENV_AUTO;
+    if (!strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
     if (!strcmp(e, "winograd")) return MN_CONV_ALGO_WINOGRAD;
-    return -2;
+    return MN_CONV_ENV_BAD;
 }
 
 static double now_s(void)
@@ -734,11 +731,14 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     MN_CALL(mn_conv3d_out_shape(l, in, &out));
     for (int i = 0; i < MN_CONV_NPASS; i++) l->algo[i] = MN_CONV_ALGO_GEMM;
     const int force = mn_wino_env_force();
-    MN_CHECK(force != -2, MN_ERR_ARG, "MEDNET_CONV_ALGO='%s': expected gemm, winograd or auto",
+    MN_CHECK(force != MN_CONV_ENV_BAD, MN_ERR_ARG,
+             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd or auto",
              getenv("MEDNET_CONV_ALGO"));
     if (force == MN_CONV_ALGO_GEMM || !mn_wino_eligible(l, in)) return MN_OK;
-    if (force == MN_CONV_ALGO_WINOGRAD) {
-        for (int i = 0; i < MN_CONV_NPASS; i++) l->algo[i] = MN_CONV_ALGO_WINOGRAD;
+    if (force == MN_CONV_ALGO_WINOGRAD || force == MN_CONV_ENV_RULE) {
+        for (int i = 0; i < MN_CONV_NPASS; i++)
+            l->algo[i] = (unsigned char)(force == MN_CONV_ALGO_WINOGRAD ? MN_CONV_ALGO_WINOGRAD
+                                                                        : mn_conv3d_rule_algo(l, in, i));
         return MN_OK;
     }
     const size_t need = mn_conv3d_workspace_floats(l, in);
@@ -770,4 +770,19 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     }
     mn_free(&buf);
     return err;
+}
+
+mn_conv_algo mn_conv3d_rule_algo(const mn_conv3d *l, const mn_shape *in, int pass)
+{
+    if (pass < 0 || pass >= MN_CONV_NPASS || !mn_wino_eligible(l, in)) return MN_CONV_ALGO_GEMM;
+    /* Measured (bench_conv3d --sweep, README "Convolution algorithm"): see MN_WINO_RULE_* in conv3d.h. */
+    const int minch = pass == MN_CONV_PASS_FWD ? MN_WINO_RULE_MIN_CHANNELS_FWD : MN_WINO_RULE_MIN_CHANNELS;
+    const mn_shape out = out_shape(l, in);
+    int minext = out.d < out.h ? out.d : out.h;
+    if (out.w < minext) minext = out.w;
+    for (int i = 0; i < 3; i++)
+        if (l->dil[i] != 1) return MN_CONV_ALGO_GEMM;
+    if (l->cin < minch || l->cout < minch) return MN_CONV_ALGO_GEMM;
+    if (minext < MN_WINO_RULE_MIN_EXTENT) return MN_CONV_ALGO_GEMM;
+    return MN_CONV_ALGO_WINOGRAD;
 }

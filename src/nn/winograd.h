@@ -34,8 +34,9 @@ mn_err mn_wino_backward_weights(const mn_conv3d *l, const mn_shape *in, const mn
 mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x, const float *dy,
                         float *dx, float *ws);
 
-/* MEDNET_CONV_ALGO: -1 "auto" (measure), MN_CONV_ALGO_GEMM (unset, empty or "gemm"), MN_CONV_ALGO_WINOGRAD
- * ("winograd"), -2 anything else. */
+/* MEDNET_CONV_ALGO: MN_CONV_ENV_RULE (unset, empty or "rule": mn_conv3d_rule_algo), MN_CONV_ALGO_GEMM ("gemm"),
+ * MN_CONV_ALGO_WINOGRAD ("winograd"), MN_CONV_ENV_AUTO ("auto": measure), MN_CONV_ENV_BAD (anything else). */
+enum { MN_CONV_ENV_AUTO = -1, MN_CONV_ENV_BAD = -2, MN_CONV_ENV_RULE = -3 };
 int mn_wino_env_force(void);
 
 #endif

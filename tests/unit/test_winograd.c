@@ -10,8 +10,13 @@
  * (c) mn_conv3d_pass_algo reports the path; a layer Winograd cannot run (stride 2, kernel 1) keeps the GEMM path
  *     when asked for Winograd and still matches the reference;
  * (d) mn_conv3d_choose_algo: MEDNET_CONV_ALGO=gemm / winograd force the choice, an unknown value is MN_ERR_ARG,
- *     auto measures and leaves the layer's parameters and gradients untouched, unset keeps GEMM; the workspace
- *     size follows l->algo and the variable.
+ *     auto measures and leaves the layer's parameters and gradients untouched, unset applies the rule (GEMM for
+ *     this dilated layer); the workspace size follows l->algo and the variable;
+ * (e) the default rule (mn_conv3d_rule_algo; MEDNET_CONV_ALGO unset, empty or "rule") picks the recorded algorithm
+ *     per pass for the ResNet shapes it was measured on and for the edges of its thresholds, choose_algo applies it
+ *     without timing, the workspace counts Winograd only where the rule takes it, and bad MEDNET_CONV_ALGO values
+ *     (unknown, wrong case, trailing blank) are MN_ERR_ARG.  A change of the rule fails here on purpose: measure
+ *     again (bench_conv3d --sweep) and update the table and README.
  * Runs with 2 threads (the transforms are OpenMP-parallel over channels).
  */
 #include <blis.h>
@@ -156,13 +161,92 @@ static void check_choose(void)
     unsetenv("MEDNET_CONV_ALGO");
     TEST_EXPECT(mn_conv3d_choose_algo(&l, &in, ws, wsn) == MN_OK && l.algo[0] == MN_CONV_ALGO_GEMM &&
                     l.algo[1] == MN_CONV_ALGO_GEMM && l.algo[2] == MN_CONV_ALGO_GEMM,
-                "MEDNET_CONV_ALGO unset: not GEMM on every pass");
+                "MEDNET_CONV_ALGO unset (rule), dilated 12->20 layer: not GEMM on every pass");
     TEST_EXPECT(mn_conv3d_workspace_floats(&l, &in) < wsn, "unset variable, GEMM layer: Winograd workspace counted");
     l.algo[1] = MN_CONV_ALGO_WINOGRAD;
     TEST_EXPECT(mn_conv3d_workspace_floats(&l, &in) == wsn, "layer asking for Winograd: its workspace not counted");
         free(w);
     free(dw);
     free(ws);
+}
+
+/* (e) The default rule: expected choice ("w" Winograd, "g" GEMM path per pass: fwd, bwd-data, bwd-weights). */
+static void check_rule(void)
+{
+    const int k3[3] = {3, 3, 3}, k1[3] = {1, 1, 1}, s1[3] = {1, 1, 1}, s2[3] = {2, 2, 2}, p0[3] = {0, 0, 0},
+              p1[3] = {1, 1, 1}, p2[3] = {2, 2, 2}, p4[3] = {4, 4, 4}, d2[3] = {2, 2, 2}, d4[3] = {4, 4, 4},
+              d121[3] = {1, 2, 1};
+    struct {
+        const char *name;
+        mn_conv3d l;
+        mn_shape in;
+        const char *expect;
+    } t[] = {
+        {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "www"},
+        {"layer1 64->64 @28^3 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 28, 28, 28}, "www"},
+        {"layer2 128->128 @8^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 8, 8, 8}, "www"},
+        {"layer2 128->128 @14^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 14, 14, 14}, "www"},
+        {"layer2.0.conv1 64->128 s2 @16^3", mk(64, 128, k3, s2, p1, s1), {2, 64, 16, 16, 16}, "ggg"},
+        {"layer3 128->256 d2 @8^3", mk(128, 256, k3, s1, p2, d2), {2, 128, 8, 8, 8}, "ggg"},
+        {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "ggg"},
+        {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "ggg"},
+        {"head 32->32 @16^3", mk(32, 32, k3, s1, p1, s1), {2, 32, 16, 16, 16}, "wgg"},
+        {"head 32->32 @28^3", mk(32, 32, k3, s1, p1, s1), {1, 32, 28, 28, 28}, "wgg"},
+        {"1x1 64->64", mk(64, 64, k1, s1, p0, s1), {2, 64, 16, 16, 16}, "ggg"},
+        {"64->64 @7^3 (below the extent threshold)", mk(64, 64, k3, s1, p1, s1), {2, 64, 7, 7, 7}, "ggg"},
+        {"64->64 @8x8x7 (smallest extent counts)", mk(64, 64, k3, s1, p1, s1), {2, 64, 8, 8, 7}, "ggg"},
+        {"64->64 p0 @10^3 (output 8^3)", mk(64, 64, k3, s1, p0, s1), {2, 64, 10, 10, 10}, "www"},
+        {"63->64 @16^3 (below 64 channels)", mk(63, 64, k3, s1, p1, s1), {2, 63, 16, 16, 16}, "wgg"},
+        {"64->31 @16^3 (below 32 channels)", mk(64, 31, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "ggg"},
+        {"64->64 dilation (1,2,1)", mk(64, 64, k3, s1, p1, d121), {2, 64, 16, 16, 16}, "ggg"},
+    };
+    const char *envs[] = {NULL, "", "rule"};
+    for (size_t e = 0; e < sizeof envs / sizeof envs[0]; e++) {
+        if (envs[e])
+            setenv("MEDNET_CONV_ALGO", envs[e], 1);
+        else
+            unsetenv("MEDNET_CONV_ALGO");
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+            mn_conv3d l = t[i].l;
+            l.algo[1] = MN_CONV_ALGO_WINOGRAD; /* choose_algo must overwrite every pass */
+            TEST_EXPECT(mn_conv3d_choose_algo(&l, &t[i].in, NULL, 0) == MN_OK, "%s: choose (rule) failed", t[i].name);
+            int any_w = 0;
+            for (int p = 0; p < MN_CONV_NPASS; p++) {
+                const char want = t[i].expect[p];
+                const char rule = mn_conv3d_rule_algo(&t[i].l, &t[i].in, p) == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                const char got = l.algo[p] == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                TEST_EXPECT(rule == want && got == want, "%s, MEDNET_CONV_ALGO=%s, pass %d: rule says %c, choose_algo "
+                            "set %c, expected %c", t[i].name, envs[e] ? envs[e] : "(unset)", p, rule, got, want);
+                any_w |= want == 'w';
+            }
+            /* The workspace has Winograd's share exactly when the rule takes Winograd on some pass. */
+            mn_conv3d plain = t[i].l;
+            const size_t ws_rule = mn_conv3d_workspace_floats(&plain, &t[i].in);
+            setenv("MEDNET_CONV_ALGO", "gemm", 1);
+            const size_t ws_gemm = mn_conv3d_workspace_floats(&plain, &t[i].in);
+            setenv("MEDNET_CONV_ALGO", "winograd", 1);
+            const size_t ws_wino = mn_conv3d_workspace_floats(&plain, &t[i].in);
+            if (envs[e])
+                setenv("MEDNET_CONV_ALGO", envs[e], 1);
+            else
+                unsetenv("MEDNET_CONV_ALGO");
+            TEST_EXPECT(ws_rule == (any_w ? ws_wino : ws_gemm), "%s: rule workspace %zu, GEMM %zu, Winograd %zu",
+                        t[i].name, ws_rule, ws_gemm, ws_wino);
+        }
+    }
+    printf("  rule checked on %zu shapes (unset, empty, \"rule\")\n", sizeof t / sizeof t[0]);
+    TEST_EXPECT(mn_conv3d_rule_algo(&t[0].l, &t[0].in, 3) == MN_CONV_ALGO_GEMM &&
+                    mn_conv3d_rule_algo(&t[0].l, &t[0].in, -1) == MN_CONV_ALGO_GEMM,
+                "rule: a bad pass index is not GEMM");
+    const char *bad[] = {"Winograd", "rule ", "fastest", "0"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("MEDNET_CONV_ALGO", bad[i], 1);
+        mn_conv3d l = t[0].l;
+        fprintf(stderr, "(an error about MEDNET_CONV_ALGO='%s' is expected next)\n", bad[i]);
+        TEST_EXPECT(mn_conv3d_choose_algo(&l, &t[0].in, NULL, 0) == MN_ERR_ARG, "MEDNET_CONV_ALGO='%s' accepted",
+                    bad[i]);
+    }
+    unsetenv("MEDNET_CONV_ALGO");
 }
 
 int main(void)
@@ -209,6 +293,8 @@ int main(void)
     }
     printf("(d) choice by measurement and MEDNET_CONV_ALGO:\n");
     check_choose();
+    printf("(e) the default rule:\n");
+    check_rule();
     printf("worst relative error vs loop nests: %.3g (tol %.0e)\n", g_worst, TOL);
     return mn_test_finish("test_winograd");
 }
