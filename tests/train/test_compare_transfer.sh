@@ -2,7 +2,7 @@
 # test_compare_transfer.sh MEDNET CORPUS WORKDIR MPIEXEC...: jobs/compare_transfer.sh end to end, tiny.
 # A 4-step pre-training on the mricron corpus exported to safetensors (the encoder the comparison starts from),
 # then the comparison with 2 seeds x 4 steps per arm; checks that the table, the CSV, the JSON and the PNG exist and
-# parse (4 runs, Dice in [0, 1], a PNG of non-zero size), that benchmarks/plot_metrics.py draws a run's log, and that
+# parse (4 runs, Dice in [0, 1], the early Dice at 25 % of the steps, the acceptance verdict, a PNG of non-zero size), that benchmarks/plot_metrics.py draws a run's log, and that
 # the collector refuses a folder without runs (exit 1, naming it).
 set -u
 mednet=$1 corpus=$2 work=$3
@@ -29,12 +29,17 @@ d = sys.argv[1]
 rows = list(csv.DictReader(open(d + "/table.csv")))
 assert len(rows) == 4 and {r["arm"] for r in rows} == {"scratch", "pretrained"}, rows
 for r in rows:
-    assert r["steps"] == "4" and all(0 <= float(r[k]) <= 1 for k in ("dice_step0", "dice_final", "dice_best")), r
+    assert r["steps"] == "4" and all(0 <= float(r[k]) <= 1
+                                     for k in ("dice_step0", "dice_early", "dice_final", "dice_best")), r
     assert float(r["dice_best"]) >= float(r["dice_final"]), r
+    assert r["early_step"] == "2", r  # 25 % of 4 steps: the first evaluation at or after step 1 (every 2 steps)
 s = json.load(open(d + "/summary.json"))
 assert s["arms"]["scratch"]["runs"] == 2 and s["paired"]["pairs"] == 2, s["arms"]
+acc = s["acceptance"]
+assert acc["met"] is False, acc  # 2 seeds per arm: the rule asks for at least 3
+assert abs(acc["early_lead"] - (s["arms"]["pretrained"]["early_mean"] - s["arms"]["scratch"]["early_mean"])) < 1e-12
 text = open(d + "/table.txt").read()
-assert "final (mean ± sd)" in text and "paired by seed" in text, text
+assert "final (mean ± sd)" in text and "paired by seed" in text and "-> NOT met" in text, text
 png = open(d + "/dice.png", "rb").read()
 assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR", "not a PNG"
 w, h = struct.unpack(">II", png[16:24])
