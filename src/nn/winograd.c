@@ -40,8 +40,9 @@
  * Scratch rows live on each thread's stack (at most about 70 KiB); extents are limited to MN_WINO_MAXT tiles per
  * dimension (about 510 voxels undilated) and dilation to MN_WINO_MAXG.  Larger layers take the GEMM path.
  *
- * mn_conv3d_choose_algo (end of file) times both paths per pass once and records the faster one in the layer
- * (MEDNET_CONV_ALGO=auto; unset or gemm keeps the GEMM path, winograd forces Winograd where it can run).
+ * mn_conv3d_choose_algo (end of file) applies the fixed rule mn_conv3d_rule_algo (MEDNET_CONV_ALGO unset or rule),
+ * or times both paths per pass once and records the faster one in the layer (auto); gemm keeps the GEMM path and
+ * winograd forces Winograd where it can run.
  */
 #include "nn/winograd.h"
 #include "nn/simd_clones.h"
