@@ -18,4 +18,12 @@
 mn_err mn_gemm(int m, int n, int k, float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,
                ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc);
 
+/* count independent products C_i = A_i B_i + beta C_i (alpha 1), operand i at its base + i * its step (floats),
+ * with mn_gemm's argument rules.  With several OpenMP threads and products below 2^30 multiply-adds each, the
+ * products are dealt over the threads and each runs single-threaded; otherwise one after the other through mn_gemm.
+ * BLIS splits a product over threads along m and n only, so every C_i is bitwise the same either way. */
+mn_err mn_gemm_batch(int count, int m, int n, int k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, size_t sa,
+                     const float *b, ptrdiff_t rsb, ptrdiff_t csb, size_t sb, float beta, float *c, ptrdiff_t rsc,
+                     ptrdiff_t csc, size_t sc);
+
 #endif

@@ -596,9 +596,7 @@ static mn_err gemm64(int m, int n, int k, const float *a, ptrdiff_t rsa, ptrdiff
                      ptrdiff_t rsb, ptrdiff_t csb, size_t sb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc,
                      size_t sc)
 {
-    for (int xi = 0; xi < 64; xi++)
-        MN_CALL(mn_gemm(m, n, k, 1.0f, a + xi * sa, rsa, csa, b + xi * sb, rsb, csb, beta, c + xi * sc, rsc, csc));
-    return MN_OK;
+    return mn_gemm_batch(64, m, n, k, a, rsa, csa, sa, b, rsb, csb, sb, beta, c, rsc, csc, sc);
 }
 
 /* Forward (bwd = 0: src = x, dst = y overwritten) or backward-data (bwd = 1: src = dy, dst = dx accumulated): the

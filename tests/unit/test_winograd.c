@@ -17,6 +17,8 @@
  *     without timing, the workspace counts Winograd only where the rule takes it, and bad MEDNET_CONV_ALGO values
  *     (unknown, wrong case, trailing blank) are MN_ERR_ARG.  A change of the rule fails here on purpose: measure
  *     again (bench_conv3d --sweep) and update the table and README.
+ * (f) the same layer on 1 and on 2 threads gives bitwise equal y, dx and dw (the 64 products of a block are dealt
+ *     over the threads, each single-threaded, by mn_gemm_batch; BLIS threads larger ones itself).
  * Runs with 2 threads (the transforms are OpenMP-parallel over channels).
  */
 #include <blis.h>
@@ -249,6 +251,52 @@ static void check_rule(void)
     unsetenv("MEDNET_CONV_ALGO");
 }
 
+/* (f) one Winograd layer, all three passes, with nthreads threads: y, dx and dw into out (ny + nx + nw floats). */
+static void run_threads(int nthreads, mn_conv3d l, mn_shape in, float *out)
+{
+    if (mn_threads_init(nthreads) != MN_OK) {
+        TEST_EXPECT(0, "mn_threads_init(%d) failed", nthreads);
+        return;
+    }
+    mn_test_rng rng = {4242};
+    mn_shape os;
+    if (mn_conv3d_out_shape(&l, &in, &os) != MN_OK) return;
+    const size_t nx = mn_shape_numel(&in), ny = mn_shape_numel(&os), nw = (size_t)l.cout * l.cin * 27;
+    for (int p = 0; p < MN_CONV_NPASS; p++) l.algo[p] = MN_CONV_ALGO_WINOGRAD;
+    float *x = mn_test_alloc(nx), *w = mn_test_alloc(nw), *dy = mn_test_alloc(ny);
+    float *ws = mn_test_alloc(mn_conv3d_workspace_floats(&l, &in));
+    mn_test_fill(&rng, x, nx, 1.0f);
+    mn_test_fill(&rng, w, nw, 0.5f);
+    mn_test_fill(&rng, dy, ny, 1.0f);
+    float *y = out, *dx = out + ny, *dw = dx + nx;
+    memset(dx, 0, (nx + nw) * sizeof *dx);
+    l.w = w;
+    l.b = NULL;
+    l.dw = dw;
+    l.db = NULL;
+    TEST_EXPECT(mn_conv3d_forward(&l, &in, x, y, ws) == MN_OK && mn_conv3d_backward(&l, &in, x, dy, dx, ws) == MN_OK,
+                "%d threads: a call failed", nthreads);
+    free(x);
+    free(w);
+    free(dy);
+    free(ws);
+}
+
+static void check_threads(void)
+{
+    const int k3[3] = {3, 3, 3}, s1[3] = {1, 1, 1}, p1[3] = {1, 1, 1};
+    const mn_shape in = {2, 32, 16, 16, 16};
+    const mn_conv3d l = mk(32, 48, k3, s1, p1, s1);
+    const size_t n = mn_shape_numel(&in) + (size_t)2 * 48 * 16 * 16 * 16 + (size_t)48 * 32 * 27;
+    float *a = mn_test_alloc(n), *b = mn_test_alloc(n);
+    run_threads(1, l, in, a);
+    run_threads(2, l, in, b);
+    TEST_EXPECT(!memcmp(a, b, n * sizeof *a), "32->48 p1 16^3 n2: 1 and 2 threads differ");
+    printf("  32->48 p1 16^3 n2: y, dx, dw bitwise equal on 1 and 2 threads\n");
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     if (mn_threads_init(2) != MN_OK) return 2;
@@ -295,6 +343,8 @@ int main(void)
     check_choose();
     printf("(e) the default rule:\n");
     check_rule();
+    printf("(f) thread count:\n");
+    check_threads();
     printf("worst relative error vs loop nests: %.3g (tol %.0e)\n", g_worst, TOL);
     return mn_test_finish("test_winograd");
 }
