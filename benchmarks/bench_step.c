@@ -2,6 +2,7 @@
  * step in PyTorch (benchmarks/torch_step.py), measured in the same run.
  *
  *   bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... [--breakdown] [--vs-algo A]
+ *                           (S: a cube edge, or DxHxW, e.g. --config 10,56x448x448,1: MedicalNet's native input)
  *                           the table: resnet10/18/50 at 1x64^3 batch 2 and at 1x112^3 batch 1, resnet10 at 1x112^3
  *                           batch 2 (--quick: 64^3 only; --config depth,size,batch replaces the list); mednet and
  *                           PyTorch alternate R times (default 2), best median kept
@@ -82,18 +83,18 @@ static long minor_faults(void)
 /* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0 step_cpu_s", and with `breakdown`
  * "PLAN line" lines (the convolution plan), one "BREAKDOWN kind seconds_per_step" line per kind and
  * "FAULTS minor_faults_per_step" before it. */
-static int run_one(int depth, int size, int batch, int steps, const char *dir, int breakdown)
+static int run_one(int depth, const int sz[3], int batch, int steps, const char *dir, int breakdown)
 {
     mn_head_spec head = {0, 2};
     mn_model_config c = mn_model_config_default();
     c.depth = depth;
     c.nheads = 1;
     c.heads = &head;
-    c.input = (mn_shape){batch, 1, size, size, size};
+    c.input = (mn_shape){batch, 1, sz[0], sz[1], sz[2]};
     c.seed = 7;
     mn_model *m = NULL;
     if (mn_model_create(&c, &m) != MN_OK) return 1;
-    size_t vox = (size_t)size * size * size, nx = (size_t)batch * vox;
+    size_t vox = (size_t)sz[0] * sz[1] * sz[2], nx = (size_t)batch * vox;
     float *x = NULL;
     int32_t *lab = NULL;
     if (mn_malloc(nx * sizeof *x, "input", (void **)&x) || mn_malloc(nx * sizeof *lab, "labels", (void **)&lab))
@@ -107,8 +108,8 @@ static int run_one(int depth, int size, int batch, int steps, const char *dir, i
     char wp[512], ip[512];
     snprintf(wp, sizeof wp, "%s/w.safetensors", dir);
     snprintf(ip, sizeof ip, "%s/in.safetensors", dir);
-    mn_st_entry e[2] = {{"x", MN_ST_F32, 5, {batch, 1, size, size, size}, x},
-                        {"labels", MN_ST_I32, 4, {batch, size, size, size}, lab}};
+    mn_st_entry e[2] = {{"x", MN_ST_F32, 5, {batch, 1, sz[0], sz[1], sz[2]}, x},
+                        {"labels", MN_ST_I32, 4, {batch, sz[0], sz[1], sz[2]}, lab}};
     if (mn_model_save_safetensors(m, wp, -2) || mn_st_write(ip, e, 2, NULL, NULL, 0)) return 1;
 
     mn_head_batch hb = {0, 0, batch};
@@ -211,10 +212,23 @@ static void print_breakdown(const char *extra, double step)
     printf(" sum %.3f s; minor page faults per step: %.0f\n", sum, faults);
 }
 
+/* "S" (a cube) or "DxHxW" into sz; 0 on success. */
+static int parse_size(const char *s, int sz[3])
+{
+    char tail;
+    if (sscanf(s, "%dx%dx%d%c", &sz[0], &sz[1], &sz[2], &tail) == 3) return sz[0] < 1 || sz[1] < 1 || sz[2] < 1;
+    if (sscanf(s, "%d%c", &sz[0], &tail) != 1 || sz[0] < 1) return 1;
+    sz[1] = sz[2] = sz[0];
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, size = 64, batch = 2, repeat = 2, breakdown = 0;
-    int cfg[16][3] = {{10, 64, 2}, {18, 64, 2}, {50, 64, 2}, {10, 112, 1}, {18, 112, 1}, {50, 112, 1}, {10, 112, 2}};
+    int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, sz[3] = {64, 64, 64}, batch = 2, repeat = 2,
+        breakdown = 0;
+    /* depth, D, H, W, batch */
+    int cfg[16][5] = {{10, 64, 64, 64, 2},    {18, 64, 64, 64, 2},    {50, 64, 64, 64, 2},   {10, 112, 112, 112, 1},
+                      {18, 112, 112, 112, 1}, {50, 112, 112, 112, 1}, {10, 112, 112, 112, 2}};
     int ncfg = 7, user_cfg = 0;
     const char *dir_arg = NULL, *vs_algo = NULL;
     for (int i = 1; i < argc; i++) {
@@ -231,7 +245,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--vs-algo") && i + 1 < argc)
             vs_algo = argv[++i];
         else if (!strcmp(argv[i], "--config") && i + 1 < argc && user_cfg < 16) {
-            if (sscanf(argv[++i], "%d,%d,%d", &cfg[user_cfg][0], &cfg[user_cfg][1], &cfg[user_cfg][2]) != 3) return 2;
+            char sizes[64];
+            int *c = cfg[user_cfg];
+            if (sscanf(argv[++i], "%d,%63[0-9x],%d", &c[0], sizes, &c[4]) != 3 || parse_size(sizes, c + 1)) {
+                fprintf(stderr, "bench_step: --config '%s': expected DEPTH,SIZE,BATCH (SIZE: S or DxHxW)\n", argv[i]);
+                return 2;
+            }
             ncfg = ++user_cfg;
         }
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
@@ -239,7 +258,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--one") && i + 3 < argc) {
             one = 1;
             depth = atoi(argv[++i]);
-            size = atoi(argv[++i]);
+            if (parse_size(argv[++i], sz)) return 2;
             batch = atoi(argv[++i]);
         } else {
             fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... "
@@ -255,7 +274,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (mn_threads_init(threads) != MN_OK) return 1;
-    if (one) return run_one(depth, size, batch, steps, dir_arg ? dir_arg : "/tmp", breakdown);
+    if (one) return run_one(depth, sz, batch, steps, dir_arg ? dir_arg : "/tmp", breakdown);
 
     char dir[] = "/tmp/mn_bench_step_XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -302,16 +321,17 @@ int main(int argc, char **argv)
         for (int rep = 0; rep < repeat && !fail; rep++) {
             char cmd[2048];
             double ra[5] = {0}, rb[5] = {0}, rv[5] = {0};
-            snprintf(cmd, sizeof cmd, "%s --one %d %d %d --threads %d --steps %d --dir %s%s", self, cfg[i][0],
-                     cfg[i][1], cfg[i][2], threads, steps, dir, breakdown ? " --breakdown" : "");
+            snprintf(cmd, sizeof cmd, "%s --one %d %dx%dx%d %d --threads %d --steps %d --dir %s%s", self, cfg[i][0],
+                     cfg[i][1], cfg[i][2], cfg[i][3], cfg[i][4], threads, steps, dir, breakdown ? " --breakdown" : "");
             if (run_child(cmd, ra, rextra, sizeof rextra)) {
                 fprintf(stderr, "mednet run failed: %s\n", cmd);
                 fail = 1;
                 break;
             }
             if (vs_algo) {
-                snprintf(cmd, sizeof cmd, "MEDNET_CONV_ALGO=%s %s --one %d %d %d --threads %d --steps %d --dir %s",
-                         vs_algo, self, cfg[i][0], cfg[i][1], cfg[i][2], threads, steps, dir);
+                snprintf(cmd, sizeof cmd,
+                         "MEDNET_CONV_ALGO=%s %s --one %d %dx%dx%d %d --threads %d --steps %d --dir %s", vs_algo,
+                         self, cfg[i][0], cfg[i][1], cfg[i][2], cfg[i][3], cfg[i][4], threads, steps, dir);
                 if (run_child(cmd, rv, NULL, 0)) {
                     fprintf(stderr, "mednet run failed: %s\n", cmd);
                     fail = 1;
@@ -341,7 +361,10 @@ int main(int argc, char **argv)
         int valid = rel < 1e-3 && (!vs_algo || fabs(v[3] - b[3]) / fabs(b[3]) < 1e-3);
         if (!valid) bad = 1;
         char in[32];
-        snprintf(in, sizeof in, "%dx1x%d^3", cfg[i][2], cfg[i][1]);
+        if (cfg[i][1] == cfg[i][2] && cfg[i][2] == cfg[i][3])
+            snprintf(in, sizeof in, "%dx1x%d^3", cfg[i][4], cfg[i][1]);
+        else
+            snprintf(in, sizeof in, "%dx1x%dx%dx%d", cfg[i][4], cfg[i][1], cfg[i][2], cfg[i][3]);
         char ta[32], tb[32], tv[32], sa[32], sv[32];
         snprintf(ta, sizeof ta, "%.3f (%.3f)", a[0], a[4]);
         snprintf(tb, sizeof tb, "%.3f (%.3f)", b[0], b[4]);

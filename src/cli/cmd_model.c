@@ -127,7 +127,8 @@ static mn_err model_cmd(int argc, char **argv, int rank)
             MN_CALL(parse_heads(v, heads, &c.nheads));
         } else if (!strcmp(a, "--input")) {
             int n = 0, d = 0, h = 0, w = 0;
-            MN_CHECK(sscanf(v, "%dx%dx%dx%d", &n, &d, &h, &w) == 4, MN_ERR_ARG,
+            char tail;
+            MN_CHECK(sscanf(v, "%dx%dx%dx%d%c", &n, &d, &h, &w, &tail) == 4, MN_ERR_ARG,
                      "--input must be NxDxHxW (e.g. 2x64x64x64), got '%s'", v);
             c.input = (mn_shape){n, 1, d, h, w};
         } else if (!strcmp(a, "--export")) {

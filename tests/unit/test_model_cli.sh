@@ -32,6 +32,12 @@ export_import)
   m=(model --depth 18 --heads 2:4,7:3)
   must a.log "$mednet" "${m[@]}" --input 1x24x24x24 --export a.safetensors
   grep -q 'memory plan for input 1x1x24x24x24' a.log || fail "no memory plan for the input"
+  # A five-number input (N x C x D x H x W written by habit) is refused, not read as its first four numbers.
+  "$mednet" "${m[@]}" --input 1x1x24x24x24 > i5.log 2>&1
+  st=$?
+  cat i5.log
+  [ "$st" -eq 1 ] || fail "--input 1x1x24x24x24: exit status $st, expected 1"
+  grep -q "input must be NxDxHxW.*got '1x1x24x24x24'" i5.log || fail "--input 1x1x24x24x24: no message naming it"
   must p.log "$py" "$ref/st_roundtrip.py" perturb a.safetensors b.safetensors 7
   must b.log "$mednet" "${m[@]}" --import b.safetensors --strict --export c.safetensors
   grep -Eq 'imported .*loaded, 0 missing, 0 unexpected, 0 mis-shaped' b.log || fail "import report"
