@@ -37,6 +37,7 @@
 
 #include "mednet/mem.h"
 #include "mednet/model.h"
+#include "mednet/optim.h"
 #include "mednet/prof.h"
 #include "mednet/safetensors.h"
 #include "mednet/threads.h"
@@ -116,7 +117,14 @@ static int run_one(int depth, const int sz[3], int batch, int steps, const char 
     float *P = mn_model_params(m);
     const float *G = mn_model_grads(m);
     size_t np = mn_model_num_params(m);
-    const float lr = 1e-3f;
+    /* The update is mednet's own optimiser (plain SGD, as torch.optim.SGD(lr=1e-3) on the PyTorch side). */
+    mn_optim_config oc = mn_optim_defaults();
+    oc.lr = 1e-3;
+    oc.momentum = 0.0;
+    oc.weight_decay = 0.0;
+    oc.schedule = MN_SCHED_CONSTANT;
+    mn_optim *opt = NULL;
+    if (mn_optim_create(&oc, np, &opt) != MN_OK) return 1;
     double *t = calloc((size_t)steps + 1, sizeof *t), *tc = calloc((size_t)steps + 1, sizeof *tc), loss0 = 0;
     if (!t || !tc) return 1;
     long faults0 = 0;
@@ -130,7 +138,7 @@ static int run_one(int depth, const int sz[3], int batch, int steps, const char 
             mn_model_backward(m))
             return 1;
         mn_prof_push(MN_PROF_OPTIM);
-        for (size_t i = 0; i < np; i++) P[i] -= lr * G[i];
+        if (mn_optim_update(opt, P, G, 0, np, oc.lr, k + 1)) return 1;
         mn_prof_pop();
         t[k] = now() - t0;
         tc[k] = cpu_now() - c0;
@@ -155,6 +163,7 @@ static int run_one(int depth, const int sz[3], int batch, int steps, const char 
     free(tc);
     mn_free(&x);
     mn_free(&lab);
+    mn_optim_destroy(&opt);
     mn_model_destroy(&m);
     return 0;
 }
