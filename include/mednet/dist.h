@@ -153,6 +153,12 @@ mn_range mn_reducer_bucket(const mn_reducer *r, int i);
  * was not finished.  Collective on comm (non-blocking). */
 mn_err mn_reducer_start(mn_reducer *r, double local_samples);
 
+/* As mn_reducer_start (the sample count is still all-reduced), but this step's buckets are not: each completes as
+ * soon as it is declared ready, and grad keeps this rank's values (not summed, not divided).  For a step in which
+ * the range is not trained (a frozen encoder, whose gradient is zero on every rank): it saves the all-reduce of the
+ * whole range.  Every rank of comm must take the same call in the same step.  Collective on comm (non-blocking). */
+mn_err mn_reducer_start_local(mn_reducer *r, double local_samples);
+
 /* Declare grad[offset .. offset+count) final for this step (absolute offsets in the flat buffer; must lie inside
  * the reducer's range; ranges declared in one step must not overlap; count 0 is a no-op).  Every bucket that
  * becomes complete starts its MPI_Iallreduce (sum, out of place: from grad into the bucket's part of the staging

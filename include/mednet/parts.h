@@ -84,8 +84,10 @@ void mn_parts_begin_step(mn_parts *p);
 
 /* Start the encoder reduction of this step with the local encoder weight (row 0's `weight`): call it after the
  * last micro-batch was drawn and before its backward pass, whose hooks (mn_reducer_hook_*, ctx = p->reducer)
- * declare the gradient ranges.  Collective on the world (non-blocking). */
-mn_err mn_parts_start_step(mn_parts *p);
+ * declare the gradient ranges.  encoder_frozen (the same on every rank: a function of the step): the encoder is
+ * not updated this step, so its gradient buckets are not all-reduced (mn_reducer_start_local); its weight still
+ * is.  Collective on the world (non-blocking). */
+mn_err mn_parts_start_step(mn_parts *p, int encoder_frozen);
 
 /* Finish the gradient path of a step: wait for the encoder buckets (gradient divided by the world's total weight),
  * all-reduce each held head's weight, samples and gradient over its holders (divided by the head's total weight;

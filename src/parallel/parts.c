@@ -98,10 +98,13 @@ void mn_parts_begin_step(mn_parts *p)
     }
 }
 
-mn_err mn_parts_start_step(mn_parts *p)
+mn_err mn_parts_start_step(mn_parts *p, int encoder_frozen)
 {
     MN_CHECK(p && p->reducer, MN_ERR_ARG, "parts: no reducer (call mn_parts_start_reducer)");
-    MN_CALL(mn_reducer_start(p->reducer, p->row[0].weight));
+    if (encoder_frozen)
+        MN_CALL(mn_reducer_start_local(p->reducer, p->row[0].weight));
+    else
+        MN_CALL(mn_reducer_start(p->reducer, p->row[0].weight));
     return MN_OK;
 }
 

@@ -66,6 +66,7 @@ struct mn_reducer {
     double *t_start, *t_done;
     int next_start;       /* lowest bucket index not started yet */
     int in_step;
+    int local_only; /* this step: buckets complete without communication (mn_reducer_start_local) */
     double local_samples, total_samples;
     MPI_Request count_req;
     int outstanding;      /* started, completion not yet seen */
@@ -167,9 +168,17 @@ mn_err mn_reducer_start(mn_reducer *r, double local_samples)
     r->local_samples = local_samples;
     r->total_samples = 0;
     r->hook_err = MN_OK;
+    r->local_only = 0;
     MN_MPI(MPI_Iallreduce(&r->local_samples, &r->total_samples, 1, MPI_DOUBLE, MPI_SUM, r->comm, &r->count_req));
     r->in_step = 1;
     r->busy += MPI_Wtime() - t0;
+    return MN_OK;
+}
+
+mn_err mn_reducer_start_local(mn_reducer *r, double local_samples)
+{
+    MN_CALL(mn_reducer_start(r, local_samples));
+    r->local_only = 1;
     return MN_OK;
 }
 
@@ -230,6 +239,12 @@ static mn_err start_ready_buckets(mn_reducer *r)
 {
     while (r->next_start < r->nb && r->nready[r->next_start] == r->bucket[r->next_start].count) {
         int i = r->next_start;
+        if (r->local_only) { /* the gradient stays as it is: nothing to send, nothing to scale */
+            r->t_start[i] = r->t_done[i] = MPI_Wtime();
+            r->scaled[i] = 1;
+            r->next_start++;
+            continue;
+        }
         float *g = r->grad + r->bucket[i].offset, *s = r->stage + (r->bucket[i].offset - r->range.offset);
         double now = MPI_Wtime();
         if (r->outstanding++ == 0) r->union_t0 = now;

@@ -224,7 +224,7 @@ mn_err mn_trainer_step(mn_trainer *t, long step, mn_batch_fn fn, void *ctx, mn_s
         MN_CALL(head_batches(t, &t->b, hb, rows, &nhb));
         int last = mb == c->micro_batches - 1;
         /* The encoder buckets start during the LAST backward pass, once every local weight is known. */
-        if (last) MN_CALL(mn_parts_start_step(p));
+        if (last) MN_CALL(mn_parts_start_step(p, frozen));
         mn_model_set_hooks(m, last ? mn_reducer_hook_ready : NULL, last ? mn_reducer_hook_progress : NULL,
                            p->reducer);
         MN_CALL(mn_model_forward(m, t->b.x, hb, nhb));

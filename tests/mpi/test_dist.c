@@ -3,7 +3,8 @@
  * Checks: per-dataset communicators have exactly the holders, in world order, with the lowest holder as root;
  * parameter broadcast (encoder from rank 0, heads from their roots, non-holders untouched); the bucketed reducer
  * against MPI_Allreduce of the same data with uneven sample counts (one rank contributing none), with buckets cut
- * from the end and ready calls in a rank-dependent order; the head reducer's mean and its zero-sample case;
+ * from the end and ready calls in a rank-dependent order; a local-only step (frozen encoder: count summed, gradient
+ * kept as it is) and an ordinary step after it; the head reducer's mean and its zero-sample case;
  * averaging; flag agreement; the replica checksum (a flipped bit on one rank is found and named by world rank, on
  * the world and on a dataset communicator); the timeline file; reducer misuse errors.
  */
@@ -126,6 +127,34 @@ static void test_reducer(size_t n, size_t bucket_bytes, const char *tracepath)
             printf("reducer n=%zu buckets=%d: max rel err vs MPI_Allreduce %.2g, total samples %g, hidden %.2f\n",
                    n, nb, err, st.total_samples, st.hidden);
     }
+    /* A local-only step (a frozen encoder): the sample count is still summed, the gradient is neither summed nor
+     * divided (each rank keeps its own, rank-dependent values), and the next ordinary step reduces again.  A reducer
+     * of its own, without the timeline (whose events are counted below). */
+    mn_reducer *lr = NULL;
+    TEST_EXPECT(mn_reducer_create(MPI_COMM_WORLD, g, range, bucket_bytes, NULL, &lr) == MN_OK, "create failed");
+    for (int step = 0; step < 2 && lr; step++) {
+        mn_test_fill(&rng, g, total_len, 1.0f);
+        for (size_t i = 0; i < total_len; i++) g[i] += (float)rank;
+        memcpy(ref, g, total_len * sizeof(float));
+        const int local_only = step == 0;
+        TEST_EXPECT((local_only ? mn_reducer_start_local(lr, local) : mn_reducer_start(lr, local)) == MN_OK,
+                    "start (local_only %d) failed", local_only);
+        TEST_EXPECT(mn_reducer_ready(lr, pre, n) == MN_OK, "ready failed");
+        mn_reducer_stats st;
+        TEST_EXPECT(mn_reducer_finish(lr, &st) == MN_OK, "finish failed");
+        TEST_EXPECT(st.total_samples == want_total, "local_only %d: total samples %g, expected %g", local_only,
+                    st.total_samples, want_total);
+        if (local_only) {
+            TEST_EXPECT(!memcmp(g, ref, total_len * sizeof(float)), "local-only step changed the gradient");
+        } else {
+            MPI_Allreduce(MPI_IN_PLACE, ref + pre, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            float inv = (float)(1.0 / want_total);
+            for (size_t i = 0; i < n; i++) ref[pre + i] *= inv;
+            TEST_EXPECT(mn_test_max_relerr(g, ref, total_len, 1e-2) < 1e-5,
+                        "the step after a local-only one is not the mean over ranks");
+        }
+    }
+    mn_reducer_destroy(&lr);
     mn_reducer_destroy(&red);
     TEST_EXPECT(red == NULL, "destroy did not clear the pointer");
     if (tr) {

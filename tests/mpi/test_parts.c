@@ -122,7 +122,7 @@ int main(int argc, char **argv)
         double s = samples_of(rank_);
         p->row[0].samples = s, p->row[0].weight = 0.5 * s + 1; /* every rank contributes weight to the encoder */
         p->row[hrow].samples = s, p->row[hrow].weight = 0.5 * s;
-        e = mn_parts_start_step(p);
+        e = mn_parts_start_step(p, 0);
     }
     if (!e) e = mn_reducer_ready(p->reducer, 0, NENC);
     if (!e) e = mn_parts_reduce(p, grads, NENC + NHEAD, 0, &skip, NULL);
