@@ -41,8 +41,9 @@ static mn_err gemm_serial(int m, int n, int k, float alpha, const float *a, ptrd
     return MN_OK;
 }
 
-mn_err mn_gemm(int m, int n, int k, float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,
-               ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc)
+/* The argument rules of mn_gemm (gemm.h), shared with mn_gemm_batch; an empty product (m or n 0) passes. */
+static mn_err gemm_check(int m, int n, int k, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,
+                         ptrdiff_t rsb, ptrdiff_t csb, const float *c, ptrdiff_t rsc, ptrdiff_t csc)
 {
     MN_CHECK(m >= 0 && n >= 0 && k >= 0, MN_ERR_ARG, "sgemm: negative size m=%d n=%d k=%d", m, n, k);
     if (m == 0 || n == 0) return MN_OK;
@@ -54,6 +55,14 @@ mn_err mn_gemm(int m, int n, int k, float alpha, const float *a, ptrdiff_t rsa, 
         MN_CHECK(rsa != 0 && csa != 0 && rsb != 0 && csb != 0, MN_ERR_ARG,
                  "sgemm %dx%dx%d: zero stride (A rs=%td cs=%td, B rs=%td cs=%td)", m, n, k, rsa, csa, rsb, csb);
     }
+    return MN_OK;
+}
+
+mn_err mn_gemm(int m, int n, int k, float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa, const float *b,
+               ptrdiff_t rsb, ptrdiff_t csb, float beta, float *c, ptrdiff_t rsc, ptrdiff_t csc)
+{
+    MN_CALL(gemm_check(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc));
+    if (m == 0 || n == 0) return MN_OK;
     if ((double)m * n * k < MN_GEMM_SERIAL_MACS)
         return gemm_serial(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
     bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k, &alpha, (float *)a, (inc_t)rsa,
@@ -72,13 +81,9 @@ mn_err mn_gemm_batch(int count, int m, int n, int k, const float *a, ptrdiff_t r
             MN_CALL(mn_gemm(m, n, k, 1.0f, a + i * sa, rsa, csa, b + i * sb, rsb, csb, beta, c + i * sc, rsc, csc));
         return MN_OK;
     }
-    /* Checked here, on the calling thread, with mn_gemm's rules: a worker cannot return an error. */
-    MN_CHECK(m >= 0 && n >= 0 && k >= 0, MN_ERR_ARG, "sgemm batch: negative size m=%d n=%d k=%d", m, n, k);
+    /* Checked here, on the calling thread: a worker cannot return an error. */
+    MN_CALL(gemm_check(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc));
     if (m == 0 || n == 0) return MN_OK;
-    MN_CHECK(c != NULL && rsc != 0 && csc != 0, MN_ERR_ARG, "sgemm batch %dx%dx%d: C is NULL or has a zero stride",
-             m, n, k);
-    MN_CHECK(k == 0 || (a != NULL && b != NULL && rsa != 0 && csa != 0 && rsb != 0 && csb != 0), MN_ERR_ARG,
-             "sgemm batch %dx%dx%d: A or B is NULL or has a zero stride", m, n, k);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < count; i++)
         gemm_serial(m, n, k, 1.0f, a + i * sa, rsa, csa, b + i * sb, rsb, csb, beta, c + i * sc, rsc, csc);

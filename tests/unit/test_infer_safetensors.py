@@ -76,10 +76,6 @@ def rewrite(src, dst, drop=("__metadata__",)):
     open(dst, "wb").write(struct.pack("<Q", len(text)) + text + out)
 
 
-def strip_metadata(src, dst):
-    rewrite(src, dst)
-
-
 def main():
     mednet, work, mpi = sys.argv[1], sys.argv[2], sys.argv[3:]
     shutil.rmtree(work, ignore_errors=True)
@@ -116,7 +112,7 @@ def main():
     same(ref, outputs(work + "/from_st", "test"), "checkpoint vs its exported safetensors")
 
     bare = os.path.join(work, "bare.safetensors")
-    strip_metadata(st, bare)
+    rewrite(st, bare)
     p = run([mednet, "infer", bare, test, "-o", work + "/bare"], ok=False)
     err = p.stderr + p.stdout
     if p.returncode != 1 or "bare.safetensors" not in err or "--config" not in err or "--corpus" not in err:
