@@ -2,8 +2,8 @@
  * and PyTorch measured in the same run.
  *
  * For every distinct conv shape of the network (weighted by how often it occurs), the driver first validates the
- * fast path against the _ref loop nests on a reduced copy (channels divided by 16, same spatial geometry and
- * batch), then times forward, backward-data and backward-weights (median of REPS calls after a warm-up), and
+ * fast path against the _ref loop nests on a reduced copy (channels divided by 16, but the stem keeps 16 outputs;
+ * same spatial geometry and batch), then times forward, backward-data and backward-weights (median of REPS calls after a warm-up), and
  * prints GFLOP/s per shape and pass plus the network-weighted total (dense FLOPs, padded taps counted, as
  * mn_conv3d_flops; the "in-vol" column gives the share of them that touch in-volume data, which is all the tap
  * path executes, so its dense rate can exceed the GEMM rate, as oneDNN's does).  The reference is BLIS sgemm on 2048^3 in the same process; the target is >= 60% of it.
@@ -14,7 +14,7 @@
  * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule:
  * the fixed rule; auto: timed once; winograd: Winograd; gemm: the GEMM path); the validation copies run Winograd on
  * every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm).  The path column gives fwd/bwd-data/bwd-weights:
- * w = Winograd, d = dense, t = taps, x = direct (1x1x1).
+ * w = Winograd, d = dense, t = taps, x = direct (1x1x1), s = stem (the one-input-channel kernels of nn/stem.c).
  *
  * Usage: bench_conv3d [--sweep] [THREADS] [REPS]   (--sweep: only the GEMM-vs-Winograd table over the 3x3x3
  * shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
@@ -113,6 +113,9 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
     memset(L, 0, sizeof *L);
     L->sp = sp;
     int cin = sp->cin / cdiv > 0 ? sp->cin / cdiv : 1, cout = sp->cout / cdiv > 0 ? sp->cout / cdiv : 1;
+    /* A one-input-channel layer keeps 16 output channels, a multiple of the vector width, so that the reduced copy
+     * still runs the stem kernels (nn/stem.c) it validates. */
+    if (sp->cin == 1 && cout < 16 && sp->cout >= 16) cout = 16;
     L->in = (mn_shape){BATCH, cin, sp->ext, sp->ext, sp->ext};
     int kv = sp->k * sp->k * sp->k;
     L->nw = (size_t)cin * cout * kv;

@@ -56,12 +56,15 @@ mn_err mn_conv3d_backward_ref(const mn_conv3d *l, const mn_shape *in, const floa
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
 
 /* Which fast path mn_conv3d_forward/backward take for input shape `in`: "direct" (1x1x1, stride 1, no padding:
- * no unfolding), "dense" (vol2col of every tap), "taps" (only the taps that read inside the volume: large padding
- * and dilation on small volumes) or "invalid".  For tests and benchmarks. */
+ * no unfolding), "stem" (one input channel, no dilation: direct kernels for forward and backward-weights on CPUs
+ * with AVX2+FMA or AVX-512F, unless MEDNET_CONV_ALGO=gemm), "dense" (vol2col of every tap), "taps" (only the taps
+ * that read inside the volume: large padding and dilation on small volumes) or "invalid".  For tests and
+ * benchmarks. */
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
 
 /* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd" when l->algo[pass] says so and the layer can
- * (otherwise the GEMM path runs), else the mn_conv3d_algo name; "invalid" for a bad pass or geometry. */
+ * (otherwise the GEMM path runs), else the mn_conv3d_algo name (for backward-data of a "stem" layer, the GEMM
+ * path's name); "invalid" for a bad pass or geometry. */
 const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass);
 
 /* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry and the pass, the same

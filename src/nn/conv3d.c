@@ -46,6 +46,7 @@
 
 #include "mednet/prof.h"
 #include "nn/gemm.h"
+#include "nn/stem.h"
 #include "nn/vol2col.h"
 #include "nn/winograd.h"
 
@@ -347,11 +348,13 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     for (int i = 0; i < MN_CONV_NPASS; i++)
         wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD ||
                          (env == MN_CONV_ENV_RULE && mn_conv3d_rule_algo(l, in, i) == MN_CONV_ALGO_WINOGRAD);
-    const size_t wino = wino_possible ? mn_wino_workspace_floats(l, in) : 0;
-    return ws > wino ? ws : wino;
+    const size_t wino = wino_possible ? mn_wino_workspace_floats(l, in) : 0, stem = mn_stem_workspace_floats(l, in);
+    if (ws < wino) ws = wino;
+    return ws > stem ? ws : stem;
 }
 
-const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in)
+/* The GEMM path's name for the geometry: direct, dense, taps or invalid. */
+static const char *conv_gemm_algo(const mn_conv3d *l, const mn_shape *in)
 {
     if (!l || !in || !mn_shape_valid(in) || l->cin <= 0 || l->cout <= 0 || in->c != l->cin) return "invalid";
     const int ext[3] = {in->d, in->h, in->w};
@@ -365,11 +368,16 @@ const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in)
     return conv_use_taps(&vg, &tp) ? "taps" : "dense";
 }
 
+const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in)
+{
+    return mn_stem_eligible(l, in) ? "stem" : conv_gemm_algo(l, in);
+}
+
 const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass)
 {
     if (!l || pass < 0 || pass >= MN_CONV_NPASS) return "invalid";
     if (l->algo[pass] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in)) return "winograd";
-    return mn_conv3d_algo(l, in);
+    return pass == MN_CONV_PASS_BWD_DATA ? conv_gemm_algo(l, in) : mn_conv3d_algo(l, in);
 }
 
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in)
@@ -400,6 +408,7 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
              mn_conv3d_workspace_floats(l, in));
     if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in))
         return mn_wino_forward(l, in, &out, x, y, ws);
+    if (mn_stem_eligible(l, in)) return mn_stem_forward(l, in, &out, x, y, ws);
     mn_vgeom g;
     conv_vgeom(l, in, &out, &g);
     mn_taps tp;
@@ -423,6 +432,16 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
         }
     }
     return MN_OK;
+}
+
+/* Backward-data alone, after another path has done the parameter gradients. */
+static mn_err conv_backward_data_only(const mn_conv3d *l, const mn_shape *in, const float *x, const float *dy,
+                                      float *dx, float *ws)
+{
+    mn_conv3d d = *l;
+    d.dw = NULL;
+    d.db = NULL;
+    return mn_conv3d_backward(&d, in, x, dy, dx, ws);
 }
 
 mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x, const float *dy, float *dx,
@@ -467,13 +486,14 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
         if (l->dw && l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_WINOGRAD) {
             mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
             MN_CALL(mn_wino_backward_weights(l, in, &out, x, dy, ws));
-            if (!dx) return MN_OK;
-            mn_conv3d gemm_dx = *l;
-            gemm_dx.dw = NULL;
-            gemm_dx.db = NULL;
-            return mn_conv3d_backward(&gemm_dx, in, x, dy, dx, ws);
+            return dx ? conv_backward_data_only(l, in, x, dy, dx, ws) : MN_OK;
         }
         if (!dx && !l->dw) return MN_OK;
+    }
+    if (l->dw && mn_stem_eligible(l, in)) {
+        mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
+        MN_CALL(mn_stem_backward_weights(l, in, &out, x, dy, ws));
+        return dx ? conv_backward_data_only(l, in, x, dy, dx, ws) : MN_OK;
     }
     mn_vgeom g;
     conv_vgeom(l, in, &out, &g);
