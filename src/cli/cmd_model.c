@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "mednet/model.h"
 #include "mednet/mpicheck.h"
+#include "mednet/threads.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +25,10 @@ static void usage(void)
     mn_log_info("usage: mednet model [--depth D] [--shortcut A|B] [--head seg|branch|fc] [--classes K | --heads "
                 "ID:K,...]\n"
                 "                    [--input NxDxHxW] [--full-size] [--list] [--export FILE [--part -2|-1|H]]\n"
-                "                    [--import FILE [--strict]]\n"
-                "  without --depth: parameter counts of all seven depths");
+                "                    [--import FILE [--strict]] [--threads T]\n"
+                "  without --depth: parameter counts of all seven depths\n"
+                "  --threads: the thread count the convolution plan is for (default SLURM_CPUS_PER_TASK, else\n"
+                "             OMP_NUM_THREADS, else 1; the default rule depends on it)");
 }
 
 static mn_err parse_heads(const char *s, mn_head_spec *h, int *n)
@@ -90,7 +93,7 @@ static mn_err model_cmd(int argc, char **argv, int rank)
     heads[0].classes = 2;
     c.nheads = 1;
     c.heads = heads;
-    int have_depth = 0, list = 0, strict = 0, part = -2;
+    int have_depth = 0, list = 0, strict = 0, part = -2, threads = 0;
     const char *export_path = NULL, *import_path = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -137,6 +140,12 @@ static mn_err model_cmd(int argc, char **argv, int rank)
             import_path = v;
         } else if (!strcmp(a, "--part")) {
             part = atoi(v);
+        } else if (!strcmp(a, "--threads")) {
+            char *end = NULL;
+            const long t = strtol(v, &end, 10);
+            MN_CHECK(end != v && *end == '\0' && t >= 1 && t <= 4096, MN_ERR_ARG,
+                     "--threads must be a whole number from 1 to 4096, got '%s'", v);
+            threads = (int)t;
         } else {
             MN_FAIL(MN_ERR_ARG, "mednet model: unknown argument '%s' (see --help)", a);
         }
@@ -144,6 +153,8 @@ static mn_err model_cmd(int argc, char **argv, int rank)
     }
     if (!have_depth && !export_path && !import_path && !list) return table();
 
+    /* Before the model: the convolution plan is chosen for this many threads. */
+    MN_CALL(mn_threads_init(mn_threads_resolve(threads)));
     mn_model *m = NULL;
     MN_CALL(mn_model_create(&c, &m));
     const mn_model_config *mc = mn_model_config_of(m);
@@ -171,8 +182,9 @@ static mn_err model_cmd(int argc, char **argv, int rank)
         mn_log_info("  total planned   %9.1f MiB (optimizer state not included)", mib(mp.total_bytes));
         mn_log_info("  conv FLOPs: forward %.2f GFLOP, training step ~%.2f GFLOP", gf, 3 * gf);
         const char *algo = getenv("MEDNET_CONV_ALGO");
-        mn_log_info("convolution plan (MEDNET_CONV_ALGO=%s; passes forward/backward-data/backward-weights):",
-                    algo && *algo ? algo : "rule, the default");
+        mn_log_info("convolution plan (MEDNET_CONV_ALGO=%s, %d thread(s); passes forward/backward-data/"
+                    "backward-weights):",
+                    algo && *algo ? algo : "rule, the default", mn_threads_count());
         char plan[8192];
         mn_model_conv_plan(m, plan, sizeof plan);
         for (char *line = strtok(plan, "\n"); line; line = strtok(NULL, "\n")) mn_log_info("  %s", line);

@@ -55,6 +55,7 @@
 
 #include "mednet/mem.h"
 #include "mednet/prof.h"
+#include "mednet/threads.h"
 #include "nn/gemm.h"
 
 #define MN_WINO_MAXT 256                                  /* tiles per dimension */
@@ -773,15 +774,31 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
 
 mn_conv_algo mn_conv3d_rule_algo(const mn_conv3d *l, const mn_shape *in, int pass)
 {
+    return mn_conv3d_rule_algo_threads(l, in, pass, mn_threads_count());
+}
+
+mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in, int pass, int threads)
+{
     if (pass < 0 || pass >= MN_CONV_NPASS || !mn_wino_eligible(l, in)) return MN_CONV_ALGO_GEMM;
     /* Measured (bench_conv3d --sweep, README "Convolution algorithm"): see MN_WINO_RULE_* in conv3d.h. */
+    int dil1 = 1, dil2 = 1;
+    for (int i = 0; i < 3; i++) {
+        dil1 &= l->dil[i] == 1;
+        dil2 &= l->dil[i] == 2;
+    }
+    if (dil2)
+        return threads >= 2 && pass == MN_CONV_PASS_BWD_WEIGHTS && l->cin >= MN_WINO_RULE_MIN_CHANNELS &&
+                       l->cout >= MN_WINO_RULE_MIN_CHANNELS
+                   ? MN_CONV_ALGO_WINOGRAD
+                   : MN_CONV_ALGO_GEMM;
+    if (!dil1) return MN_CONV_ALGO_GEMM;
     const int minch = pass == MN_CONV_PASS_FWD ? MN_WINO_RULE_MIN_CHANNELS_FWD : MN_WINO_RULE_MIN_CHANNELS;
     const mn_shape out = out_shape(l, in);
     int minext = out.d < out.h ? out.d : out.h;
     if (out.w < minext) minext = out.w;
-    for (int i = 0; i < 3; i++)
-        if (l->dil[i] != 1) return MN_CONV_ALGO_GEMM;
     if (l->cin < minch || l->cout < minch) return MN_CONV_ALGO_GEMM;
     if (minext < MN_WINO_RULE_MIN_EXTENT) return MN_CONV_ALGO_GEMM;
+    if (threads >= 2 && pass != MN_CONV_PASS_FWD && minext >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT)
+        return MN_CONV_ALGO_GEMM;
     return MN_CONV_ALGO_WINOGRAD;
 }

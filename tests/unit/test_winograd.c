@@ -13,9 +13,9 @@
  *     auto measures and leaves the layer's parameters and gradients untouched, unset applies the rule (GEMM for
  *     this dilated layer); the workspace size follows l->algo and the variable;
  * (e) the default rule (mn_conv3d_rule_algo; MEDNET_CONV_ALGO unset, empty or "rule") picks the recorded algorithm
- *     per pass for the ResNet shapes it was measured on and for the edges of its thresholds, choose_algo applies it
- *     without timing, the workspace counts Winograd only where the rule takes it, and bad MEDNET_CONV_ALGO values
- *     (unknown, wrong case, trailing blank) are MN_ERR_ARG.  A change of the rule fails here on purpose: measure
+ *     per pass, on 1 thread and on 2 or more, for the ResNet shapes it was measured on and for the edges of its
+ *     thresholds, choose_algo applies it without timing, the workspace counts Winograd only where the rule takes
+ *     it, and bad MEDNET_CONV_ALGO values (unknown, wrong case, trailing blank) are MN_ERR_ARG.  A change of the rule fails here on purpose: measure
  *     again (bench_conv3d --sweep) and update the table and README.
  * (f) the same layer on 1 and on 2 threads gives bitwise equal y, dx and dw (the 64 products of a block are dealt
  *     over the threads, each single-threaded, by mn_gemm_batch; BLIS threads larger ones itself).
@@ -182,25 +182,29 @@ static void check_rule(void)
         const char *name;
         mn_conv3d l;
         mn_shape in;
-        const char *expect;
+        const char *expect, *expect_mt; /* passes on 1 thread, on 2 or more */
     } t[] = {
-        {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "www"},
-        {"layer1 64->64 @28^3 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 28, 28, 28}, "www"},
-        {"layer2 128->128 @8^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 8, 8, 8}, "www"},
-        {"layer2 128->128 @14^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 14, 14, 14}, "www"},
-        {"layer2.0.conv1 64->128 s2 @16^3", mk(64, 128, k3, s2, p1, s1), {2, 64, 16, 16, 16}, "ggg"},
-        {"layer3 128->256 d2 @8^3", mk(128, 256, k3, s1, p2, d2), {2, 128, 8, 8, 8}, "ggg"},
-        {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "ggg"},
-        {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "ggg"},
-        {"head 32->32 @16^3", mk(32, 32, k3, s1, p1, s1), {2, 32, 16, 16, 16}, "wgg"},
-        {"head 32->32 @28^3", mk(32, 32, k3, s1, p1, s1), {1, 32, 28, 28, 28}, "wgg"},
-        {"1x1 64->64", mk(64, 64, k1, s1, p0, s1), {2, 64, 16, 16, 16}, "ggg"},
-        {"64->64 @7^3 (below the extent threshold)", mk(64, 64, k3, s1, p1, s1), {2, 64, 7, 7, 7}, "ggg"},
-        {"64->64 @8x8x7 (smallest extent counts)", mk(64, 64, k3, s1, p1, s1), {2, 64, 8, 8, 7}, "ggg"},
-        {"64->64 p0 @10^3 (output 8^3)", mk(64, 64, k3, s1, p0, s1), {2, 64, 10, 10, 10}, "www"},
-        {"63->64 @16^3 (below 64 channels)", mk(63, 64, k3, s1, p1, s1), {2, 63, 16, 16, 16}, "wgg"},
-        {"64->31 @16^3 (below 32 channels)", mk(64, 31, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "ggg"},
-        {"64->64 dilation (1,2,1)", mk(64, 64, k3, s1, p1, d121), {2, 64, 16, 16, 16}, "ggg"},
+        {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "www", "www"},
+        {"layer1 64->64 @28^3 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 28, 28, 28}, "www", "wgg"},
+        {"layer2 128->128 @8^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 8, 8, 8}, "www", "www"},
+        {"layer2 128->128 @14^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 14, 14, 14}, "www", "www"},
+        {"layer2.0.conv1 64->128 s2 @16^3", mk(64, 128, k3, s2, p1, s1), {2, 64, 16, 16, 16}, "ggg", "ggg"},
+        {"layer3 128->256 d2 @8^3", mk(128, 256, k3, s1, p2, d2), {2, 128, 8, 8, 8}, "ggg", "ggw"},
+        {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "ggg", "ggw"},
+        {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "ggg", "ggg"},
+        {"head 32->32 @16^3", mk(32, 32, k3, s1, p1, s1), {2, 32, 16, 16, 16}, "wgg", "wgg"},
+        {"head 32->32 @28^3", mk(32, 32, k3, s1, p1, s1), {1, 32, 28, 28, 28}, "wgg", "wgg"},
+        {"1x1 64->64", mk(64, 64, k1, s1, p0, s1), {2, 64, 16, 16, 16}, "ggg", "ggg"},
+        {"64->64 @7^3 (below the extent threshold)", mk(64, 64, k3, s1, p1, s1), {2, 64, 7, 7, 7}, "ggg", "ggg"},
+        {"64->64 @8x8x7 (smallest extent counts)", mk(64, 64, k3, s1, p1, s1), {2, 64, 8, 8, 7}, "ggg", "ggg"},
+        {"64->64 p0 @10^3 (output 8^3)", mk(64, 64, k3, s1, p0, s1), {2, 64, 10, 10, 10}, "www", "www"},
+        {"63->64 @16^3 (below 64 channels)", mk(63, 64, k3, s1, p1, s1), {2, 63, 16, 16, 16}, "wgg", "wgg"},
+        {"64->31 @16^3 (below 32 channels)", mk(64, 31, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "ggg", "ggg"},
+        {"64->64 dilation (1,2,1)", mk(64, 64, k3, s1, p1, d121), {2, 64, 16, 16, 16}, "ggg", "ggg"},
+        {"64->64 @19^3 n1 (below the 2-thread backward extent)", mk(64, 64, k3, s1, p1, s1), {1, 64, 19, 19, 19},
+         "www", "www"},
+        {"64->64 @20x24x22 n1 (at it)", mk(64, 64, k3, s1, p1, s1), {1, 64, 20, 24, 22}, "www", "wgg"},
+        {"63->64 d2 @8^3 (below 64 channels)", mk(63, 64, k3, s1, p2, d2), {2, 63, 8, 8, 8}, "ggg", "ggg"},
     };
     const char *envs[] = {NULL, "", "rule"};
     for (size_t e = 0; e < sizeof envs / sizeof envs[0]; e++) {
@@ -214,7 +218,14 @@ static void check_rule(void)
             TEST_EXPECT(mn_conv3d_choose_algo(&l, &t[i].in, NULL, 0) == MN_OK, "%s: choose (rule) failed", t[i].name);
             int any_w = 0;
             for (int p = 0; p < MN_CONV_NPASS; p++) {
-                const char want = t[i].expect[p];
+                /* This test runs on 2 threads: the choice is the 2-thread one; the 1-thread one is checked too. */
+                const char want = t[i].expect_mt[p];
+                const mn_conv_algo a1 = mn_conv3d_rule_algo_threads(&t[i].l, &t[i].in, p, 1);
+                const mn_conv_algo a4 = mn_conv3d_rule_algo_threads(&t[i].l, &t[i].in, p, 4);
+                const char r1 = a1 == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g', r4 = a4 == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                TEST_EXPECT(r1 == t[i].expect[p] && r4 == want,
+                            "%s, pass %d: rule on 1 / 4 threads says %c / %c, expected %c / %c", t[i].name, p, r1, r4,
+                            t[i].expect[p], want);
                 const char rule = mn_conv3d_rule_algo(&t[i].l, &t[i].in, p) == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
                 const char got = l.algo[p] == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
                 TEST_EXPECT(rule == want && got == want, "%s, MEDNET_CONV_ALGO=%s, pass %d: rule says %c, choose_algo "
