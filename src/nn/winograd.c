@@ -24,6 +24,10 @@
  * A tile row (sample n, z-tile, y-tile) is transformed from 16 input rows (4 z x 4 y positions) gathered into
  * zero-padded x-buffers laid out group by group: the inputs of tile t in group g sit at 2t + 2g + j, so the x-pass
  * over a group is a plain stride-2 loop the compiler vectorises.  Output and dy rows use the buffer index 2t + u.
+ * Every transform works per channel on a chunk of tile rows (about WG_CHUNK tiles): the x-pass row by row into a
+ * small contiguous buffer, the z- and y-passes as vector loops over all the chunk's tiles, which read or write
+ * the 64 planes in runs of the chunk's length (transforming z and y on 18-float rows and x last, straight into the
+ * planes, ran layer1's passes 5-24% slower).
  *
  * Backward is the adjoint of the same pipeline, on the same tiles:
  *   backward-data     dM = (A x A x A) dy tile;  dV_xi (tiles x C) = dM_xi * U_xi^T;  dx += B-adjoint scatter of dV
@@ -61,8 +65,15 @@
 #define MN_WINO_MAXT 256                                  /* tiles per dimension */
 #define MN_WINO_MAXG 8                                    /* dilation (groups per dimension) */
 #define MN_WINO_MAXL (2 * MN_WINO_MAXT + 2 * MN_WINO_MAXG) /* x-buffer length */
-/* V and M of one block together (floats): 16 MiB, about L3 size on the machines we measured. */
+/* V and M of one block together (floats).  With 2 or more threads 16 MiB, about L3 size on the machines we measured;
+ * on 1 thread 4 MiB, which ran layer1's passes 10-15% faster there (the V and M planes stay nearer the core) but
+ * 5-20% slower on 2 threads (more blocks, each forked over the threads, and a one-block backward that transforms dy
+ * once becomes a several-block one that transforms it twice).  The workspace is sized for the larger block, so a
+ * change of the thread count after set-up stays within it.  The weight gradient sums the blocks in order, so its
+ * last bits depend on the block size and hence on the thread count (forward and backward-data do not). */
 #define MN_WINO_BLOCK_FLOATS ((size_t)1 << 22)
+#define MN_WINO_BLOCK_FLOATS_1T ((size_t)1 << 20)
+static size_t block_floats(void) { return mn_threads_count() >= 2 ? MN_WINO_BLOCK_FLOATS : MN_WINO_BLOCK_FLOATS_1T; }
 
 /* The 64 planes of V, M and U are WG_PAD floats (two cache lines) longer than their contents.  Unpadded plane sizes
  * are powers of two for most layers (C * tiles = 2^15 for layer1 and layer3), so the 64 streams a transform writes
@@ -126,7 +137,7 @@ static int wdim_init(wdim *w, int in, int out, int p, int d)
     return 1;
 }
 
-static int plan_init(wplan *pl, const mn_conv3d *l, const mn_shape *in, const mn_shape *out)
+static int plan_init(wplan *pl, const mn_conv3d *l, const mn_shape *in, const mn_shape *out, size_t block)
 {
     const int ie[3] = {in->d, in->h, in->w}, oe[3] = {out->d, out->h, out->w};
     for (int i = 0; i < 3; i++)
@@ -137,7 +148,7 @@ static int plan_init(wplan *pl, const mn_conv3d *l, const mn_shape *in, const mn
     pl->rows = in->n * pl->dim[0].nt * pl->dim[1].nt;
     pl->tx = pl->dim[2].nt;
     /* Tiles per block: the V+M budget, at least 128 tiles (GEMM m) and one row. */
-    size_t tb = MN_WINO_BLOCK_FLOATS / (64 * ((size_t)pl->C + pl->K));
+    size_t tb = block / (64 * ((size_t)pl->C + pl->K));
     if (tb < 128) tb = 128;
     size_t rpb = (tb + pl->tx - 1) / pl->tx;
     pl->rpb = rpb > (size_t)pl->rows ? pl->rows : (int)rpb;
@@ -170,7 +181,7 @@ int mn_wino_eligible(const mn_conv3d *l, const mn_shape *in)
     const mn_shape out = out_shape(l, in);
     if (out.d < 1 || out.h < 1 || out.w < 1) return 0;
     wplan pl;
-    return plan_init(&pl, l, in, &out);
+    return plan_init(&pl, l, in, &out, MN_WINO_BLOCK_FLOATS);
 }
 
 size_t mn_wino_workspace_floats(const mn_conv3d *l, const mn_shape *in)
@@ -178,7 +189,7 @@ size_t mn_wino_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     if (!mn_wino_eligible(l, in)) return 0;
     const mn_shape out = out_shape(l, in);
     wplan pl;
-    plan_init(&pl, l, in, &out);
+    plan_init(&pl, l, in, &out, MN_WINO_BLOCK_FLOATS); /* the larger block: see MN_WINO_BLOCK_FLOATS */
     return plan_ws(&pl);
 }
 
@@ -248,63 +259,85 @@ static inline void scatter_out_row(const wdim *dx, const float *restrict b, floa
     }
 }
 
-/* V [64][C][tbb] of block rows r0 .. r0+nr-1 from x (N, C, in). */
+/* Tiles per chunk of the chunked transforms: whole tile rows, at least one, about WG_CHUNK tiles. */
+#define WG_CHUNK 128
+static inline int chunk_rows(int tx) { return tx >= WG_CHUNK ? 1 : WG_CHUNK / tx; }
+/* Row stride of the chunk buffers: an odd number of cache lines, so that their 64 rows fall into different L1 sets
+ * (a stride of 256 floats put them into 4 sets and made the transform 1.4x slower than the old one). */
+#define WG_XS (MN_WINO_MAXT + 16)
+
+/* V [64][C][tbb] of block rows r0 .. r0+nr-1 from x (N, C, in).  Per channel, a chunk of tile rows at a time: B^T
+ * along x first, row by row, into X [16 (jz, jy)][4 (xx)][chunk tiles] (contiguous, 64 KiB at most), then B^T along
+ * z and y together as one vector loop over the chunk's tiles, writing 64 runs of V.  (Transforming z and y first,
+ * on 18-float rows, and x last into the 64 planes, took twice as long.) */
 MN_WINO_CLONES
 static void wino_in(const wplan *pl, const float *x, int r0, int nr, float *V)
 {
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
-    const int C = pl->C, tx = pl->tx, L = dx->len;
+    const int C = pl->C, tx = pl->tx, rc = chunk_rows(tx);
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->in * dx->in, pin = plane * dz->in;
     const size_t xi = pstride((size_t)C * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)C * tbb > 4096)
     for (int c = 0; c < C; c++) {
-        float rb[16][MN_WINO_MAXL], tb[16][MN_WINO_MAXL];
-        for (int rr = 0; rr < nr; rr++) {
-            int n, tz, ty;
-            row_decode(pl, r0 + rr, &n, &tz, &ty);
-            const float *xc = x + ((size_t)n * C + c) * pin;
-            for (int jz = 0; jz < 4; jz++) {
-                const int iz = dz->ob[tz] - dz->p + dz->d * jz;
+        float rb[MN_WINO_MAXL], X[16][4][WG_XS], T[16][WG_XS];
+        for (int q0 = 0; q0 < nr; q0 += rc) {
+            const int nq = nr - q0 < rc ? nr - q0 : rc, nt = nq * tx;
+            for (int rq = 0; rq < nq; rq++) {
+                int n, tz, ty;
+                row_decode(pl, r0 + q0 + rq, &n, &tz, &ty);
+                const float *xc = x + ((size_t)n * C + c) * pin;
+                for (int jz = 0; jz < 4; jz++) {
+                    const int iz = dz->ob[tz] - dz->p + dz->d * jz;
+                    for (int jy = 0; jy < 4; jy++) {
+                        const int iy = dy->ob[ty] - dy->p + dy->d * jy;
+                        const int ok = iz >= 0 && iz < dz->in && iy >= 0 && iy < dy->in;
+                        float *restrict w0 = X[jz * 4 + jy][0] + rq * tx, *restrict w1 = X[jz * 4 + jy][1] + rq * tx,
+                                        *restrict w2 = X[jz * 4 + jy][2] + rq * tx,
+                                        *restrict w3 = X[jz * 4 + jy][3] + rq * tx;
+                        if (!ok) {
+                            for (int t = 0; t < tx; t++) w0[t] = w1[t] = w2[t] = w3[t] = 0.0f;
+                            continue;
+                        }
+                        gather_in_row(dx, xc + (size_t)iz * plane + (size_t)iy * dx->in, rb);
+                        /* B^T along x, tile by tile. */
+                        for (int g = 0; g < dx->ng; g++) {
+                            const float *sg = rb + 2 * g;
+                            for (int t = dx->gt0[g]; t < dx->gt0[g + 1]; t++) {
+                                const float a = sg[2 * t], b = sg[2 * t + 1], e = sg[2 * t + 2], f = sg[2 * t + 3];
+                                w0[t] = a - e;
+                                w1[t] = b + e;
+                                w2[t] = e - b;
+                                w3[t] = b - f;
+                            }
+                        }
+                    }
+                }
+            }
+            /* B^T along z into T, then along y into V row (xz*4 + xy)*4 + xx, per x-component. */
+            float *vc = V + (size_t)c * tbb + (size_t)q0 * tx;
+            for (int xx = 0; xx < 4; xx++) {
                 for (int jy = 0; jy < 4; jy++) {
-                    const int iy = dy->ob[ty] - dy->p + dy->d * jy;
-                    const int ok = iz >= 0 && iz < dz->in && iy >= 0 && iy < dy->in;
-                    gather_in_row(dx, ok ? xc + (size_t)iz * plane + (size_t)iy * dx->in : NULL, rb[jz * 4 + jy]);
+                    const float *a0 = X[jy][xx], *a1 = X[4 + jy][xx], *a2 = X[8 + jy][xx], *a3 = X[12 + jy][xx];
+                    float *restrict o0 = T[jy], *restrict o1 = T[4 + jy], *restrict o2 = T[8 + jy],
+                                    *restrict o3 = T[12 + jy];
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t] - a2[t];
+                        o1[t] = a1[t] + a2[t];
+                        o2[t] = a2[t] - a1[t];
+                        o3[t] = a1[t] - a3[t];
+                    }
                 }
-            }
-            /* B^T along z: tb[xz][jy] from rb[jz][jy]. */
-            for (int jy = 0; jy < 4; jy++) {
-                const float *a0 = rb[jy], *a1 = rb[4 + jy], *a2 = rb[8 + jy], *a3 = rb[12 + jy];
-                float *o0 = tb[jy], *o1 = tb[4 + jy], *o2 = tb[8 + jy], *o3 = tb[12 + jy];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i] - a2[i];
-                    o1[i] = a1[i] + a2[i];
-                    o2[i] = a2[i] - a1[i];
-                    o3[i] = a1[i] - a3[i];
-                }
-            }
-            /* B^T along y: rb[xz][xy] from tb[xz][jy]. */
-            for (int z = 0; z < 4; z++) {
-                const float *a0 = tb[z * 4], *a1 = tb[z * 4 + 1], *a2 = tb[z * 4 + 2], *a3 = tb[z * 4 + 3];
-                float *o0 = rb[z * 4], *o1 = rb[z * 4 + 1], *o2 = rb[z * 4 + 2], *o3 = rb[z * 4 + 3];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i] - a2[i];
-                    o1[i] = a1[i] + a2[i];
-                    o2[i] = a2[i] - a1[i];
-                    o3[i] = a1[i] - a3[i];
-                }
-            }
-            /* B^T along x, tile by tile, into V rows xi = zy*4 + xx. */
-            for (int zy = 0; zy < 16; zy++) {
-                float *v0 = V + (size_t)(zy * 4) * xi + (size_t)c * tbb + (size_t)rr * tx;
-                float *restrict w0 = v0, *restrict w1 = v0 + xi, *restrict w2 = v0 + 2 * xi, *restrict w3 = v0 + 3 * xi;
-                for (int g = 0; g < dx->ng; g++) {
-                    const float *s = rb[zy] + 2 * g;
-                    for (int t = dx->gt0[g]; t < dx->gt0[g + 1]; t++) {
-                        const float a = s[2 * t], b = s[2 * t + 1], e = s[2 * t + 2], f = s[2 * t + 3];
-                        w0[t] = a - e;
-                        w1[t] = b + e;
-                        w2[t] = e - b;
-                        w3[t] = b - f;
+                for (int z = 0; z < 4; z++) {
+                    const float *a0 = T[z * 4], *a1 = T[z * 4 + 1], *a2 = T[z * 4 + 2], *a3 = T[z * 4 + 3];
+                    float *restrict o0 = vc + (size_t)((z * 4) * 4 + xx) * xi,
+                                    *restrict o1 = vc + (size_t)((z * 4 + 1) * 4 + xx) * xi,
+                                    *restrict o2 = vc + (size_t)((z * 4 + 2) * 4 + xx) * xi,
+                                    *restrict o3 = vc + (size_t)((z * 4 + 3) * 4 + xx) * xi;
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t] - a2[t];
+                        o1[t] = a1[t] + a2[t];
+                        o2[t] = a2[t] - a1[t];
+                        o3[t] = a1[t] - a3[t];
                     }
                 }
             }
@@ -312,182 +345,214 @@ static void wino_in(const wplan *pl, const float *x, int r0, int nr, float *V)
     }
 }
 
-/* dM [64][K][tbb] = (A x A x A) of the dy tiles of block rows r0 .. r0+nr-1. */
+/* dM [64][K][tbb] = (A x A x A) of the dy tiles of block rows r0 .. r0+nr-1.  As wino_in: per channel and chunk
+ * of tile rows, A along x row by row into X [4 (uz, uy)][4 (xx)][chunk tiles], then A along z and y as vector loops
+ * over the chunk's tiles, writing 64 runs of dM. */
 MN_WINO_CLONES
 static void wino_dyt(const wplan *pl, const float *dyv, int r0, int nr, float *D)
 {
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
-    const int K = pl->K, tx = pl->tx, L = 2 * tx;
+    const int K = pl->K, tx = pl->tx, rc = chunk_rows(tx);
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->out * dx->out, pout = plane * dz->out;
     const size_t xi = pstride((size_t)K * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)K * tbb > 4096)
     for (int k = 0; k < K; k++) {
-        float rb[4][2 * MN_WINO_MAXT], tb[8][2 * MN_WINO_MAXT], sb[16][2 * MN_WINO_MAXT];
-        for (int rr = 0; rr < nr; rr++) {
-            int n, tz, ty;
-            row_decode(pl, r0 + rr, &n, &tz, &ty);
-            const float *yk = dyv + ((size_t)n * K + k) * pout;
-            for (int uz = 0; uz < 2; uz++)
-                for (int uy = 0; uy < 2; uy++) {
-                    const int ok = uz < dz->nv[tz] && uy < dy->nv[ty];
+        float rb[2 * MN_WINO_MAXT], X[4][4][WG_XS], T[4][2][WG_XS];
+        for (int q0 = 0; q0 < nr; q0 += rc) {
+            const int nq = nr - q0 < rc ? nr - q0 : rc, nt = nq * tx;
+            for (int rq = 0; rq < nq; rq++) {
+                int n, tz, ty;
+                row_decode(pl, r0 + q0 + rq, &n, &tz, &ty);
+                const float *yk = dyv + ((size_t)n * K + k) * pout;
+                for (int u = 0; u < 4; u++) {
+                    const int uz = u / 2, uy = u % 2, ok = uz < dz->nv[tz] && uy < dy->nv[ty];
+                    float *restrict w0 = X[u][0] + rq * tx, *restrict w1 = X[u][1] + rq * tx,
+                                    *restrict w2 = X[u][2] + rq * tx, *restrict w3 = X[u][3] + rq * tx;
+                    if (!ok) {
+                        for (int t = 0; t < tx; t++) w0[t] = w1[t] = w2[t] = w3[t] = 0.0f;
+                        continue;
+                    }
                     const size_t oz = (size_t)dz->ob[tz] + (size_t)dz->d * uz, oy = (size_t)dy->ob[ty] + (size_t)dy->d * uy;
-                    gather_out_row(dx, ok ? yk + oz * plane + oy * dx->out : NULL, rb[uz * 2 + uy]);
-                }
-            /* A along z: tb[xz][uy]. */
-            for (int uy = 0; uy < 2; uy++) {
-                const float *a0 = rb[uy], *a1 = rb[2 + uy];
-                float *o0 = tb[uy], *o1 = tb[2 + uy], *o2 = tb[4 + uy], *o3 = tb[6 + uy];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i];
-                    o1[i] = a0[i] + a1[i];
-                    o2[i] = a0[i] - a1[i];
-                    o3[i] = -a1[i];
+                    gather_out_row(dx, yk + oz * plane + oy * dx->out, rb);
+                    /* A along x, tile by tile. */
+                    for (int t = 0; t < tx; t++) {
+                        const float a = rb[2 * t], b = rb[2 * t + 1];
+                        w0[t] = a;
+                        w1[t] = a + b;
+                        w2[t] = a - b;
+                        w3[t] = -b;
+                    }
                 }
             }
-            /* A along y: sb[xz][xy]. */
-            for (int z = 0; z < 4; z++) {
-                const float *a0 = tb[z * 2], *a1 = tb[z * 2 + 1];
-                float *o0 = sb[z * 4], *o1 = sb[z * 4 + 1], *o2 = sb[z * 4 + 2], *o3 = sb[z * 4 + 3];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i];
-                    o1[i] = a0[i] + a1[i];
-                    o2[i] = a0[i] - a1[i];
-                    o3[i] = -a1[i];
+            float *dk = D + (size_t)k * tbb + (size_t)q0 * tx;
+            for (int xx = 0; xx < 4; xx++) {
+                /* A along z: T[xz][uy]. */
+                for (int uy = 0; uy < 2; uy++) {
+                    const float *a0 = X[uy][xx], *a1 = X[2 + uy][xx];
+                    float *restrict o0 = T[0][uy], *restrict o1 = T[1][uy], *restrict o2 = T[2][uy],
+                                    *restrict o3 = T[3][uy];
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t];
+                        o1[t] = a0[t] + a1[t];
+                        o2[t] = a0[t] - a1[t];
+                        o3[t] = -a1[t];
+                    }
                 }
-            }
-            /* A along x, tile by tile. */
-            for (int zy = 0; zy < 16; zy++) {
-                const float *s = sb[zy];
-                float *d0 = D + (size_t)(zy * 4) * xi + (size_t)k * tbb + (size_t)rr * tx;
-                float *restrict w0 = d0, *restrict w1 = d0 + xi, *restrict w2 = d0 + 2 * xi, *restrict w3 = d0 + 3 * xi;
-                for (int t = 0; t < tx; t++) {
-                    const float a = s[2 * t], b = s[2 * t + 1];
-                    w0[t] = a;
-                    w1[t] = a + b;
-                    w2[t] = a - b;
-                    w3[t] = -b;
+                /* A along y: dM row (xz*4 + xy)*4 + xx. */
+                for (int xz = 0; xz < 4; xz++) {
+                    const float *a0 = T[xz][0], *a1 = T[xz][1];
+                    float *restrict o0 = dk + (size_t)((xz * 4) * 4 + xx) * xi,
+                                    *restrict o1 = dk + (size_t)((xz * 4 + 1) * 4 + xx) * xi,
+                                    *restrict o2 = dk + (size_t)((xz * 4 + 2) * 4 + xx) * xi,
+                                    *restrict o3 = dk + (size_t)((xz * 4 + 3) * 4 + xx) * xi;
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t];
+                        o1[t] = a0[t] + a1[t];
+                        o2[t] = a0[t] - a1[t];
+                        o3[t] = -a1[t];
+                    }
                 }
             }
         }
     }
 }
 
-/* y rows of block r0 .. r0+nr-1 from M [64][K][tbb]: A^T in three passes, plus bias. */
+/* y rows of block r0 .. r0+nr-1 from M [64][K][tbb]: A^T in three passes, plus bias.  The mirror of wino_in: per
+ * channel and chunk of tile rows, A^T along z and then y as vector loops over the chunk's tiles (reading 64 runs of
+ * M), into Z [4 (uz, uy)][4 (xx)][chunk tiles], then A^T along x row by row into the output rows. */
 MN_WINO_CLONES
 static void wino_out(const wplan *pl, const float *M, int r0, int nr, const float *bias, float *y)
 {
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
-    const int K = pl->K, tx = pl->tx, L = 2 * tx;
+    const int K = pl->K, tx = pl->tx, rc = chunk_rows(tx);
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->out * dx->out, pout = plane * dz->out;
     const size_t xi = pstride((size_t)K * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)K * tbb > 4096)
     for (int k = 0; k < K; k++) {
-        float xb[16][2 * MN_WINO_MAXT], yb[8][2 * MN_WINO_MAXT], zb[4][2 * MN_WINO_MAXT];
+        float T[2][4][WG_XS], Z[4][4][WG_XS], ob[2 * MN_WINO_MAXT];
         const float bk = bias ? bias[k] : 0.0f;
-        for (int rr = 0; rr < nr; rr++) {
-            int n, tz, ty;
-            row_decode(pl, r0 + rr, &n, &tz, &ty);
-            /* A^T along x: xb[zy][2t + u]. */
-            for (int zy = 0; zy < 16; zy++) {
-                const float *m0 = M + (size_t)(zy * 4) * xi + (size_t)k * tbb + (size_t)rr * tx;
-                const float *m1 = m0 + xi, *m2 = m0 + 2 * xi, *m3 = m0 + 3 * xi;
-                float *restrict o = xb[zy];
-                for (int t = 0; t < tx; t++) {
-                    o[2 * t] = m0[t] + m1[t] + m2[t];
-                    o[2 * t + 1] = m1[t] - m2[t] - m3[t];
+        for (int q0 = 0; q0 < nr; q0 += rc) {
+            const int nq = nr - q0 < rc ? nr - q0 : rc, nt = nq * tx;
+            const float *mk = M + (size_t)k * tbb + (size_t)q0 * tx;
+            for (int xx = 0; xx < 4; xx++) {
+                /* A^T along z: T[uz][xy]. */
+                for (int xy = 0; xy < 4; xy++) {
+                    const float *a0 = mk + (size_t)((0 * 4 + xy) * 4 + xx) * xi,
+                                *a1 = mk + (size_t)((1 * 4 + xy) * 4 + xx) * xi,
+                                *a2 = mk + (size_t)((2 * 4 + xy) * 4 + xx) * xi,
+                                *a3 = mk + (size_t)((3 * 4 + xy) * 4 + xx) * xi;
+                    float *restrict o0 = T[0][xy], *restrict o1 = T[1][xy];
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t] + a1[t] + a2[t];
+                        o1[t] = a1[t] - a2[t] - a3[t];
+                    }
+                }
+                /* A^T along y: Z[uz*2 + uy][xx]. */
+                for (int uz = 0; uz < 2; uz++) {
+                    const float *a0 = T[uz][0], *a1 = T[uz][1], *a2 = T[uz][2], *a3 = T[uz][3];
+                    float *restrict o0 = Z[uz * 2][xx], *restrict o1 = Z[uz * 2 + 1][xx];
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t] + a1[t] + a2[t];
+                        o1[t] = a1[t] - a2[t] - a3[t];
+                    }
                 }
             }
-            /* A^T along y: yb[xz][uy]. */
-            for (int z = 0; z < 4; z++) {
-                const float *a0 = xb[z * 4], *a1 = xb[z * 4 + 1], *a2 = xb[z * 4 + 2], *a3 = xb[z * 4 + 3];
-                float *o0 = yb[z * 2], *o1 = yb[z * 2 + 1];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i] + a1[i] + a2[i];
-                    o1[i] = a1[i] - a2[i] - a3[i];
-                }
+            /* A^T along x, row by row, into the output rows. */
+            for (int rq = 0; rq < nq; rq++) {
+                int n, tz, ty;
+                row_decode(pl, r0 + q0 + rq, &n, &tz, &ty);
+                float *yk = y + ((size_t)n * K + k) * pout;
+                for (int uz = 0; uz < dz->nv[tz]; uz++)
+                    for (int uy = 0; uy < dy->nv[ty]; uy++) {
+                        const float *m0 = Z[uz * 2 + uy][0] + rq * tx, *m1 = Z[uz * 2 + uy][1] + rq * tx,
+                                    *m2 = Z[uz * 2 + uy][2] + rq * tx, *m3 = Z[uz * 2 + uy][3] + rq * tx;
+                        for (int t = 0; t < tx; t++) {
+                            ob[2 * t] = m0[t] + m1[t] + m2[t];
+                            ob[2 * t + 1] = m1[t] - m2[t] - m3[t];
+                        }
+                        const size_t oz = (size_t)dz->ob[tz] + (size_t)dz->d * uz,
+                                     oy = (size_t)dy->ob[ty] + (size_t)dy->d * uy;
+                        scatter_out_row(dx, ob, bk, yk + oz * plane + oy * dx->out);
+                    }
             }
-            /* A^T along z: zb[uz][uy]. */
-            for (int uy = 0; uy < 2; uy++) {
-                const float *a0 = yb[uy], *a1 = yb[2 + uy], *a2 = yb[4 + uy], *a3 = yb[6 + uy];
-                float *o0 = zb[uy], *o1 = zb[2 + uy];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i] + a1[i] + a2[i];
-                    o1[i] = a1[i] - a2[i] - a3[i];
-                }
-            }
-            float *yk = y + ((size_t)n * K + k) * pout;
-            for (int uz = 0; uz < dz->nv[tz]; uz++)
-                for (int uy = 0; uy < dy->nv[ty]; uy++) {
-                    const size_t oz = (size_t)dz->ob[tz] + (size_t)dz->d * uz, oy = (size_t)dy->ob[ty] + (size_t)dy->d * uy;
-                    scatter_out_row(dx, zb[uz * 2 + uy], bk, yk + oz * plane + oy * dx->out);
-                }
         }
     }
 }
 
-/* dx += B-adjoint of dV [64][C][tbb] for block rows r0 .. r0+nr-1. */
+/* dx += B-adjoint of dV [64][C][tbb] for block rows r0 .. r0+nr-1.  The mirror of wino_in: per channel and chunk
+ * of tile rows, B along z and y as vector loops over the chunk's tiles (reading 64 runs of dV) into
+ * X [16 (jz, jy)][4 (xx)][chunk tiles], then B along x row by row into the x-buffers, added to dx. */
 MN_WINO_CLONES
 static void wino_dx(const wplan *pl, const float *dV, int r0, int nr, float *dxv)
 {
     const wdim *dz = &pl->dim[0], *dy = &pl->dim[1], *dx = &pl->dim[2];
-    const int C = pl->C, tx = pl->tx, L = dx->len;
+    const int C = pl->C, tx = pl->tx, rc = chunk_rows(tx);
     const size_t tbb = (size_t)nr * tx, plane = (size_t)dy->in * dx->in, pin = plane * dz->in;
     const size_t xi = pstride((size_t)C * tbb);
 #pragma omp parallel for schedule(static) if ((size_t)C * tbb > 4096)
     for (int c = 0; c < C; c++) {
-        float xb[16][MN_WINO_MAXL], yb[16][MN_WINO_MAXL];
-        for (int rr = 0; rr < nr; rr++) {
-            int n, tz, ty;
-            row_decode(pl, r0 + rr, &n, &tz, &ty);
-            /* B along x into the x-buffers: tiles overlap by two inputs, so two sweeps that do not. */
-            for (int zy = 0; zy < 16; zy++) {
-                const float *v0 = dV + (size_t)(zy * 4) * xi + (size_t)c * tbb + (size_t)rr * tx;
-                const float *v1 = v0 + xi, *v2 = v0 + 2 * xi, *v3 = v0 + 3 * xi;
-                for (int g = 0; g < dx->ng; g++) {
-                    float *restrict s = xb[zy] + 2 * g;
-                    const int t0 = dx->gt0[g], t1 = dx->gt0[g + 1];
-                    for (int t = t0; t < t1; t++) {
-                        s[2 * t] = v0[t];
-                        s[2 * t + 1] = v1[t] - v2[t] + v3[t];
-                    }
-                    s[2 * t1] = 0.0f;
-                    s[2 * t1 + 1] = 0.0f;
-                    for (int t = t0; t < t1; t++) {
-                        s[2 * t + 2] += v1[t] + v2[t] - v0[t];
-                        s[2 * t + 3] -= v3[t];
+        float xb[MN_WINO_MAXL], X[16][4][WG_XS], T[16][WG_XS];
+        for (int q0 = 0; q0 < nr; q0 += rc) {
+            const int nq = nr - q0 < rc ? nr - q0 : rc, nt = nq * tx;
+            const float *vc = dV + (size_t)c * tbb + (size_t)q0 * tx;
+            for (int xx = 0; xx < 4; xx++) {
+                /* B along y: T[xz][jy] from dV rows (xz*4 + xy)*4 + xx. */
+                for (int z = 0; z < 4; z++) {
+                    const float *a0 = vc + (size_t)((z * 4) * 4 + xx) * xi,
+                                *a1 = vc + (size_t)((z * 4 + 1) * 4 + xx) * xi,
+                                *a2 = vc + (size_t)((z * 4 + 2) * 4 + xx) * xi,
+                                *a3 = vc + (size_t)((z * 4 + 3) * 4 + xx) * xi;
+                    float *restrict o0 = T[z * 4], *restrict o1 = T[z * 4 + 1], *restrict o2 = T[z * 4 + 2],
+                                    *restrict o3 = T[z * 4 + 3];
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t];
+                        o1[t] = a1[t] - a2[t] + a3[t];
+                        o2[t] = a1[t] + a2[t] - a0[t];
+                        o3[t] = -a3[t];
                     }
                 }
-            }
-            /* B along y: yb[xz][jy]. */
-            for (int z = 0; z < 4; z++) {
-                const float *a0 = xb[z * 4], *a1 = xb[z * 4 + 1], *a2 = xb[z * 4 + 2], *a3 = xb[z * 4 + 3];
-                float *o0 = yb[z * 4], *o1 = yb[z * 4 + 1], *o2 = yb[z * 4 + 2], *o3 = yb[z * 4 + 3];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i];
-                    o1[i] = a1[i] - a2[i] + a3[i];
-                    o2[i] = a1[i] + a2[i] - a0[i];
-                    o3[i] = -a3[i];
-                }
-            }
-            /* B along z: xb[jz][jy]. */
-            for (int jy = 0; jy < 4; jy++) {
-                const float *a0 = yb[jy], *a1 = yb[4 + jy], *a2 = yb[8 + jy], *a3 = yb[12 + jy];
-                float *o0 = xb[jy], *o1 = xb[4 + jy], *o2 = xb[8 + jy], *o3 = xb[12 + jy];
-                for (int i = 0; i < L; i++) {
-                    o0[i] = a0[i];
-                    o1[i] = a1[i] - a2[i] + a3[i];
-                    o2[i] = a1[i] + a2[i] - a0[i];
-                    o3[i] = -a3[i];
-                }
-            }
-            float *xc = dxv + ((size_t)n * C + c) * pin;
-            for (int jz = 0; jz < 4; jz++) {
-                const int iz = dz->ob[tz] - dz->p + dz->d * jz;
-                if (iz < 0 || iz >= dz->in) continue;
+                /* B along z: X[jz*4 + jy][xx]. */
                 for (int jy = 0; jy < 4; jy++) {
-                    const int iy = dy->ob[ty] - dy->p + dy->d * jy;
-                    if (iy < 0 || iy >= dy->in) continue;
-                    scatter_in_row(dx, xb[jz * 4 + jy], xc + (size_t)iz * plane + (size_t)iy * dx->in);
+                    const float *a0 = T[jy], *a1 = T[4 + jy], *a2 = T[8 + jy], *a3 = T[12 + jy];
+                    float *restrict o0 = X[jy][xx], *restrict o1 = X[4 + jy][xx], *restrict o2 = X[8 + jy][xx],
+                                    *restrict o3 = X[12 + jy][xx];
+                    for (int t = 0; t < nt; t++) {
+                        o0[t] = a0[t];
+                        o1[t] = a1[t] - a2[t] + a3[t];
+                        o2[t] = a1[t] + a2[t] - a0[t];
+                        o3[t] = -a3[t];
+                    }
+                }
+            }
+            for (int rq = 0; rq < nq; rq++) {
+                int n, tz, ty;
+                row_decode(pl, r0 + q0 + rq, &n, &tz, &ty);
+                float *xc = dxv + ((size_t)n * C + c) * pin;
+                for (int jz = 0; jz < 4; jz++) {
+                    const int iz = dz->ob[tz] - dz->p + dz->d * jz;
+                    if (iz < 0 || iz >= dz->in) continue;
+                    for (int jy = 0; jy < 4; jy++) {
+                        const int iy = dy->ob[ty] - dy->p + dy->d * jy;
+                        if (iy < 0 || iy >= dy->in) continue;
+                        const float *v0 = X[jz * 4 + jy][0] + rq * tx, *v1 = X[jz * 4 + jy][1] + rq * tx,
+                                    *v2 = X[jz * 4 + jy][2] + rq * tx, *v3 = X[jz * 4 + jy][3] + rq * tx;
+                        /* B along x into the x-buffer: tiles overlap by two inputs, so two sweeps that do not. */
+                        for (int g = 0; g < dx->ng; g++) {
+                            float *restrict sg = xb + 2 * g;
+                            const int t0 = dx->gt0[g], t1 = dx->gt0[g + 1];
+                            for (int t = t0; t < t1; t++) {
+                                sg[2 * t] = v0[t];
+                                sg[2 * t + 1] = v1[t] - v2[t] + v3[t];
+                            }
+                            sg[2 * t1] = 0.0f;
+                            sg[2 * t1 + 1] = 0.0f;
+                            for (int t = t0; t < t1; t++) {
+                                sg[2 * t + 2] += v1[t] + v2[t] - v0[t];
+                                sg[2 * t + 3] -= v3[t];
+                            }
+                        }
+                        scatter_in_row(dx, xb, xc + (size_t)iz * plane + (size_t)iy * dx->in);
+                    }
                 }
             }
         }
@@ -585,7 +650,7 @@ static void wino_dw(const float *dU, int K, int C, float *dw)
 
 static mn_err plan_get(wplan *pl, const mn_conv3d *l, const mn_shape *in, const mn_shape *out)
 {
-    MN_CHECK(plan_init(pl, l, in, out), MN_ERR_ARG,
+    MN_CHECK(plan_init(pl, l, in, out, block_floats()), MN_ERR_ARG,
              "conv3d %d->%d: Winograd path called for a layer it cannot run (kernel %dx%dx%d, stride %d/%d/%d, "
              "output %dx%dx%d)",
              l->cin, l->cout, l->k[0], l->k[1], l->k[2], l->s[0], l->s[1], l->s[2], out->d, out->h, out->w);

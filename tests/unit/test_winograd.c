@@ -17,8 +17,10 @@
  *     thresholds, choose_algo applies it without timing, the workspace counts Winograd only where the rule takes
  *     it, and bad MEDNET_CONV_ALGO values (unknown, wrong case, trailing blank) are MN_ERR_ARG.  A change of the rule fails here on purpose: measure
  *     again (bench_conv3d --sweep) and update the table and README.
- * (f) the same layer on 1 and on 2 threads gives bitwise equal y, dx and dw (the 64 products of a block are dealt
- *     over the threads, each single-threaded, by mn_gemm_batch; BLIS threads larger ones itself).
+ * (f) the same layer on 1 and on 2 threads gives bitwise equal y and dx (the 64 products of a block are dealt
+ *     over the threads, each single-threaded, by mn_gemm_batch; BLIS threads larger ones itself), and dw equal to
+ *     fp32 rounding: one thread uses smaller tile blocks, and the weight gradient sums the blocks in order; a layer
+ *     that fits one block on both gives a bitwise equal dw too.
  * Runs with 2 threads (the transforms are OpenMP-parallel over channels).
  */
 #include <blis.h>
@@ -296,16 +298,28 @@ static void run_threads(int nthreads, mn_conv3d l, mn_shape in, float *out)
 static void check_threads(void)
 {
     const int k3[3] = {3, 3, 3}, s1[3] = {1, 1, 1}, p1[3] = {1, 1, 1};
-    const mn_shape in = {2, 32, 16, 16, 16};
-    const mn_conv3d l = mk(32, 48, k3, s1, p1, s1);
-    const size_t n = mn_shape_numel(&in) + (size_t)2 * 48 * 16 * 16 * 16 + (size_t)48 * 32 * 27;
-    float *a = mn_test_alloc(n), *b = mn_test_alloc(n);
-    run_threads(1, l, in, a);
-    run_threads(2, l, in, b);
-    TEST_EXPECT(!memcmp(a, b, n * sizeof *a), "32->48 p1 16^3 n2: 1 and 2 threads differ");
-    printf("  32->48 p1 16^3 n2: y, dx, dw bitwise equal on 1 and 2 threads\n");
-    free(a);
-    free(b);
+    const struct {
+        const char *name;
+        mn_shape in;
+        int cout, one_block;
+    } c[] = {{"32->48 p1 16^3 n2 (several blocks on 1 thread)", {2, 32, 16, 16, 16}, 48, 0},
+             {"16->24 p1 6x7x8 n1 (one block)", {1, 16, 6, 7, 8}, 24, 1}};
+    for (int i = 0; i < 2; i++) {
+        const mn_shape in = c[i].in;
+        const mn_conv3d l = mk(in.c, c[i].cout, k3, s1, p1, s1);
+        const size_t ny = (size_t)in.n * c[i].cout * in.d * in.h * in.w, nx = mn_shape_numel(&in),
+                     nw = (size_t)c[i].cout * in.c * 27, n = ny + nx + nw;
+        float *a = mn_test_alloc(n), *b = mn_test_alloc(n);
+        run_threads(1, l, in, a);
+        run_threads(2, l, in, b);
+        TEST_EXPECT(!memcmp(a, b, (ny + nx) * sizeof *a), "%s: y or dx differ between 1 and 2 threads", c[i].name);
+        const double ew = cmp(a + ny + nx, b + ny + nx, nw);
+        TEST_EXPECT(c[i].one_block ? !memcmp(a + ny + nx, b + ny + nx, nw * sizeof *a) : ew < TOL,
+                    "%s: dw differs between 1 and 2 threads (rel err %.3g)", c[i].name, ew);
+        printf("  %s: y, dx bitwise equal on 1 and 2 threads; dw rel err %.2e\n", c[i].name, ew);
+        free(a);
+        free(b);
+    }
 }
 
 int main(void)
