@@ -69,16 +69,14 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
 
 /* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass and the thread
  * count (mn_threads_count), the same in every process that runs with as many threads.  Winograd when the layer can
- * run it (see mn_conv3d_pass_algo), the dilation is 1, the smallest output extent is >= MN_WINO_RULE_MIN_EXTENT
- * and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward: MN_WINO_RULE_MIN_CHANNELS_FWD); the GEMM path
- * otherwise (and for a bad pass).  With 2 or more threads, two changes: the backward passes of an undilated layer
- * whose smallest output extent is >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT take the GEMM path, and the backward-weights
- * pass of a layer dilated by 2 in every dimension with both channel counts >= MN_WINO_RULE_MIN_CHANNELS takes
- * Winograd.  Thresholds from per-layer measurements over the 3x3x3 shapes of resnet10/18/50 with the conv_seg head
- * at 64^3 and 112^3 on 1 and 2 threads (bench_conv3d --sweep): Winograd wins on the undilated 64- and 128-channel
- * layers at 8^3 and up on every pass, on the head's 32->32 only forward, and loses or ties on the dilated stages
- * on 1 thread; on 2 threads the GEMM path scales better on layer1's backward passes at 28^3 (Winograd 0.79-0.88x)
- * and Winograd better on layer3's dilation-2 backward-weights (1.13-1.32x in all six shapes). */
+ * run it (see mn_conv3d_pass_algo), the dilation is 1 or 2 (the same in every dimension), the smallest output
+ * extent is >= MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward:
+ * MN_WINO_RULE_MIN_CHANNELS_FWD); the GEMM path otherwise (and for a bad pass).  With 2 or more threads the backward
+ * passes of an undilated layer whose smallest output extent is >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT take the GEMM
+ * path.  Thresholds from per-layer measurements over the 3x3x3 shapes of resnet10/18/50 with the conv_seg head at
+ * 64^3 and 112^3 on 1 and 2 threads (bench_conv3d --sweep): Winograd wins on the 64- and 128-channel layers at 8^3
+ * and up and on the dilation-2 stage (layer3) on every pass, on the head's 32->32 only forward, and loses on the
+ * dilation-4 stage; on 2 threads the GEMM path ties or wins on layer1's backward passes at 28^3. */
 #define MN_WINO_RULE_MIN_CHANNELS 64
 #define MN_WINO_RULE_MIN_CHANNELS_FWD 32
 #define MN_WINO_RULE_MIN_EXTENT 8

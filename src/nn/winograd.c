@@ -851,19 +851,14 @@ mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in,
         dil1 &= l->dil[i] == 1;
         dil2 &= l->dil[i] == 2;
     }
-    if (dil2)
-        return threads >= 2 && pass == MN_CONV_PASS_BWD_WEIGHTS && l->cin >= MN_WINO_RULE_MIN_CHANNELS &&
-                       l->cout >= MN_WINO_RULE_MIN_CHANNELS
-                   ? MN_CONV_ALGO_WINOGRAD
-                   : MN_CONV_ALGO_GEMM;
-    if (!dil1) return MN_CONV_ALGO_GEMM;
+    if (!dil1 && !dil2) return MN_CONV_ALGO_GEMM;
     const int minch = pass == MN_CONV_PASS_FWD ? MN_WINO_RULE_MIN_CHANNELS_FWD : MN_WINO_RULE_MIN_CHANNELS;
     const mn_shape out = out_shape(l, in);
     int minext = out.d < out.h ? out.d : out.h;
     if (out.w < minext) minext = out.w;
     if (l->cin < minch || l->cout < minch) return MN_CONV_ALGO_GEMM;
     if (minext < MN_WINO_RULE_MIN_EXTENT) return MN_CONV_ALGO_GEMM;
-    if (threads >= 2 && pass != MN_CONV_PASS_FWD && minext >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT)
+    if (dil1 && threads >= 2 && pass != MN_CONV_PASS_FWD && minext >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT)
         return MN_CONV_ALGO_GEMM;
     return MN_CONV_ALGO_WINOGRAD;
 }
