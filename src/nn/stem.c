@@ -76,8 +76,10 @@ static void stem_item_init(const stem_geom *g, const float *x, long i, stem_item
     it->ox0 = seg * STEM_SEG;
     it->nox = g->out[2] - it->ox0 < STEM_SEG ? g->out[2] - it->ox0 : STEM_SEG;
     const int W = g->in[2], wl = g->wl, ix0 = it->ox0 * g->s[2] - g->p[2];
-    /* Window columns j read x index ix0 + j; those inside the row form [jlo, jhi). */
+    /* Window columns j read x index ix0 + j; those inside the row form [jlo, jhi) (empty when the window lies in the
+     * padding, which may be wider than the window). */
     int jlo = ix0 < 0 ? -ix0 : 0, jhi = W - ix0 < wl ? W - ix0 : wl;
+    if (jlo > wl) jlo = wl;
     if (jhi < jlo) jhi = jlo;
     int nw = 0, nt = 0;
     for (int tz = 0; tz < g->k[0]; tz++) {
@@ -89,7 +91,7 @@ static void stem_item_init(const stem_geom *g, const float *x, long i, stem_item
             float *w = it->win + (size_t)nw++ * wl;
             const float *xr = x + (((size_t)it->n * g->in[0] + iz) * g->in[1] + iy) * W;
             memset(w, 0, (size_t)jlo * sizeof *w);
-            memcpy(w + jlo, xr + ix0 + jlo, (size_t)(jhi - jlo) * sizeof *w);
+            if (jhi > jlo) memcpy(w + jlo, xr + ix0 + jlo, (size_t)(jhi - jlo) * sizeof *w);
             memset(w + jhi, 0, (size_t)(wl - jhi) * sizeof *w);
             for (int tx = 0; tx < g->k[2]; tx++) {
                 it->src[nt] = w + tx;

@@ -267,9 +267,8 @@ static inline int chunk_rows(int tx) { return tx >= WG_CHUNK ? 1 : WG_CHUNK / tx
 #define WG_XS (MN_WINO_MAXT + 16)
 
 /* V [64][C][tbb] of block rows r0 .. r0+nr-1 from x (N, C, in).  Per channel, a chunk of tile rows at a time: B^T
- * along x first, row by row, into X [16 (jz, jy)][4 (xx)][chunk tiles] (contiguous, 64 KiB at most), then B^T along
- * z and y together as one vector loop over the chunk's tiles, writing 64 runs of V.  (Transforming z and y first,
- * on 18-float rows, and x last into the 64 planes, took twice as long.) */
+ * along x first, row by row, into X [16 (jz, jy)][4 (xx)][chunk tiles] (68 KiB on the stack), then B^T along z into
+ * T and along y into V, as vector loops over the chunk's tiles that write 64 runs of V. */
 MN_WINO_CLONES
 static void wino_in(const wplan *pl, const float *x, int r0, int nr, float *V)
 {

@@ -3,9 +3,9 @@
  *
  * (a) forward and backward-weights on the kernels, backward-data on the GEMM path, against mn_conv3d_forward_ref /
  *     mn_conv3d_backward_ref: the stem itself (1->64 k7 s2 p3), odd extents, strides 1, 2 and 3 and unequal per
- *     dimension, padding 0 and larger than the kernel's half, kernels 1x2x3 and 5x3x1, an output row longer than
- *     one item (x extent > 48 outputs), channel counts that leave a tail after the register blocks (16, 48, 80,
- *     24 and 40 on AVX2), batch 1 and 3, with and without bias.  y is prefilled with NaN (must be overwritten),
+ *     dimension, padding 0, larger than the kernel's half and wider than an item's window, kernels 1x2x3 and 5x3x1,
+ *     an output row longer than one item (x extent > 48 outputs), channel counts that leave a tail after the
+ *     register blocks (16, 48, 80, 24 and 40 on AVX2), batch 1, 2 and 3, with and without bias.  y is prefilled with NaN (must be overwritten),
  *     dx, dw and db accumulate onto random values; relative error below 1e-4 with a floor of 1% of the largest
  *     reference value (as test_conv3d);
  * (b) mn_conv3d_pass_algo names the path ("stem" forward and backward-weights, the GEMM path for backward-data);
@@ -124,6 +124,8 @@ static void check_isa(int vl)
           (mn_shape){2, 1, 7, 9, 20}, 1, "stem", 14, NULL);
     check("1->32 k(5,3,1) s(3,1,2) p(4,2,0) 11x5x13 n1 (pad >= half kernel)",
           mk(1, 32, 5, 3, 1, 3, 1, 2, 4, 2, 0, 1), (mn_shape){1, 1, 11, 5, 13}, 0, "stem", 15, NULL);
+    check("1->16 k1 p(0,0,60) 2x2x3 n2 (padding wider than a window)", mk(1, 16, 1, 1, 1, 1, 1, 1, 0, 0, 60, 1),
+          (mn_shape){2, 1, 2, 2, 3}, 1, "stem", 22, NULL);
     snprintf(name, sizeof name, "1->%d k7 s2 p3 6x10x101 n1 bias", vl);
     check(name, mk(1, vl, 7, 7, 7, 2, 2, 2, 3, 3, 3, 1), (mn_shape){1, 1, 6, 10, 101}, 1, "stem", 16, NULL);
     /* (b) layers the kernels leave to the GEMM path. */
