@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test_model_cli.sh CASE MEDNET PYTHON WORKDIR: the `mednet model` command, run by ctest (tests/cmake/model.cmake).
 # Every case checks the exit status of each command (0 where it must succeed), then what it printed, then values.
-#   table          the parameter table of the seven depths: exit 0 and the counts of PyTorch's MedicalNet models
+#   table          the parameter table of the seven depths: exit 0 and the counts of PyTorch's MedicalNet models;
+#                  the convolution plan follows --threads (resnet18 at 1x112^3: layer1's backward passes on the GEMM
+#                  path from 2 threads, layer3 on Winograd on both), and --threads 0 is refused
 #   export_import  export (resnet18, two conv_seg heads) -> every float value replaced by seeded random ones (an
 #                  import that loaded nothing would otherwise pass) -> import --strict -> export -> bitwise compare;
 #                  a file missing one tensor -> import --strict exits 1 naming it
@@ -27,6 +29,21 @@ table)
   must table.log "$mednet" model
   tr '\n' ' ' < table.log | grep -Eq 'resnet10 .*14355520.*resnet18 .*32986176.*resnet34 .*63295808.*resnet50 .*46155072.*resnet101 .*85201216.*resnet152 .*117359936.*resnet200 .*126559552' ||
     fail "parameter counts differ from MedicalNet's"
+  for t in 1 2; do
+    must plan$t.log "$mednet" model --depth 18 --input 1x112x112x112 --threads $t
+    grep -q "MEDNET_CONV_ALGO=rule, the default, $t thread(s)" plan$t.log || fail "--threads $t: plan header"
+    grep -q 'layer3.0.conv2 +2 like it: 256->256 k3 s1 d2 @1x14^3: winograd/winograd/winograd' plan$t.log ||
+      fail "--threads $t: layer3 not on Winograd"
+  done
+  grep -q 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3: winograd/winograd/winograd' plan1.log ||
+    fail "--threads 1: layer1 not on Winograd"
+  grep -q 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3: winograd/dense/dense' plan2.log ||
+    fail "--threads 2: layer1 backward passes not on the GEMM path"
+  "$mednet" model --depth 18 --threads 0 > t0.log 2>&1
+  st=$?
+  cat t0.log
+  [ "$st" -eq 1 ] || fail "--threads 0: exit status $st, expected 1"
+  grep -q "threads must be a whole number from 1 to 4096, got '0'" t0.log || fail "--threads 0: no message naming it"
   ;;
 export_import)
   m=(model --depth 18 --heads 2:4,7:3)
