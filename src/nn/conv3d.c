@@ -199,21 +199,7 @@ static int conv_use_taps(const mn_vgeom *g, mn_taps *tp)
     return (double)tp->total < MN_CONV_TAPS_FRAC * (double)tp->n * (double)mn_vgeom_cols(g);
 }
 
-/* w2[t][k][c] = w[k][c][t]: one (K x C) row-major matrix per tap.  Loop order matters (measured 6x): the row
- * w[k] (C*kvol floats) stays in L2 while kvol contiguous rows of w2 are written; the other order scatters every
- * element into kvol distant pages. */
-static void permute_w_tap_major(const float *w, int K, int C, int kvol, float *w2)
-{
-#pragma omp parallel for schedule(static)
-    for (int k = 0; k < K; k++)
-        for (int t = 0; t < kvol; t++) {
-            const float *src = w + (size_t)k * C * kvol + t;
-            float *dst = w2 + ((size_t)t * K + k) * C;
-            for (int c = 0; c < C; c++) dst[c] = src[(size_t)c * kvol];
-        }
-}
-
-/* dw[k][c][t] += dwt2[t][k][c] for the taps with a non-empty box: the inverse of the permutation above, with the
+/* dw[k][c][t] += dwt2[t][k][c] for the taps with a non-empty box: the inverse of mn_weights_tap_major, with the
  * same access pattern (row dw[k] in L2, contiguous rows of dwt2).  Writing the strided tile from BLIS directly
  * (C with strides kvol and C*kvol) was measured 2x slower than this extra pass. */
 static void add_dw_from_tap_major(const float *dwt2, const mn_taps *tp, int K, int C, float *dw)
@@ -245,7 +231,7 @@ static mn_err conv_forward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn_
     const int G = conv_group(N, P);
     float *colt = ws, *stage = colt + (size_t)C * G * tp->maxnv, *tmp = stage + (size_t)K * G * P;
     float *w2 = tmp + (size_t)K * G * tp->maxnv;
-    permute_w_tap_major(l->w, K, C, tp->n, w2);
+    mn_weights_tap_major(l->w, K, C, tp->n, w2);
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
         memset(stage, 0, sizeof(float) * (size_t)nb * P * K);
@@ -280,7 +266,7 @@ static mn_err conv_backward_taps(const mn_conv3d *l, const mn_vgeom *g, const mn
     float *colt = ws, *stage = colt + (size_t)C * G * tp->maxnv, *tmp = stage + (size_t)K * G * P;
     float *w2 = tmp + (size_t)K * G * tp->maxnv, *dwt2 = w2 + (size_t)C * tp->n * K;
     mn_prof_refine(MN_PROF_CONV_BWD_DATA);
-    if (dx) permute_w_tap_major(l->w, K, C, tp->n, w2);
+    if (dx) mn_weights_tap_major(l->w, K, C, tp->n, w2);
     for (int n0 = 0; n0 < N; n0 += G) {
         const int nb = N - n0 < G ? N - n0 : G;
         /* dY of the group channels-last: stage[(i*P + v)*K + k]. */

@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "nn/vol2col.h"
 #include "nn/winograd.h"
 
 #define STEM_SEG 48     /* outputs per item along x (a multiple of STEM_R) */
@@ -223,10 +224,7 @@ mn_err mn_stem_forward(const mn_conv3d *l, const mn_shape *in, const mn_shape *o
     stem_geom g;
     MN_CHECK(mn_stem_eligible(l, in) && stem_geom_init(&g, l, in, out), MN_ERR_ARG,
              "conv3d %d->%d: single-channel direct kernel called for a layer it cannot run", l->cin, l->cout);
-    const int K = g.K, T = g.taps;
-    /* Tap-major weights: wt[t][k] = w[k][t]. */
-    for (int t = 0; t < T; t++)
-        for (int k = 0; k < K; k++) ws[(size_t)t * K + k] = l->w[(size_t)k * T + t];
+    mn_weights_tap_major(l->w, g.K, 1, g.taps, ws); /* wt[t][k] = w[k][t] */
 #if STEM_HAVE_KERNELS
     if (mn_stem_isa() == MN_STEM_ISA_AVX512)
         stem_fwd_avx512(&g, x, ws, l->b, y);

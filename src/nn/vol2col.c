@@ -315,3 +315,16 @@ void mn_taps_scatter_add_rows(const mn_vgeom *g, const mn_taps *tp, int t, int n
 {
     TAP_ROWS_LOOP(for (int c = 0; c < k; c++) dst[r * k + c] += src[jb * k + c])
 }
+
+/* Loop order matters (measured 6x): the row w[k] (C*kvol floats) stays in L2 while kvol contiguous rows of w2 are
+ * written; the other order scatters every element into kvol distant pages. */
+void mn_weights_tap_major(const float *w, int K, int C, int kvol, float *w2)
+{
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; k++)
+        for (int t = 0; t < kvol; t++) {
+            const float *src = w + (size_t)k * C * kvol + t;
+            float *dst = w2 + ((size_t)t * K + k) * C;
+            for (int c = 0; c < C; c++) dst[c] = src[(size_t)c * kvol];
+        }
+}

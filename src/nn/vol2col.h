@@ -102,4 +102,8 @@ void mn_bias_add(float *y, int nb, int ch, size_t P, const float *bias);
 /* db[c] += sum over samples and voxels of dy[i, c, :] (summed in double). */
 void mn_bias_grad(const float *dy, int nb, int ch, size_t P, float *db);
 
+/* Convolution weights tap-major: w2[t][k][c] = w[k][c][t] for w (K, C, kvol), one (K x C) row-major matrix per tap.
+ * OpenMP parallel over k. */
+void mn_weights_tap_major(const float *w, int K, int C, int kvol, float *w2);
+
 #endif

@@ -41,23 +41,16 @@
  * workspace); F(4x4x4, 3x3x3) (6^3 = 216 products per 64 outputs, 3.4x -> 8x fewer multiplies but worse fp32
  * conditioning and tiles twice as wide as MedicalNet's 2^3 sub-grids of layer4).
  *
- * Scratch rows live on each thread's stack (at most about 70 KiB); extents are limited to MN_WINO_MAXT tiles per
- * dimension (about 510 voxels undilated) and dilation to MN_WINO_MAXG.  Larger layers take the GEMM path.
- *
- * mn_conv3d_choose_algo (end of file) applies the fixed rule mn_conv3d_rule_algo (MEDNET_CONV_ALGO unset or rule),
- * or times both paths per pass once and records the faster one in the layer (auto); gemm keeps the GEMM path and
- * winograd forces Winograd where it can run.
+ * Scratch rows live on each thread's stack (at most about 90 KiB); extents are limited to MN_WINO_MAXT tiles per
+ * dimension (about 510 voxels undilated) and dilation to MN_WINO_MAXG.  Larger layers take the GEMM path.  Which
+ * pass takes this path is decided in conv_choose.c.
  */
 #include "nn/winograd.h"
 #include "nn/simd_clones.h"
 
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
-#include <time.h>
 
-#include "mednet/mem.h"
 #include "mednet/prof.h"
 #include "mednet/threads.h"
 #include "nn/gemm.h"
@@ -742,122 +735,4 @@ mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *
     mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
     /* One block: dM of the data pass is still in place (U, dV, dM), and U is no longer needed (dU overwrites it). */
     return wino_weights(&pl, x, dy, l->dw, ws, pl.rows <= pl.rpb);
-}
-
-/* ---- choice by measurement ------------------------------------------------------------------------------------ */
-
-int mn_wino_env_force(void)
-{
-    /* Unset means the fixed rule (mn_conv3d_rule_algo): a choice by timing can differ between two processes, and a
-     * resumed run must reproduce an uninterrupted one bit for bit (DESIGN.md, checkpoints).  "auto" opts in. */
-    const char *e = getenv("MEDNET_CONV_ALGO");
-    if (!e || !*e || !strcmp(e, "rule")) return MN_CONV_ENV_RULE;
-    if (!strcmp(e, "auto")) return MN_CONV_ENV_AUTO;
-    if (!strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
-    if (!strcmp(e, "winograd")) return MN_CONV_ALGO_WINOGRAD;
-    return MN_CONV_ENV_BAD;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Best of MN_WINO_TUNE_REPS timed runs (after one warm-up) of one pass with the layer's algo[pass] = algo. */
-#define MN_WINO_TUNE_REPS 2
-static mn_err time_pass(mn_conv3d *t, const mn_shape *in, int pass, int algo, const float *x, float *y,
-                        const float *dy, float *dx, float *ws, double *best)
-{
-    for (int i = 0; i < MN_CONV_NPASS; i++) t->algo[i] = MN_CONV_ALGO_GEMM;
-    t->algo[pass] = (unsigned char)algo;
-    float *dw = t->dw;
-    if (pass != MN_CONV_PASS_BWD_WEIGHTS) t->dw = NULL;
-    *best = 1e30;
-    mn_err err = MN_OK;
-    for (int r = 0; r <= MN_WINO_TUNE_REPS && !err; r++) {
-        const double t0 = now_s();
-        if (pass == MN_CONV_PASS_FWD)
-            err = mn_conv3d_forward(t, in, x, y, ws);
-        else
-            err = mn_conv3d_backward(t, in, x, dy, pass == MN_CONV_PASS_BWD_DATA ? dx : NULL, ws);
-        const double dt = now_s() - t0;
-        if (r > 0 && dt < *best) *best = dt;
-    }
-    t->dw = dw;
-    return err;
-}
-
-mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t ws_floats)
-{
-    mn_shape out;
-    MN_CALL(mn_conv3d_out_shape(l, in, &out));
-    for (int i = 0; i < MN_CONV_NPASS; i++) l->algo[i] = MN_CONV_ALGO_GEMM;
-    const int force = mn_wino_env_force();
-    MN_CHECK(force != MN_CONV_ENV_BAD, MN_ERR_ARG,
-             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd or auto",
-             getenv("MEDNET_CONV_ALGO"));
-    if (force == MN_CONV_ALGO_GEMM || !mn_wino_eligible(l, in)) return MN_OK;
-    if (force == MN_CONV_ALGO_WINOGRAD || force == MN_CONV_ENV_RULE) {
-        for (int i = 0; i < MN_CONV_NPASS; i++)
-            l->algo[i] = (unsigned char)(force == MN_CONV_ALGO_WINOGRAD ? MN_CONV_ALGO_WINOGRAD
-                                                                        : mn_conv3d_rule_algo(l, in, i));
-        return MN_OK;
-    }
-    const size_t need = mn_conv3d_workspace_floats(l, in);
-    MN_CHECK(ws != NULL && ws_floats >= need, MN_ERR_ARG,
-             "conv3d %d->%d: choosing the algorithm needs a workspace of %zu floats, got %zu", l->cin, l->cout, need,
-             ws ? ws_floats : (size_t)0);
-    /* Private operands: the layer's parameters and gradients are left alone. */
-    const size_t nx = mn_shape_numel(in), ny = mn_shape_numel(&out), nw = (size_t)l->cout * l->cin * 27;
-    float *buf = NULL;
-    MN_CALL(mn_calloc((2 * nx + 2 * ny + 2 * nw + (size_t)l->cout) * sizeof(float), "convolution timing operands",
-                      (void **)&buf));
-    float *x = buf, *dx = x + nx, *y = dx + nx, *dy = y + ny, *w = dy + ny, *dw = w + nw, *b = dw + nw;
-    uint32_t s = 12345u;
-    for (size_t i = 0; i < nx; i++, s = s * 1664525u + 1013904223u) x[i] = (float)(s >> 8) * 0x1p-24f - 0.5f;
-    for (size_t i = 0; i < ny; i++, s = s * 1664525u + 1013904223u) dy[i] = (float)(s >> 8) * 0x1p-24f - 0.5f;
-    for (size_t i = 0; i < nw; i++, s = s * 1664525u + 1013904223u) w[i] = ((float)(s >> 8) * 0x1p-24f - 0.5f) * 0.1f;
-    mn_conv3d t = *l;
-    t.w = w;
-    t.dw = dw;
-    t.b = l->b ? b : NULL;
-    t.db = NULL;
-    mn_err err = MN_OK;
-    for (int pass = 0; pass < MN_CONV_NPASS && !err; pass++) {
-        if (pass == MN_CONV_PASS_BWD_WEIGHTS && !l->dw) continue;
-        double tg = 0.0, tw = 0.0;
-        err = time_pass(&t, in, pass, MN_CONV_ALGO_GEMM, x, y, dy, dx, ws, &tg);
-        if (!err) err = time_pass(&t, in, pass, MN_CONV_ALGO_WINOGRAD, x, y, dy, dx, ws, &tw);
-        if (!err && tw < tg) l->algo[pass] = MN_CONV_ALGO_WINOGRAD;
-    }
-    mn_free(&buf);
-    return err;
-}
-
-mn_conv_algo mn_conv3d_rule_algo(const mn_conv3d *l, const mn_shape *in, int pass)
-{
-    return mn_conv3d_rule_algo_threads(l, in, pass, mn_threads_count());
-}
-
-mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in, int pass, int threads)
-{
-    if (pass < 0 || pass >= MN_CONV_NPASS || !mn_wino_eligible(l, in)) return MN_CONV_ALGO_GEMM;
-    /* Measured (bench_conv3d --sweep, README "Convolution algorithm"): see MN_WINO_RULE_* in conv3d.h. */
-    int dil1 = 1, dil2 = 1;
-    for (int i = 0; i < 3; i++) {
-        dil1 &= l->dil[i] == 1;
-        dil2 &= l->dil[i] == 2;
-    }
-    if (!dil1 && !dil2) return MN_CONV_ALGO_GEMM;
-    const int minch = pass == MN_CONV_PASS_FWD ? MN_WINO_RULE_MIN_CHANNELS_FWD : MN_WINO_RULE_MIN_CHANNELS;
-    const mn_shape out = out_shape(l, in);
-    int minext = out.d < out.h ? out.d : out.h;
-    if (out.w < minext) minext = out.w;
-    if (l->cin < minch || l->cout < minch) return MN_CONV_ALGO_GEMM;
-    if (minext < MN_WINO_RULE_MIN_EXTENT) return MN_CONV_ALGO_GEMM;
-    if (dil1 && threads >= 2 && pass != MN_CONV_PASS_FWD && minext >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT)
-        return MN_CONV_ALGO_GEMM;
-    return MN_CONV_ALGO_WINOGRAD;
 }
