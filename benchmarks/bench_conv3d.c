@@ -11,13 +11,15 @@
  * (jemalloc preloaded, as PyTorch users commonly run it) and the ratio is printed.  Type-B downsample 1x1 convs
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
- * Stride-1 3x3x3 convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule:
- * the fixed rule; auto: timed once; winograd: Winograd; gemm: the GEMM path); the validation copies run Winograd on
- * every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm).  The path column gives fwd/bwd-data/bwd-weights:
- * w = Winograd, d = dense, t = taps, x = direct (1x1x1), s = stem (the one-input-channel kernels of nn/stem.c).
+ * Convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule: the fixed rule;
+ * auto: timed once; winograd: Winograd; direct: the channel-blocked direct kernels; gemm: the GEMM path); the
+ * validation copies run Winograd on every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm)
+ * and the direct kernels where they can run with MEDNET_CONV_ALGO=direct.  The path column gives
+ * fwd/bwd-data/bwd-weights: w = Winograd, x = direct kernels (nn/direct.c), d = dense, t = taps, p = pointwise
+ * (1x1x1), s = stem (the one-input-channel kernels of nn/stem.c).
  *
- * Usage: bench_conv3d [--sweep] [THREADS] [REPS]   (--sweep: only the GEMM-vs-Winograd table over the 3x3x3
- * shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
+ * Usage: bench_conv3d [--sweep] [THREADS] [REPS]   (--sweep: only the table of the GEMM path, Winograd and the
+ * direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
  * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -131,11 +133,12 @@ static int layer_setup(bench_layer *L, const shape_spec *sp, int cdiv)
         if (mn_conv3d_out_shape(&L->c, &L->in, &L->out) != MN_OK) return 1;
     }
     const char *env = getenv("MEDNET_CONV_ALGO");
-    const int force_gemm = env && !strcmp(env, "gemm");
-    /* The validation copies ask for Winograd before the workspace is sized: it counts Winograd's share only for
-     * layers that ask for it or that MEDNET_CONV_ALGO may give it to. */
+    const int force_gemm = env && !strcmp(env, "gemm"), force_direct = env && !strcmp(env, "direct");
+    /* The validation copies ask for their algorithm before the workspace is sized: it counts Winograd's and the
+     * direct kernels' shares only for layers that ask for them or that MEDNET_CONV_ALGO may give them to. */
     if (!sp->transposed && cdiv > 1 && !force_gemm)
-        for (int p = 0; p < MN_CONV_NPASS; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
+        for (int p = 0; p < MN_CONV_NPASS; p++)
+            L->c.algo[p] = force_direct ? MN_CONV_ALGO_DIRECT : MN_CONV_ALGO_WINOGRAD;
     if (!sp->transposed) L->nws = mn_conv3d_workspace_floats(&L->c, &L->in);
     L->nx = mn_shape_numel(&L->in);
     L->ny = mn_shape_numel(&L->out);
@@ -366,23 +369,47 @@ static int run_torch(int threads, int reps, double tt[][3], double tb[][3], char
     return 0;
 }
 
-/* GEMM path (a = 0) against Winograd (a = 1) on one layer, alternating, fastest of reps calls after a warm-up:
- * best[a][pass] wall seconds, cbest[a][pass] process CPU seconds.  Grows the workspace for Winograd. */
-static int gemm_vs_wino(bench_layer *L, int reps, double best[2][3], double cbest[2][3])
+/* The algorithms compared, in table order. */
+#define NALGO 3
+static const mn_conv_algo g_algos[NALGO] = {MN_CONV_ALGO_GEMM, MN_CONV_ALGO_WINOGRAD, MN_CONV_ALGO_DIRECT};
+static const char g_algo_letter[NALGO] = {'g', 'w', 'x'};
+
+static char algo_letter(mn_conv_algo a)
 {
-    for (int p = 0; p < 3; p++) L->c.algo[p] = MN_CONV_ALGO_WINOGRAD;
-    const size_t nws = mn_conv3d_workspace_floats(&L->c, &L->in);
+    for (int i = 0; i < NALGO; i++)
+        if (g_algos[i] == a) return g_algo_letter[i];
+    return '?';
+}
+
+/* The GEMM path, Winograd and the direct kernels on one layer, alternating, fastest of reps calls after a warm-up:
+ * best[a][pass] wall seconds, cbest[a][pass] process CPU seconds; INFINITY where algorithm a cannot run the pass
+ * (it would fall back to the GEMM path).  Grows the workspace as needed. */
+static int compare_algos(bench_layer *L, int reps, double best[NALGO][3], double cbest[NALGO][3])
+{
+    size_t nws = 0;
+    for (int a = 0; a < NALGO; a++) {
+        for (int p = 0; p < 3; p++) L->c.algo[p] = (unsigned char)g_algos[a];
+        const size_t n = mn_conv3d_workspace_floats(&L->c, &L->in);
+        if (n > nws) nws = n;
+    }
     if (nws > L->nws) {
         mn_free(&L->ws);
         L->ws = falloc(nws, "workspace");
         L->nws = nws;
     }
-    for (int a = 0; a < 2; a++)
-        for (int p = 0; p < 3; p++) best[a][p] = cbest[a][p] = INFINITY;
+    int can[NALGO][3];
+    for (int a = 0; a < NALGO; a++)
+        for (int p = 0; p < 3; p++) {
+            for (int q = 0; q < 3; q++) L->c.algo[q] = (unsigned char)g_algos[a];
+            const char *name = mn_conv3d_pass_algo(&L->c, &L->in, p);
+            can[a][p] = a == 0 || !strcmp(name, a == 1 ? "winograd" : "direct");
+            best[a][p] = cbest[a][p] = INFINITY;
+        }
     for (int r = 0; r <= reps; r++)
-        for (int a = 0; a < 2; a++) {
-            for (int p = 0; p < 3; p++) L->c.algo[p] = a ? MN_CONV_ALGO_WINOGRAD : MN_CONV_ALGO_GEMM;
+        for (int a = 0; a < NALGO; a++) {
+            for (int p = 0; p < 3; p++) L->c.algo[p] = (unsigned char)g_algos[a];
             for (int p = 0; p < 3; p++) {
+                if (!can[a][p]) continue;
                 double t0 = now(), c0 = cpu_now();
                 if (run_pass(L, p, 0) != MN_OK) return 1;
                 double dt = now() - t0, dc = cpu_now() - c0;
@@ -391,6 +418,23 @@ static int gemm_vs_wino(bench_layer *L, int reps, double best[2][3], double cbes
             }
         }
     return 0;
+}
+
+/* "12.3/4.5/-": the ms of each algorithm on one pass ("-" where it cannot run). */
+static void algo_ms(const double best[NALGO][3], int p, char *buf, size_t n)
+{
+    size_t o = 0;
+    for (int a = 0; a < NALGO && o < n; a++)
+        o += isfinite(best[a][p]) ? (size_t)snprintf(buf + o, n - o, "%s%.1f", a ? "/" : "", best[a][p] * 1e3)
+                                  : (size_t)snprintf(buf + o, n - o, "%s-", a ? "/" : "");
+}
+
+static char fastest(const double best[NALGO][3], int p)
+{
+    int f = 0;
+    for (int a = 1; a < NALGO; a++)
+        if (best[a][p] < best[f][p]) f = a;
+    return g_algo_letter[f];
 }
 
 /* --sweep: GEMM path against Winograd for every stride-1 3x3x3 convolution shape of MedicalNet resnet10/18/50
@@ -404,10 +448,10 @@ static int sweep(int reps)
         {"layer1 64->64", 64, 64, 1, 1},       {"layer2 128->128", 128, 128, 1, 0}, {"layer3 128->256 d2", 128, 256, 2, 0},
         {"layer3 256->256 d2", 256, 256, 2, 0}, {"layer4 256->512 d4", 256, 512, 4, 0},
         {"layer4 512->512 d4", 512, 512, 4, 0}, {"head 32->32", 32, 32, 1, 1}};
-    printf("\nGEMM path vs Winograd per pass, fastest of %d alternating calls, ms wall (CPU); ratio > 1: Winograd "
-           "faster (wall, CPU); rule: the MEDNET_CONV_ALGO-unset choice (w = Winograd, g = GEMM path)\n", reps);
-    printf("%-20s %-12s | %-22s %-22s %-22s | %-11s %-11s %-11s | %s\n", "layer", "input", "fwd gemm/wino",
-           "bwd-d gemm/wino", "bwd-w gemm/wino", "fwd", "bwd-d", "bwd-w", "rule");
+    printf("\nGEMM path / Winograd / direct kernels per pass, fastest of %d alternating calls, ms wall; best: the "
+           "fastest (g, w, x); rule: the MEDNET_CONV_ALGO-unset choice\n", reps);
+    printf("%-20s %-12s | %-18s %-18s %-18s | %-4s | %s\n", "layer", "input", "fwd g/w/x", "bwd-d g/w/x",
+           "bwd-w g/w/x", "best", "rule");
     for (size_t ii = 0; ii < sizeof inputs / sizeof inputs[0]; ii++)
         for (size_t ci = 0; ci < sizeof convs / sizeof convs[0]; ci++) {
             const int ext = convs[ci].big ? inputs[ii].e1 : inputs[ii].e2, d = convs[ci].dil;
@@ -415,18 +459,17 @@ static int sweep(int reps)
             g_batch = inputs[ii].batch;
             bench_layer L;
             if (layer_setup(&L, &sp, 1)) return 1;
-            double best[2][3], cbest[2][3];
-            if (gemm_vs_wino(&L, reps, best, cbest)) return 1;
-            char in[32], rule[4] = "---", col[3][32], rat[3][32];
+            double best[NALGO][3], cbest[NALGO][3];
+            if (compare_algos(&L, reps, best, cbest)) return 1;
+            char in[32], rule[4] = "---", win[4] = "---", col[3][48];
             snprintf(in, sizeof in, "%dx1x%d^3 @%d^3", inputs[ii].batch, inputs[ii].size, ext);
             for (int p = 0; p < 3; p++) {
-                rule[p] = mn_conv3d_rule_algo(&L.c, &L.in, p) == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
-                snprintf(col[p], sizeof col[p], "%.1f/%.1f (%.0f/%.0f)", best[0][p] * 1e3, best[1][p] * 1e3,
-                         cbest[0][p] * 1e3, cbest[1][p] * 1e3);
-                snprintf(rat[p], sizeof rat[p], "%.2f %.2f", best[0][p] / best[1][p], cbest[0][p] / cbest[1][p]);
+                rule[p] = algo_letter(mn_conv3d_rule_algo(&L.c, &L.in, p));
+                win[p] = fastest(best, p);
+                algo_ms(best, p, col[p], sizeof col[p]);
             }
-            printf("%-20s %-12s | %-22s %-22s %-22s | %-11s %-11s %-11s | %c/%c/%c\n", convs[ci].name, in, col[0],
-                   col[1], col[2], rat[0], rat[1], rat[2], rule[0], rule[1], rule[2]);
+            printf("%-20s %-12s | %-18s %-18s %-18s | %s  | %s\n", convs[ci].name, in, col[0], col[1], col[2], win,
+                   rule);
             fflush(stdout);
             layer_free(&L);
         }
@@ -522,21 +565,24 @@ int main(int argc, char **argv)
     printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
            ws_max * 4.0 / 1048576.0);
 
-    /* GEMM path against Winograd on the shapes Winograd can run, alternating, fastest of REPS calls each: the
-     * comparison mn_conv3d_choose_algo makes once, with more repetitions. */
-    printf("\nGEMM path vs Winograd, fastest of %d alternating calls, ms (ratio > 1: Winograd faster):\n", reps);
-    printf("%-32s | %8s %8s %8s | %8s %8s %8s | %5s %5s %5s\n", "shape", "gemm fwd", "bwd-d", "bwd-w", "wino fwd",
-           "bwd-d", "bwd-w", "fwd", "bwd-d", "bwd-w");
+    /* The GEMM path, Winograd and the direct kernels on the 3x3x3 shapes, alternating, fastest of REPS calls each:
+     * the comparison mn_conv3d_choose_algo makes once (MEDNET_CONV_ALGO=auto), with more repetitions. */
+    printf("\nGEMM path / Winograd / direct kernels, fastest of %d alternating calls, ms (- : cannot run the pass); "
+           "best: the fastest (g, w, x)\n", reps);
+    printf("%-32s | %-18s %-18s %-18s | %s\n", "shape", "fwd g/w/x", "bwd-d g/w/x", "bwd-w g/w/x", "best");
     for (int i = 0; i < NSHAPES; i++) {
         const shape_spec *sp = &g_shapes[i];
-        if (sp->transposed || sp->k != 3 || sp->s != 1) continue;
+        if (sp->transposed || sp->k != 3) continue;
         bench_layer L;
         if (layer_setup(&L, sp, 1)) return 1;
-        double best[2][3], cbest[2][3];
-        if (gemm_vs_wino(&L, reps, best, cbest)) return 1;
-        printf("%-32s | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %5.2f %5.2f %5.2f\n", sp->name, best[0][0] * 1e3,
-               best[0][1] * 1e3, best[0][2] * 1e3, best[1][0] * 1e3, best[1][1] * 1e3, best[1][2] * 1e3,
-               best[0][0] / best[1][0], best[0][1] / best[1][1], best[0][2] / best[1][2]);
+        double best[NALGO][3], cbest[NALGO][3];
+        if (compare_algos(&L, reps, best, cbest)) return 1;
+        char col[3][48], win[4] = "---";
+        for (int p = 0; p < 3; p++) {
+            algo_ms(best, p, col[p], sizeof col[p]);
+            win[p] = fastest(best, p);
+        }
+        printf("%-32s | %-18s %-18s %-18s | %s\n", sp->name, col[0], col[1], col[2], win);
         layer_free(&L);
     }
 

@@ -17,9 +17,11 @@
 /* The three passes of a convolution, indexing mn_conv3d.algo. */
 enum { MN_CONV_PASS_FWD, MN_CONV_PASS_BWD_DATA, MN_CONV_PASS_BWD_WEIGHTS, MN_CONV_NPASS };
 
-/* How a pass is computed: the GEMM path (direct/dense/taps, chosen by geometry) or 3-D Winograd F(2x2x2, 3x3x3)
- * (stride-1 3x3x3 convolutions, any padding and dilation; others always take the GEMM path). */
-typedef enum mn_conv_algo { MN_CONV_ALGO_GEMM = 0, MN_CONV_ALGO_WINOGRAD = 1 } mn_conv_algo;
+/* How a pass is computed: the GEMM path (pointwise/dense/taps, chosen by geometry), 3-D Winograd F(2x2x2, 3x3x3)
+ * (stride-1 3x3x3 convolutions, any padding and dilation) or the channel-blocked direct kernels (several input
+ * channels, output channels a multiple of the CPU's vector width; backward-data only at stride 1: see
+ * mn_conv3d_pass_algo).  A pass whose algorithm cannot run the layer takes the GEMM path. */
+typedef enum mn_conv_algo { MN_CONV_ALGO_GEMM = 0, MN_CONV_ALGO_WINOGRAD = 1, MN_CONV_ALGO_DIRECT = 2 } mn_conv_algo;
 
 /* A 3-D convolution: y[n,k] = b[k] + sum_c w[k,c] (*) x[n,c]. Index order of k/s/p/dil is (d, h, w). */
 typedef struct mn_conv3d {
@@ -55,15 +57,16 @@ mn_err mn_conv3d_backward_ref(const mn_conv3d *l, const mn_shape *in, const floa
  * same each.  For benchmarks. */
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
 
-/* Which fast path mn_conv3d_forward/backward take for input shape `in`: "direct" (1x1x1, stride 1, no padding:
- * no unfolding), "stem" (one input channel, no dilation: direct kernels for forward and backward-weights on CPUs
+/* Which GEMM-side path mn_conv3d_forward/backward take for input shape `in`: "pointwise" (1x1x1, stride 1, no
+ * padding: no unfolding), "stem" (one input channel, no dilation: direct kernels for forward and backward-weights on CPUs
  * with AVX2+FMA or AVX-512F, unless MEDNET_CONV_ALGO=gemm), "dense" (vol2col of every tap), "taps" (only the taps
  * that read inside the volume: large padding and dilation on small volumes) or "invalid".  For tests and
  * benchmarks. */
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
 
-/* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd" when l->algo[pass] says so and the layer can
- * (otherwise the GEMM path runs), else the mn_conv3d_algo name (for backward-data of a "stem" layer, the GEMM
+/* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd" or "direct" (the channel-blocked direct kernels,
+ * nn/direct.h) when l->algo[pass] says so and the layer can (otherwise the GEMM path runs), else the mn_conv3d_algo
+ * name (for backward-data of a "stem" layer, the GEMM
  * path's name); "invalid" for a bad pass or geometry. */
 const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass);
 
@@ -77,6 +80,7 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
  * 64^3 and 112^3 on 1 and 2 threads (bench_conv3d --sweep): Winograd wins on the 64- and 128-channel layers at 8^3
  * and up and on the dilation-2 stage (layer3) on every pass, on the head's 32->32 only forward, and loses on the
  * dilation-4 stage; on 2 threads the GEMM path ties or wins on layer1's backward passes at 28^3. */
+#define MN_DIRECT_RULE_MAX_DILATION 2
 #define MN_WINO_RULE_MIN_CHANNELS 64
 #define MN_WINO_RULE_MIN_CHANNELS_FWD 32
 #define MN_WINO_RULE_MIN_EXTENT 8

@@ -46,6 +46,7 @@
 
 #include "mednet/prof.h"
 #include "nn/gemm.h"
+#include "nn/direct.h"
 #include "nn/stem.h"
 #include "nn/vol2col.h"
 #include "nn/winograd.h"
@@ -328,14 +329,20 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
         const size_t cols = conv_slab_max_cols(&vg, in->n, g);
         ws = rows * cols + (size_t)l->cout * cols + rows * l->cout;
     }
-    /* Winograd's share when the layer asks for it or mn_conv3d_choose_algo may pick it. */
+    /* Winograd's and the direct kernels' shares when the layer asks for them or mn_conv3d_choose_algo may pick
+     * them. */
     const int env = mn_wino_env_force();
-    int wino_possible = env != MN_CONV_ALGO_GEMM && env != MN_CONV_ENV_RULE;
-    for (int i = 0; i < MN_CONV_NPASS; i++)
-        wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD ||
-                         (env == MN_CONV_ENV_RULE && mn_conv3d_rule_algo(l, in, i) == MN_CONV_ALGO_WINOGRAD);
+    const int any = env == MN_CONV_ENV_AUTO || env == MN_CONV_ENV_BAD;
+    int wino_possible = any || env == MN_CONV_ALGO_WINOGRAD, direct_possible = any || env == MN_CONV_ALGO_DIRECT;
+    for (int i = 0; i < MN_CONV_NPASS; i++) {
+        const int rule = env == MN_CONV_ENV_RULE ? (int)mn_conv3d_rule_algo(l, in, i) : -1;
+        wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD || rule == MN_CONV_ALGO_WINOGRAD;
+        direct_possible |= l->algo[i] == MN_CONV_ALGO_DIRECT || rule == MN_CONV_ALGO_DIRECT;
+    }
     const size_t wino = wino_possible ? mn_wino_workspace_floats(l, in) : 0, stem = mn_stem_workspace_floats(l, in);
+    const size_t direct = direct_possible ? mn_direct_workspace_floats(l, in) : 0;
     if (ws < wino) ws = wino;
+    if (ws < direct) ws = direct;
     return ws > stem ? ws : stem;
 }
 
@@ -346,7 +353,7 @@ static const char *conv_gemm_algo(const mn_conv3d *l, const mn_shape *in)
     const int ext[3] = {in->d, in->h, in->w};
     int o[3];
     if (!conv_out_ext(ext, l->k, l->s, l->p, l->dil, o)) return "invalid";
-    if (conv_is_direct(l)) return "direct";
+    if (conv_is_direct(l)) return "pointwise";
     mn_vgeom vg;
     const mn_shape out = {in->n, l->cout, o[0], o[1], o[2]};
     conv_vgeom(l, in, &out, &vg);
@@ -363,6 +370,7 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
 {
     if (!l || pass < 0 || pass >= MN_CONV_NPASS) return "invalid";
     if (l->algo[pass] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in)) return "winograd";
+    if (l->algo[pass] == MN_CONV_ALGO_DIRECT && mn_direct_eligible(l, in, pass)) return "direct";
     return pass == MN_CONV_PASS_BWD_DATA ? conv_gemm_algo(l, in) : mn_conv3d_algo(l, in);
 }
 
@@ -394,6 +402,8 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
              mn_conv3d_workspace_floats(l, in));
     if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in))
         return mn_wino_forward(l, in, &out, x, y, ws);
+    if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_DIRECT && mn_direct_eligible(l, in, MN_CONV_PASS_FWD))
+        return mn_direct_forward(l, in, &out, x, y, ws);
     if (mn_stem_eligible(l, in)) return mn_stem_forward(l, in, &out, x, y, ws);
     mn_vgeom g;
     conv_vgeom(l, in, &out, &g);
@@ -459,6 +469,26 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     }
     MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d backward: NULL workspace (need %zu floats)", C, K,
              mn_conv3d_workspace_floats(l, in));
+    /* The passes chosen for the direct kernels run here, the rest by a second call. */
+    const int direct_w = l->dw && l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_DIRECT &&
+                         mn_direct_eligible(l, in, MN_CONV_PASS_BWD_WEIGHTS);
+    const int direct_d = dx && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_DIRECT &&
+                         mn_direct_eligible(l, in, MN_CONV_PASS_BWD_DATA);
+    if (direct_w || direct_d) {
+        if (direct_w) {
+            mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
+            MN_CALL(mn_direct_backward_weights(l, in, &out, x, dy, ws));
+        }
+        if (direct_d) {
+            mn_prof_refine(MN_PROF_CONV_BWD_DATA);
+            MN_CALL(mn_direct_backward_data(l, in, &out, dy, dx, ws));
+        }
+        if ((direct_w || !l->dw) && (direct_d || !dx)) return MN_OK;
+        mn_conv3d rest = *l;
+        rest.db = NULL;
+        if (direct_w) rest.dw = NULL;
+        return mn_conv3d_backward(&rest, in, x, dy, direct_d ? NULL : dx, ws);
+    }
     /* Winograd hook: the passes it was chosen for run here, the rest below on the GEMM path. */
     if (mn_wino_eligible(l, in)) {
         if (dx && l->dw && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD &&

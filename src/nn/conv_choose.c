@@ -1,7 +1,8 @@
 /* conv_choose.c: which path each pass of a convolution takes (the layer's algo[], set once when the model is
  * created).  mn_conv3d_choose_algo applies the fixed rule mn_conv3d_rule_algo (MEDNET_CONV_ALGO unset or rule), or
- * times the GEMM path and Winograd per pass once and records the faster one in the layer (auto); gemm keeps the
- * GEMM path and winograd forces Winograd where it can run (winograd.c).
+ * times the GEMM path, Winograd and the direct kernels per pass once and records the fastest in the layer (auto);
+ * gemm keeps the GEMM path, winograd and direct force Winograd (winograd.c) or the direct kernels (direct.c) where
+ * they can run.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "mednet/conv3d.h"
 #include "mednet/mem.h"
 #include "mednet/threads.h"
+#include "nn/direct.h"
 #include "nn/winograd.h"
 
 int mn_wino_env_force(void)
@@ -22,6 +24,7 @@ int mn_wino_env_force(void)
     if (!strcmp(e, "auto")) return MN_CONV_ENV_AUTO;
     if (!strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
     if (!strcmp(e, "winograd")) return MN_CONV_ALGO_WINOGRAD;
+    if (!strcmp(e, "direct")) return MN_CONV_ALGO_DIRECT;
     return MN_CONV_ENV_BAD;
 }
 
@@ -63,13 +66,24 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     for (int i = 0; i < MN_CONV_NPASS; i++) l->algo[i] = MN_CONV_ALGO_GEMM;
     const int force = mn_wino_env_force();
     MN_CHECK(force != MN_CONV_ENV_BAD, MN_ERR_ARG,
-             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd or auto",
+             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd, direct or auto",
              getenv("MEDNET_CONV_ALGO"));
-    if (force == MN_CONV_ALGO_GEMM || !mn_wino_eligible(l, in)) return MN_OK;
-    if (force == MN_CONV_ALGO_WINOGRAD || force == MN_CONV_ENV_RULE) {
-        for (int i = 0; i < MN_CONV_NPASS; i++)
-            l->algo[i] = (unsigned char)(force == MN_CONV_ALGO_WINOGRAD ? MN_CONV_ALGO_WINOGRAD
-                                                                        : mn_conv3d_rule_algo(l, in, i));
+    if (force == MN_CONV_ALGO_GEMM) return MN_OK;
+    const int can_w = mn_wino_eligible(l, in);
+    int can_d[MN_CONV_NPASS], any_d = 0;
+    for (int i = 0; i < MN_CONV_NPASS; i++) any_d |= can_d[i] = mn_direct_eligible(l, in, i);
+    if (!can_w && !any_d) return MN_OK;
+    if (force != MN_CONV_ENV_AUTO) {
+        for (int i = 0; i < MN_CONV_NPASS; i++) {
+            mn_conv_algo a = MN_CONV_ALGO_GEMM;
+            if (force == MN_CONV_ENV_RULE)
+                a = mn_conv3d_rule_algo(l, in, i);
+            else if (force == MN_CONV_ALGO_WINOGRAD && can_w)
+                a = MN_CONV_ALGO_WINOGRAD;
+            else if (force == MN_CONV_ALGO_DIRECT && can_d[i])
+                a = MN_CONV_ALGO_DIRECT;
+            l->algo[i] = (unsigned char)a;
+        }
         return MN_OK;
     }
     const size_t need = mn_conv3d_workspace_floats(l, in);
@@ -77,7 +91,7 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
              "conv3d %d->%d: choosing the algorithm needs a workspace of %zu floats, got %zu", l->cin, l->cout, need,
              ws ? ws_floats : (size_t)0);
     /* Private operands: the layer's parameters and gradients are left alone. */
-    const size_t nx = mn_shape_numel(in), ny = mn_shape_numel(&out), nw = (size_t)l->cout * l->cin * 27;
+    const size_t nx = mn_shape_numel(in), ny = mn_shape_numel(&out), nw = (size_t)l->cout * l->cin * l->k[0] * l->k[1] * l->k[2];
     float *buf = NULL;
     MN_CALL(mn_calloc((2 * nx + 2 * ny + 2 * nw + (size_t)l->cout) * sizeof(float), "convolution timing operands",
                       (void **)&buf));
@@ -94,10 +108,15 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     mn_err err = MN_OK;
     for (int pass = 0; pass < MN_CONV_NPASS && !err; pass++) {
         if (pass == MN_CONV_PASS_BWD_WEIGHTS && !l->dw) continue;
-        double tg = 0.0, tw = 0.0;
-        err = time_pass(&t, in, pass, MN_CONV_ALGO_GEMM, x, y, dy, dx, ws, &tg);
-        if (!err) err = time_pass(&t, in, pass, MN_CONV_ALGO_WINOGRAD, x, y, dy, dx, ws, &tw);
-        if (!err && tw < tg) l->algo[pass] = MN_CONV_ALGO_WINOGRAD;
+        double best = 0.0, tw = 1e30, td = 1e30;
+        err = time_pass(&t, in, pass, MN_CONV_ALGO_GEMM, x, y, dy, dx, ws, &best);
+        if (!err && can_w) err = time_pass(&t, in, pass, MN_CONV_ALGO_WINOGRAD, x, y, dy, dx, ws, &tw);
+        if (!err && can_d[pass]) err = time_pass(&t, in, pass, MN_CONV_ALGO_DIRECT, x, y, dy, dx, ws, &td);
+        if (!err && tw < best) {
+            l->algo[pass] = MN_CONV_ALGO_WINOGRAD;
+            best = tw;
+        }
+        if (!err && td < best) l->algo[pass] = MN_CONV_ALGO_DIRECT;
     }
     mn_free(&buf);
     return err;
@@ -110,7 +129,13 @@ mn_conv_algo mn_conv3d_rule_algo(const mn_conv3d *l, const mn_shape *in, int pas
 
 mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in, int pass, int threads)
 {
-    if (pass < 0 || pass >= MN_CONV_NPASS || !mn_wino_eligible(l, in)) return MN_CONV_ALGO_GEMM;
+    if (pass < 0 || pass >= MN_CONV_NPASS) return MN_CONV_ALGO_GEMM;
+    int maxdil = 1;
+    for (int i = 0; i < 3; i++)
+        if (l->dil[i] > maxdil) maxdil = l->dil[i];
+    if (l->k[0] * l->k[1] * l->k[2] > 1 && maxdil <= MN_DIRECT_RULE_MAX_DILATION && mn_direct_eligible(l, in, pass))
+        return MN_CONV_ALGO_DIRECT;
+    if (!mn_wino_eligible(l, in)) return MN_CONV_ALGO_GEMM;
     /* Measured (bench_conv3d --sweep, README "Convolution algorithm"): see MN_WINO_RULE_* in conv3d.h. */
     int dil1 = 1, dil2 = 1;
     for (int i = 0; i < 3; i++) {

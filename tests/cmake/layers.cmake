@@ -6,3 +6,4 @@ mn_test(test_loss SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_loss.c TIMEOUT 6
 # choice (MEDNET_CONV_ALGO).
 mn_test(test_winograd SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_winograd.c TIMEOUT 120 LABELS nn)
 mn_test(test_stem SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_stem.c TIMEOUT 120 LABELS nn)
+mn_test(test_direct SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_direct.c TIMEOUT 300 LABELS nn)

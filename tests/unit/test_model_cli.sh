@@ -2,8 +2,10 @@
 # test_model_cli.sh CASE MEDNET PYTHON WORKDIR: the `mednet model` command, run by ctest (tests/cmake/model.cmake).
 # Every case checks the exit status of each command (0 where it must succeed), then what it printed, then values.
 #   table          the parameter table of the seven depths: exit 0 and the counts of PyTorch's MedicalNet models;
-#                  the convolution plan follows --threads (resnet18 at 1x112^3: layer1's backward passes on the GEMM
-#                  path from 2 threads, layer3 on Winograd on both), and --threads 0 is refused
+#                  the convolution plan for --threads 1 and 2 (resnet18 at 1x112^3: with AVX2+FMA or AVX-512 the
+#                  direct kernels on layers 1-3 and the head, the strided conv's backward-data on the GEMM path;
+#                  without, layer1's backward passes on the GEMM path from 2 threads and layer3 on Winograd; layer4
+#                  on the tap path either way), and --threads 0 is refused
 #   export_import  export (resnet18, two conv_seg heads) -> every float value replaced by seeded random ones (an
 #                  import that loaded nothing would otherwise pass) -> import --strict -> export -> bitwise compare;
 #                  a file missing one tensor -> import --strict exits 1 naming it
@@ -29,16 +31,33 @@ table)
   must table.log "$mednet" model
   tr '\n' ' ' < table.log | grep -Eq 'resnet10 .*14355520.*resnet18 .*32986176.*resnet34 .*63295808.*resnet50 .*46155072.*resnet101 .*85201216.*resnet152 .*117359936.*resnet200 .*126559552' ||
     fail "parameter counts differ from MedicalNet's"
+  # The plan: with AVX2+FMA or AVX-512 the direct kernels take layers 1-3 and the head on any thread count; without
+  # them layer1's backward passes leave Winograd for the GEMM path from 2 threads.
+  simd=0
+  grep -qw avx512f /proc/cpuinfo || { grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; } && simd=1
   for t in 1 2; do
     must plan$t.log "$mednet" model --depth 18 --input 1x112x112x112 --threads $t
     grep -q "MEDNET_CONV_ALGO=rule, the default, $t thread(s)" plan$t.log || fail "--threads $t: plan header"
-    grep -q 'layer3.0.conv2 +2 like it: 256->256 k3 s1 d2 @1x14^3: winograd/winograd/winograd' plan$t.log ||
-      fail "--threads $t: layer3 not on Winograd"
+    grep -q 'layer4.0.conv2 +2 like it: 512->512 k3 s1 d4 @1x14^3: taps/taps/taps' plan$t.log ||
+      fail "--threads $t: layer4 not on the tap path"
+    if [ $simd = 1 ]; then
+      for l in 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3' 'layer3.0.conv2 +2 like it: 256->256 k3 s1 d2 @1x14^3' \
+               'conv_seg.3: 32->32 k3 s1 d1 @1x28^3'; do
+        grep -qF "$l: direct/direct/direct" plan$t.log || fail "--threads $t: $l not on the direct kernels"
+      done
+      grep -qF 'layer2.0.conv1: 64->128 k3 s2 d1 @1x28^3: direct/dense/direct' plan$t.log ||
+        fail "--threads $t: the strided layer2.0.conv1 not direct/dense/direct"
+    else
+      grep -q 'layer3.0.conv2 +2 like it: 256->256 k3 s1 d2 @1x14^3: winograd/winograd/winograd' plan$t.log ||
+        fail "--threads $t: layer3 not on Winograd"
+    fi
   done
-  grep -q 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3: winograd/winograd/winograd' plan1.log ||
-    fail "--threads 1: layer1 not on Winograd"
-  grep -q 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3: winograd/dense/dense' plan2.log ||
-    fail "--threads 2: layer1 backward passes not on the GEMM path"
+  if [ $simd = 0 ]; then
+    grep -q 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3: winograd/winograd/winograd' plan1.log ||
+      fail "--threads 1: layer1 not on Winograd"
+    grep -q 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3: winograd/dense/dense' plan2.log ||
+      fail "--threads 2: layer1 backward passes not on the GEMM path"
+  fi
   "$mednet" model --depth 18 --threads 0 > t0.log 2>&1
   st=$?
   cat t0.log

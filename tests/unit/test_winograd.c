@@ -15,7 +15,10 @@
  * (e) the default rule (mn_conv3d_rule_algo; MEDNET_CONV_ALGO unset, empty or "rule") picks the recorded algorithm
  *     per pass, on 1 thread and on 2 or more, for the ResNet shapes it was measured on and for the edges of its
  *     thresholds, choose_algo applies it without timing, the workspace counts Winograd only where the rule takes
- *     it, and bad MEDNET_CONV_ALGO values (unknown, wrong case, trailing blank) are MN_ERR_ARG.  A change of the rule fails here on purpose: measure
+ *     it, and bad MEDNET_CONV_ALGO values (unknown, wrong case, trailing blank) are MN_ERR_ARG.  The Winograd table
+ *     runs with the direct kernels turned off (a CPU without AVX2); a second table checks that, where the CPU has
+ *     them, they take every pass they can run of the undilated and dilation-2 layers with kernels larger than 1,
+ *     and nothing else.  A change of the rule fails here on purpose: measure
  *     again (bench_conv3d --sweep) and update the table and README.
  * (f) the same layer on 1 and on 2 threads gives bitwise equal y and dx (the 64 products of a block are dealt
  *     over the threads, each single-threaded, by mn_gemm_batch; BLIS threads larger ones itself), and dw equal to
@@ -29,6 +32,7 @@
 
 #include "mednet/conv3d.h"
 #include "mednet/threads.h"
+#include "nn/stem.h"
 #include "test_util.h"
 
 #define TOL 1e-4
@@ -209,6 +213,7 @@ static void check_rule(void)
         {"63->64 d2 @8^3 (below 64 channels: forward only)", mk(63, 64, k3, s1, p2, d2), {2, 63, 8, 8, 8}, "wgg",
          "wgg"},
     };
+    const int isa = mn_stem_set_isa(MN_STEM_ISA_NONE); /* the Winograd rule alone */
     const char *envs[] = {NULL, "", "rule"};
     for (size_t e = 0; e < sizeof envs / sizeof envs[0]; e++) {
         if (envs[e])
@@ -250,7 +255,37 @@ static void check_rule(void)
                         t[i].name, ws_rule, ws_gemm, ws_wino);
         }
     }
-    printf("  rule checked on %zu shapes (unset, empty, \"rule\")\n", sizeof t / sizeof t[0]);
+    printf("  rule checked on %zu shapes (unset, empty, \"rule\"), direct kernels off\n", sizeof t / sizeof t[0]);
+    mn_stem_set_isa(isa);
+    if (isa != MN_STEM_ISA_NONE) {
+        /* x: the direct kernels; the passes they cannot run keep the Winograd rule. */
+        struct {
+            const char *name;
+            mn_conv3d l;
+            mn_shape in;
+            const char *expect;
+        } d[] = {
+            {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "xxx"},
+            {"layer2.0.conv1 64->128 s2 @16^3", mk(64, 128, k3, s2, p1, s1), {2, 64, 16, 16, 16}, "xgx"},
+            {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "xxx"},
+            {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "ggg"},
+            {"head 32->32 @28^3", mk(32, 32, k3, s1, p1, s1), {1, 32, 28, 28, 28}, "xxx"},
+            {"1x1 64->64", mk(64, 64, k1, s1, p0, s1), {2, 64, 16, 16, 16}, "ggg"},
+            {"64->31 @16^3 (cout not a multiple of the vector width: backward-data only)", mk(64, 31, k3, s1, p1, s1),
+             {2, 64, 16, 16, 16}, "gxg"},
+            {"63->64 @16^3 (backward-data needs cin a multiple)", mk(63, 64, k3, s1, p1, s1), {2, 63, 16, 16, 16},
+             "xgx"},
+        };
+        for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+            for (int p = 0; p < MN_CONV_NPASS; p++) {
+                const mn_conv_algo a = mn_conv3d_rule_algo(&d[i].l, &d[i].in, p);
+                const char got = a == MN_CONV_ALGO_DIRECT ? 'x' : a == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                TEST_EXPECT(got == d[i].expect[p], "%s, pass %d: rule says %c with the direct kernels, expected %c",
+                            d[i].name, p, got, d[i].expect[p]);
+            }
+        printf("  rule checked on %zu shapes with the direct kernels (%s)\n", sizeof d / sizeof d[0],
+               mn_stem_isa_name(isa));
+    }
     TEST_EXPECT(mn_conv3d_rule_algo(&t[0].l, &t[0].in, 3) == MN_CONV_ALGO_GEMM &&
                     mn_conv3d_rule_algo(&t[0].l, &t[0].in, -1) == MN_CONV_ALGO_GEMM,
                 "rule: a bad pass index is not GEMM");
@@ -362,7 +397,7 @@ int main(void)
         const int s2[3] = {2, 2, 2}, p1[3] = {1, 1, 1}, k1[3] = {1, 1, 1}, p0[3] = {0, 0, 0};
         mn_shape in = {2, 5, 9, 8, 7};
         check("5->7 k3 s2 p1 asked for Winograd", mk(5, 7, k3, s2, p1, s1), in, 1, W, "gemm", 79);
-        check("5->7 k1 asked for Winograd", mk(5, 7, k1, s1, p0, s1), in, 0, W, "direct", 80);
+        check("5->7 k1 asked for Winograd", mk(5, 7, k1, s1, p0, s1), in, 0, W, "pointwise", 80);
         check("5->7 k3 p1 GEMM", mk(5, 7, k3, s1, p1, s1), in, 0, G, "gemm", 81);
     }
     printf("(d) choice by measurement and MEDNET_CONV_ALGO:\n");
