@@ -47,6 +47,8 @@ typedef struct dc_geom {
     int flip;        /* backward-data: tap t reads the weights of tap T-1-t */
     int vl, kbmax, nkb; /* floats per vector, lane channels per block (DC_KV vectors), blocks */
     int nrb;         /* forward: row blocks per output plane */
+    int nblk;        /* forward: register blocks per output row, at bx0[b] with bR[b] outputs */
+    short bx0[MN_DIRECT_MAX_OX], bR[MN_DIRECT_MAX_OX];
     long items;
 } dc_geom;
 
@@ -67,6 +69,61 @@ typedef struct dc_bww_group {
 
 static int dc_vl(int isa) { return isa == MN_STEM_ISA_AVX512 ? 16 : isa == MN_STEM_ISA_AVX2 ? 8 : 0; }
 static int dc_kv(int isa) { return isa == MN_STEM_ISA_AVX512 ? 4 : 2; }
+
+/* 1 when x tap tx reads inside the row for some output of [ox0, ox0 + R). */
+static int dc_tx_live(const dc_geom *g, int tx, int ox0, int R)
+{
+    const int lo = ox0 * g->s[2] - g->p[2] + tx * g->d[2], hi = lo + (R - 1) * g->s[2];
+    return hi >= 0 && lo < g->in[2];
+}
+
+/* Blocks of at most DC_R outputs covering [x0, x1) evenly, appended at *nb; returns the cost: per block, its live x
+ * taps times its outputs (at least 3: a narrower block runs at a fraction of the FMA rate). */
+static int dc_split(dc_geom *g, int x0, int x1, int *nb)
+{
+    const int n = (x1 - x0 + DC_R - 1) / DC_R;
+    int cost = 0;
+    for (int b = 0; b < n; b++) {
+        const int a = x0 + (x1 - x0) * b / n, R = x0 + (x1 - x0) * (b + 1) / n - a;
+        int live = 0;
+        for (int tx = 0; tx < g->k[2]; tx++) live += dc_tx_live(g, tx, a, R);
+        g->bx0[*nb] = (short)a;
+        g->bR[(*nb)++] = (short)R;
+        cost += live * (R > 3 ? R : 3);
+    }
+    return cost;
+}
+
+/* The register blocks of an output row: even blocks over the row, or even blocks over the segments between the
+ * outputs where an x tap enters or leaves the row, whichever executes fewer FMAs.  With dilation 4 on 14 outputs
+ * the segments [0,4) [4,10) [10,14) leave out every tap that would read only padding (5+5+4 blocks compute 42 tap
+ * rows, 4+6+4 compute 34); with padding 1 the even blocks win. */
+static int dc_same_taps(const dc_geom *g, int xa, int xb)
+{
+    for (int tx = 0; tx < g->k[2]; tx++)
+        if (dc_tx_live(g, tx, xa, 1) != dc_tx_live(g, tx, xb, 1)) return 0;
+    return 1;
+}
+
+static void dc_row_blocks(dc_geom *g)
+{
+    const int Ox = g->out[2];
+    dc_geom cut = *g;
+    int nb = 0, ncut = 0, cost = 0;
+    const int even = dc_split(g, 0, Ox, &nb);
+    for (int x0 = 0; x0 < Ox;) {
+        int x1 = x0 + 1;
+        while (x1 < Ox && dc_same_taps(g, x0, x1)) x1++;
+        cost += dc_split(&cut, x0, x1, &ncut);
+        x0 = x1;
+    }
+    g->nblk = nb;
+    if (cost < even) {
+        memcpy(g->bx0, cut.bx0, sizeof g->bx0);
+        memcpy(g->bR, cut.bR, sizeof g->bR);
+        g->nblk = ncut;
+    }
+}
 
 static size_t dc_in_floats(const dc_geom *g) { return (size_t)g->N * g->C * g->cstride; }
 
@@ -109,6 +166,7 @@ static void dc_geom_init(dc_geom *g, const mn_conv3d *l, const mn_shape *in, con
         if (rows < 1) rows = 1;
         g->nrb = (g->out[1] + rows - 1) / rows;
         g->items = (long)g->N * g->nkb * g->out[0] * g->nrb;
+        if (g->out[2] <= MN_DIRECT_MAX_OX) dc_row_blocks(g); /* else not eligible */
     }
 }
 

@@ -87,14 +87,13 @@ __attribute__((target(DC_TARGET))) static void DC_CAT(dc_fwd, DC_SFX)(const dc_g
         dc_fwd_item it;
         dc_fwd_item_init(g, i, &it);
         const int Ox = g->out[2], KB = it.kv * DC_VL;
-        const int nblk = (Ox + DC_R - 1) / DC_R;
         const size_t cstride = g->cstride, wcs = (size_t)g->T * KB;
         for (int c0 = 0; c0 < g->C; c0 += DC_CB) {
             const int nc = g->C - c0 < DC_CB ? g->C - c0 : DC_CB;
             const float *xc = xp + ((size_t)it.n * g->C + c0) * cstride, *wc = wt + (size_t)it.k0 * g->C * g->T + c0 * wcs;
             for (int oy = it.oy0; oy < it.oy1; oy++)
-                for (int b = 0; b < nblk; b++) {
-                    const int ox0 = Ox * b / nblk, R = Ox * (b + 1) / nblk - ox0;
+                for (int b = 0; b < g->nblk; b++) {
+                    const int ox0 = g->bx0[b], R = g->bR[b];
                     const int nt = dc_fwd_taps(g, it.oz, oy, ox0, R, KB, xoff, woff);
                     float *ob = obuf + ((size_t)(oy - it.oy0) * Ox + ox0) * KB;
                     if (!nt) {
