@@ -8,7 +8,7 @@
  *                           PyTorch alternate R times (default 2), best median kept
  *   bench_step --one DEPTH SIZE BATCH [--threads T] ...     one configuration (used by the table driver)
  *
- * --vs-algo A adds a second mednet run per repetition with MEDNET_CONV_ALGO=A (gemm, winograd, auto, rule),
+ * --vs-algo A adds a second mednet run per repetition with MEDNET_CONV_ALGO=A (gemm, winograd, direct, auto, rule),
  * alternating with the default run (MEDNET_CONV_ALGO as in the environment, unset = the rule) and PyTorch, and
  * prints its step time, peak memory and ratios in extra columns.  Every time is also given as CPU time (process
  * CPU seconds per step, all threads, median over the timed steps), which a loaded machine disturbs less than
@@ -271,15 +271,15 @@ int main(int argc, char **argv)
             batch = atoi(argv[++i]);
         } else {
             fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... "
-                            "[--breakdown] [--vs-algo gemm|winograd|auto|rule] | --one DEPTH SIZE BATCH --dir D "
+                            "[--breakdown] [--vs-algo gemm|winograd|direct|auto|rule] | --one DEPTH SIZE BATCH --dir D "
                             "[--breakdown]\n");
             return 2;
         }
     }
     if (steps < 1 || threads < 1 || repeat < 1) return 2;
-    if (vs_algo && strcmp(vs_algo, "gemm") && strcmp(vs_algo, "winograd") && strcmp(vs_algo, "auto") &&
-        strcmp(vs_algo, "rule")) {
-        fprintf(stderr, "bench_step: --vs-algo '%s': expected gemm, winograd, auto or rule\n", vs_algo);
+    if (vs_algo && strcmp(vs_algo, "gemm") && strcmp(vs_algo, "winograd") && strcmp(vs_algo, "direct") &&
+        strcmp(vs_algo, "auto") && strcmp(vs_algo, "rule")) {
+        fprintf(stderr, "bench_step: --vs-algo '%s': expected gemm, winograd, direct, auto or rule\n", vs_algo);
         return 2;
     }
     if (mn_threads_init(threads) != MN_OK) return 1;

@@ -66,12 +66,15 @@ const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
 
 /* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd" or "direct" (the channel-blocked direct kernels,
  * nn/direct.h) when l->algo[pass] says so and the layer can (otherwise the GEMM path runs), else the mn_conv3d_algo
- * name (for backward-data of a "stem" layer, the GEMM
- * path's name); "invalid" for a bad pass or geometry. */
+ * name (for backward-data of a "stem" layer, the GEMM path's name); "invalid" for a bad pass or geometry. */
 const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass);
 
-/* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass and the thread
- * count (mn_threads_count), the same in every process that runs with as many threads.  Winograd when the layer can
+/* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass, the thread
+ * count (mn_threads_count) and the CPU's instruction set, the same in every process that runs with as many threads
+ * on the same kind of CPU.  The direct kernels when they can run the pass (nn/direct.h), the kernel is larger than
+ * 1x1x1, and no dilation exceeds MN_DIRECT_RULE_MAX_DILATION or every output extent is at least
+ * MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they win or tie on every pass of layers 1-3 and the head, and on the
+ * dilation-4 stage at 14^3, and lose to the tap path at dilation 4 on 8^3).  Otherwise Winograd when the layer can
  * run it (see mn_conv3d_pass_algo), the dilation is 1 or 2 (the same in every dimension), the smallest output
  * extent is >= MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward:
  * MN_WINO_RULE_MIN_CHANNELS_FWD); the GEMM path otherwise (and for a bad pass).  With 2 or more threads the backward
@@ -81,6 +84,7 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
  * and up and on the dilation-2 stage (layer3) on every pass, on the head's 32->32 only forward, and loses on the
  * dilation-4 stage; on 2 threads the GEMM path ties or wins on layer1's backward passes at 28^3. */
 #define MN_DIRECT_RULE_MAX_DILATION 2
+#define MN_DIRECT_RULE_DILATED_MIN_EXTENT 12
 #define MN_WINO_RULE_MIN_CHANNELS 64
 #define MN_WINO_RULE_MIN_CHANNELS_FWD 32
 #define MN_WINO_RULE_MIN_EXTENT 8
@@ -91,12 +95,12 @@ mn_conv_algo mn_conv3d_rule_algo(const mn_conv3d *l, const mn_shape *in, int pas
 mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in, int pass, int threads);
 
 /* Set l->algo for input shape `in` by measurement: each pass the layer needs (backward-weights only when
- * l->dw != NULL) is timed once on the GEMM path and once with Winograd (one warm-up, best of two, on private
- * random operands: the layer's parameters and gradients are not touched) and the faster is kept.  Layers Winograd
- * cannot run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or rule) applies mn_conv3d_rule_algo
- * without timing, because a timed choice can differ between processes and a resumed run must match an
- * uninterrupted one bit for bit; gemm keeps the GEMM path everywhere; winograd takes Winograd wherever it can run;
- * another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
+ * l->dw != NULL) is timed on the GEMM path and with Winograd and the direct kernels where they can run it (one
+ * warm-up, best of two, on private random operands: the layer's parameters and gradients are not touched) and the
+ * fastest is kept.  Layers neither can run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or
+ * rule) applies mn_conv3d_rule_algo without timing, because a timed choice can differ between processes and a
+ * resumed run must match an uninterrupted one bit for bit; gemm keeps the GEMM path everywhere; winograd and direct
+ * take Winograd or the direct kernels wherever they can run; another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
  * destroyed).  Allocates the timing operands for the duration of the call.  Not collective: ranks may choose
  * differently, which changes rounding, not results beyond fp32 tolerance. */
 mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t ws_floats);

@@ -35,7 +35,8 @@ mn_err mn_wino_backward(const mn_conv3d *l, const mn_shape *in, const mn_shape *
                         float *dx, float *ws);
 
 /* MEDNET_CONV_ALGO: MN_CONV_ENV_RULE (unset, empty or "rule": mn_conv3d_rule_algo), MN_CONV_ALGO_GEMM ("gemm"),
- * MN_CONV_ALGO_WINOGRAD ("winograd"), MN_CONV_ENV_AUTO ("auto": measure), MN_CONV_ENV_BAD (anything else). */
+ * MN_CONV_ALGO_WINOGRAD ("winograd"), MN_CONV_ALGO_DIRECT ("direct"), MN_CONV_ENV_AUTO ("auto": measure),
+ * MN_CONV_ENV_BAD (anything else). */
 enum { MN_CONV_ENV_AUTO = -1, MN_CONV_ENV_BAD = -2, MN_CONV_ENV_RULE = -3 };
 int mn_wino_env_force(void); /* conv_choose.c */
 
