@@ -199,8 +199,8 @@ static int dc_fwd_taps(const dc_geom *g, int oz, int oy, int ox0, int R, int KB,
             const int iy = oy * g->s[1] - g->p[1] + ty * g->d[1];
             if (iy < 0 || iy >= g->in[1]) continue;
             for (int tx = 0; tx < g->k[2]; tx++) {
-                const int lo = ox0 * g->s[2] - g->p[2] + tx * g->d[2], hi = lo + (R - 1) * g->s[2];
-                if (hi < 0 || lo >= g->in[2]) continue;
+                if (!dc_tx_live(g, tx, ox0, R)) continue;
+                const int lo = ox0 * g->s[2] - g->p[2] + tx * g->d[2];
                 const int t = (tz * g->k[1] + ty) * g->k[2] + tx;
                 xoff[nt] = (iz * g->in[1] + iy) * g->wp + lo + g->p[2];
                 woff[nt++] = t * KB;

@@ -7,7 +7,7 @@
  *     (64->64 k3 p1), 32->32, stride 2 with odd extents and stride unequal per dimension (backward-data refused), the
  *     1x1x1 stride-2 shortcut, dilation 2 and 4 on volumes where most taps fall in the padding, kernels 3x1x3, 1x3x1
  *     and 2x3x2, padding 0 and padding dil*(k-1) (the most backward-data takes), cin not a multiple of 16 (3, 24,
- *     40), cout of 1, 2, 3 and 5 vectors (tails after the register blocks), output rows of 1, 5, 6, 7, 13, 29 and
+ *     40), cout of 1, 2, 3 and 5 vectors (tails after the register blocks), output rows of 1, 2, 5, 6, 7, 13, 14, 29 and
  *     MN_DIRECT_MAX_OX voxels, batch 1, 2 and 3, with and without bias.  y is prefilled with NaN (must be
  *     overwritten), dx and dw accumulate onto random values, db is not touched; relative error below 1e-4 with a
  *     floor of 1% of the largest reference value (as test_stem);
@@ -65,6 +65,8 @@ static const dcase cases_a[] = {
     {40, 48, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 3, 3, 4, 5, 1, RULE},   /* batch 3 */
     {32, -1, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 1, 5, 6, 1, 1, RULE},   /* cout tails; ox 1 */
     {32, -2, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 1, 4, 5, 13, 0, RULE},  /* ox 13 */
+    {16, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 2, 3, 4, 2, 1, RULE},   /* ox 2: the first tap reads only x 0 */
+    {16, 16, {3, 3, 3}, {1, 1, 1}, {4, 4, 4}, 4, 1, 5, 6, 14, 0, RULE},  /* dilation 4, ox 14: blocks 4+6+4 */
     {24, -3, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 2, 3, 4, 29, 1, RULE},  /* ox 29 */
     {32, -5, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 1, 4, 5, 6, 0, RULE},
     {16, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, 1, 1, 1, 2, MN_DIRECT_MAX_OX, 1, RULE}, /* the longest row */
