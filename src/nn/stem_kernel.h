@@ -11,6 +11,9 @@
  * backward-weights STEM_R taps x STEM_KV vectors, one dy row (channels-last) loaded per output, one input value
  * broadcast per tap.  Channel counts that are not a multiple of STEM_KV vectors finish one vector at a time. */
 
+/* Unrolled block loops keep the accumulators in registers at -O2 too (GCC unrolls them on its own only at -O3). */
+#define STEM_UNROLL _Pragma("GCC unroll 8")
+
 #define STEM_CAT_(a, b) a##_##b
 #define STEM_CAT(a, b) STEM_CAT_(a, b)
 
@@ -20,19 +23,26 @@ __attribute__((target(STEM_TARGET), always_inline)) static inline void STEM_CAT(
 {
     for (int o0 = 0; o0 < it->nox; o0 += STEM_R) {
         STEM_VT acc[STEM_R][STEM_KV];
+        STEM_UNROLL
         for (int r = 0; r < STEM_R; r++)
+            STEM_UNROLL
             for (int j = 0; j < kv; j++) acc[r][j] = STEM_ZERO();
         for (int t = 0; t < it->ntap_real; t++) {
             const float *wp = wt + (size_t)it->tap[t] * K + k0;
             const float *xs = it->src[t] + (size_t)o0 * s;
             STEM_VT w[STEM_KV];
+            STEM_UNROLL
             for (int j = 0; j < kv; j++) w[j] = STEM_LOADU(wp + j * STEM_VL);
+            STEM_UNROLL
             for (int r = 0; r < STEM_R; r++) {
                 const STEM_VT b = STEM_SET1(xs[r * s]);
+                STEM_UNROLL
                 for (int j = 0; j < kv; j++) acc[r][j] = STEM_FMA(w[j], b, acc[r][j]);
             }
         }
+        STEM_UNROLL
         for (int r = 0; r < STEM_R; r++)
+            STEM_UNROLL
             for (int j = 0; j < kv; j++) STEM_STOREU(ybuf + (size_t)(o0 + r) * K + k0 + j * STEM_VL, acc[r][j]);
     }
 }
@@ -69,20 +79,28 @@ __attribute__((target(STEM_TARGET), always_inline)) static inline void STEM_CAT(
 {
     for (int t0 = 0; t0 < it->ntap; t0 += STEM_R) {
         STEM_VT acc[STEM_R][STEM_KV];
+        STEM_UNROLL
         for (int r = 0; r < STEM_R; r++)
+            STEM_UNROLL
             for (int j = 0; j < kv; j++) acc[r][j] = STEM_ZERO();
         const float *src[STEM_R];
+        STEM_UNROLL
         for (int r = 0; r < STEM_R; r++) src[r] = it->src[t0 + r];
         for (int o = 0; o < it->nox; o++) {
             STEM_VT d[STEM_KV];
+            STEM_UNROLL
             for (int j = 0; j < kv; j++) d[j] = STEM_LOADU(dyt + (size_t)o * K + k0 + j * STEM_VL);
+            STEM_UNROLL
             for (int r = 0; r < STEM_R; r++) {
                 const STEM_VT b = STEM_SET1(src[r][(size_t)o * s]);
+                STEM_UNROLL
                 for (int j = 0; j < kv; j++) acc[r][j] = STEM_FMA(d[j], b, acc[r][j]);
             }
         }
+        STEM_UNROLL
         for (int r = 0; r < STEM_R; r++) {
             float *pp = part + (size_t)it->tap[t0 + r] * K + k0;
+            STEM_UNROLL
             for (int j = 0; j < kv; j++)
                 STEM_STOREU(pp + j * STEM_VL, STEM_ADD(STEM_LOADU(pp + j * STEM_VL), acc[r][j]));
         }
@@ -120,3 +138,4 @@ __attribute__((target(STEM_TARGET))) static void STEM_CAT(stem_bww, STEM_SFX)(co
 
 #undef STEM_CAT
 #undef STEM_CAT_
+#undef STEM_UNROLL
