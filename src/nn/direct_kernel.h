@@ -94,25 +94,32 @@ __attribute__((target(DC_TARGET))) static void DC_CAT(dc_fwd, DC_SFX)(const dc_g
 #pragma omp parallel for schedule(dynamic, 1)
     for (long i = 0; i < g->items; i++) {
         float obuf[DC_OBUF];
-        int xoff[DC_MAXT], woff[DC_MAXT];
+        int xoff[DC_MAXT], woff[DC_MAXT], lx[DC_LISTS][DC_LTAPS], lw[DC_LISTS][DC_LTAPS], ln[DC_LISTS];
         dc_fwd_item it;
         dc_fwd_item_init(g, i, &it);
         const int Ox = g->out[2], KB = it.kv * DC_VL;
         const size_t cstride = g->cstride, wcs = (size_t)g->T * KB;
+        if (g->cache_taps)
+            for (int oy = it.oy0; oy < it.oy1; oy++)
+                for (int b = 0; b < g->nblk; b++) {
+                    const int q = (oy - it.oy0) * g->nblk + b;
+                    ln[q] = dc_fwd_taps(g, it.oz, oy, g->bx0[b], g->bR[b], KB, lx[q], lw[q]);
+                }
         for (int c0 = 0; c0 < g->C; c0 += DC_CB) {
             const int nc = g->C - c0 < DC_CB ? g->C - c0 : DC_CB;
             const float *xc = xp + ((size_t)it.n * g->C + c0) * cstride, *wc = wt + (size_t)it.k0 * g->C * g->T + c0 * wcs;
             for (int oy = it.oy0; oy < it.oy1; oy++)
                 for (int b = 0; b < g->nblk; b++) {
-                    const int ox0 = g->bx0[b], R = g->bR[b];
-                    const int nt = dc_fwd_taps(g, it.oz, oy, ox0, R, KB, xoff, woff);
+                    const int ox0 = g->bx0[b], R = g->bR[b], q = (oy - it.oy0) * g->nblk + b;
+                    const int nt = g->cache_taps ? ln[q] : dc_fwd_taps(g, it.oz, oy, ox0, R, KB, xoff, woff);
+                    const int *xo = g->cache_taps ? lx[q] : xoff, *wo = g->cache_taps ? lw[q] : woff;
                     float *ob = obuf + ((size_t)(oy - it.oy0) * Ox + ox0) * KB;
                     if (!nt) {
                         if (!c0) memset(ob, 0, (size_t)R * KB * sizeof *ob);
                         continue;
                     }
-                    DC_CAT(fwd_disp, DC_SFX)(xc, cstride, nc, wc, wcs, xoff, woff, nt, g->s[2], ob, KB, c0 == 0,
-                                             R, it.kv);
+                    DC_CAT(fwd_disp, DC_SFX)(xc, cstride, nc, wc, wcs, xo, wo, nt, g->s[2], ob, KB, c0 == 0, R,
+                                             it.kv);
                 }
         }
         dc_fwd_store(g, &it, obuf, bias, accumulate, y);
