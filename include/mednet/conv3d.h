@@ -58,9 +58,9 @@ mn_err mn_conv3d_backward_ref(const mn_conv3d *l, const mn_shape *in, const floa
 double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
 
 /* Which GEMM-side path mn_conv3d_forward/backward take for input shape `in`: "pointwise" (1x1x1, stride 1, no
- * padding: no unfolding), "stem" (one input channel, no dilation: direct kernels for forward and backward-weights on CPUs
- * with AVX2+FMA or AVX-512F, unless MEDNET_CONV_ALGO=gemm), "dense" (vol2col of every tap), "taps" (only the taps
- * that read inside the volume: large padding and dilation on small volumes) or "invalid".  For tests and
+ * padding: no unfolding), "stem" (one input channel, no dilation: direct kernels for forward and backward-weights
+ * on CPUs with AVX2+FMA or AVX-512F, unless MEDNET_CONV_ALGO=gemm), "dense" (vol2col of every tap), "taps" (only
+ * the taps that read inside the volume: large padding and dilation on small volumes) or "invalid".  For tests and
  * benchmarks. */
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
 
@@ -100,9 +100,10 @@ mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in,
  * fastest is kept.  Layers neither can run get GEMM without timing.  Only with MEDNET_CONV_ALGO=auto: unset (or
  * rule) applies mn_conv3d_rule_algo without timing, because a timed choice can differ between processes and a
  * resumed run must match an uninterrupted one bit for bit; gemm keeps the GEMM path everywhere; winograd and direct
- * take Winograd or the direct kernels wherever they can run; another value is MN_ERR_ARG.  ws: a workspace of ws_floats >= mn_conv3d_workspace_floats floats (contents
- * destroyed).  Allocates the timing operands for the duration of the call.  Not collective: ranks may choose
- * differently, which changes rounding, not results beyond fp32 tolerance. */
+ * take Winograd or the direct kernels wherever they can run; another value is MN_ERR_ARG.  ws: a workspace of
+ * ws_floats >= mn_conv3d_workspace_floats floats (contents destroyed).  Allocates the timing operands for the
+ * duration of the call.  Not collective: ranks may choose differently, which changes rounding, not results beyond
+ * fp32 tolerance. */
 mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t ws_floats);
 
 /* Transposed 3-D convolution (the adjoint of mn_conv3d with the same geometry), as torch.nn.ConvTranspose3d with

@@ -45,8 +45,8 @@
 #include <string.h>
 
 #include "mednet/prof.h"
-#include "nn/gemm.h"
 #include "nn/direct.h"
+#include "nn/gemm.h"
 #include "nn/stem.h"
 #include "nn/vol2col.h"
 #include "nn/winograd.h"

@@ -91,7 +91,8 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
              "conv3d %d->%d: choosing the algorithm needs a workspace of %zu floats, got %zu", l->cin, l->cout, need,
              ws ? ws_floats : (size_t)0);
     /* Private operands: the layer's parameters and gradients are left alone. */
-    const size_t nx = mn_shape_numel(in), ny = mn_shape_numel(&out), nw = (size_t)l->cout * l->cin * l->k[0] * l->k[1] * l->k[2];
+    const size_t nx = mn_shape_numel(in), ny = mn_shape_numel(&out);
+    const size_t nw = (size_t)l->cout * l->cin * l->k[0] * l->k[1] * l->k[2];
     float *buf = NULL;
     MN_CALL(mn_calloc((2 * nx + 2 * ny + 2 * nw + (size_t)l->cout) * sizeof(float), "convolution timing operands",
                       (void **)&buf));

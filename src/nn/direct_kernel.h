@@ -107,7 +107,8 @@ __attribute__((target(DC_TARGET))) static void DC_CAT(dc_fwd, DC_SFX)(const dc_g
                 }
         for (int c0 = 0; c0 < g->C; c0 += DC_CB) {
             const int nc = g->C - c0 < DC_CB ? g->C - c0 : DC_CB;
-            const float *xc = xp + ((size_t)it.n * g->C + c0) * cstride, *wc = wt + (size_t)it.k0 * g->C * g->T + c0 * wcs;
+            const float *xc = xp + ((size_t)it.n * g->C + c0) * cstride;
+            const float *wc = wt + (size_t)it.k0 * g->C * g->T + c0 * wcs;
             for (int oy = it.oy0; oy < it.oy1; oy++)
                 for (int b = 0; b < g->nblk; b++) {
                     const int ox0 = g->bx0[b], R = g->bR[b], q = (oy - it.oy0) * g->nblk + b;
@@ -129,7 +130,8 @@ __attribute__((target(DC_TARGET))) static void DC_CAT(dc_fwd, DC_SFX)(const dc_g
 /* ---- backward-weights -----------------------------------------------------------------------------------------
  * acc[r][j] (the item's dw block at tap r) += sum over nrow output rows and Ox outputs of x(tap r, row, o) dy(row,
  * o)[j] (dy channels-last, K floats per output: the block's lanes), each run of whole rows of at least DC_BWROWS
- * outputs summed from zero and then added (two levels, as the forward): one channels-last dy row segment loaded per output, one input value broadcast per tap. */
+ * outputs summed from zero and then added (two levels, as the forward): one channels-last dy row segment loaded per
+ * output, one input value broadcast per tap. */
 __attribute__((target(DC_TARGET), always_inline)) static inline void DC_CAT(bww_blk, DC_SFX)(
     const float *const *xrow, size_t xrs, const float *dyt, int K, int nrow, int Ox, int s, float *const *dacc,
     const int R, const int KVN)

@@ -7,8 +7,8 @@
  *     (64->64 k3 p1), 32->32, stride 2 with odd extents and stride unequal per dimension (backward-data refused), the
  *     1x1x1 stride-2 shortcut, dilation 2 and 4 on volumes where most taps fall in the padding, kernels 3x1x3, 1x3x1
  *     and 2x3x2, padding 0 and padding dil*(k-1) (the most backward-data takes), cin not a multiple of 16 (3, 24,
- *     40), cout of 1, 2, 3 and 5 vectors (tails after the register blocks), output rows of 1, 2, 5, 6, 7, 13, 14, 29 and
- *     MN_DIRECT_MAX_OX voxels, batch 1, 2 and 3, with and without bias.  y is prefilled with NaN (must be
+ *     40), cout of 1, 2, 3 and 5 vectors (tails after the register blocks), output rows of 1, 2, 5, 6, 7, 13, 14, 29
+ *     and MN_DIRECT_MAX_OX voxels, batch 1, 2 and 3, with and without bias.  y is prefilled with NaN (must be
  *     overwritten), dx and dw accumulate onto random values, db is not touched; relative error below 1e-4 with a
  *     floor of 1% of the largest reference value (as test_stem);
  * (b) refusals: cin 1, cout not a multiple of the vector width (forward, backward-weights), an output row longer
