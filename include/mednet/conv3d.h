@@ -71,9 +71,9 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
 
 /* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass, the thread
  * count (mn_threads_count) and the CPU's instruction set, the same in every process that runs with as many threads
- * on the same kind of CPU.  The direct kernels when they can run the pass (nn/direct.h), the kernel is larger than
- * 1x1x1, and no dilation exceeds MN_DIRECT_RULE_MAX_DILATION or every output extent is at least
- * MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they win or tie on every pass of layers 1-3 and the head, and on the
+ * on the same kind of CPU.  The direct kernels when they can run the pass (nn/direct.h), the stride is 1, the
+ * kernel is larger than 1x1x1, every output extent is at least MN_DIRECT_RULE_MIN_EXTENT, and no dilation exceeds
+ * MN_DIRECT_RULE_MAX_DILATION or every output extent is at least MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they win or tie on every pass of layers 1-3 and the head, and on the
  * dilation-4 stage at 14^3, and lose to the tap path at dilation 4 on 8^3).  Otherwise Winograd when the layer can
  * run it (see mn_conv3d_pass_algo), the dilation is 1 or 2 (the same in every dimension), the smallest output
  * extent is >= MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward:
@@ -83,6 +83,7 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
  * 64^3 and 112^3 on 1 and 2 threads (bench_conv3d --sweep): Winograd wins on the 64- and 128-channel layers at 8^3
  * and up and on the dilation-2 stage (layer3) on every pass, on the head's 32->32 only forward, and loses on the
  * dilation-4 stage; on 2 threads the GEMM path ties or wins on layer1's backward passes at 28^3. */
+#define MN_DIRECT_RULE_MIN_EXTENT 8
 #define MN_DIRECT_RULE_MAX_DILATION 2
 #define MN_DIRECT_RULE_DILATED_MIN_EXTENT 12
 #define MN_WINO_RULE_MIN_CHANNELS 64

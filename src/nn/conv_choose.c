@@ -134,11 +134,14 @@ mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in,
     int maxdil = 1;
     for (int i = 0; i < 3; i++)
         if (l->dil[i] > maxdil) maxdil = l->dil[i];
-    if (l->k[0] * l->k[1] * l->k[2] > 1 && mn_direct_eligible(l, in, pass)) {
-        mn_shape o;
-        if (maxdil <= MN_DIRECT_RULE_MAX_DILATION) return MN_CONV_ALGO_DIRECT;
-        if (mn_conv3d_out_shape(l, in, &o) == MN_OK && o.d >= MN_DIRECT_RULE_DILATED_MIN_EXTENT &&
-            o.h >= MN_DIRECT_RULE_DILATED_MIN_EXTENT && o.w >= MN_DIRECT_RULE_DILATED_MIN_EXTENT)
+    const int stride1 = l->s[0] == 1 && l->s[1] == 1 && l->s[2] == 1;
+    mn_shape o;
+    if (stride1 && l->k[0] * l->k[1] * l->k[2] > 1 && mn_direct_eligible(l, in, pass) &&
+        mn_conv3d_out_shape(l, in, &o) == MN_OK) {
+        int minext = o.d < o.h ? o.d : o.h;
+        if (o.w < minext) minext = o.w;
+        if (minext >= MN_DIRECT_RULE_MIN_EXTENT &&
+            (maxdil <= MN_DIRECT_RULE_MAX_DILATION || minext >= MN_DIRECT_RULE_DILATED_MIN_EXTENT))
             return MN_CONV_ALGO_DIRECT;
     }
     if (!mn_wino_eligible(l, in)) return MN_CONV_ALGO_GEMM;
