@@ -17,8 +17,9 @@
  *     thresholds, choose_algo applies it without timing, the workspace counts Winograd only where the rule takes
  *     it, and bad MEDNET_CONV_ALGO values (unknown, wrong case, trailing blank) are MN_ERR_ARG.  The Winograd table
  *     runs with the direct kernels turned off (a CPU without AVX2); a second table checks that, where the CPU has
- *     them, they take every pass they can run of the layers with kernels larger than 1 and dilation at most 2 or
- *     an output of at least 12^3 (the dilation-4 stage at 112^3 input), and nothing else.  A change of the rule fails here on purpose: measure
+ *     them, they take every pass they can run of the stride-1 layers with kernels larger than 1, an output of at
+ *     least 8^3, and dilation at most 2 or an output of at least 12^3 (the dilation-4 stage at 112^3 input), and
+ *     nothing else.  A change of the rule fails here on purpose: measure
  *     again (bench_conv3d --sweep) and update the table and README.
  * (f) the same layer on 1 and on 2 threads gives bitwise equal y and dx (the 64 products of a block are dealt
  *     over the threads, each single-threaded, by mn_gemm_batch; BLIS threads larger ones itself), and dw equal to
@@ -273,6 +274,9 @@ static void check_rule(void)
              "ggg"},
             {"layer4 512->512 d4 @12x12x11", mk(512, 512, k3, s1, p4, d4), {1, 512, 12, 12, 11}, "ggg"},
             {"layer4 256->512 d4 @12^3 (at it)", mk(256, 512, k3, s1, p4, d4), {1, 256, 12, 12, 12}, "xxx"},
+            {"64->64 @8x8x7 (below the direct kernels' extent)", mk(64, 64, k3, s1, p1, s1), {2, 64, 8, 8, 7},
+             "ggg"},
+            {"64->64 @8^3 (at it)", mk(64, 64, k3, s1, p1, s1), {2, 64, 8, 8, 8}, "xxx"},
             {"head 32->32 @28^3", mk(32, 32, k3, s1, p1, s1), {1, 32, 28, 28, 28}, "xxx"},
             {"1x1 64->64", mk(64, 64, k1, s1, p0, s1), {2, 64, 16, 16, 16}, "ggg"},
             {"64->31 @16^3 (cout not a multiple of the vector width: backward-data only)", mk(64, 31, k3, s1, p1, s1),
