@@ -428,44 +428,41 @@ size_t mn_direct_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     MN_FAIL(MN_ERR_ARG, "conv3d %d->%d: direct kernel %s called for a layer it cannot run", (l)->cin, (l)->cout,   \
             what)
 
+/* Forward, or backward-data as the forward kernel on dy: src padded, weights packed for the pass, dst written
+ * (with bias) or accumulated. */
+static mn_err dc_run_fwd(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, int pass, const float *src,
+                         const float *bias, int accumulate, float *dst, float *ws)
+{
+    if (!mn_direct_eligible(l, in, pass))
+        DC_REFUSE(l, pass == MN_CONV_PASS_FWD ? "forward" : "backward-data");
+    dc_geom g;
+    dc_geom_init(&g, l, in, out, pass);
+    float *sp = ws, *wp = ws + dc_in_floats(&g);
+    dc_pad_input(&g, src, sp);
+    dc_pack_weights(&g, l->w, wp);
+#if DC_HAVE_KERNELS
+    if (mn_stem_isa() == MN_STEM_ISA_AVX512)
+        dc_fwd_avx512(&g, sp, wp, bias, accumulate, dst);
+    else
+        dc_fwd_avx2(&g, sp, wp, bias, accumulate, dst);
+#else
+    (void)bias;
+    (void)accumulate;
+    (void)dst;
+#endif
+    return MN_OK;
+}
+
 mn_err mn_direct_forward(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x, float *y,
                          float *ws)
 {
-    if (!mn_direct_eligible(l, in, MN_CONV_PASS_FWD)) DC_REFUSE(l, "forward");
-    dc_geom g;
-    dc_geom_init(&g, l, in, out, MN_CONV_PASS_FWD);
-    float *xp = ws, *wt = ws + dc_in_floats(&g);
-    dc_pad_input(&g, x, xp);
-    dc_pack_weights(&g, l->w, wt);
-#if DC_HAVE_KERNELS
-    if (mn_stem_isa() == MN_STEM_ISA_AVX512)
-        dc_fwd_avx512(&g, xp, wt, l->b, 0, y);
-    else
-        dc_fwd_avx2(&g, xp, wt, l->b, 0, y);
-#else
-    (void)y;
-#endif
-    return MN_OK;
+    return dc_run_fwd(l, in, out, MN_CONV_PASS_FWD, x, l->b, 0, y, ws);
 }
 
 mn_err mn_direct_backward_data(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *dy,
                                float *dx, float *ws)
 {
-    if (!mn_direct_eligible(l, in, MN_CONV_PASS_BWD_DATA)) DC_REFUSE(l, "backward-data");
-    dc_geom g;
-    dc_geom_init(&g, l, in, out, MN_CONV_PASS_BWD_DATA);
-    float *dyp = ws, *wd = ws + dc_in_floats(&g);
-    dc_pad_input(&g, dy, dyp);
-    dc_pack_weights(&g, l->w, wd);
-#if DC_HAVE_KERNELS
-    if (mn_stem_isa() == MN_STEM_ISA_AVX512)
-        dc_fwd_avx512(&g, dyp, wd, NULL, 1, dx);
-    else
-        dc_fwd_avx2(&g, dyp, wd, NULL, 1, dx);
-#else
-    (void)dx;
-#endif
-    return MN_OK;
+    return dc_run_fwd(l, in, out, MN_CONV_PASS_BWD_DATA, dy, NULL, 1, dx, ws);
 }
 
 mn_err mn_direct_backward_weights(const mn_conv3d *l, const mn_shape *in, const mn_shape *out, const float *x,
