@@ -16,8 +16,9 @@
 /* ---- batch norm 3-D (torch.nn.BatchNorm3d semantics) ----
  * Training: normalise with the batch mean and biased variance over (N, D, H, W); running statistics updated as
  * running = (1 - momentum) * running + momentum * batch, with the UNBIASED batch variance.  Eval: running stats.
- * `save` holds 2*c floats written by forward: batch mean and 1/sqrt(var + eps) (training) or the running-stat
- * equivalents (eval). */
+ * `save` holds MN_BN3D_SAVE(c) floats written by forward: batch mean, 1/sqrt(var + eps) and the scale
+ * gamma/sqrt(var + eps) the output was computed with (training), or the running-stat equivalents (eval). */
+#define MN_BN3D_SAVE(c) (3 * (size_t)(c))
 typedef struct mn_bn3d {
     int c;
     float eps, momentum;                /* PyTorch defaults 1e-5, 0.1 */
@@ -48,7 +49,7 @@ mn_err mn_bn3d_bwd_apply(const mn_bn3d *l, const mn_shape *in, const float *x, c
  *   forward_fused:  y = bn(x) + res, then max(y, 0) if relu (y must not alias res);
  *   apply_fused:    the same for the split form;
  *   backward_fused: with g = dy where mask > 0, else 0 (ReLU backward from its output `mask`): dx is OVERWRITTEN
- *                   with the batch-norm input gradient of g (dx may alias mask, not dy), dgamma/dbeta += as in
+ *                   with the batch-norm input gradient of g (dx may alias mask or dy), dgamma/dbeta += as in
  *                   mn_bn3d_backward;
  *   bwd_stats_masked / bwd_apply_fused: the same for the split form (bwd_apply_fused overwrites dx). */
 mn_err mn_bn3d_forward_fused(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save,
@@ -61,6 +62,11 @@ mn_err mn_bn3d_bwd_stats_masked(const mn_bn3d *l, const mn_shape *in, const floa
                                 const float *mask, const float *save, double *sums);
 mn_err mn_bn3d_bwd_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
                                const float *mask, float *dx, const float *save, const double *sums, double count);
+
+/* y = max(bn(x), 0) from the `save` a forward (any of the above, training or eval, without res) wrote for x: that
+ * forward's output bit for bit.  A model stores the batch norm's input only and recomputes the ReLU output when
+ * the backward pass needs it. */
+mn_err mn_bn3d_relu_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, float *y);
 
 /* ---- ReLU ----  y = max(x, 0), y may alias x.  Backward from the OUTPUT: dx += dy * (y > 0). */
 void mn_relu_forward(size_t n, const float *x, float *y);

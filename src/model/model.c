@@ -161,11 +161,12 @@ static void bn(planner *pl, mn_bnl *b, const char *name, int c)
     b->l.running_mean = buffer(pl, nm, c, INIT_ZERO);
     snprintf(nm, sizeof nm, "%s.running_var", name);
     b->l.running_var = buffer(pl, nm, c, INIT_ONE);
-    b->save = act(pl, 2 * (size_t)c);
+    b->save = act(pl, MN_BN3D_SAVE(c));
 }
 
 /* Track the largest encoder activations, which size the gradient scratch: *max is m->max_io (block inputs and
- * outputs: g0/g1), m->max_int (tensors inside a block: t1/t2) or m->max_stem (the stem, t1 only). */
+ * outputs: g0/g1), m->max_int (tensors inside a block: t1/t2), m->max_relu (post-ReLU tensors inside a block: r)
+ * or m->max_stem (the stem, t1 only). */
 static size_t shape_act(size_t *max, const mn_shape *s)
 {
     size_t n = mn_shape_numel(s);
@@ -306,11 +307,11 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
     MN_CALL(conv_shape(m, &b->c2, &b->s1, &b->s2));
     shape_act(&m->max_io, &b->in);
     b->c1o = act(pl, shape_act(&m->max_int, &b->s1));
-    b->a1 = act(pl, shape_act(&m->max_int, &b->s1));
+    shape_act(&m->max_relu, &b->s1);
     b->c2o = act(pl, shape_act(&m->max_int, &b->s2));
     if (b->bottleneck) {
         MN_CALL(conv_shape(m, &b->c3, &b->s2, &b->out));
-        b->a2 = act(pl, shape_act(&m->max_int, &b->s2));
+        shape_act(&m->max_relu, &b->s2);
         b->c3o = act(pl, shape_act(&m->max_int, &b->out));
     } else {
         b->out = b->s2;
@@ -457,7 +458,6 @@ static mn_err plan(mn_model *m, int pass)
         MN_CALL(conv_shape(m, &m->conv1, &m->in_shape, &m->stem_shape));
         MN_CALL(mn_maxpool3d_out_shape(&m->pool, &m->stem_shape, &m->pool_shape));
         m->stem_c = act(&pl, shape_act(&m->max_stem, &m->stem_shape));
-        m->stem_a = act(&pl, shape_act(&m->max_stem, &m->stem_shape));
         m->pooled = act(&pl, shape_act(&m->max_io, &m->pool_shape));
         m->argmax = (int32_t *)act(&pl, mn_shape_numel(&m->pool_shape));
     }
@@ -618,7 +618,7 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
         /* Zero-filled now, so every page is faulted in at setup and not during the first steps. */
         err = mn_calloc(m->act_floats * sizeof(float), "model activations", &m->act_arena);
         m->scratch_floats = 2 * pad16(m->max_io) + pad16(m->max_stem > m->max_int ? m->max_stem : m->max_int) +
-                            pad16(m->max_int) + m->ws_floats;
+                            pad16(m->max_int) + pad16(m->max_relu) + m->ws_floats;
         if (!err) err = mn_calloc(m->scratch_floats * sizeof(float), "model gradient scratch and conv workspace",
                                   &m->scratch_arena);
     }
@@ -630,7 +630,8 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
         m->g1 = s + io;
         m->t1 = s + 2 * io;
         m->t2 = s + 2 * io + t1;
-        m->ws = s + 2 * io + t1 + pad16(m->max_int);
+        m->r = m->t2 + pad16(m->max_int);
+        m->ws = m->r + pad16(m->max_relu);
         err = tune_convs(m);
     }
     if (!err) err = mn_model_init(m, cfg->seed);

@@ -83,17 +83,18 @@ mn_err mn_model_block_forward(mn_model *m, mn_block *b)
 {
     int tr = enc_training(m);
     size_t nout = mn_shape_numel(&b->out);
-    /* Batch norm, ReLU and the residual add run as fused passes (mn_bn3d_forward_fused). */
+    /* Batch norm, ReLU and the residual add run as fused passes (mn_bn3d_forward_fused).  The post-ReLU activations
+     * inside the block go to the scratch r, which the next convolution reads; backward recomputes them. */
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c1, &b->in, b->x, b->c1o, m->ws)));
-    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, b->a1, b->b1.save, tr, NULL, 1)));
-    PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, b->a1, b->c2o, m->ws)));
+    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b1.l, &b->s1, b->c1o, m->r, b->b1.save, tr, NULL, 1)));
+    PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c2, &b->s1, m->r, b->c2o, m->ws)));
     const mn_bn3d *last = &b->b2.l;
     const mn_shape *last_s = &b->s2;
     const float *last_x = b->c2o;
     float *last_save = b->b2.save;
     if (b->bottleneck) {
-        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, b->a2, b->b2.save, tr, NULL, 1)));
-        PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, b->a2, b->c3o, m->ws)));
+        PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &b->b2.l, &b->s2, b->c2o, m->r, b->b2.save, tr, NULL, 1)));
+        PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&b->c3, &b->s2, m->r, b->c3o, m->ws)));
         last = &b->b3.l, last_s = &b->out, last_x = b->c3o, last_save = b->b3.save;
     }
     if (b->shortcut == SC_NONE) {
@@ -147,22 +148,25 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
             PROF(MN_PROF_POOL, MN_CALL(mn_avgpool3d_backward(&b->pool, &one, dy + (size_t)n * out_per, dx + (size_t)n * in_per)));
     }
 
-    /* Residual branch.  The inner ReLUs' backward is the mask argument of the batch-norm backward that follows,
-     * which overwrites its output: no masking or zeroing passes. */
+    /* Residual branch.  The inner ReLUs' outputs are recomputed into r from the batch norms' inputs and what their
+     * forward saved (bit for bit the forward's); r is the next convolution's input for its weight gradient and
+     * the mask argument of the batch-norm backward, which overwrites its output: no masking or zeroing passes. */
     const float *g = dy, *gmask = NULL;
     if (b->bottleneck) {
         PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, NULL, t1, b->b3.save, tr)));
+        PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_relu_recompute(&b->b2.l, &b->s2, b->c2o, b->b2.save, m->r)));
         mn_zero(n2, t2);
-        PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, b->a2, t1, t2, m->ws)));
+        PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, m->r, t1, t2, m->ws)));
         progress(m);
         g = t2;
-        gmask = b->a2;
+        gmask = m->r;
     }
     PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, gmask, t1, b->b2.save, tr)));
+    PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_relu_recompute(&b->b1.l, &b->s1, b->c1o, b->b1.save, m->r)));
     mn_zero(n1, t2);
-    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, b->a1, t1, t2, m->ws)));
+    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, m->r, t1, t2, m->ws)));
     progress(m);
-    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, b->a1, t1, b->b1.save, tr)));
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b1.l, &b->s1, b->c1o, t2, m->r, t1, b->b1.save, tr)));
     PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c1, &b->in, b->x, t1, dx, m->ws)));
     progress(m);
     return MN_OK;
@@ -307,9 +311,12 @@ mn_err mn_model_forward(mn_model *m, const float *x, const mn_head_batch *hb, in
 
     /* Encoder. */
     PROF(MN_PROF_CONV_FWD, MN_CALL(mn_conv3d_forward(&m->conv1, &m->in_shape, x, m->stem_c, m->ws)));
-    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->stem_a, m->bn1.save, tr,
-                                                NULL, 1)));
-    PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->stem_a, m->pooled, m->argmax)));
+    /* max(relu(a)) = relu(max(a)): the ReLU runs on the pooled output (8x smaller), and the batch norm's output is
+     * a temporary in t1 (the largest tensor of the network is stored once, as the batch norm's input). */
+    PROF(MN_PROF_BN_FWD, MN_CALL(enc_bn_forward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->bn1.save, tr,
+                                                NULL, 0)));
+    PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_forward(&m->pool, &m->stem_shape, m->t1, m->pooled, m->argmax)));
+    PROF(MN_PROF_RELU, mn_relu_forward(mn_shape_numel(&m->pool_shape), m->pooled, m->pooled));
     for (int i = 0; i < m->nblocks; i++) MN_CALL(mn_model_block_forward(m, &m->blocks[i]));
     if (tr) m->enc_bn_batches++;
 
@@ -470,16 +477,16 @@ mn_err mn_model_backward(mn_model *m)
         Gi = t;
     }
 
-    /* Stem: max pool, ReLU, BN, conv1 (no input gradient).  The post-ReLU activation is dead once its mask has
-     * been applied, so it receives the BN input gradient: no second stem-sized scratch buffer (the largest tensor
-     * of the network).  This is why a backward consumes its forward. */
+    /* Stem: ReLU (on the pooled output, as in forward), max pool, BN, conv1 (no input gradient).  The batch-norm
+     * backward overwrites its output gradient in place: one stem-sized scratch buffer (the largest tensor of the
+     * network).  The ReLU mask consumes G, the gradient of the pooled output. */
     size_t ns = mn_shape_numel(&m->stem_shape);
+    PROF(MN_PROF_RELU, relu_mask(mn_shape_numel(&m->pool_shape), G, m->pooled));
     mn_zero(ns, m->t1);
     PROF(MN_PROF_POOL, MN_CALL(mn_maxpool3d_backward(&m->pool, &m->stem_shape, G, m->argmax, m->t1)));
-    /* ReLU backward as the mask of the batch-norm backward, whose output overwrites the mask buffer in place */
-    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, m->stem_a, m->stem_a,
+    PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &m->bn1.l, &m->stem_shape, m->stem_c, m->t1, NULL, m->t1,
                                                 m->bn1.save, enc_training(m))));
-    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->stem_a, NULL, m->ws)));
+    PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&m->conv1, &m->in_shape, m->x, m->t1, NULL, m->ws)));
     m->consumed = 1;
     if (m->grad_ready) m->grad_ready(m->hook_ctx, 0, m->stem_p_len);
     progress(m);

@@ -29,7 +29,8 @@ typedef struct mn_block {
     mn_avgpool3d pool;              /* SC_A subsampling */
     mn_shape in, s1, s2, out;       /* input, after c1, after c2, output (= after c3 for bottleneck) */
     const float *x;                 /* input: the previous block's output */
-    float *c1o, *a1, *c2o, *a2, *c3o, *dso, *y; /* conv outputs, post-ReLU activations, shortcut conv out, output */
+    float *c1o, *c2o, *c3o, *dso, *y; /* conv outputs, shortcut conv output, block output; the post-ReLU
+                                       * activations inside the block live in the scratch r (recomputed in backward) */
     size_t p_off, p_len;            /* parameter range */
 } mn_block;
 
@@ -77,7 +78,7 @@ struct mn_model {
     mn_bnl bn1;
     mn_maxpool3d pool;
     mn_shape in_shape, stem_shape, pool_shape, feat_shape;
-    float *stem_c, *stem_a, *pooled;
+    float *stem_c, *pooled; /* the stem's batch norm writes into t1; its ReLU runs on the pooled output */
     int32_t *argmax;
     size_t stem_p_len;
     int nblocks;
@@ -97,9 +98,11 @@ struct mn_model {
     size_t logit_vox;         /* voxels per channel of the logits held in `logits` */
 
     /* scratch: g0/g1 carry block input/output gradients (max_io floats each), t1 the temporaries inside a block and
-     * the stem's pooling gradient (max(max_stem, max_int)), t2 block temporaries (max_int) */
-    float *g0, *g1, *t1, *t2;
-    size_t max_io, max_int, max_stem;
+     * the stem's batch-norm output and gradient (max(max_stem, max_int)), t2 block temporaries (max_int), r the
+     * post-ReLU activation inside a block that the next convolution reads, in forward and again, recomputed, in
+     * backward (max_relu) */
+    float *g0, *g1, *t1, *t2, *r;
+    size_t max_io, max_int, max_stem, max_relu;
     float *ws;
     size_t ws_floats;
 

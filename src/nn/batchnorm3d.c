@@ -64,7 +64,8 @@ static void stats_channel(const mn_shape *in, const float *x, int c, double *s1,
     *s2 = q;
 }
 
-/* Normalise channel c with the sums over `count` voxels; write save and update running stats (training).  Fused
+/* Normalise channel c with the sums over `count` voxels; write save (mean, invstd and the scale y was computed
+ * with) and update running stats (training).  Fused
  * epilogue: y = max(bn(x) + res, 0) when res != NULL / relu (the order and rounding of the separate passes). */
 MN_SIMD_CLONES
 static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save, int c,
@@ -74,7 +75,7 @@ static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, 
     double mean = s1 / count;
     double var = s2 / count - mean * mean;
     if (var < 0) var = 0; /* rounding of E[x^2] - mean^2 for a constant channel */
-    double invstd = 1.0 / sqrt(var + (double)l->eps);
+    const double invstd = 1.0 / sqrt(var + (double)l->eps);
     save[c] = (float)mean;
     save[l->c + c] = (float)invstd;
     if (l->running_mean) {
@@ -84,6 +85,7 @@ static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, 
     }
     const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
     const float m = (float)mean;
+    save[2 * l->c + c] = a;
     for (int n = 0; n < in->n; n++) {
         size_t off = ((size_t)n * in->c + c) * V;
         const float *p = x + off;
@@ -272,6 +274,37 @@ mn_err mn_bn3d_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x,
     return MN_OK;
 }
 
+/* y = max(bn(x), 0) again from what forward saved: the forward's own values, bit for bit (a model keeps the batch
+ * norm's input and recomputes its ReLU output in the backward pass instead of storing both). */
+MN_SIMD_CLONES
+static void recompute_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, float *y,
+                              int c)
+{
+    const size_t V = mn_shape_voxels(in);
+    const float m = save[c], a = save[2 * l->c + c], b = l->beta ? l->beta[c] : 0.0f;
+    for (int n = 0; n < in->n; n++) {
+        size_t off = ((size_t)n * in->c + c) * V;
+        const float *p = x + off;
+        float *q = y + off;
+#pragma omp simd
+        for (size_t v = 0; v < V; v++) {
+            float t = (p[v] - m) * a + b;
+            q[v] = t < 0.0f ? 0.0f : t;
+        }
+    }
+}
+
+mn_err mn_bn3d_relu_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, float *y)
+{
+    MN_CALL(bn_check(l, in, "relu_recompute"));
+    MN_CHECK(x != NULL && save != NULL && y != NULL, MN_ERR_ARG, "bn3d(c=%d) relu_recompute: NULL x, save or y",
+             l->c);
+    const int C = in->c;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) recompute_channel(l, in, x, save, y, c);
+    return MN_OK;
+}
+
 /* Backward statistics of this rank's data (overwrites sums: [0,c) sum dy, [c,2c) sum dy*xhat). */
 mn_err mn_bn3d_bwd_stats(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy, const float *save,
                          double *sums)
@@ -353,6 +386,7 @@ mn_err mn_bn3d_forward_fused(const mn_bn3d *l, const mn_shape *in, const float *
         save[C + c] = (float)invstd;
         const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
         const float m = (float)mean;
+        save[2 * C + c] = a;
         for (int n = 0; n < in->n; n++) {
             size_t off = ((size_t)n * C + c) * V;
 #pragma omp simd

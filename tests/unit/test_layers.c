@@ -107,7 +107,7 @@ static void bn_setup(bn_ctx *c, mn_shape in, int training)
     c->y = mn_test_alloc(n);
     c->dx = mn_test_alloc(n);
     c->r = rand_f(n, 1);
-    c->save = mn_test_alloc(2 * C);
+    c->save = mn_test_alloc(MN_BN3D_SAVE(C));
 }
 static void bn_free(bn_ctx *c)
 {
@@ -209,7 +209,7 @@ static void test_bn_split(void)
     hin.n = 2;
     /* Two replicas with their own running stats and parameter grads, sharing gamma/beta. */
     mn_bn3d r[2] = {c.l, c.l};
-    float rm[2][3], rv[2][3], dg[2][3] = {{0}}, db[2][3] = {{0}}, sv[2][6];
+    float rm[2][3], rv[2][3], dg[2][3] = {{0}}, db[2][3] = {{0}}, sv[2][MN_BN3D_SAVE(3)];
     for (int h = 0; h < 2; h++) {
         memcpy(rm[h], c.l.running_mean, sizeof rm[h]);
         memcpy(rv[h], c.l.running_var, sizeof rv[h]);
@@ -255,8 +255,9 @@ static void test_bn_split(void)
     bn_free(&c);
 }
 
-/* The fused batch-norm passes against the separate ones, bit for bit: forward with residual and ReLU, backward with
- * the ReLU mask and overwrite (also with dx aliasing the mask, as the stem does), the split form, eval mode. */
+/* The fused batch-norm passes against the separate ones, bit for bit: forward with residual and ReLU, the ReLU
+ * output recomputed from what forward saved, backward with the ReLU mask and overwrite (also with dx aliasing the
+ * mask or dy, as the stem does), the split form, eval mode. */
 static int same_bits(const float *a, const float *b, size_t n)
 {
     return memcmp(a, b, n * sizeof *a) == 0;
@@ -270,8 +271,8 @@ static void test_bn_fused(void)
         const int C = in.c;
         const size_t n = mn_shape_numel(&in);
         float *res = rand_f(n, 1), *mask = rand_f(n, 1), *y1 = mn_test_alloc(n), *y2 = mn_test_alloc(n);
-        float *dx1 = mn_test_alloc(n), *dx2 = mn_test_alloc(n), *g = mn_test_alloc(n), *sv1 = mn_test_alloc(2 * C);
-        float *sv2 = mn_test_alloc(2 * C), rm0[5], rv0[5];
+        float *dx1 = mn_test_alloc(n), *dx2 = mn_test_alloc(n), *g = mn_test_alloc(n);
+        float *sv1 = mn_test_alloc(MN_BN3D_SAVE(C)), *sv2 = mn_test_alloc(MN_BN3D_SAVE(C)), rm0[5], rv0[5];
         memcpy(rm0, c.l.running_mean, sizeof rm0);
         memcpy(rv0, c.l.running_var, sizeof rv0);
         int ok = 1;
@@ -285,8 +286,14 @@ static void test_bn_fused(void)
                 memcpy(c.l.running_mean, rm0, sizeof rm0), memcpy(c.l.running_var, rv0, sizeof rv0);
                 ok &= mn_bn3d_forward_fused(&c.l, &in, c.x, y2, sv2, c.training, with_res ? res : NULL, relu) ==
                       MN_OK;
-                TEST_EXPECT(same_bits(y1, y2, n) && same_bits(sv1, sv2, 2 * (size_t)C),
+                TEST_EXPECT(same_bits(y1, y2, n) && same_bits(sv1, sv2, MN_BN3D_SAVE(C)),
                             "bn forward fused (training %d, res %d, relu %d) differs", c.training, with_res, relu);
+                if (relu && !with_res) { /* the ReLU output recomputed from x and save, as the model's backward */
+                    for (size_t i = 0; i < n; i++) y1[i] = NAN;
+                    ok &= mn_bn3d_relu_recompute(&c.l, &in, c.x, sv2, y1) == MN_OK;
+                    TEST_EXPECT(same_bits(y1, y2, n), "bn relu recompute (training %d) differs from forward",
+                                c.training);
+                }
             }
         /* backward: mask + zero + accumulate vs fused overwrite */
         for (int with_mask = 0; with_mask < 2; with_mask++) {
@@ -306,6 +313,16 @@ static void test_bn_fused(void)
             TEST_EXPECT(same_bits(dx1, dx2, n) && same_bits(dg1, c.l.dgamma, (size_t)C) &&
                             same_bits(db1, c.l.dbeta, (size_t)C),
                         "bn backward fused (training %d, mask %d) differs", c.training, with_mask);
+            { /* dx aliasing dy (the stem's in-place backward) */
+                float *alias = mn_test_alloc(n);
+                memcpy(alias, c.r, n * sizeof *alias);
+                memset(c.l.dgamma, 0, C * sizeof(float)), memset(c.l.dbeta, 0, C * sizeof(float));
+                ok &= mn_bn3d_backward_fused(&c.l, &in, c.x, alias, with_mask ? mask : NULL, alias, sv1,
+                                             c.training) == MN_OK;
+                TEST_EXPECT(same_bits(dx1, alias, n) && same_bits(dg1, c.l.dgamma, (size_t)C),
+                            "bn backward fused with dx == dy differs (training %d, mask %d)", c.training, with_mask);
+                free(alias);
+            }
             if (with_mask) { /* dx aliasing the mask */
                 float *alias = mn_test_alloc(n);
                 memcpy(alias, mask, n * sizeof *alias);

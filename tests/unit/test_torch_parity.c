@@ -384,7 +384,7 @@ static mn_err case_bn(fx *f)
     MN_CALL(fbuf(f, c, &gdb));
     MN_CALL(fbuf(f, c, &rm));
     MN_CALL(fbuf(f, c, &rv));
-    MN_CALL(fbuf(f, 2 * c, &save));
+    MN_CALL(fbuf(f, MN_BN3D_SAVE(c), &save));
     MN_CALL(fx_alloc(f, 2 * c * sizeof(double), (void **)&sums));
     mn_bn3d l = {.c = in.c, .eps = (float)eps, .momentum = (float)momentum, .gamma = gamma.v, .beta = beta.v,
                  .dgamma = gdg, .dbeta = gdb, .running_mean = rm, .running_var = rv};
