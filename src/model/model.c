@@ -400,15 +400,14 @@ static mn_err heads(planner *pl)
         for (int h = 0; h < m->nheads; h++) MN_CALL(conv_shape(m, &m->heads[h].hc3, &q3, &qk));
         size_t qn = mn_shape_numel(&q3);
         m->h0 = act(pl, qn);
-        m->h1 = act(pl, qn);
         m->h3 = act(pl, qn);
-        m->h4 = act(pl, qn);
+        /* The post-ReLU tensors and the gradients inside the head use the encoder's scratch r, t1 and t2, which
+         * are free while a head runs: at least this large, and so made. */
+        if (qn > m->max_relu) m->max_relu = qn;
         m->logit_vox = mn_shape_voxels(&q3);
         m->logits = act(pl, N * C * m->logit_vox);
         m->dlogits = act(pl, N * C * m->logit_vox);
         m->labels_ds = (int32_t *)act(pl, N * m->logit_vox);
-        m->dh_a = act(pl, qn);
-        m->dh_b = act(pl, qn);
         if (m->cfg.loss_full_size) {
             m->up = act(pl, N * C * mn_shape_voxels(&full));
             m->dup = act(pl, N * C * mn_shape_voxels(&full));
@@ -575,6 +574,14 @@ static mn_err check_config(const mn_model_config *cfg)
     return MN_OK;
 }
 
+/* Floats of the scratch t1: the block temporaries (max_int), and with t2 and r, which follow it, the stem's batch-norm
+ * output and gradient (max_stem), which live while no block runs. */
+static size_t scratch_t1(const mn_model *m)
+{
+    size_t t1 = pad16(m->max_int), inner = 2 * pad16(m->max_relu), stem = pad16(m->max_stem);
+    return stem > t1 + inner ? stem - inner : t1;
+}
+
 mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
 {
     *out = NULL;
@@ -617,20 +624,23 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
     if (!err && m->cfg.input.n > 0) {
         /* Zero-filled now, so every page is faulted in at setup and not during the first steps. */
         err = mn_calloc(m->act_floats * sizeof(float), "model activations", &m->act_arena);
-        m->scratch_floats = 2 * pad16(m->max_io) + pad16(m->max_stem > m->max_int ? m->max_stem : m->max_int) +
-                            pad16(m->max_int) + pad16(m->max_relu) + m->ws_floats;
-        if (!err) err = mn_calloc(m->scratch_floats * sizeof(float), "model gradient scratch and conv workspace",
+        m->scratch_floats = 2 * pad16(m->max_io) + scratch_t1(m) + 2 * pad16(m->max_relu) + m->ws_floats;
+        /* The gradient scratch is zero-filled now, as the activations; the convolution workspace, which ends the
+         * allocation, is not: it is sized for every path a layer might take, and only the pages the chosen paths use
+         * are ever touched (in the first step), so a path that is never run costs address space, not memory. */
+        if (!err) err = mn_malloc(m->scratch_floats * sizeof(float), "model gradient scratch and conv workspace",
                                   &m->scratch_arena);
+        if (!err) memset(m->scratch_arena, 0, (m->scratch_floats - m->ws_floats) * sizeof(float));
     }
     if (!err) err = plan(m, 1);
     if (!err && m->scratch_arena) {
-        size_t io = pad16(m->max_io), t1 = pad16(m->max_stem > m->max_int ? m->max_stem : m->max_int);
+        size_t io = pad16(m->max_io);
         float *s = m->scratch_arena;
         m->g0 = s;
         m->g1 = s + io;
         m->t1 = s + 2 * io;
-        m->t2 = s + 2 * io + t1;
-        m->r = m->t2 + pad16(m->max_int);
+        m->t2 = m->t1 + scratch_t1(m);
+        m->r = m->t2 + pad16(m->max_relu);
         m->ws = m->r + pad16(m->max_relu);
         err = tune_convs(m);
     }

@@ -196,15 +196,14 @@ static mn_err head_forward(mn_model *m, const mn_head_batch *hb)
     if (m->cfg.head_kind == MN_HEAD_SEG) {
         mn_shape q = m->head_q_shape, lq;
         q.n = hb->count;
-        size_t qoff = off * 32 * mn_shape_voxels(&q), qn = mn_shape_numel(&q);
-        float *h0 = m->h0 + qoff, *h1 = m->h1 + qoff, *h3 = m->h3 + qoff, *h4 = m->h4 + qoff;
+        size_t qoff = off * 32 * mn_shape_voxels(&q);
+        float *h0 = m->h0 + qoff, *h3 = m->h3 + qoff;
+        /* batch norm + ReLU into r, the next convolution's input; backward recomputes it */
         MN_CALL(mn_convt3d_forward(&hd->up, &fs, f, h0, m->ws));
-        MN_CALL(mn_bn3d_forward(&hd->hb1.l, &q, h0, h1, hd->hb1.save, tr));
-        mn_relu_forward(qn, h1, h1);
-        MN_CALL(mn_conv3d_forward(&hd->hc2, &q, h1, h3, m->ws));
-        MN_CALL(mn_bn3d_forward(&hd->hb2.l, &q, h3, h4, hd->hb2.save, tr));
-        mn_relu_forward(qn, h4, h4);
-        MN_CALL(mn_conv3d_forward(&hd->hc3, &q, h4, logits, m->ws));
+        MN_CALL(mn_bn3d_forward_fused(&hd->hb1.l, &q, h0, m->r, hd->hb1.save, tr, NULL, 1));
+        MN_CALL(mn_conv3d_forward(&hd->hc2, &q, m->r, h3, m->ws));
+        MN_CALL(mn_bn3d_forward_fused(&hd->hb2.l, &q, h3, m->r, hd->hb2.save, tr, NULL, 1));
+        MN_CALL(mn_conv3d_forward(&hd->hc3, &q, m->r, logits, m->ws));
         if (m->cfg.loss_full_size) {
             lq = q;
             lq.c = k;
@@ -246,23 +245,21 @@ static mn_err head_backward(mn_model *m, const mn_head_batch *hb, float *dfeat)
         lq = q;
         lq.c = k;
         size_t qoff = off * 32 * mn_shape_voxels(&q), qn = mn_shape_numel(&q);
-        const float *h0 = m->h0 + qoff, *h1 = m->h1 + qoff, *h3 = m->h3 + qoff, *h4 = m->h4 + qoff;
-        float *da = m->dh_a, *db = m->dh_b;
+        const float *h0 = m->h0 + qoff, *h3 = m->h3 + qoff;
+        float *da = m->t1, *db = m->t2, *h = m->r; /* the encoder's scratch, free while a head runs */
         if (m->cfg.loss_full_size) {
             mn_shape full = full_shape(m, hb->count, k);
             mn_zero(mn_shape_numel(&lq), dlog);
             MN_CALL(mn_upsample3d_backward(&lq, &full, m->dup + off * C * mn_shape_voxels(&m->in_shape), dlog));
         }
+        MN_CALL(mn_bn3d_relu_recompute(&hd->hb2.l, &q, h3, hd->hb2.save, h));
         mn_zero(qn, da);
-        MN_CALL(mn_conv3d_backward(&hd->hc3, &q, h4, dlog, da, m->ws));
-        relu_mask(qn, da, h4);
-        mn_zero(qn, db);
-        MN_CALL(mn_bn3d_backward(&hd->hb2.l, &q, h3, da, db, hd->hb2.save, tr));
+        MN_CALL(mn_conv3d_backward(&hd->hc3, &q, h, dlog, da, m->ws));
+        MN_CALL(mn_bn3d_backward_fused(&hd->hb2.l, &q, h3, da, h, db, hd->hb2.save, tr));
+        MN_CALL(mn_bn3d_relu_recompute(&hd->hb1.l, &q, h0, hd->hb1.save, h));
         mn_zero(qn, da);
-        MN_CALL(mn_conv3d_backward(&hd->hc2, &q, h1, db, da, m->ws));
-        relu_mask(qn, da, h1);
-        mn_zero(qn, db);
-        MN_CALL(mn_bn3d_backward(&hd->hb1.l, &q, h0, da, db, hd->hb1.save, tr));
+        MN_CALL(mn_conv3d_backward(&hd->hc2, &q, h, db, da, m->ws));
+        MN_CALL(mn_bn3d_backward_fused(&hd->hb1.l, &q, h0, da, h, db, hd->hb1.save, tr));
         MN_CALL(mn_convt3d_backward(&hd->up, &fs, f, db, df, m->ws));
     } else if (m->cfg.head_kind == MN_HEAD_BRANCH) {
         mn_shape z = fs;

@@ -88,19 +88,18 @@ struct mn_model {
     int nheads, max_classes;
     mn_head *heads;
     mn_shape head_q_shape;    /* spatial shape of conv_seg's 1/4-size output (n = N, c = 32) */
-    float *h0, *h1, *h3, *h4; /* conv_seg intermediates (N, 32, q) */
+    float *h0, *h3;           /* conv_seg's batch-norm inputs (N, 32, q); the ReLU outputs live in r */
     float *logits, *dlogits;  /* (N, max_classes, logit voxels) */
     float *up, *dup;          /* conv_seg with loss_full_size: (N, max_classes, D, H, W) */
     float *hz, *dhz;          /* branch: 1x1x1 conv output at 1/8 (N, max_classes, feat voxels) */
     float *hg, *dhg;          /* classification: pooled features (N, feat_c) */
-    float *dh_a, *dh_b;       /* head gradient scratch (N, 32, q) */
     int32_t *labels_ds;       /* labels resized to the logits (N, q voxels) */
     size_t logit_vox;         /* voxels per channel of the logits held in `logits` */
 
-    /* scratch: g0/g1 carry block input/output gradients (max_io floats each), t1 the temporaries inside a block and
-     * the stem's batch-norm output and gradient (max(max_stem, max_int)), t2 block temporaries (max_int), r the
-     * post-ReLU activation inside a block that the next convolution reads, in forward and again, recomputed, in
-     * backward (max_relu) */
+    /* scratch, in this order: g0/g1 carry block input/output gradients (max_io floats each), t1 the temporaries
+     * inside a block (max_int), t2 the gradients of the tensors inside a block (max_relu), r the post-ReLU tensor
+     * inside a block that the next convolution reads, in forward and again, recomputed, in backward (max_relu).
+     * The stem's batch-norm output and gradient (max_stem) start at t1 and may run on into t2 and r. */
     float *g0, *g1, *t1, *t2, *r;
     size_t max_io, max_int, max_stem, max_relu;
     float *ws;
