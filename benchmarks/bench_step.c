@@ -3,8 +3,8 @@
  *
  *   bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... [--breakdown] [--vs-algo A]
  *                           (S: a cube edge, or DxHxW, e.g. --config 10,56x448x448,1: MedicalNet's native input)
- *                           the table: resnet10/18/50 at 1x64^3 batch 2 and at 1x112^3 batch 1, resnet10 at 1x112^3
- *                           batch 2 (--quick: 64^3 only; --config depth,size,batch replaces the list); mednet and
+ *                           the table: resnet10/18/50 at 1x64^3 batch 2 and at 1x112^3 batch 1 and 2
+ *                           (--quick: 64^3 only; --config depth,size,batch replaces the list); mednet and
  *                           PyTorch alternate R times (default 2), best median kept
  *   bench_step --one DEPTH SIZE BATCH [--threads T] ...     one configuration (used by the table driver)
  *
@@ -237,8 +237,9 @@ int main(int argc, char **argv)
         breakdown = 0;
     /* depth, D, H, W, batch */
     int cfg[16][5] = {{10, 64, 64, 64, 2},    {18, 64, 64, 64, 2},    {50, 64, 64, 64, 2},   {10, 112, 112, 112, 1},
-                      {18, 112, 112, 112, 1}, {50, 112, 112, 112, 1}, {10, 112, 112, 112, 2}};
-    int ncfg = 7, user_cfg = 0;
+                      {18, 112, 112, 112, 1}, {50, 112, 112, 112, 1}, {10, 112, 112, 112, 2}, {18, 112, 112, 112, 2},
+                      {50, 112, 112, 112, 2}};
+    int ncfg = 9, user_cfg = 0;
     const char *dir_arg = NULL, *vs_algo = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)

@@ -63,10 +63,11 @@ mn_err mn_bn3d_bwd_stats_masked(const mn_bn3d *l, const mn_shape *in, const floa
 mn_err mn_bn3d_bwd_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x, const float *dy,
                                const float *mask, float *dx, const float *save, const double *sums, double count);
 
-/* y = max(bn(x), 0) from the `save` a forward (any of the above, training or eval, without res) wrote for x: that
- * forward's output bit for bit.  A model stores the batch norm's input only and recomputes the ReLU output when
- * the backward pass needs it. */
-mn_err mn_bn3d_relu_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, float *y);
+/* y = bn(x) + res, then max(y, 0) if relu (res may be NULL), from the `save` a forward (any of the above, training or
+ * eval) wrote for x: that forward's output bit for bit.  A model stores the batch norm's input only and recomputes
+ * the output when the backward pass needs it. */
+mn_err mn_bn3d_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, const float *res,
+                         int relu, float *y);
 
 /* ---- ReLU ----  y = max(x, 0), y may alias x.  Backward from the OUTPUT: dx += dy * (y > 0). */
 void mn_relu_forward(size_t n, const float *x, float *y);

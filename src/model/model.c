@@ -251,7 +251,7 @@ static mn_err tune_convs(mn_model *m)
 
 /* One residual block: names layer<stage>.<index>.*, parameters contiguous. */
 static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int planes, int stride, int dil,
-                    const mn_shape *in, const float *x)
+                    const mn_shape *in, const float *x, int may_recompute)
 {
     mn_model *m = pl->m;
     char nm[64];
@@ -303,6 +303,7 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
 
     /* Shapes and activations. */
     b->in = *in;
+    b->y = NULL;
     MN_CALL(conv_shape(m, &b->c1, in, &b->s1));
     MN_CALL(conv_shape(m, &b->c2, &b->s1, &b->s2));
     shape_act(&m->max_io, &b->in);
@@ -330,7 +331,14 @@ static mn_err block(planner *pl, mn_block *b, int stage, int idx, int cin, int p
                  "layer%d.%d: type-A shortcut shape differs from the block's", stage, idx);
     }
     shape_act(&m->max_int, &b->out); /* the shortcut's BN output and the output gradient's temporaries */
-    b->y = act(pl, shape_act(&m->max_io, &b->out));
+    /* An output that backward recomputes from stored tensors (the last batch norm's input, and the block input or
+     * the shortcut's batch-norm input) lives in the scratch yr, pointed to after the plan. */
+    b->ry = may_recompute && b->shortcut != SC_A;
+    shape_act(&m->max_io, &b->out);
+    if (b->ry)
+        shape_act(&m->max_yr, &b->out);
+    else
+        b->y = act(pl, mn_shape_numel(&b->out));
     return MN_OK;
 }
 
@@ -440,7 +448,7 @@ static mn_err plan(mn_model *m, int pass)
     pl.acts = m->cfg.input.n > 0;
     pl.part = -1;
     pl.arena = (float *)m->act_arena;
-    m->max_io = m->max_int = m->max_stem = 0;
+    m->max_io = m->max_int = m->max_stem = m->max_relu = m->max_yr = 0;
     m->ws_floats = 0;
 
     /* Stem. */
@@ -471,7 +479,11 @@ static mn_err plan(mn_model *m, int pass)
     for (int s = 0; s < 4; s++)
         for (int i = 0; i < layers[s]; i++) {
             mn_block *b = &m->blocks[nb++];
-            MN_CALL(block(&pl, b, s + 1, i, cin, planes[s], i == 0 ? strides[s] : 1, dils[s], &cur, x));
+            /* Every other block output is recomputed in backward: never two in a row (one scratch holds it from the
+             * next block's backward to the end of its own, and it is recomputed from the stored output before it),
+             * never the last (the heads' input). */
+            const int may = pl.acts && nb < m->nblocks && (nb == 1 || !m->blocks[nb - 2].ry);
+            MN_CALL(block(&pl, b, s + 1, i, cin, planes[s], i == 0 ? strides[s] : 1, dils[s], &cur, x, may));
             cin = planes[s] * m->expansion;
             cur = b->out;
             x = b->y;
@@ -574,11 +586,11 @@ static mn_err check_config(const mn_model_config *cfg)
     return MN_OK;
 }
 
-/* Floats of the scratch t1: the block temporaries (max_int), and with t2 and r, which follow it, the stem's batch-norm
- * output and gradient (max_stem), which live while no block runs. */
+/* Floats of the scratch t1: the block temporaries (max_int), and with t2, r and yr, which follow it, the stem's
+ * batch-norm output and gradient (max_stem), which live while no block runs. */
 static size_t scratch_t1(const mn_model *m)
 {
-    size_t t1 = pad16(m->max_int), inner = 2 * pad16(m->max_relu), stem = pad16(m->max_stem);
+    size_t t1 = pad16(m->max_int), inner = 2 * pad16(m->max_relu) + pad16(m->max_yr), stem = pad16(m->max_stem);
     return stem > t1 + inner ? stem - inner : t1;
 }
 
@@ -624,7 +636,8 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
     if (!err && m->cfg.input.n > 0) {
         /* Zero-filled now, so every page is faulted in at setup and not during the first steps. */
         err = mn_calloc(m->act_floats * sizeof(float), "model activations", &m->act_arena);
-        m->scratch_floats = 2 * pad16(m->max_io) + scratch_t1(m) + 2 * pad16(m->max_relu) + m->ws_floats;
+        m->scratch_floats = 2 * pad16(m->max_io) + scratch_t1(m) + 2 * pad16(m->max_relu) + pad16(m->max_yr) +
+                            m->ws_floats;
         /* The gradient scratch is zero-filled now, as the activations; the convolution workspace, which ends the
          * allocation, is not: it is sized for every path a layer might take, and only the pages the chosen paths use
          * are ever touched (in the first step), so a path that is never run costs address space, not memory. */
@@ -641,7 +654,13 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
         m->t1 = s + 2 * io;
         m->t2 = m->t1 + scratch_t1(m);
         m->r = m->t2 + pad16(m->max_relu);
-        m->ws = m->r + pad16(m->max_relu);
+        m->yr = m->r + pad16(m->max_relu);
+        m->ws = m->yr + pad16(m->max_yr);
+        for (int i = 0; i < m->nblocks; i++)
+            if (m->blocks[i].ry) {
+                m->blocks[i].y = m->yr;
+                if (i + 1 < m->nblocks) m->blocks[i + 1].x = m->yr;
+            }
         err = tune_convs(m);
     }
     if (!err) err = mn_model_init(m, cfg->seed);

@@ -122,6 +122,20 @@ mn_err mn_model_block_forward(mn_model *m, mn_block *b)
     return MN_OK;
 }
 
+mn_err mn_model_block_recompute(mn_model *m, mn_block *b)
+{
+    const mn_bnl *last = b->bottleneck ? &b->b3 : &b->b2;
+    const float *last_x = b->bottleneck ? b->c3o : b->c2o;
+    MN_CHECK(b->shortcut != SC_A, MN_ERR_INTERNAL, "block recompute: a type-A shortcut block's output is stored");
+    const float *res = b->x;
+    if (b->shortcut == SC_B) {
+        PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_recompute(&b->dsb.l, &b->out, b->dso, b->dsb.save, NULL, 0, m->t1)));
+        res = m->t1;
+    }
+    PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_recompute(&last->l, &b->out, last_x, last->save, res, 1, b->y)));
+    return MN_OK;
+}
+
 /* dy: gradient of the block output (masked in place); dx: receives (overwritten) the gradient of the block input. */
 mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
 {
@@ -154,7 +168,7 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
     const float *g = dy, *gmask = NULL;
     if (b->bottleneck) {
         PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b3.l, &b->out, b->c3o, dy, NULL, t1, b->b3.save, tr)));
-        PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_relu_recompute(&b->b2.l, &b->s2, b->c2o, b->b2.save, m->r)));
+        PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_recompute(&b->b2.l, &b->s2, b->c2o, b->b2.save, NULL, 1, m->r)));
         mn_zero(n2, t2);
         PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c3, &b->s2, m->r, t1, t2, m->ws)));
         progress(m);
@@ -162,7 +176,7 @@ mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx)
         gmask = m->r;
     }
     PROF(MN_PROF_BN_BWD, MN_CALL(enc_bn_backward(m, &b->b2.l, &b->s2, b->c2o, g, gmask, t1, b->b2.save, tr)));
-    PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_relu_recompute(&b->b1.l, &b->s1, b->c1o, b->b1.save, m->r)));
+    PROF(MN_PROF_BN_FWD, MN_CALL(mn_bn3d_recompute(&b->b1.l, &b->s1, b->c1o, b->b1.save, NULL, 1, m->r)));
     mn_zero(n1, t2);
     PROF(MN_PROF_CONV_BWD, MN_CALL(mn_conv3d_backward(&b->c2, &b->s1, m->r, t1, t2, m->ws)));
     progress(m);
@@ -252,11 +266,11 @@ static mn_err head_backward(mn_model *m, const mn_head_batch *hb, float *dfeat)
             mn_zero(mn_shape_numel(&lq), dlog);
             MN_CALL(mn_upsample3d_backward(&lq, &full, m->dup + off * C * mn_shape_voxels(&m->in_shape), dlog));
         }
-        MN_CALL(mn_bn3d_relu_recompute(&hd->hb2.l, &q, h3, hd->hb2.save, h));
+        MN_CALL(mn_bn3d_recompute(&hd->hb2.l, &q, h3, hd->hb2.save, NULL, 1, h));
         mn_zero(qn, da);
         MN_CALL(mn_conv3d_backward(&hd->hc3, &q, h, dlog, da, m->ws));
         MN_CALL(mn_bn3d_backward_fused(&hd->hb2.l, &q, h3, da, h, db, hd->hb2.save, tr));
-        MN_CALL(mn_bn3d_relu_recompute(&hd->hb1.l, &q, h0, hd->hb1.save, h));
+        MN_CALL(mn_bn3d_recompute(&hd->hb1.l, &q, h0, hd->hb1.save, NULL, 1, h));
         mn_zero(qn, da);
         MN_CALL(mn_conv3d_backward(&hd->hc2, &q, h, db, da, m->ws));
         MN_CALL(mn_bn3d_backward_fused(&hd->hb1.l, &q, h0, da, h, db, hd->hb1.save, tr));
@@ -467,6 +481,8 @@ mn_err mn_model_backward(mn_model *m)
     /* Blocks, last to first; each block's parameter range is final after its backward. */
     for (int i = m->nblocks - 1; i >= 0; i--) {
         mn_block *b = &m->blocks[i];
+        /* the input, when it is a recomputed output: from here to the end of the previous block's backward */
+        if (i > 0 && m->blocks[i - 1].ry) MN_CALL(mn_model_block_recompute(m, &m->blocks[i - 1]));
         MN_CALL(mn_model_block_backward(m, b, G, Gi));
         if (m->grad_ready) m->grad_ready(m->hook_ctx, b->p_off, b->p_len);
         float *t = G;

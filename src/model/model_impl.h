@@ -32,6 +32,7 @@ typedef struct mn_block {
     float *c1o, *c2o, *c3o, *dso, *y; /* conv outputs, shortcut conv output, block output; the post-ReLU
                                        * activations inside the block live in the scratch r (recomputed in backward) */
     size_t p_off, p_len;            /* parameter range */
+    int ry;                         /* 1: y is the scratch yr, recomputed in backward (mn_model_block_recompute) */
 } mn_block;
 
 /* One held head. */
@@ -98,10 +99,11 @@ struct mn_model {
 
     /* scratch, in this order: g0/g1 carry block input/output gradients (max_io floats each), t1 the temporaries
      * inside a block (max_int), t2 the gradients of the tensors inside a block (max_relu), r the post-ReLU tensor
-     * inside a block that the next convolution reads, in forward and again, recomputed, in backward (max_relu).
+     * inside a block that the next convolution reads, in forward and again, recomputed, in backward (max_relu), yr
+     * the output of a block with ry set (max_yr).
      * The stem's batch-norm output and gradient (max_stem) start at t1 and may run on into t2 and r. */
-    float *g0, *g1, *t1, *t2, *r;
-    size_t max_io, max_int, max_stem, max_relu;
+    float *g0, *g1, *t1, *t2, *r, *yr;
+    size_t max_io, max_int, max_stem, max_relu, max_yr;
     float *ws;
     size_t ws_floats;
 
@@ -130,5 +132,7 @@ struct mn_model {
  * block-level gradient tests. */
 mn_err mn_model_block_forward(mn_model *m, mn_block *b);
 mn_err mn_model_block_backward(mn_model *m, mn_block *b, float *dy, float *dx);
+/* b->y again, bit for bit, from the tensors its forward stored (for a block with ry set; uses t1). */
+mn_err mn_model_block_recompute(mn_model *m, mn_block *b);
 
 #endif

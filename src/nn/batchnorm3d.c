@@ -274,11 +274,11 @@ mn_err mn_bn3d_apply_fused(const mn_bn3d *l, const mn_shape *in, const float *x,
     return MN_OK;
 }
 
-/* y = max(bn(x), 0) again from what forward saved: the forward's own values, bit for bit (a model keeps the batch
- * norm's input and recomputes its ReLU output in the backward pass instead of storing both). */
+/* y = bn(x) + res, then max(y, 0) if relu, again from what forward saved: the forward's own values, bit for bit (a
+ * model keeps the batch norm's input and recomputes its output in the backward pass instead of storing both). */
 MN_SIMD_CLONES
-static void recompute_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, float *y,
-                              int c)
+static void recompute_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save,
+                              const float *res, int relu, float *y, int c)
 {
     const size_t V = mn_shape_voxels(in);
     const float m = save[c], a = save[2 * l->c + c], b = l->beta ? l->beta[c] : 0.0f;
@@ -286,22 +286,43 @@ static void recompute_channel(const mn_bn3d *l, const mn_shape *in, const float 
         size_t off = ((size_t)n * in->c + c) * V;
         const float *p = x + off;
         float *q = y + off;
+        if (res) {
+            const float *r = res + off;
+            if (relu) {
 #pragma omp simd
-        for (size_t v = 0; v < V; v++) {
-            float t = (p[v] - m) * a + b;
-            q[v] = t < 0.0f ? 0.0f : t;
+                for (size_t v = 0; v < V; v++) {
+                    float t = (p[v] - m) * a + b;
+                    t = t + r[v];
+                    q[v] = t < 0.0f ? 0.0f : t;
+                }
+            } else {
+#pragma omp simd
+                for (size_t v = 0; v < V; v++) {
+                    float t = (p[v] - m) * a + b;
+                    q[v] = t + r[v];
+                }
+            }
+        } else if (relu) {
+#pragma omp simd
+            for (size_t v = 0; v < V; v++) {
+                float t = (p[v] - m) * a + b;
+                q[v] = t < 0.0f ? 0.0f : t;
+            }
+        } else {
+#pragma omp simd
+            for (size_t v = 0; v < V; v++) q[v] = (p[v] - m) * a + b;
         }
     }
 }
 
-mn_err mn_bn3d_relu_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, float *y)
+mn_err mn_bn3d_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, const float *res,
+                         int relu, float *y)
 {
-    MN_CALL(bn_check(l, in, "relu_recompute"));
-    MN_CHECK(x != NULL && save != NULL && y != NULL, MN_ERR_ARG, "bn3d(c=%d) relu_recompute: NULL x, save or y",
-             l->c);
+    MN_CALL(bn_check(l, in, "recompute"));
+    MN_CHECK(x != NULL && save != NULL && y != NULL, MN_ERR_ARG, "bn3d(c=%d) recompute: NULL x, save or y", l->c);
     const int C = in->c;
 #pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++) recompute_channel(l, in, x, save, y, c);
+    for (int c = 0; c < C; c++) recompute_channel(l, in, x, save, res, relu, y, c);
     return MN_OK;
 }
 

@@ -255,7 +255,7 @@ static void test_bn_split(void)
     bn_free(&c);
 }
 
-/* The fused batch-norm passes against the separate ones, bit for bit: forward with residual and ReLU, the ReLU
+/* The fused batch-norm passes against the separate ones, bit for bit: forward with residual and ReLU, the
  * output recomputed from what forward saved, backward with the ReLU mask and overwrite (also with dx aliasing the
  * mask or dy, as the stem does), the split form, eval mode. */
 static int same_bits(const float *a, const float *b, size_t n)
@@ -288,12 +288,11 @@ static void test_bn_fused(void)
                       MN_OK;
                 TEST_EXPECT(same_bits(y1, y2, n) && same_bits(sv1, sv2, MN_BN3D_SAVE(C)),
                             "bn forward fused (training %d, res %d, relu %d) differs", c.training, with_res, relu);
-                if (relu && !with_res) { /* the ReLU output recomputed from x and save, as the model's backward */
-                    for (size_t i = 0; i < n; i++) y1[i] = NAN;
-                    ok &= mn_bn3d_relu_recompute(&c.l, &in, c.x, sv2, y1) == MN_OK;
-                    TEST_EXPECT(same_bits(y1, y2, n), "bn relu recompute (training %d) differs from forward",
-                                c.training);
-                }
+                /* the output recomputed from x and save, as the model's backward does */
+                for (size_t i = 0; i < n; i++) y1[i] = NAN;
+                ok &= mn_bn3d_recompute(&c.l, &in, c.x, sv2, with_res ? res : NULL, relu, y1) == MN_OK;
+                TEST_EXPECT(same_bits(y1, y2, n), "bn recompute (training %d, res %d, relu %d) differs from forward",
+                            c.training, with_res, relu);
             }
         /* backward: mask + zero + accumulate vs fused overwrite */
         for (int with_mask = 0; with_mask < 2; with_mask++) {
@@ -348,6 +347,9 @@ static void test_bn_fused(void)
                 mn_add_inplace(n, y1, res);
                 mn_relu_forward(n, y1, y1);
                 TEST_EXPECT(same_bits(y1, y2, n), "bn split apply fused differs");
+                for (size_t i = 0; i < n; i++) y1[i] = NAN;
+                ok &= mn_bn3d_recompute(&c.l, &in, c.x, sv2, res, 1, y1) == MN_OK;
+                TEST_EXPECT(same_bits(y1, y2, n), "bn recompute differs from the split apply");
             }
         }
         TEST_EXPECT(ok, "fused bn calls returned errors");
