@@ -64,28 +64,12 @@ static void stats_channel(const mn_shape *in, const float *x, int c, double *s1,
     *s2 = q;
 }
 
-/* Normalise channel c with the sums over `count` voxels; write save (mean, invstd and the scale y was computed
- * with) and update running stats (training).  Fused
- * epilogue: y = max(bn(x) + res, 0) when res != NULL / relu (the order and rounding of the separate passes). */
-MN_SIMD_CLONES
-static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save, int c,
-                          double s1, double s2, double count, const float *res, int relu)
+/* y = (x - m) * a + b of channel c, plus res, then max(y, 0) if relu (the order and rounding of the separate
+ * passes): the output of the forward passes and of mn_bn3d_recompute alike. */
+static inline void out_channel(const mn_shape *in, const float *x, float *y, int c, float m, float a, float b,
+                               const float *res, int relu)
 {
     const size_t V = mn_shape_voxels(in);
-    double mean = s1 / count;
-    double var = s2 / count - mean * mean;
-    if (var < 0) var = 0; /* rounding of E[x^2] - mean^2 for a constant channel */
-    const double invstd = 1.0 / sqrt(var + (double)l->eps);
-    save[c] = (float)mean;
-    save[l->c + c] = (float)invstd;
-    if (l->running_mean) {
-        double m = l->momentum;
-        l->running_mean[c] = (float)((1.0 - m) * l->running_mean[c] + m * mean);
-        l->running_var[c] = (float)((1.0 - m) * l->running_var[c] + m * var * count / (count - 1.0));
-    }
-    const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
-    const float m = (float)mean;
-    save[2 * l->c + c] = a;
     for (int n = 0; n < in->n; n++) {
         size_t off = ((size_t)n * in->c + c) * V;
         const float *p = x + off;
@@ -117,6 +101,30 @@ static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, 
             for (size_t v = 0; v < V; v++) q[v] = (p[v] - m) * a + b;
         }
     }
+}
+
+/* Normalise channel c with the sums over `count` voxels; write save (mean, invstd and the scale y was computed
+ * with) and update running stats (training).  Fused
+ * epilogue: y = max(bn(x) + res, 0) when res != NULL / relu (the order and rounding of the separate passes). */
+MN_SIMD_CLONES
+static void apply_channel(const mn_bn3d *l, const mn_shape *in, const float *x, float *y, float *save, int c,
+                          double s1, double s2, double count, const float *res, int relu)
+{
+    double mean = s1 / count;
+    double var = s2 / count - mean * mean;
+    if (var < 0) var = 0; /* rounding of E[x^2] - mean^2 for a constant channel */
+    const double invstd = 1.0 / sqrt(var + (double)l->eps);
+    save[c] = (float)mean;
+    save[l->c + c] = (float)invstd;
+    if (l->running_mean) {
+        double m = l->momentum;
+        l->running_mean[c] = (float)((1.0 - m) * l->running_mean[c] + m * mean);
+        l->running_var[c] = (float)((1.0 - m) * l->running_var[c] + m * var * count / (count - 1.0));
+    }
+    const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
+    const float m = (float)mean;
+    save[2 * l->c + c] = a;
+    out_channel(in, x, y, c, m, a, b, res, relu);
 }
 
 /* g where the ReLU output y is > 0, else +0: the gradient the ReLU passes back.  Written as a bit mask, not
@@ -280,39 +288,7 @@ MN_SIMD_CLONES
 static void recompute_channel(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save,
                               const float *res, int relu, float *y, int c)
 {
-    const size_t V = mn_shape_voxels(in);
-    const float m = save[c], a = save[2 * l->c + c], b = l->beta ? l->beta[c] : 0.0f;
-    for (int n = 0; n < in->n; n++) {
-        size_t off = ((size_t)n * in->c + c) * V;
-        const float *p = x + off;
-        float *q = y + off;
-        if (res) {
-            const float *r = res + off;
-            if (relu) {
-#pragma omp simd
-                for (size_t v = 0; v < V; v++) {
-                    float t = (p[v] - m) * a + b;
-                    t = t + r[v];
-                    q[v] = t < 0.0f ? 0.0f : t;
-                }
-            } else {
-#pragma omp simd
-                for (size_t v = 0; v < V; v++) {
-                    float t = (p[v] - m) * a + b;
-                    q[v] = t + r[v];
-                }
-            }
-        } else if (relu) {
-#pragma omp simd
-            for (size_t v = 0; v < V; v++) {
-                float t = (p[v] - m) * a + b;
-                q[v] = t < 0.0f ? 0.0f : t;
-            }
-        } else {
-#pragma omp simd
-            for (size_t v = 0; v < V; v++) q[v] = (p[v] - m) * a + b;
-        }
-    }
+    out_channel(in, x, y, c, save[c], save[2 * l->c + c], l->beta ? l->beta[c] : 0.0f, res, relu);
 }
 
 mn_err mn_bn3d_recompute(const mn_bn3d *l, const mn_shape *in, const float *x, const float *save, const float *res,
@@ -398,7 +374,6 @@ mn_err mn_bn3d_forward_fused(const mn_bn3d *l, const mn_shape *in, const float *
         }
         return MN_OK;
     }
-    const size_t V = mn_shape_voxels(in);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < C; c++) {
         double mean = l->running_mean[c];
@@ -406,17 +381,8 @@ mn_err mn_bn3d_forward_fused(const mn_bn3d *l, const mn_shape *in, const float *
         save[c] = (float)mean;
         save[C + c] = (float)invstd;
         const float a = (float)((l->gamma ? l->gamma[c] : 1.0) * invstd), b = l->beta ? l->beta[c] : 0.0f;
-        const float m = (float)mean;
         save[2 * C + c] = a;
-        for (int n = 0; n < in->n; n++) {
-            size_t off = ((size_t)n * C + c) * V;
-#pragma omp simd
-            for (size_t v = 0; v < V; v++) {
-                float t = (x[off + v] - m) * a + b;
-                if (res) t = t + res[off + v];
-                y[off + v] = relu ? (t < 0.0f ? 0.0f : t) : t;
-            }
-        }
+        out_channel(in, x, y, c, (float)mean, a, b, res, relu);
     }
     return MN_OK;
 }
