@@ -410,8 +410,10 @@ static mn_err heads(planner *pl)
         m->h0 = act(pl, qn);
         m->h3 = act(pl, qn);
         /* The post-ReLU tensors and the gradients inside the head use the encoder's scratch r, t1 and t2, which
-         * are free while a head runs: at least this large, and so made. */
+         * are free while a head runs: at least this large, and so made (q can exceed layer1's extent by one voxel
+         * per dimension, which for tiny inputs is more than layer1's tensors). */
         if (qn > m->max_relu) m->max_relu = qn;
+        if (qn > m->max_int) m->max_int = qn;
         m->logit_vox = mn_shape_voxels(&q3);
         m->logits = act(pl, N * C * m->logit_vox);
         m->dlogits = act(pl, N * C * m->logit_vox);
