@@ -588,12 +588,17 @@ static mn_err check_config(const mn_model_config *cfg)
     return MN_OK;
 }
 
-/* Floats of the scratch t1: the block temporaries (max_int), and with t2, r and yr, which follow it, the stem's
- * batch-norm output and gradient (max_stem), which live while no block runs. */
-static size_t scratch_t1(const mn_model *m)
+/* The scratch, in the order of model_impl.h: floats before g0, g1, t1, t2, r, yr and ws (off[0..6]) and the total
+ * (off[7]).  t1 holds the block temporaries (max_int) and, with t2, r and yr, which follow it, the stem's batch-norm
+ * output and gradient (max_stem), which live while no block runs. */
+static void scratch_layout(const mn_model *m, size_t off[8])
 {
-    size_t t1 = pad16(m->max_int), inner = 2 * pad16(m->max_relu) + pad16(m->max_yr), stem = pad16(m->max_stem);
-    return stem > t1 + inner ? stem - inner : t1;
+    size_t io = pad16(m->max_io), relu = pad16(m->max_relu), yr = pad16(m->max_yr), t1 = pad16(m->max_int);
+    const size_t stem = pad16(m->max_stem), inner = 2 * relu + yr;
+    if (stem > t1 + inner) t1 = stem - inner;
+    const size_t len[7] = {io, io, t1, relu, relu, yr, m->ws_floats};
+    off[0] = 0;
+    for (int i = 0; i < 7; i++) off[i + 1] = off[i] + len[i];
 }
 
 mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
@@ -638,8 +643,9 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
     if (!err && m->cfg.input.n > 0) {
         /* Zero-filled now, so every page is faulted in at setup and not during the first steps. */
         err = mn_calloc(m->act_floats * sizeof(float), "model activations", &m->act_arena);
-        m->scratch_floats = 2 * pad16(m->max_io) + scratch_t1(m) + 2 * pad16(m->max_relu) + pad16(m->max_yr) +
-                            m->ws_floats;
+        size_t off[8];
+        scratch_layout(m, off);
+        m->scratch_floats = off[7];
         /* The gradient scratch is zero-filled now, as the activations; the convolution workspace, which ends the
          * allocation, is not: it is sized for every path a layer might take, and only the pages the chosen paths use
          * are ever touched (in the first step), so a path that is never run costs address space, not memory. */
@@ -649,15 +655,11 @@ mn_err mn_model_create(const mn_model_config *cfg, mn_model **out)
     }
     if (!err) err = plan(m, 1);
     if (!err && m->scratch_arena) {
-        size_t io = pad16(m->max_io);
+        size_t off[8];
+        scratch_layout(m, off);
         float *s = m->scratch_arena;
-        m->g0 = s;
-        m->g1 = s + io;
-        m->t1 = s + 2 * io;
-        m->t2 = m->t1 + scratch_t1(m);
-        m->r = m->t2 + pad16(m->max_relu);
-        m->yr = m->r + pad16(m->max_relu);
-        m->ws = m->yr + pad16(m->max_yr);
+        m->g0 = s + off[0], m->g1 = s + off[1], m->t1 = s + off[2], m->t2 = s + off[3];
+        m->r = s + off[4], m->yr = s + off[5], m->ws = s + off[6];
         for (int i = 0; i < m->nblocks; i++)
             if (m->blocks[i].ry) {
                 m->blocks[i].y = m->yr;
