@@ -71,12 +71,14 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
 
 /* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass, the thread
  * count (mn_threads_count) and the CPU's instruction set, the same in every process that runs with as many threads
- * on the same kind of CPU.  The direct kernels when they can run the pass (nn/direct.h), the stride is 1, the
- * kernel is larger than 1x1x1, every output extent is at least MN_DIRECT_RULE_MIN_EXTENT, and no dilation exceeds
- * MN_DIRECT_RULE_MAX_DILATION or every output extent is at least MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they
- * win or tie on every pass of layers 1-3 and the head, and on the dilation-4 stage at 14^3, and lose to the tap
- * path at dilation 4 on 8^3; strided layers and outputs under 8^3 keep their earlier paths, so the model tests'
- * tiny volumes do not depend on these kernels' rounding).  Otherwise Winograd when the layer can
+ * on the same kind of CPU.  The direct kernels when they can run the pass (nn/direct.h: forward and
+ * backward-weights at any stride, backward-data at stride 1), the kernel is larger than 1x1x1, every output extent
+ * is at least MN_DIRECT_RULE_MIN_EXTENT, and no dilation exceeds MN_DIRECT_RULE_MAX_DILATION or every output extent
+ * is at least MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they win or tie on every pass of layers 1-3 and the head,
+ * on the stride-2 3x3x3 first convolution of layer2 (forward and backward-weights 1.3-2.1x faster than the GEMM
+ * path at 112^3, 1 and 2 threads, batch 1 and 2), and on the dilation-4 stage at 14^3, and lose to the tap path at
+ * dilation 4 on 8^3; the 1x1x1 shortcuts, strided or not, lose; outputs under 8^3 keep their earlier paths, so the
+ * model tests' tiny volumes do not depend on these kernels' rounding).  Otherwise Winograd when the layer can
  * run it (see mn_conv3d_pass_algo), the dilation is 1 or 2 (the same in every dimension), the smallest output
  * extent is >= MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward:
  * MN_WINO_RULE_MIN_CHANNELS_FWD); the GEMM path otherwise (and for a bad pass).  With 2 or more threads the backward

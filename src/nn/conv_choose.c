@@ -134,9 +134,8 @@ mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in,
     int maxdil = 1;
     for (int i = 0; i < 3; i++)
         if (l->dil[i] > maxdil) maxdil = l->dil[i];
-    const int stride1 = l->s[0] == 1 && l->s[1] == 1 && l->s[2] == 1;
     mn_shape o;
-    if (stride1 && l->k[0] * l->k[1] * l->k[2] > 1 && mn_direct_eligible(l, in, pass) &&
+    if (l->k[0] * l->k[1] * l->k[2] > 1 && mn_direct_eligible(l, in, pass) &&
         mn_conv3d_out_shape(l, in, &o) == MN_OK) {
         int minext = o.d < o.h ? o.d : o.h;
         if (o.w < minext) minext = o.w;

@@ -267,8 +267,11 @@ static void check_rule(void)
             const char *expect;
         } d[] = {
             {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "xxx"},
-            {"layer2.0.conv1 64->128 s2 @16^3 (strided: GEMM)", mk(64, 128, k3, s2, p1, s1), {2, 64, 16, 16, 16},
-             "ggg"},
+            {"layer2.0.conv1 64->128 s2 @16^3 (strided: backward-data on GEMM)", mk(64, 128, k3, s2, p1, s1),
+             {2, 64, 16, 16, 16}, "xgx"},
+            {"64->128 s2 @14^3 (strided, output 7^3: below the extent)", mk(64, 128, k3, s2, p1, s1),
+             {2, 64, 14, 14, 14}, "ggg"},
+            {"layer2.0.downsample 256->512 k1 s2 @28^3", mk(256, 512, k1, s2, p0, s1), {1, 256, 28, 28, 28}, "ggg"},
             {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "xxx"},
             {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "xxx"},
             {"layer4 512->512 d4 @8^3 (dilated: below the extent)", mk(512, 512, k3, s1, p4, d4), {2, 512, 8, 8, 8},
