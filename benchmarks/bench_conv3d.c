@@ -494,7 +494,8 @@ int main(int argc, char **argv)
            BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: rule)");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
-    printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
+    printf("CPU: %s\nBLIS kernels: %s (%s)\nmednet convolution kernels: %s\n", cpu, mn_blis_arch(),
+           mn_blis_arch_reason(), mn_simd_kernels());
 
     if (do_sweep) {
         double l[3] = {0};

@@ -8,6 +8,11 @@
  *                           PyTorch alternate R times (default 2), best median kept
  *   bench_step --one DEPTH SIZE BATCH [--threads T] ...     one configuration (used by the table driver)
  *
+ * --as-avx2 runs both sides as they would run on a CPU whose widest vectors are AVX2 (most AMD EPYC before Zen 4,
+ * Intel before Skylake-SP): mednet's own kernels with MEDNET_ISA=avx2 and BLIS's haswell kernels, PyTorch with
+ * ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2.  Caches, clock and the element-wise loops (compiled per
+ * instruction set, picked by the CPU at load time) stay this machine's.
+ *
  * --vs-algo A adds a second mednet run per repetition with MEDNET_CONV_ALGO=A (gemm, winograd, direct, auto, rule),
  * alternating with the default run (MEDNET_CONV_ALGO as in the environment, unset = the rule) and PyTorch, and
  * prints its step time, peak memory and ratios in extra columns.  Every time is also given as CPU time (process
@@ -234,7 +239,7 @@ static int parse_size(const char *s, int sz[3])
 int main(int argc, char **argv)
 {
     int threads = 2, steps = 5, quick = 0, one = 0, depth = 10, sz[3] = {64, 64, 64}, batch = 2, repeat = 2,
-        breakdown = 0;
+        breakdown = 0, as_avx2 = 0;
     /* depth, D, H, W, batch */
     int cfg[16][5] = {{10, 64, 64, 64, 2},    {18, 64, 64, 64, 2},    {50, 64, 64, 64, 2},   {10, 112, 112, 112, 1},
                       {18, 112, 112, 112, 1}, {50, 112, 112, 112, 1}, {10, 112, 112, 112, 2}, {18, 112, 112, 112, 2},
@@ -265,6 +270,8 @@ int main(int argc, char **argv)
         }
         else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
             dir_arg = argv[++i];
+        else if (!strcmp(argv[i], "--as-avx2"))
+            as_avx2 = 1;
         else if (!strcmp(argv[i], "--one") && i + 3 < argc) {
             one = 1;
             depth = atoi(argv[++i]);
@@ -272,12 +279,16 @@ int main(int argc, char **argv)
             batch = atoi(argv[++i]);
         } else {
             fprintf(stderr, "usage: bench_step [--threads T] [--steps S] [--repeat R] [--quick] [--config D,S,B]... "
-                            "[--breakdown] [--vs-algo gemm|winograd|direct|auto|rule] | --one DEPTH SIZE BATCH --dir D "
-                            "[--breakdown]\n");
+                            "[--breakdown] [--vs-algo gemm|winograd|direct|auto|rule] [--as-avx2] | --one DEPTH SIZE "
+                            "BATCH --dir D [--breakdown]\n");
             return 2;
         }
     }
     if (steps < 1 || threads < 1 || repeat < 1) return 2;
+    /* Both sides as on a CPU whose widest vectors are AVX2 (the children inherit the environment). */
+    if (as_avx2 && (setenv("MEDNET_ISA", "avx2", 1) || setenv("MEDNET_BLIS_ARCH", "haswell", 1) ||
+                    setenv("ONEDNN_MAX_CPU_ISA", "AVX2", 1) || setenv("ATEN_CPU_CAPABILITY", "avx2", 1)))
+        return 1;
     if (vs_algo && strcmp(vs_algo, "gemm") && strcmp(vs_algo, "winograd") && strcmp(vs_algo, "direct") &&
         strcmp(vs_algo, "auto") && strcmp(vs_algo, "rule")) {
         fprintf(stderr, "bench_step: --vs-algo '%s': expected gemm, winograd, direct, auto or rule\n", vs_algo);
@@ -309,7 +320,8 @@ int main(int argc, char **argv)
            threads, mn_blis_arch(), steps, repeat, pre[0] ? "; PyTorch with jemalloc" : "");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
-    printf("CPU: %s\nBLIS kernels: %s (%s)\n", cpu, mn_blis_arch(), mn_blis_arch_reason());
+    printf("CPU: %s\nBLIS kernels: %s (%s)\nmednet convolution kernels: %s\n", cpu, mn_blis_arch(),
+           mn_blis_arch_reason(), mn_simd_kernels());
     const char *algo_env = getenv("MEDNET_CONV_ALGO");
     printf("convolution algorithm: MEDNET_CONV_ALGO=%s%s%s\n", algo_env && *algo_env ? algo_env : "(unset: rule)",
            vs_algo ? "; second mednet column: MEDNET_CONV_ALGO=" : "", vs_algo ? vs_algo : "");

@@ -13,6 +13,12 @@
  *   MEDNET_BLIS_CANDIDATES=<name,...>   the sets to measure ("auto" = BLIS's own choice); not cached.
  * A set that cannot be measured (its probe crashes, e.g. SIGILL, or BLIS lacks it) is skipped; if none can be,
  * BLIS's own choice is kept with the generic guard.
+ *
+ * mednet's own convolution kernels (the stem's and the direct kernels, src/nn) take the widest instruction set the
+ * CPU has: AVX-512F, else AVX2+FMA, else none (the GEMM and Winograd paths then run those layers).
+ * MEDNET_ISA=avx2 (or none, avx512, auto) narrows that, e.g. to measure on an AVX-512 machine what an AVX2 node
+ * would run; a set the CPU lacks, or another value, is an error.  The element-wise loops are not affected (they
+ * are compiled per instruction set and picked by the CPU at load time).
  */
 #ifndef MEDNET_THREADS_H
 #define MEDNET_THREADS_H
@@ -27,7 +33,7 @@ int mn_threads_resolve(int requested);
 
 /* Set BLIS and OpenMP threads to `nthreads` (> 0) and choose the BLIS kernel set (see above; this process measures
  * when nothing is cached).  Must run before any other BLIS call in the process, once.  Not collective.  Fails with
- * MN_ERR_ARG on a bad MEDNET_BLIS_ARCH. */
+ * MN_ERR_ARG on a bad MEDNET_BLIS_ARCH or MEDNET_ISA. */
 mn_err mn_threads_init(int nthreads);
 
 /* As mn_threads_init, but rank 0 of `comm` alone decides (from the cache or by measuring) and every rank runs the
@@ -45,6 +51,10 @@ const char *mn_blis_arch(void);
  * auto=generic 31, skx 160, haswell 95, zen3 97 GFLOP/s (cached in /root/.cache/mednet/blis-kernels)",
  * "set by MEDNET_BLIS_ARCH=skx", ... */
 const char *mn_blis_arch_reason(void);
+
+/* The instruction set of mednet's own convolution kernels and how it was chosen: "avx512 (the widest this CPU
+ * has)", "avx2 (set by MEDNET_ISA=avx2)", ...; valid after mn_threads_init. */
+const char *mn_simd_kernels(void);
 
 /* ---- the chooser itself (src/core/blis_choose.c), for the tests ---- */
 

@@ -28,5 +28,6 @@ mn_err mn_cmd_info(int argc, char **argv, mn_cmd_result *res)
     mn_blis_cpu_key(cpu, sizeof cpu);
     mn_log_info("CPU: %s", cpu);
     mn_log_info("BLIS kernels: %s (%s)", mn_blis_arch(), mn_blis_arch_reason());
+    mn_log_info("mednet convolution kernels: %s", mn_simd_kernels());
     return MN_OK;
 }

@@ -1,4 +1,5 @@
-/* threads.c: thread count for BLIS and OpenMP, and the choice of BLIS kernels (see mednet/threads.h).
+/* threads.c: thread count for BLIS and OpenMP, the choice of BLIS kernels and of the instruction set of mednet's own
+ * kernels (see mednet/threads.h).
  *
  * The kernel set must be fixed before BLIS initialises: BLIS 0.9.0 reads BLIS_ARCH_TYPE (a number; a name reads
  * as 0 = skx, silently) once, at its first use.  So the decision is made first, without touching BLIS (the
@@ -21,10 +22,12 @@
 #include <time.h>
 
 #include "mednet/mpicheck.h"
+#include "nn/stem.h"
 
 static int g_threads = 1;
 static char g_reason[1400] = "not initialised";
 static const char *g_arch = "unknown";
+static char g_isa[96] = "not initialised";
 
 int mn_threads_resolve(int requested)
 {
@@ -43,6 +46,26 @@ int mn_threads_resolve(int requested)
 int mn_threads_count(void) { return g_threads; }
 const char *mn_blis_arch(void) { return g_arch; }
 const char *mn_blis_arch_reason(void) { return g_reason; }
+const char *mn_simd_kernels(void) { return g_isa; }
+
+/* MEDNET_ISA: the instruction set of mednet's own kernels (nn/stem.h), applied now. */
+static mn_err isa_from_env(void)
+{
+    const char *v = getenv("MEDNET_ISA");
+    if (!v || !*v || strcmp(v, "auto") == 0) {
+        snprintf(g_isa, sizeof g_isa, "%s (the widest this CPU has)", mn_stem_isa_name(mn_stem_isa()));
+        return MN_OK;
+    }
+    int isa = -1;
+    for (int i = MN_STEM_ISA_NONE; i <= MN_STEM_ISA_AVX512; i++)
+        if (strcmp(v, mn_stem_isa_name(i)) == 0) isa = i;
+    MN_CHECK(isa >= 0, MN_ERR_ARG,
+             "MEDNET_ISA='%s' is not an instruction set\n---> HINT: use auto, avx512, avx2 or none", v);
+    MN_CHECK(mn_stem_set_isa(isa) >= 0, MN_ERR_ARG, "MEDNET_ISA=%s: this CPU lacks it (it has %s)", v,
+             mn_stem_isa_name(mn_stem_isa()));
+    snprintf(g_isa, sizeof g_isa, "%s (set by MEDNET_ISA=%s)", mn_stem_isa_name(isa), v);
+    return MN_OK;
+}
 
 static int cpu_has_avx512(void) { return mn_blis_cpu_lacks("skx") == NULL; }
 static int cpu_has_avx2(void) { return mn_blis_cpu_lacks("haswell") == NULL; }
@@ -163,6 +186,7 @@ mn_err mn_threads_init(int nthreads)
 {
     MN_CHECK(nthreads > 0, MN_ERR_ARG, "thread count must be > 0, got %d", nthreads);
     arch_decision d;
+    MN_CALL(isa_from_env());
     MN_CALL(decide_from_env(&d));
     if (d.measure)
         decide_by_measurement(&d);
@@ -177,7 +201,8 @@ mn_err mn_threads_init_comm(int nthreads, MPI_Comm comm)
     int rank = 0;
     MN_MPI(MPI_Comm_rank(comm, &rank));
     arch_decision mine, root;
-    mn_err e = decide_from_env(&mine);
+    mn_err e = isa_from_env();
+    if (!e) e = decide_from_env(&mine);
     /* rank 0 decides; every rank takes part in the broadcast whatever its own environment says, so a rank with a
      * bad setting cannot leave the others waiting */
     if (rank == 0) {

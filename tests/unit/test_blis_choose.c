@@ -5,13 +5,15 @@
  * still chooses; candidates that are not BLIS sets, that the CPU cannot run, or whose probe crashes (the
  * MEDNET_BLIS_PROBE_CRASH hook aborts that child) are reported unavailable and skipped; with no measurable
  * candidate mn_threads_init keeps BLIS's own choice behind the generic guard; a bad MEDNET_BLIS_ARCH is an error
- * that leaves BLIS untouched. */
+ * that leaves BLIS untouched; so is a bad MEDNET_ISA or one the CPU lacks, and MEDNET_ISA=none turns mednet's own
+ * kernels off. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "mednet/threads.h"
+#include "nn/stem.h"
 #include "test_util.h"
 
 static int count_lines(const char *path)
@@ -107,8 +109,25 @@ int main(void)
     mn_error_set_quiet(0);
     TEST_EXPECT(strstr(mn_error_last(), "nosuchset") != NULL, "the message names it: %s", mn_error_last());
     unsetenv("MEDNET_BLIS_ARCH");
+    /* 6. MEDNET_ISA: a bad value, or a set this CPU lacks, is an error naming it; a good one is applied */
+    setenv("MEDNET_ISA", "sse9", 1);
+    mn_error_set_quiet(1);
+    TEST_EXPECT(mn_threads_init(1) == MN_ERR_ARG, "MEDNET_ISA=sse9 rejected");
+    mn_error_set_quiet(0);
+    TEST_EXPECT(strstr(mn_error_last(), "MEDNET_ISA='sse9'") != NULL, "the message names it: %s", mn_error_last());
+    if (!avx512) {
+        setenv("MEDNET_ISA", "avx512", 1);
+        mn_error_set_quiet(1);
+        TEST_EXPECT(mn_threads_init(1) == MN_ERR_ARG, "MEDNET_ISA=avx512 rejected on a CPU without AVX-512");
+        mn_error_set_quiet(0);
+        TEST_EXPECT(strstr(mn_error_last(), "lacks") != NULL, "the message says so: %s", mn_error_last());
+    }
+    setenv("MEDNET_ISA", "none", 1);
     setenv("MEDNET_BLIS_CANDIDATES", "nosuchset", 1);
     TEST_EXPECT(mn_threads_init(1) == MN_OK, "mn_threads_init with nothing measurable");
+    TEST_EXPECT(mn_stem_isa() == MN_STEM_ISA_NONE && strcmp(mn_simd_kernels(), "none (set by MEDNET_ISA=none)") == 0,
+                "MEDNET_ISA=none applied: %s", mn_simd_kernels());
+    unsetenv("MEDNET_ISA");
     printf("fallback: %s (%s)\n", mn_blis_arch(), mn_blis_arch_reason());
     TEST_EXPECT(strstr(mn_blis_arch_reason(), "measuring failed") != NULL, "%s", mn_blis_arch_reason());
     if (avx2) TEST_EXPECT(strcmp(mn_blis_arch(), "generic") != 0, "the generic guard still acts");
