@@ -18,7 +18,10 @@
  * fwd/bwd-data/bwd-weights: w = Winograd, x = direct kernels (nn/direct.c), d = dense, t = taps, p = pointwise
  * (1x1x1), s = stem (the one-input-channel kernels of nn/stem.c).
  *
- * Usage: bench_conv3d [--sweep] [THREADS] [REPS]   (--sweep: only the table of the GEMM path, Winograd and the
+ * --resnet50 times MedicalNet ResNet-50 at input 1x112^3, batch 1, instead (its distinct convolutions, g_shapes50,
+ * the 1x1x1 ones included), with the same validation, tables and PyTorch comparison.
+ *
+ * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS]   (--sweep: only the table of the GEMM path, Winograd and the
  * direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
  * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
@@ -60,9 +63,43 @@ static const shape_spec g_shapes[] = {
     {"(B) down 128->256 k1 @8^3", 0, 128, 256, 8, 1, 1, 0, 1, 0, 0, 0},
     {"(B) down 256->512 k1 @8^3", 0, 256, 512, 8, 1, 1, 0, 1, 0, 0, 0},
 };
-#define NSHAPES ((int)(sizeof g_shapes / sizeof g_shapes[0]))
+
+/* --resnet50: MedicalNet ResNet-50 (bottleneck blocks, shortcut B), input 1x112^3, batch 1, with the conv_seg head:
+ * every distinct convolution, weighted by how often it occurs (the 1x1x1 convolutions are a third of its FLOPs). */
+static const shape_spec g_shapes50[] = {
+    {"stem 1->64 k7 s2 p3 @112^3", 0, 1, 64, 112, 7, 2, 3, 1, 0, 0, 1},
+    {"l1 64->64 k1 @28^3", 0, 64, 64, 28, 1, 1, 0, 1, 0, 0, 1},
+    {"l1 64->64 k3 p1 @28^3", 0, 64, 64, 28, 3, 1, 1, 1, 0, 0, 3},
+    {"l1 64->256 k1 @28^3", 0, 64, 256, 28, 1, 1, 0, 1, 0, 0, 4},
+    {"l1 256->64 k1 @28^3", 0, 256, 64, 28, 1, 1, 0, 1, 0, 0, 2},
+    {"l2 256->128 k1 @28^3", 0, 256, 128, 28, 1, 1, 0, 1, 0, 0, 1},
+    {"l2 128->128 k3 s2 p1 @28^3", 0, 128, 128, 28, 3, 2, 1, 1, 0, 0, 1},
+    {"l2 128->512 k1 @14^3", 0, 128, 512, 14, 1, 1, 0, 1, 0, 0, 4},
+    {"l2 down 256->512 k1 s2 @28^3", 0, 256, 512, 28, 1, 2, 0, 1, 0, 0, 1},
+    {"l2 512->128 k1 @14^3", 0, 512, 128, 14, 1, 1, 0, 1, 0, 0, 3},
+    {"l2 128->128 k3 p1 @14^3", 0, 128, 128, 14, 3, 1, 1, 1, 0, 0, 3},
+    {"l3 512->256 k1 @14^3", 0, 512, 256, 14, 1, 1, 0, 1, 0, 0, 1},
+    {"l3 256->256 k3 d2 p2 @14^3", 0, 256, 256, 14, 3, 1, 2, 2, 0, 0, 6},
+    {"l3 256->1024 k1 @14^3", 0, 256, 1024, 14, 1, 1, 0, 1, 0, 0, 6},
+    {"l3 down 512->1024 k1 @14^3", 0, 512, 1024, 14, 1, 1, 0, 1, 0, 0, 1},
+    {"l3 1024->256 k1 @14^3", 0, 1024, 256, 14, 1, 1, 0, 1, 0, 0, 5},
+    {"l4 1024->512 k1 @14^3", 0, 1024, 512, 14, 1, 1, 0, 1, 0, 0, 1},
+    {"l4 512->512 k3 d4 p4 @14^3", 0, 512, 512, 14, 3, 1, 4, 4, 0, 0, 3},
+    {"l4 512->2048 k1 @14^3", 0, 512, 2048, 14, 1, 1, 0, 1, 0, 0, 3},
+    {"l4 down 1024->2048 k1 @14^3", 0, 1024, 2048, 14, 1, 1, 0, 1, 0, 0, 1},
+    {"l4 2048->512 k1 @14^3", 0, 2048, 512, 14, 1, 1, 0, 1, 0, 0, 2},
+    {"head convT 2048->32 k2 s2 @14^3", 1, 2048, 32, 14, 2, 2, 0, 1, 0, 1, 1},
+    {"head 32->32 k3 p1 @28^3", 0, 32, 32, 28, 3, 1, 1, 1, 0, 0, 1},
+    {"head 32->2 k1 @28^3", 0, 32, 2, 28, 1, 1, 0, 1, 0, 0, 1},
+};
+#define MAXSHAPES 32
+/* The network timed (ResNet-18 at 2x64^3 unless --resnet50); the stem is shape 0 in both. */
+static const shape_spec *g_net = g_shapes;
+static int g_nshapes = (int)(sizeof g_shapes / sizeof g_shapes[0]);
+static const char *g_net_name = "ResNet-18";
+#define NSHAPES g_nshapes
 #define BATCH g_batch
-static int g_batch = 2; /* the batch of the layers set up next (--sweep changes it) */
+static int g_batch = 2; /* the batch of the layers set up next (--sweep and --resnet50 change it) */
 
 static double now(void)
 {
@@ -334,7 +371,7 @@ static int run_torch(int threads, int reps, double tt[][3], double tb[][3], char
                        "MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 OMP_NUM_THREADS=%d /usr/bin/python3 %s %d %d",
                        threads, script, threads, reps);
     for (int i = 0; i < NSHAPES; i++) {
-        const shape_spec *s = &g_shapes[i];
+        const shape_spec *s = &g_net[i];
         len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
                         s->transposed ? "convt" : "conv", BATCH, s->cin, s->cout, s->ext, s->ext, s->ext, s->k, s->s,
                         s->p, s->dil, s->op, s->bias);
@@ -484,14 +521,23 @@ int main(int argc, char **argv)
         argv++;
         argc--;
     }
+    if (argc > 1 && !strcmp(argv[1], "--resnet50")) {
+        g_net = g_shapes50;
+        g_nshapes = (int)(sizeof g_shapes50 / sizeof g_shapes50[0]);
+        g_net_name = "ResNet-50";
+        g_batch = 1;
+        argv++;
+        argc--;
+    }
     int threads = argc > 1 ? atoi(argv[1]) : 0;
     if (threads <= 0) threads = (getenv("SLURM_CPUS_PER_TASK") || getenv("OMP_NUM_THREADS")) ? mn_threads_resolve(0) : 2;
     int reps = argc > 2 ? atoi(argv[2]) : 7;
     if (reps < 1) reps = 7;
     if (mn_threads_init(threads) != MN_OK) return 1;
-    printf("bench_conv3d: MedicalNet ResNet-18 convs, input 1x64^3, batch %d, %d threads, median of %d, "
+    printf("bench_conv3d: MedicalNet %s convs, input 1x%d^3, batch %d, %d threads, median of %d, "
            "MEDNET_CONV_ALGO=%s\n",
-           BATCH, threads, reps, getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: rule)");
+           g_net_name, g_net[0].ext, BATCH, threads, reps,
+           getenv("MEDNET_CONV_ALGO") ? getenv("MEDNET_CONV_ALGO") : "(unset: rule)");
     char cpu[256];
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\nmednet convolution kernels: %s\n", cpu, mn_blis_arch(),
@@ -513,8 +559,8 @@ int main(int argc, char **argv)
     printf("validation on reduced copies (channels / 16), fast vs _ref, y dx dw db:\n");
     int bad = 0;
     for (int i = 0; i < NSHAPES; i++) {
-        double e = validate(&g_shapes[i]);
-        printf("  %-32s max rel err %.2e %s\n", g_shapes[i].name, e, e <= 1e-4 ? "ok" : "FAILED");
+        double e = validate(&g_net[i]);
+        printf("  %-32s max rel err %.2e %s\n", g_net[i].name, e, e <= 1e-4 ? "ok" : "FAILED");
         if (!(e <= 1e-4)) bad = 1;
     }
     if (bad) {
@@ -522,30 +568,30 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    double tm[NSHAPES][3], tmb[NSHAPES][3], fl[NSHAPES];
+    double tm[MAXSHAPES][3], tmb[MAXSHAPES][3], fl[MAXSHAPES];
     size_t ws_max = 0;
     printf("\n%-32s %-6s %5s %8s %7s | %8s %8s %8s  GFLOP/s (dense FLOPs / time)\n", "shape", "path", "count",
            "GFLOP", "in-vol", "fwd", "bwd-d", "bwd-w");
     for (int i = 0; i < NSHAPES; i++) {
         bench_layer L;
-        if (layer_setup(&L, &g_shapes[i], 1)) return 1;
+        if (layer_setup(&L, &g_net[i], 1)) return 1;
         fl[i] = layer_flops(&L);
         if (L.nws > ws_max) ws_max = L.nws;
         for (int p = 0; p < 3; p++) tm[i][p] = time_pass(&L, p, reps, &tmb[i][p]);
         char pbuf[16];
-        printf("%-32s %-6s %5d %8.3f %6.0f%% | %8.1f %8.1f %8.1f\n", g_shapes[i].name,
-               path_str(&L, pbuf, sizeof pbuf), g_shapes[i].count, fl[i] * 1e-9,
+        printf("%-32s %-6s %5d %8.3f %6.0f%% | %8.1f %8.1f %8.1f\n", g_net[i].name,
+               path_str(&L, pbuf, sizeof pbuf), g_net[i].count, fl[i] * 1e-9,
                100.0 * useful_fraction(&L), fl[i] / tm[i][0] * 1e-9, fl[i] / tm[i][1] * 1e-9,
                fl[i] / tm[i][2] * 1e-9);
         layer_free(&L);
     }
     double tot_fl = 0, tot_t = 0, tot_tb = 0, pf[3] = {0}, pt[3] = {0};
     for (int i = 0; i < NSHAPES; i++) {
-        if (!g_shapes[i].count) continue;
+        if (!g_net[i].count) continue;
         for (int p = 0; p < 3; p++) {
-            pf[p] += g_shapes[i].count * fl[i];
-            pt[p] += g_shapes[i].count * tm[i][p];
-            tot_tb += g_shapes[i].count * tmb[i][p];
+            pf[p] += g_net[i].count * fl[i];
+            pt[p] += g_net[i].count * tm[i][p];
+            tot_tb += g_net[i].count * tmb[i][p];
         }
     }
     for (int p = 0; p < 3; p++) {
@@ -554,9 +600,9 @@ int main(int argc, char **argv)
     }
     double gemm1 = sgemm_gflops(2048, 5), gemm = fmax(gemm0, gemm1);
     double net = tot_fl / tot_t * 1e-9;
-    printf("\nResNet-18 weighted (%.1f GFLOP per fwd+bwd, %.1f ms): %.1f GFLOP/s  [fwd %.1f, bwd-data %.1f, "
+    printf("\n%s weighted (%.1f GFLOP per fwd+bwd, %.1f ms): %.1f GFLOP/s  [fwd %.1f, bwd-data %.1f, "
            "bwd-weights %.1f]\n",
-           tot_fl * 1e-9, tot_t * 1e3, net, pf[0] / pt[0] * 1e-9, pf[1] / pt[1] * 1e-9, pf[2] / pt[2] * 1e-9);
+           g_net_name, tot_fl * 1e-9, tot_t * 1e3, net, pf[0] / pt[0] * 1e-9, pf[1] / pt[1] * 1e-9, pf[2] / pt[2] * 1e-9);
     printf("(fastest call of each pass instead of the median: %.1f GFLOP/s; the machine is shared, see README-conv.md)\n",
            tot_fl / tot_tb * 1e-9);
     /* A training step never needs the gradient of the input image: without the stem's backward-data pass. */
@@ -572,7 +618,7 @@ int main(int argc, char **argv)
            "best: the fastest (g, w, x)\n", reps);
     printf("%-32s | %-18s %-18s %-18s | %s\n", "shape", "fwd g/w/x", "bwd-d g/w/x", "bwd-w g/w/x", "best");
     for (int i = 0; i < NSHAPES; i++) {
-        const shape_spec *sp = &g_shapes[i];
+        const shape_spec *sp = &g_net[i];
         if (sp->transposed || sp->k != 3) continue;
         bench_layer L;
         if (layer_setup(&L, sp, 1)) return 1;
@@ -587,24 +633,25 @@ int main(int argc, char **argv)
         layer_free(&L);
     }
 
-    double tt[NSHAPES][3], tb[NSHAPES][3];
+    double tt[MAXSHAPES][3], tb[MAXSHAPES][3];
     char version[256];
     if (run_torch(threads, reps, tt, tb, version, sizeof version) == 0) {
         printf("\nPyTorch (%s, jemalloc), GFLOP/s and mednet/PyTorch time ratio (>1: mednet faster):\n", version);
         printf("%-32s | %8s %8s %8s | %6s %6s %6s\n", "shape", "fwd", "bwd-d", "bwd-w", "fwd", "bwd-d", "bwd-w");
         double tf[3] = {0}, tfb = 0;
         for (int i = 0; i < NSHAPES; i++) {
-            printf("%-32s | %8.1f %8.1f %8.1f | %6.2f %6.2f %6.2f\n", g_shapes[i].name, fl[i] / tt[i][0] * 1e-9,
+            printf("%-32s | %8.1f %8.1f %8.1f | %6.2f %6.2f %6.2f\n", g_net[i].name, fl[i] / tt[i][0] * 1e-9,
                    fl[i] / tt[i][1] * 1e-9, fl[i] / tt[i][2] * 1e-9, tt[i][0] / tm[i][0], tt[i][1] / tm[i][1],
                    tt[i][2] / tm[i][2]);
             for (int p = 0; p < 3; p++) {
-                tf[p] += g_shapes[i].count * tt[i][p];
-                tfb += g_shapes[i].count * tb[i][p];
+                tf[p] += g_net[i].count * tt[i][p];
+                tfb += g_net[i].count * tb[i][p];
             }
         }
         double ttot = tf[0] + tf[1] + tf[2];
-        printf("\nPyTorch ResNet-18 weighted: %.1f GFLOP/s (%.1f ms)  [fwd %.1f, bwd-data %.1f, bwd-weights %.1f]\n",
-               tot_fl / ttot * 1e-9, ttot * 1e3, pf[0] / tf[0] * 1e-9, pf[1] / tf[1] * 1e-9, pf[2] / tf[2] * 1e-9);
+        printf("\nPyTorch %s weighted: %.1f GFLOP/s (%.1f ms)  [fwd %.1f, bwd-data %.1f, bwd-weights %.1f]\n",
+               g_net_name, tot_fl / ttot * 1e-9, ttot * 1e3, pf[0] / tf[0] * 1e-9, pf[1] / tf[1] * 1e-9,
+               pf[2] / tf[2] * 1e-9);
         printf("mednet / PyTorch speed: %.2f (medians; fastest calls: PyTorch %.1f GFLOP/s, mednet/PyTorch %.2f)\n",
                ttot / tot_t, tot_fl / tfb * 1e-9, tfb / tot_tb);
         printf("training step (no stem backward-data): PyTorch %.1f GFLOP/s, mednet/PyTorch %.2f\n",

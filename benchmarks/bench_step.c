@@ -322,6 +322,7 @@ int main(int argc, char **argv)
     mn_blis_cpu_key(cpu, sizeof cpu);
     printf("CPU: %s\nBLIS kernels: %s (%s)\nmednet convolution kernels: %s\n", cpu, mn_blis_arch(),
            mn_blis_arch_reason(), mn_simd_kernels());
+    if (as_avx2) printf("--as-avx2: PyTorch with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2\n");
     const char *algo_env = getenv("MEDNET_CONV_ALGO");
     printf("convolution algorithm: MEDNET_CONV_ALGO=%s%s%s\n", algo_env && *algo_env ? algo_env : "(unset: rule)",
            vs_algo ? "; second mednet column: MEDNET_CONV_ALGO=" : "", vs_algo ? vs_algo : "");
