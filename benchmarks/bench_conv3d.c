@@ -21,7 +21,8 @@
  * --resnet50 times MedicalNet ResNet-50 at input 1x112^3, batch 1, instead (its distinct convolutions, g_shapes50,
  * the 1x1x1 ones included), with the same validation, tables and PyTorch comparison.
  *
- * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS]   (--sweep: only the table of the GEMM path, Winograd and the
+ * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS]   (--sweep: only the table of the GEMM path,
+ * Winograd and the
  * direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
  * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */

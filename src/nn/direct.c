@@ -16,8 +16,8 @@
  * Forward items are (sample, block of 64 output channels, output plane, rows of that plane); an item runs the
  * input channels in blocks of DC_CB (the block's weights, 4 x 27 x 64 floats = 27 KiB, stay in L1 while every
  * output row of the item uses them; blocks of 16, whose 108 KiB streamed from L2 for every register block, ran the
- * dilated 14^3 layers 5-9% slower), keeps its outputs channels-last in a stack block (at most DC_OBUF floats) and writes
- * them to the NCDHW output at the end, with the bias.  Backward-weights items are (DC_BWC input channels, block of
+ * dilated 14^3 layers 5-9% slower), keeps its outputs channels-last in a stack block (at most DC_OBUF floats) and
+ * writes them to the NCDHW output at the end, with the bias.  Backward-weights items are (DC_BWC input channels, block of
  * 64 output channels): an item owns its part of dw, reads dy channels-last (transposed once per call) and sums over
  * samples and planes in order.  No result depends on the thread count or the schedule.
  *
