@@ -80,6 +80,14 @@ gone() {
   fail "process $1 outlived the job by more than 10 s"
 }
 pid_of_fault() { sed -n 's/.*MEDNET_FAULT: pid \([0-9]*\) .*/\1/p' "$1" | head -1; }
+# freeze OUT: SIGSTOP the ranks of the background run writing to OUT (their command line starts with mednet's
+# path), so that a fault applied to its files cannot race them; thaw: SIGCONT them.
+freeze() {
+  frozen=$(pgrep -f "^$mednet pretrain .*train.out_dir=$1( |\$)" | tr '\n' ' ')
+  [ -n "$frozen" ] || { finish_bg; cat "$1.log"; fail "no running ranks for $1 (the run ended before the fault)"; }
+  kill -STOP $frozen
+}
+thaw() { kill -CONT $frozen; }
 resumes() { # resumes OUT FROM_STEP TO_STEP: a rerun resumes from ckpt-FROM and finishes
   run "$1" train.steps="$3"
   [ "$status" -eq 0 ] || { cat "$1.log"; fail "the rerun exited with $status"; }
@@ -163,36 +171,44 @@ disk_full)
     "exit 1 with ckpt-2 + latest unchanged"
   ;;
 outdir)
-  # The output folder removed after the checkpoint of step 4: the run takes it again and saves its work there.
-  run_bg od train.steps=8 train.checkpoint_every=4
-  wait_line od.tlog "^[0-9.]+ checkpoint: od/ckpt-4\.h5" > /dev/null || { finish_bg; cat od.log; fail "no checkpoint"; }
+  # The output folder removed after the checkpoint of step 20: the run takes it again and saves its work there.
+  # The ranks are frozen while the folder goes (freeze), so that the removal cannot race a file they create (at 35
+  # ms a step, rm -rf once met a new file and left the folder, its lock gone); twenty steps to the next checkpoint
+  # leave room for this script's polling.
+  run_bg od train.steps=40 train.checkpoint_every=20
+  wait_line od.tlog "^[0-9.]+ checkpoint: od/ckpt-20\.h5" > /dev/null || { finish_bg; cat od.log; fail "no checkpoint"; }
+  freeze od
   t_fault=$EPOCHREALTIME
   rm -rf od
+  thaw
   finish_bg
   [ "$status" -eq 0 ] || { cat od.log; fail "exited with $status after its folder was removed"; }
   has od.log "the output folder od \(or its lock .mednet.lock\) was removed while this run held it"
-  has od.log "checkpoint: od/ckpt-8\.h5"
-  latest_is od ckpt-8.h5
+  has od.log "checkpoint: od/ckpt-40\.h5"
+  latest_is od ckpt-40.h5
   [ ! -e od/.mednet.lock ] || fail "the lock was left behind"
   [ -e od/metrics.jsonl ] || fail "metrics.jsonl was not reopened in the recreated folder"
   echo "  removed: the run retook the folder and finished (exit 0) $(secs "$t_fault" "$t_end") s later;" \
     "survived: $(survived od)"
-  # The output folder made read-only (a read-only bind mount: root ignores file modes) after ckpt-4.
-  run_bg ro train.steps=12 train.checkpoint_every=4
-  wait_line ro.tlog "^[0-9.]+ checkpoint: ro/ckpt-4\.h5" > /dev/null || { finish_bg; cat ro.log; fail "no checkpoint"; }
-  mount --bind ro ro && mount -o remount,ro,bind ro || { finish_bg; fail "cannot make ro/ read-only"; }
+  # The output folder made read-only (a read-only bind mount: root ignores file modes) after ckpt-20, the ranks
+  # frozen meanwhile.
+  run_bg ro train.steps=60 train.checkpoint_every=20
+  wait_line ro.tlog "^[0-9.]+ checkpoint: ro/ckpt-20\.h5" > /dev/null || { finish_bg; cat ro.log; fail "no checkpoint"; }
+  freeze ro
+  mount --bind ro ro && mount -o remount,ro,bind ro || { thaw; finish_bg; fail "cannot make ro/ read-only"; }
+  thaw
   t_fault=$EPOCHREALTIME
   mn_at_exit 'umount -l "$work/ro" 2>/dev/null'
   finish_bg
   umount -l ro
   agreed ro.log "read-only output folder"
   has ro.log "Read-only file system"
-  has ro.log "stopping: the checkpoint of step 8 could not be written"
-  latest_is ro ckpt-4.h5
+  has ro.log "stopping: the checkpoint of step 40 could not be written"
+  latest_is ro ckpt-20.h5
   left=$(survived ro)
-  resumes ro 4 6
+  resumes ro 20 22
   echo "outdir: removed -> retaken and finished; read-only -> exit 1 $(secs "$t_fault" "$t_end") s after the" \
-    "remount, survived: $left, resumed from step 4"
+    "remount, survived: $left, resumed from step 20"
   ;;
 corpus)
   # The corpus truncated, then overwritten by another corpus, while a job trains on it.  The small shard is in the
