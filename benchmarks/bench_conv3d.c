@@ -93,7 +93,10 @@ static const shape_spec g_shapes50[] = {
     {"head 32->32 k3 p1 @28^3", 0, 32, 32, 28, 3, 1, 1, 1, 0, 0, 1},
     {"head 32->2 k1 @28^3", 0, 32, 2, 28, 1, 1, 0, 1, 0, 0, 1},
 };
-#define MAXSHAPES 32
+#define MAXSHAPES 32 /* the per-shape result arrays of main() */
+_Static_assert(sizeof g_shapes / sizeof g_shapes[0] <= MAXSHAPES &&
+                   sizeof g_shapes50 / sizeof g_shapes50[0] <= MAXSHAPES,
+               "a shape table is longer than MAXSHAPES");
 /* The network timed (ResNet-18 at 2x64^3 unless --resnet50); the stem is shape 0 in both. */
 static const shape_spec *g_net = g_shapes;
 static int g_nshapes = (int)(sizeof g_shapes / sizeof g_shapes[0]);
@@ -603,7 +606,8 @@ int main(int argc, char **argv)
     double net = tot_fl / tot_t * 1e-9;
     printf("\n%s weighted (%.1f GFLOP per fwd+bwd, %.1f ms): %.1f GFLOP/s  [fwd %.1f, bwd-data %.1f, "
            "bwd-weights %.1f]\n",
-           g_net_name, tot_fl * 1e-9, tot_t * 1e3, net, pf[0] / pt[0] * 1e-9, pf[1] / pt[1] * 1e-9, pf[2] / pt[2] * 1e-9);
+           g_net_name, tot_fl * 1e-9, tot_t * 1e3, net, pf[0] / pt[0] * 1e-9, pf[1] / pt[1] * 1e-9,
+           pf[2] / pt[2] * 1e-9);
     printf("(fastest call of each pass instead of the median: %.1f GFLOP/s; the machine is shared, see README-conv.md)\n",
            tot_fl / tot_tb * 1e-9);
     /* A training step never needs the gradient of the input image: without the stem's backward-data pass. */
