@@ -50,6 +50,7 @@
 #include "nn/stem.h"
 #include "nn/vol2col.h"
 #include "nn/winograd.h"
+#include "nn/winograd4.h"
 
 /* Target columns per GEMM when several small samples are packed together (see the note above). */
 #define MN_CONV_GEMM_COLS 8192
@@ -334,14 +335,18 @@ size_t mn_conv3d_workspace_floats(const mn_conv3d *l, const mn_shape *in)
     const int env = mn_wino_env_force();
     const int any = env == MN_CONV_ENV_AUTO || env == MN_CONV_ENV_BAD;
     int wino_possible = any || env == MN_CONV_ALGO_WINOGRAD, direct_possible = any || env == MN_CONV_ALGO_DIRECT;
+    int wino4_possible = any || env == MN_CONV_ALGO_WINOGRAD4;
     for (int i = 0; i < MN_CONV_NPASS; i++) {
         const int rule = env == MN_CONV_ENV_RULE ? (int)mn_conv3d_rule_algo(l, in, i) : -1;
         wino_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD || rule == MN_CONV_ALGO_WINOGRAD;
         direct_possible |= l->algo[i] == MN_CONV_ALGO_DIRECT || rule == MN_CONV_ALGO_DIRECT;
+        wino4_possible |= l->algo[i] == MN_CONV_ALGO_WINOGRAD4 || rule == MN_CONV_ALGO_WINOGRAD4;
     }
     const size_t wino = wino_possible ? mn_wino_workspace_floats(l, in) : 0, stem = mn_stem_workspace_floats(l, in);
     const size_t direct = direct_possible ? mn_direct_workspace_floats(l, in) : 0;
+    const size_t wino4 = wino4_possible ? mn_wino4_workspace_floats(l, in) : 0;
     if (ws < wino) ws = wino;
+    if (ws < wino4) ws = wino4;
     if (ws < direct) ws = direct;
     return ws > stem ? ws : stem;
 }
@@ -370,6 +375,7 @@ const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass
 {
     if (!l || pass < 0 || pass >= MN_CONV_NPASS) return "invalid";
     if (l->algo[pass] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in)) return "winograd";
+    if (l->algo[pass] == MN_CONV_ALGO_WINOGRAD4 && mn_wino4_eligible(l, in)) return "winograd4";
     if (l->algo[pass] == MN_CONV_ALGO_DIRECT && mn_direct_eligible(l, in, pass)) return "direct";
     return pass == MN_CONV_PASS_BWD_DATA ? conv_gemm_algo(l, in) : mn_conv3d_algo(l, in);
 }
@@ -402,6 +408,8 @@ mn_err mn_conv3d_forward(const mn_conv3d *l, const mn_shape *in, const float *x,
              mn_conv3d_workspace_floats(l, in));
     if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_WINOGRAD && mn_wino_eligible(l, in))
         return mn_wino_forward(l, in, &out, x, y, ws);
+    if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_WINOGRAD4 && mn_wino4_eligible(l, in))
+        return mn_wino4_forward(l, in, &out, x, y, ws);
     if (l->algo[MN_CONV_PASS_FWD] == MN_CONV_ALGO_DIRECT && mn_direct_eligible(l, in, MN_CONV_PASS_FWD))
         return mn_direct_forward(l, in, &out, x, y, ws);
     if (mn_stem_eligible(l, in)) return mn_stem_forward(l, in, &out, x, y, ws);
@@ -469,19 +477,26 @@ mn_err mn_conv3d_backward(const mn_conv3d *l, const mn_shape *in, const float *x
     }
     MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d backward: NULL workspace (need %zu floats)", C, K,
              mn_conv3d_workspace_floats(l, in));
-    /* The passes chosen for the direct kernels run here, the rest by a second call. */
-    const int direct_w = l->dw && l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_DIRECT &&
-                         mn_direct_eligible(l, in, MN_CONV_PASS_BWD_WEIGHTS);
-    const int direct_d = dx && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_DIRECT &&
-                         mn_direct_eligible(l, in, MN_CONV_PASS_BWD_DATA);
+    /* The passes chosen for the direct kernels or Winograd F(4,3) run here, the rest by a second call. */
+    const int w4 = (l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_WINOGRAD4 ||
+                    l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD4) &&
+                   mn_wino4_eligible(l, in);
+    const int w4_w = w4 && l->dw && l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_WINOGRAD4;
+    const int w4_d = w4 && dx && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_WINOGRAD4;
+    const int direct_w = w4_w || (l->dw && l->algo[MN_CONV_PASS_BWD_WEIGHTS] == MN_CONV_ALGO_DIRECT &&
+                                  mn_direct_eligible(l, in, MN_CONV_PASS_BWD_WEIGHTS));
+    const int direct_d = w4_d || (dx && l->algo[MN_CONV_PASS_BWD_DATA] == MN_CONV_ALGO_DIRECT &&
+                                  mn_direct_eligible(l, in, MN_CONV_PASS_BWD_DATA));
     if (direct_w || direct_d) {
         if (direct_w) {
             mn_prof_refine(MN_PROF_CONV_BWD_WEIGHTS);
-            MN_CALL(mn_direct_backward_weights(l, in, &out, x, dy, ws));
+            MN_CALL(w4_w ? mn_wino4_backward_weights(l, in, &out, x, dy, ws)
+                         : mn_direct_backward_weights(l, in, &out, x, dy, ws));
         }
         if (direct_d) {
             mn_prof_refine(MN_PROF_CONV_BWD_DATA);
-            MN_CALL(mn_direct_backward_data(l, in, &out, dy, dx, ws));
+            MN_CALL(w4_d ? mn_wino4_backward_data(l, in, &out, dy, dx, ws)
+                         : mn_direct_backward_data(l, in, &out, dy, dx, ws));
         }
         if ((direct_w || !l->dw) && (direct_d || !dx)) return MN_OK;
         mn_conv3d rest = *l;

@@ -14,6 +14,7 @@
 #include "mednet/threads.h"
 #include "nn/direct.h"
 #include "nn/winograd.h"
+#include "nn/winograd4.h"
 
 int mn_wino_env_force(void)
 {
@@ -25,6 +26,7 @@ int mn_wino_env_force(void)
     if (!strcmp(e, "gemm")) return MN_CONV_ALGO_GEMM;
     if (!strcmp(e, "winograd")) return MN_CONV_ALGO_WINOGRAD;
     if (!strcmp(e, "direct")) return MN_CONV_ALGO_DIRECT;
+    if (!strcmp(e, "winograd4")) return MN_CONV_ALGO_WINOGRAD4;
     return MN_CONV_ENV_BAD;
 }
 
@@ -66,13 +68,13 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     for (int i = 0; i < MN_CONV_NPASS; i++) l->algo[i] = MN_CONV_ALGO_GEMM;
     const int force = mn_wino_env_force();
     MN_CHECK(force != MN_CONV_ENV_BAD, MN_ERR_ARG,
-             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd, direct or auto",
+             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd, winograd4, direct or auto",
              getenv("MEDNET_CONV_ALGO"));
     if (force == MN_CONV_ALGO_GEMM) return MN_OK;
-    const int can_w = mn_wino_eligible(l, in);
+    const int can_w = mn_wino_eligible(l, in), can_w4 = mn_wino4_eligible(l, in);
     int can_d[MN_CONV_NPASS], any_d = 0;
     for (int i = 0; i < MN_CONV_NPASS; i++) any_d |= can_d[i] = mn_direct_eligible(l, in, i);
-    if (!can_w && !any_d) return MN_OK;
+    if (!can_w && !can_w4 && !any_d) return MN_OK;
     if (force != MN_CONV_ENV_AUTO) {
         for (int i = 0; i < MN_CONV_NPASS; i++) {
             mn_conv_algo a = MN_CONV_ALGO_GEMM;
@@ -82,6 +84,8 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
                 a = MN_CONV_ALGO_WINOGRAD;
             else if (force == MN_CONV_ALGO_DIRECT && can_d[i])
                 a = MN_CONV_ALGO_DIRECT;
+            else if (force == MN_CONV_ALGO_WINOGRAD4 && can_w4)
+                a = MN_CONV_ALGO_WINOGRAD4;
             l->algo[i] = (unsigned char)a;
         }
         return MN_OK;
@@ -109,15 +113,20 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     mn_err err = MN_OK;
     for (int pass = 0; pass < MN_CONV_NPASS && !err; pass++) {
         if (pass == MN_CONV_PASS_BWD_WEIGHTS && !l->dw) continue;
-        double best = 0.0, tw = 1e30, td = 1e30;
+        double best = 0.0, tw = 1e30, td = 1e30, tw4 = 1e30;
         err = time_pass(&t, in, pass, MN_CONV_ALGO_GEMM, x, y, dy, dx, ws, &best);
         if (!err && can_w) err = time_pass(&t, in, pass, MN_CONV_ALGO_WINOGRAD, x, y, dy, dx, ws, &tw);
         if (!err && can_d[pass]) err = time_pass(&t, in, pass, MN_CONV_ALGO_DIRECT, x, y, dy, dx, ws, &td);
+        if (!err && can_w4) err = time_pass(&t, in, pass, MN_CONV_ALGO_WINOGRAD4, x, y, dy, dx, ws, &tw4);
         if (!err && tw < best) {
             l->algo[pass] = MN_CONV_ALGO_WINOGRAD;
             best = tw;
         }
-        if (!err && td < best) l->algo[pass] = MN_CONV_ALGO_DIRECT;
+        if (!err && td < best) {
+            l->algo[pass] = MN_CONV_ALGO_DIRECT;
+            best = td;
+        }
+        if (!err && tw4 < best) l->algo[pass] = MN_CONV_ALGO_WINOGRAD4;
     }
     mn_free(&buf);
     return err;
@@ -135,6 +144,13 @@ mn_conv_algo mn_conv3d_rule_algo_threads(const mn_conv3d *l, const mn_shape *in,
     for (int i = 0; i < 3; i++)
         if (l->dil[i] > maxdil) maxdil = l->dil[i];
     mn_shape o;
+    if (maxdil <= MN_WINO4_RULE_MAX_DILATION && l->cin >= MN_WINO4_RULE_MIN_CHANNELS &&
+        l->cout >= MN_WINO4_RULE_MIN_CHANNELS && mn_wino4_tiles(l, in) >= MN_WINO4_RULE_MIN_TILES &&
+        mn_conv3d_out_shape(l, in, &o) == MN_OK) {
+        int minext = o.d < o.h ? o.d : o.h;
+        if (o.w < minext) minext = o.w;
+        if (minext >= MN_WINO4_RULE_MIN_EXTENT) return MN_CONV_ALGO_WINOGRAD4;
+    }
     if (l->k[0] * l->k[1] * l->k[2] > 1 && mn_direct_eligible(l, in, pass) &&
         mn_conv3d_out_shape(l, in, &o) == MN_OK) {
         int minext = o.d < o.h ? o.d : o.h;

@@ -179,7 +179,13 @@ static void check_choose(void)
     free(ws);
 }
 
-/* (e) The default rule: expected choice ("w" Winograd, "g" GEMM path per pass: fwd, bwd-data, bwd-weights). */
+/* One letter per algorithm: "w" Winograd F(2,3), "4" Winograd F(4,3), "x" the direct kernels, "g" the GEMM path. */
+static char algo_char(mn_conv_algo a)
+{
+    return a == MN_CONV_ALGO_WINOGRAD ? 'w' : a == MN_CONV_ALGO_WINOGRAD4 ? '4' : a == MN_CONV_ALGO_DIRECT ? 'x' : 'g';
+}
+
+/* (e) The default rule: expected choice per pass (fwd, bwd-data, bwd-weights; letters as algo_char). */
 static void check_rule(void)
 {
     const int k3[3] = {3, 3, 3}, k1[3] = {1, 1, 1}, s1[3] = {1, 1, 1}, s2[3] = {2, 2, 2}, p0[3] = {0, 0, 0},
@@ -191,13 +197,13 @@ static void check_rule(void)
         mn_shape in;
         const char *expect, *expect_mt; /* passes on 1 thread, on 2 or more */
     } t[] = {
-        {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "www", "www"},
-        {"layer1 64->64 @28^3 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 28, 28, 28}, "www", "wgg"},
+        {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "444", "444"},
+        {"layer1 64->64 @28^3 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 28, 28, 28}, "444", "444"},
         {"layer2 128->128 @8^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 8, 8, 8}, "www", "www"},
-        {"layer2 128->128 @14^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 14, 14, 14}, "www", "www"},
+        {"layer2 128->128 @14^3 n2", mk(128, 128, k3, s1, p1, s1), {2, 128, 14, 14, 14}, "444", "444"},
         {"layer2.0.conv1 64->128 s2 @16^3", mk(64, 128, k3, s2, p1, s1), {2, 64, 16, 16, 16}, "ggg", "ggg"},
         {"layer3 128->256 d2 @8^3", mk(128, 256, k3, s1, p2, d2), {2, 128, 8, 8, 8}, "www", "www"},
-        {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "www", "www"},
+        {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "444", "444"},
         {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "ggg", "ggg"},
         {"head 32->32 @16^3", mk(32, 32, k3, s1, p1, s1), {2, 32, 16, 16, 16}, "wgg", "wgg"},
         {"head 32->32 @28^3", mk(32, 32, k3, s1, p1, s1), {1, 32, 28, 28, 28}, "wgg", "wgg"},
@@ -207,10 +213,16 @@ static void check_rule(void)
         {"64->64 p0 @10^3 (output 8^3)", mk(64, 64, k3, s1, p0, s1), {2, 64, 10, 10, 10}, "www", "www"},
         {"63->64 @16^3 (below 64 channels)", mk(63, 64, k3, s1, p1, s1), {2, 63, 16, 16, 16}, "wgg", "wgg"},
         {"64->31 @16^3 (below 32 channels)", mk(64, 31, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "ggg", "ggg"},
-        {"64->64 dilation (1,2,1)", mk(64, 64, k3, s1, p1, d121), {2, 64, 16, 16, 16}, "ggg", "ggg"},
-        {"64->64 @19^3 n1 (below the 2-thread backward extent)", mk(64, 64, k3, s1, p1, s1), {1, 64, 19, 19, 19},
-         "www", "www"},
-        {"64->64 @20x24x22 n1 (at it)", mk(64, 64, k3, s1, p1, s1), {1, 64, 20, 24, 22}, "www", "wgg"},
+        {"64->64 dilation (1,2,1)", mk(64, 64, k3, s1, p1, d121), {2, 64, 16, 16, 16}, "444", "444"},
+        {"64->64 dilation (1,2,1) @12x16x16 n1 (48 tiles: F(2,3) takes only one dilation)", mk(64, 64, k3, s1, p1, d121),
+         {1, 64, 12, 16, 16}, "ggg", "ggg"},
+        {"64->64 @16^3 n1 (64 tiles: at the F(4,3) threshold)", mk(64, 64, k3, s1, p1, s1), {1, 64, 16, 16, 16}, "444",
+         "444"},
+        {"64->64 @12x16x16 n1 (48 tiles: below it)", mk(64, 64, k3, s1, p1, s1), {1, 64, 12, 16, 16}, "www", "www"},
+        {"512->512 d4 @14^3 n2 (dilation 4: not F(4,3))", mk(512, 512, k3, s1, p4, d4), {2, 512, 14, 14, 14}, "ggg",
+         "ggg"},
+        {"64->64 @19^3 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 19, 19, 19}, "444", "444"},
+        {"64->64 @20x24x22 n1", mk(64, 64, k3, s1, p1, s1), {1, 64, 20, 24, 22}, "444", "444"},
         {"63->64 d2 @8^3 (below 64 channels: forward only)", mk(63, 64, k3, s1, p2, d2), {2, 63, 8, 8, 8}, "wgg",
          "wgg"},
     };
@@ -225,21 +237,22 @@ static void check_rule(void)
             mn_conv3d l = t[i].l;
             l.algo[1] = MN_CONV_ALGO_WINOGRAD; /* choose_algo must overwrite every pass */
             TEST_EXPECT(mn_conv3d_choose_algo(&l, &t[i].in, NULL, 0) == MN_OK, "%s: choose (rule) failed", t[i].name);
-            int any_w = 0;
+            int any_w = 0, any_4 = 0;
             for (int p = 0; p < MN_CONV_NPASS; p++) {
                 /* This test runs on 2 threads: the choice is the 2-thread one; the 1-thread one is checked too. */
                 const char want = t[i].expect_mt[p];
                 const mn_conv_algo a1 = mn_conv3d_rule_algo_threads(&t[i].l, &t[i].in, p, 1);
                 const mn_conv_algo a4 = mn_conv3d_rule_algo_threads(&t[i].l, &t[i].in, p, 4);
-                const char r1 = a1 == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g', r4 = a4 == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                const char r1 = algo_char(a1), r4 = algo_char(a4);
                 TEST_EXPECT(r1 == t[i].expect[p] && r4 == want,
                             "%s, pass %d: rule on 1 / 4 threads says %c / %c, expected %c / %c", t[i].name, p, r1, r4,
                             t[i].expect[p], want);
-                const char rule = mn_conv3d_rule_algo(&t[i].l, &t[i].in, p) == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
-                const char got = l.algo[p] == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                const char rule = algo_char(mn_conv3d_rule_algo(&t[i].l, &t[i].in, p));
+                const char got = algo_char((mn_conv_algo)l.algo[p]);
                 TEST_EXPECT(rule == want && got == want, "%s, MEDNET_CONV_ALGO=%s, pass %d: rule says %c, choose_algo "
                             "set %c, expected %c", t[i].name, envs[e] ? envs[e] : "(unset)", p, rule, got, want);
                 any_w |= want == 'w';
+                any_4 |= want == '4';
             }
             /* The workspace has Winograd's share exactly when the rule takes Winograd on some pass. */
             mn_conv3d plain = t[i].l;
@@ -248,12 +261,15 @@ static void check_rule(void)
             const size_t ws_gemm = mn_conv3d_workspace_floats(&plain, &t[i].in);
             setenv("MEDNET_CONV_ALGO", "winograd", 1);
             const size_t ws_wino = mn_conv3d_workspace_floats(&plain, &t[i].in);
+            setenv("MEDNET_CONV_ALGO", "winograd4", 1);
+            const size_t ws_wino4 = mn_conv3d_workspace_floats(&plain, &t[i].in);
             if (envs[e])
                 setenv("MEDNET_CONV_ALGO", envs[e], 1);
             else
                 unsetenv("MEDNET_CONV_ALGO");
-            TEST_EXPECT(ws_rule == (any_w ? ws_wino : ws_gemm), "%s: rule workspace %zu, GEMM %zu, Winograd %zu",
-                        t[i].name, ws_rule, ws_gemm, ws_wino);
+            TEST_EXPECT(ws_rule == (any_4 ? ws_wino4 : any_w ? ws_wino : ws_gemm),
+                        "%s: rule workspace %zu, GEMM %zu, Winograd %zu, F(4,3) %zu", t[i].name, ws_rule, ws_gemm,
+                        ws_wino, ws_wino4);
         }
     }
     printf("  rule checked on %zu shapes (unset, empty, \"rule\"), direct kernels off\n", sizeof t / sizeof t[0]);
@@ -266,13 +282,14 @@ static void check_rule(void)
             mn_shape in;
             const char *expect;
         } d[] = {
-            {"layer1 64->64 @16^3 n2", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "xxx"},
+            {"layer1 64->64 @16^3 n2 (F(4,3) first)", mk(64, 64, k3, s1, p1, s1), {2, 64, 16, 16, 16}, "444"},
             {"layer2.0.conv1 64->128 s2 @16^3 (strided: backward-data on GEMM)", mk(64, 128, k3, s2, p1, s1),
              {2, 64, 16, 16, 16}, "xgx"},
             {"64->128 s2 @14^3 (strided, output 7^3: below the extent)", mk(64, 128, k3, s2, p1, s1),
              {2, 64, 14, 14, 14}, "ggg"},
             {"layer2.0.downsample 256->512 k1 s2 @28^3", mk(256, 512, k1, s2, p0, s1), {1, 256, 28, 28, 28}, "ggg"},
-            {"layer3 256->256 d2 @14^3", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "xxx"},
+            {"layer3 256->256 d2 @14^3 (F(4,3) first)", mk(256, 256, k3, s1, p2, d2), {2, 256, 14, 14, 14}, "444"},
+            {"layer3 256->256 d2 @8^3 n2 (16 tiles)", mk(256, 256, k3, s1, p2, d2), {2, 256, 8, 8, 8}, "xxx"},
             {"layer4 512->512 d4 @14^3", mk(512, 512, k3, s1, p4, d4), {1, 512, 14, 14, 14}, "xxx"},
             {"layer4 512->512 d4 @8^3 (dilated: below the extent)", mk(512, 512, k3, s1, p4, d4), {2, 512, 8, 8, 8},
              "ggg"},
@@ -291,7 +308,7 @@ static void check_rule(void)
         for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
             for (int p = 0; p < MN_CONV_NPASS; p++) {
                 const mn_conv_algo a = mn_conv3d_rule_algo(&d[i].l, &d[i].in, p);
-                const char got = a == MN_CONV_ALGO_DIRECT ? 'x' : a == MN_CONV_ALGO_WINOGRAD ? 'w' : 'g';
+                const char got = algo_char(a);
                 TEST_EXPECT(got == d[i].expect[p], "%s, pass %d: rule says %c with the direct kernels, expected %c",
                             d[i].name, p, got, d[i].expect[p]);
             }
