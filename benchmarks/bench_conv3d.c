@@ -12,18 +12,18 @@
  * (ResNet-10/50) are timed too but kept out of the ResNet-18 total.
  *
  * Convs take the per-pass algorithm mn_conv3d_choose_algo picks, as in the model (unset or rule: the fixed rule;
- * auto: timed once; winograd: Winograd; direct: the channel-blocked direct kernels; gemm: the GEMM path); the
+ * auto: timed once; winograd, winograd4: Winograd F(2,3), F(4,3); direct: the channel-blocked direct kernels; gemm:
+ * the GEMM path); the
  * validation copies run Winograd on every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm)
  * and the direct kernels where they can run with MEDNET_CONV_ALGO=direct.  The path column gives
- * fwd/bwd-data/bwd-weights: w = Winograd, x = direct kernels (nn/direct.c), d = dense, t = taps, p = pointwise
+ * fwd/bwd-data/bwd-weights: w = Winograd F(2,3), 4 = Winograd F(4,3), x = direct kernels (nn/direct.c), d = dense, t = taps, p = pointwise
  * (1x1x1), s = stem (the one-input-channel kernels of nn/stem.c).
  *
  * --resnet50 times MedicalNet ResNet-50 at input 1x112^3, batch 1, instead (its distinct convolutions, g_shapes50,
  * the 1x1x1 ones included), with the same validation, tables and PyTorch comparison.
  *
  * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS]   (--sweep: only the table of the GEMM path,
- * Winograd and the
- * direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
+ * Winograd F(2,3) and F(4,3) and the direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
  * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -210,7 +210,7 @@ static const char *path_str(const bench_layer *L, char *buf, size_t n)
     char c[3];
     for (int p = 0; p < 3; p++) {
         const char *a = mn_conv3d_pass_algo(&L->c, &L->in, p);
-        c[p] = !strcmp(a, "winograd") ? 'w' : !strcmp(a, "direct") ? 'x' : a[0];
+        c[p] = !strcmp(a, "winograd") ? 'w' : !strcmp(a, "winograd4") ? '4' : !strcmp(a, "direct") ? 'x' : a[0];
     }
     snprintf(buf, n, "%c/%c/%c", c[0], c[1], c[2]);
     return buf;
@@ -411,9 +411,11 @@ static int run_torch(int threads, int reps, double tt[][3], double tb[][3], char
 }
 
 /* The algorithms compared, in table order. */
-#define NALGO 3
-static const mn_conv_algo g_algos[NALGO] = {MN_CONV_ALGO_GEMM, MN_CONV_ALGO_WINOGRAD, MN_CONV_ALGO_DIRECT};
-static const char g_algo_letter[NALGO] = {'g', 'w', 'x'};
+#define NALGO 4
+static const mn_conv_algo g_algos[NALGO] = {MN_CONV_ALGO_GEMM, MN_CONV_ALGO_WINOGRAD, MN_CONV_ALGO_WINOGRAD4,
+                                            MN_CONV_ALGO_DIRECT};
+static const char g_algo_letter[NALGO] = {'g', 'w', '4', 'x'};
+static const char *const g_algo_name[NALGO] = {"gemm", "winograd", "winograd4", "direct"};
 
 static char algo_letter(mn_conv_algo a)
 {
@@ -422,7 +424,7 @@ static char algo_letter(mn_conv_algo a)
     return '?';
 }
 
-/* The GEMM path, Winograd and the direct kernels on one layer, alternating, fastest of reps calls after a warm-up:
+/* The GEMM path, Winograd F(2,3) and F(4,3) and the direct kernels on one layer, alternating, fastest of reps calls after a warm-up:
  * best[a][pass] wall seconds, cbest[a][pass] process CPU seconds; INFINITY where algorithm a cannot run the pass
  * (it would fall back to the GEMM path).  Grows the workspace as needed. */
 static int compare_algos(bench_layer *L, int reps, double best[NALGO][3], double cbest[NALGO][3])
@@ -443,7 +445,7 @@ static int compare_algos(bench_layer *L, int reps, double best[NALGO][3], double
         for (int p = 0; p < 3; p++) {
             for (int q = 0; q < 3; q++) L->c.algo[q] = (unsigned char)g_algos[a];
             const char *name = mn_conv3d_pass_algo(&L->c, &L->in, p);
-            can[a][p] = a == 0 || !strcmp(name, a == 1 ? "winograd" : "direct");
+            can[a][p] = a == 0 || !strcmp(name, g_algo_name[a]);
             best[a][p] = cbest[a][p] = INFINITY;
         }
     for (int r = 0; r <= reps; r++)
@@ -478,7 +480,7 @@ static char fastest(const double best[NALGO][3], int p)
     return g_algo_letter[f];
 }
 
-/* --sweep: GEMM path against Winograd for every stride-1 3x3x3 convolution shape of MedicalNet resnet10/18/50
+/* --sweep: GEMM path against Winograd F(2,3) and F(4,3) and the direct kernels for every stride-1 3x3x3 convolution shape of MedicalNet resnet10/18/50
  * (basic and bottleneck blocks give the same 3x3x3 shapes) and the conv_seg head, at input 1x64^3 batch 2 and
  * 1x112^3 batch 1 and 2; alternating, fastest of reps calls, wall and CPU (CLOCK_PROCESS_CPUTIME_ID) time, and
  * the pass the rule of MEDNET_CONV_ALGO unset would give (mn_conv3d_rule_algo). */
@@ -489,10 +491,10 @@ static int sweep(int reps)
         {"layer1 64->64", 64, 64, 1, 1},       {"layer2 128->128", 128, 128, 1, 0}, {"layer3 128->256 d2", 128, 256, 2, 0},
         {"layer3 256->256 d2", 256, 256, 2, 0}, {"layer4 256->512 d4", 256, 512, 4, 0},
         {"layer4 512->512 d4", 512, 512, 4, 0}, {"head 32->32", 32, 32, 1, 1}};
-    printf("\nGEMM path / Winograd / direct kernels per pass, fastest of %d alternating calls, ms wall; best: the "
-           "fastest (g, w, x); rule: the MEDNET_CONV_ALGO-unset choice\n", reps);
-    printf("%-20s %-12s | %-18s %-18s %-18s | %-4s | %s\n", "layer", "input", "fwd g/w/x", "bwd-d g/w/x",
-           "bwd-w g/w/x", "best", "rule");
+    printf("\nGEMM path / Winograd F(2,3) / F(4,3) / direct kernels per pass, fastest of %d alternating calls, ms "
+           "wall; best: the fastest (g, w, 4, x); rule: the MEDNET_CONV_ALGO-unset choice\n", reps);
+    printf("%-20s %-12s | %-23s %-23s %-23s | %-4s | %s\n", "layer", "input", "fwd g/w/4/x", "bwd-d g/w/4/x",
+           "bwd-w g/w/4/x", "best", "rule");
     for (size_t ii = 0; ii < sizeof inputs / sizeof inputs[0]; ii++)
         for (size_t ci = 0; ci < sizeof convs / sizeof convs[0]; ci++) {
             const int ext = convs[ci].big ? inputs[ii].e1 : inputs[ii].e2, d = convs[ci].dil;
@@ -509,7 +511,7 @@ static int sweep(int reps)
                 win[p] = fastest(best, p);
                 algo_ms(best, p, col[p], sizeof col[p]);
             }
-            printf("%-20s %-12s | %-18s %-18s %-18s | %s  | %s\n", convs[ci].name, in, col[0], col[1], col[2], win,
+            printf("%-20s %-12s | %-23s %-23s %-23s | %s  | %s\n", convs[ci].name, in, col[0], col[1], col[2], win,
                    rule);
             fflush(stdout);
             layer_free(&L);
@@ -617,11 +619,11 @@ int main(int argc, char **argv)
     printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
            ws_max * 4.0 / 1048576.0);
 
-    /* The GEMM path, Winograd and the direct kernels on the 3x3x3 shapes, alternating, fastest of REPS calls each:
+    /* The GEMM path, both Winograds and the direct kernels on the 3x3x3 shapes, alternating, fastest of REPS calls each:
      * the comparison mn_conv3d_choose_algo makes once (MEDNET_CONV_ALGO=auto), with more repetitions. */
-    printf("\nGEMM path / Winograd / direct kernels, fastest of %d alternating calls, ms (- : cannot run the pass); "
-           "best: the fastest (g, w, x)\n", reps);
-    printf("%-32s | %-18s %-18s %-18s | %s\n", "shape", "fwd g/w/x", "bwd-d g/w/x", "bwd-w g/w/x", "best");
+    printf("\nGEMM path / Winograd F(2,3) / F(4,3) / direct kernels, fastest of %d alternating calls, ms (- : cannot "
+           "run the pass); best: the fastest (g, w, 4, x)\n", reps);
+    printf("%-32s | %-23s %-23s %-23s | %s\n", "shape", "fwd g/w/4/x", "bwd-d g/w/4/x", "bwd-w g/w/4/x", "best");
     for (int i = 0; i < NSHAPES; i++) {
         const shape_spec *sp = &g_net[i];
         if (sp->transposed || sp->k != 3) continue;
@@ -634,7 +636,7 @@ int main(int argc, char **argv)
             algo_ms(best, p, col[p], sizeof col[p]);
             win[p] = fastest(best, p);
         }
-        printf("%-32s | %-18s %-18s %-18s | %s\n", sp->name, col[0], col[1], col[2], win);
+        printf("%-32s | %-23s %-23s %-23s | %s\n", sp->name, col[0], col[1], col[2], win);
         layer_free(&L);
     }
 
