@@ -20,8 +20,10 @@
  * small volumes of the model parity tests.
  *
  * Blocking: the transformed weights are 8x the weights (216 MiB for 512 x 512 channels), so they are built per
- * block of output channels (U [216][kb][C]) and used at once.  A block of tiles keeps its transformed input
- * V [216][C][tb]; M [216][kb][tb] is the GEMM output of one channel block.  tb and kb are the largest (kb halving
+ * block of output channels (U [kb][216][C], channel-major: see w4_wt) and used at once.  A block of tiles keeps its
+ * transformed input V [216][C][tb]; M [216][kb][tb] is the GEMM output of one channel block, and dU [216][kb][C] that
+ * of backward-weights (V, M and dU channel-major, GEMM operands with a column stride of a whole block, ran the
+ * GEMMs slower: 5-60% per pass).  tb and kb are the largest (kb halving
  * first, to 128, then tb to 64, then kb) whose V, M and U fit MN_WINO4_BUDGET floats, the same for any thread count.
  *   forward          per tile block: V once; per channel block: U, 216 GEMMs, A^T into y (plus bias)
  *   backward-data    per tile block: per channel block: dM = (A x A x A) dy, U, dV += dM_xi U_xi^T (blocks in order);
@@ -47,6 +49,9 @@
 #define MN_WINO4_BUDGET ((size_t)1 << 24)
 
 static inline size_t pstride(size_t n) { return n + W4_PAD; }
+/* Floats between the 216 rows of one output channel's transformed weights (U [kb][216][C]): C rounded up to 16
+ * plus 16, so that the rows do not crowd a few L1 sets. */
+static inline size_t ux_of(int C) { return ((size_t)C + 15) / 16 * 16 + 16; }
 
 static size_t g_budget; /* mn_wino4_set_budget; 0: MN_WINO4_BUDGET */
 void mn_wino4_set_budget(size_t floats) { g_budget = floats; }
@@ -102,7 +107,8 @@ static int w4dim_init(w4dim *w, int in, int out, int p, int d)
 
 static size_t plan_floats(int C, int tb, int kb)
 {
-    return W4_XI * (pstride((size_t)C * tb) + pstride((size_t)kb * tb) + pstride((size_t)kb * C));
+    const size_t u = pstride((size_t)kb * C) > kb * ux_of(C) ? pstride((size_t)kb * C) : kb * ux_of(C);
+    return W4_XI * (pstride((size_t)C * tb) + pstride((size_t)kb * tb) + u);
 }
 
 static int plan_init(w4plan *pl, const mn_conv3d *l, const mn_shape *in)
@@ -371,11 +377,15 @@ static void w4_dyt(const w4plan *pl, const float *dyv, int t0, int nb, int k0, i
     }
 }
 
-/* U [216][kn][C] (plane upl) = G x G x G of the weights of output channels k0 .. k0+kn-1. */
+/* U [kn][216][C] (rows ux_of(C) apart) = G x G x G of the weights of output channels k0 .. k0+kn-1.  Channel-major,
+ * so that each output channel's 216 rows are written close together (in planes [216][kn][C] a whole block apart,
+ * the stores missed cache on every row and took most of this function's time); product xi reads rows xi of every
+ * channel as a strided matrix, which BLIS packs anyway. */
 MN_SIMD_CLONES
-static void w4_wt(const w4plan *pl, const float *w, int k0, int kn, float *U, size_t upl)
+static void w4_wt(const w4plan *pl, const float *w, int k0, int kn, float *U)
 {
     const int C = pl->C;
+    const size_t ux = ux_of(C);
 #pragma omp parallel for schedule(static)
     for (int kk = 0; kk < kn; kk++) {
         v16 W[27], A1[54], A2[108], Uv[W4_XI];
@@ -387,7 +397,8 @@ static void w4_wt(const w4plan *pl, const float *w, int k0, int kn, float *U, si
             for (int ci = 0; ci < nc; ci++)
                 for (int t = 0; t < 27; t++) wf[t * W4_L + ci] = wk[(size_t)ci * 27 + t];
             cube(&GM[0][0], 3, 1, 6, 3, W, A1, A2, Uv);
-            for (int xi = 0; xi < W4_XI; xi++) st16(U + xi * upl + (size_t)kk * C + c0, &Uv[xi], nc);
+            float *uk = U + (size_t)kk * W4_XI * ux + c0;
+            for (int xi = 0; xi < W4_XI; xi++) st16(uk + xi * ux, &Uv[xi], nc);
         }
     }
 }
@@ -439,14 +450,15 @@ mn_err mn_wino4_forward(const mn_conv3d *l, const mn_shape *in, const mn_shape *
     MN_CHECK(plan_init(&pl, l, in), MN_ERR_ARG, "conv3d %d->%d: not a Winograd F(4,3) layer", l->cin, l->cout);
     w4ws s = {0};
     MN_CALL(ws_split(&pl, ws, &s, "forward"));
+    const size_t ux = ux_of(pl.C);
     for (int t0 = 0; t0 < pl.T; t0 += pl.tb) {
         const int nb = pl.T - t0 < pl.tb ? pl.T - t0 : pl.tb;
         w4_in(&pl, x, t0, nb, s.V, s.vpl);
         for (int k0 = 0; k0 < pl.K; k0 += pl.kb) {
             const int kn = pl.K - k0 < pl.kb ? pl.K - k0 : pl.kb;
-            w4_wt(&pl, l->w, k0, kn, s.U, s.upl);
-            MN_CALL(mn_gemm_batch(W4_XI, nb, kn, pl.C, s.V, 1, nb, s.vpl, s.U, 1, pl.C, s.upl, 0.0f, s.M, 1, nb,
-                                  s.mpl));
+            w4_wt(&pl, l->w, k0, kn, s.U);
+            MN_CALL(mn_gemm_batch(W4_XI, nb, kn, pl.C, s.V, 1, nb, s.vpl, s.U, 1, W4_XI * (ptrdiff_t)ux, ux, 0.0f, s.M,
+                                  1, nb, s.mpl));
             w4_out(&pl, s.M, s.mpl, t0, nb, k0, kn, l->b, y);
         }
     }
@@ -461,15 +473,16 @@ mn_err mn_wino4_backward_data(const mn_conv3d *l, const mn_shape *in, const mn_s
     MN_CHECK(plan_init(&pl, l, in), MN_ERR_ARG, "conv3d %d->%d: not a Winograd F(4,3) layer", l->cin, l->cout);
     w4ws s = {0};
     MN_CALL(ws_split(&pl, ws, &s, "backward-data"));
+    const size_t ux = ux_of(pl.C);
     for (int t0 = 0; t0 < pl.T; t0 += pl.tb) {
         const int nb = pl.T - t0 < pl.tb ? pl.T - t0 : pl.tb;
         for (int k0 = 0; k0 < pl.K; k0 += pl.kb) {
             const int kn = pl.K - k0 < pl.kb ? pl.K - k0 : pl.kb;
             w4_dyt(&pl, dy, t0, nb, k0, kn, s.M, s.mpl);
-            w4_wt(&pl, l->w, k0, kn, s.U, s.upl);
+            w4_wt(&pl, l->w, k0, kn, s.U);
             /* dV_xi (nb x C) (+)= dM_xi (nb x kn) * U_xi^T (kn x C), the channel blocks in order. */
-            MN_CALL(mn_gemm_batch(W4_XI, nb, pl.C, kn, s.M, 1, nb, s.mpl, s.U, pl.C, 1, s.upl, k0 ? 1.0f : 0.0f, s.V,
-                                  1, nb, s.vpl));
+            MN_CALL(mn_gemm_batch(W4_XI, nb, pl.C, kn, s.M, 1, nb, s.mpl, s.U, W4_XI * (ptrdiff_t)ux, 1, ux,
+                                  k0 ? 1.0f : 0.0f, s.V, 1, nb, s.vpl));
         }
         w4_in_adj(&pl, s.V, s.vpl, t0, nb, dx);
     }
