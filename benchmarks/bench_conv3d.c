@@ -16,15 +16,17 @@
  * the GEMM path); the
  * validation copies run Winograd on every pass it can take unless the GEMM path is forced (MEDNET_CONV_ALGO=gemm)
  * and the direct kernels where they can run with MEDNET_CONV_ALGO=direct.  The path column gives
- * fwd/bwd-data/bwd-weights: w = Winograd F(2,3), 4 = Winograd F(4,3), x = direct kernels (nn/direct.c), d = dense, t = taps, p = pointwise
+ * fwd/bwd-data/bwd-weights: w = Winograd F(2,3), 4 = Winograd F(4,3), x = direct kernels (nn/direct.c), d = dense,
+ * t = taps, p = pointwise
  * (1x1x1), s = stem (the one-input-channel kernels of nn/stem.c).
  *
  * --resnet50 times MedicalNet ResNet-50 at input 1x112^3, batch 1, instead (its distinct convolutions, g_shapes50,
  * the 1x1x1 ones included), with the same validation, tables and PyTorch comparison.
  *
- * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS]   (--sweep: only the table of the GEMM path,
- * Winograd F(2,3) and F(4,3) and the direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep(); THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2;
- * REPS default 7).  MN_TORCH_SCRIPT overrides the path of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
+ * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS] (--sweep: only the table of the GEMM path, Winograd
+ * F(2,3) and F(4,3) and the direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep();
+ * THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2; REPS default 7).  MN_TORCH_SCRIPT overrides the path
+ * of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -424,9 +426,9 @@ static char algo_letter(mn_conv_algo a)
     return '?';
 }
 
-/* The GEMM path, Winograd F(2,3) and F(4,3) and the direct kernels on one layer, alternating, fastest of reps calls after a warm-up:
- * best[a][pass] wall seconds, cbest[a][pass] process CPU seconds; INFINITY where algorithm a cannot run the pass
- * (it would fall back to the GEMM path).  Grows the workspace as needed. */
+/* The GEMM path, Winograd F(2,3) and F(4,3) and the direct kernels on one layer, alternating, fastest of reps calls
+ * after a warm-up: best[a][pass] wall seconds, cbest[a][pass] process CPU seconds; INFINITY where algorithm a cannot
+ * run the pass (it would fall back to the GEMM path).  Grows the workspace as needed. */
 static int compare_algos(bench_layer *L, int reps, double best[NALGO][3], double cbest[NALGO][3])
 {
     size_t nws = 0;
@@ -480,10 +482,10 @@ static char fastest(const double best[NALGO][3], int p)
     return g_algo_letter[f];
 }
 
-/* --sweep: GEMM path against Winograd F(2,3) and F(4,3) and the direct kernels for every stride-1 3x3x3 convolution shape of MedicalNet resnet10/18/50
- * (basic and bottleneck blocks give the same 3x3x3 shapes) and the conv_seg head, at input 1x64^3 batch 2 and
- * 1x112^3 batch 1 and 2; alternating, fastest of reps calls, wall and CPU (CLOCK_PROCESS_CPUTIME_ID) time, and
- * the pass the rule of MEDNET_CONV_ALGO unset would give (mn_conv3d_rule_algo). */
+/* --sweep: GEMM path against Winograd F(2,3) and F(4,3) and the direct kernels for every stride-1 3x3x3 convolution
+ * shape of MedicalNet resnet10/18/50 (basic and bottleneck blocks give the same 3x3x3 shapes) and the conv_seg head, at
+ * input 1x64^3 batch 2 and 1x112^3 batch 1 and 2; alternating, fastest of reps calls, wall and CPU
+ * (CLOCK_PROCESS_CPUTIME_ID) time, and the pass the rule of MEDNET_CONV_ALGO unset would give (mn_conv3d_rule_algo). */
 static int sweep(int reps)
 {
     static const struct { int size, batch, e1, e2; } inputs[] = {{64, 2, 16, 8}, {112, 1, 28, 14}, {112, 2, 28, 14}};
@@ -619,8 +621,8 @@ int main(int argc, char **argv)
     printf("ratio to BLIS sgemm 2048^3: %.2f (target >= 0.60)  largest workspace %.1f MiB\n", net / gemm,
            ws_max * 4.0 / 1048576.0);
 
-    /* The GEMM path, both Winograds and the direct kernels on the 3x3x3 shapes, alternating, fastest of REPS calls each:
-     * the comparison mn_conv3d_choose_algo makes once (MEDNET_CONV_ALGO=auto), with more repetitions. */
+    /* The GEMM path, both Winograds and the direct kernels on the 3x3x3 shapes, alternating, fastest of REPS calls
+     * each: the comparison mn_conv3d_choose_algo makes once (MEDNET_CONV_ALGO=auto), with more repetitions. */
     printf("\nGEMM path / Winograd F(2,3) / F(4,3) / direct kernels, fastest of %d alternating calls, ms (- : cannot "
            "run the pass); best: the fastest (g, w, 4, x)\n", reps);
     printf("%-32s | %-23s %-23s %-23s | %s\n", "shape", "fwd g/w/4/x", "bwd-d g/w/4/x", "bwd-w g/w/4/x", "best");

@@ -18,9 +18,9 @@
 enum { MN_CONV_PASS_FWD, MN_CONV_PASS_BWD_DATA, MN_CONV_PASS_BWD_WEIGHTS, MN_CONV_NPASS };
 
 /* How a pass is computed: the GEMM path (pointwise/dense/taps, chosen by geometry), 3-D Winograd F(2x2x2, 3x3x3)
- * or F(4x4x4, 3x3x3) (stride-1 3x3x3 convolutions, any padding and dilation) or the channel-blocked direct kernels (several input
- * channels, output channels a multiple of the CPU's vector width; backward-data only at stride 1: see
- * mn_conv3d_pass_algo).  A pass whose algorithm cannot run the layer takes the GEMM path. */
+ * or F(4x4x4, 3x3x3) (stride-1 3x3x3 convolutions, any padding and dilation) or the channel-blocked direct kernels
+ * (several input channels, output channels a multiple of the CPU's vector width; backward-data only at stride 1:
+ * see mn_conv3d_pass_algo).  A pass whose algorithm cannot run the layer takes the GEMM path. */
 typedef enum mn_conv_algo {
     MN_CONV_ALGO_GEMM = 0,
     MN_CONV_ALGO_WINOGRAD = 1,
@@ -69,35 +69,36 @@ double mn_conv3d_flops(const mn_conv3d *l, const mn_shape *in);
  * benchmarks. */
 const char *mn_conv3d_algo(const mn_conv3d *l, const mn_shape *in);
 
-/* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd", "winograd4" or "direct" (the channel-blocked direct kernels,
- * nn/direct.h) when l->algo[pass] says so and the layer can (otherwise the GEMM path runs), else the mn_conv3d_algo
- * name (for backward-data of a "stem" layer, the GEMM path's name); "invalid" for a bad pass or geometry. */
+/* The algorithm one pass (MN_CONV_PASS_*) runs with: "winograd", "winograd4" or "direct" (the channel-blocked direct
+ * kernels, nn/direct.h) when l->algo[pass] says so and the layer can (otherwise the GEMM path runs), else the
+ * mn_conv3d_algo name (for backward-data of a "stem" layer, the GEMM path's name); "invalid" for a bad pass or
+ * geometry. */
 const char *mn_conv3d_pass_algo(const mn_conv3d *l, const mn_shape *in, int pass);
 
-/* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass, the thread
- * count (mn_threads_count) and the CPU's instruction set, the same in every process that runs with as many threads
- * on the same kind of CPU.  Winograd F(4x4x4, 3x3x3) for every pass of a stride-1 3x3x3 layer with dilation at
- * most MN_WINO4_RULE_MAX_DILATION, both channel counts at least MN_WINO4_RULE_MIN_CHANNELS, every output extent at
- * least MN_WINO4_RULE_MIN_EXTENT and at least MN_WINO4_RULE_MIN_TILES tiles of 4^3 outputs over the batch
- * (measured against the direct kernels on every pass, 1 and 2 threads, batch 1 and 2: 15-25% faster on
- * MedicalNet's 64-channel layers at 16^3 and 28^3, 128 channels at 14^3 and the dilation-2 stage at 14^3; slower
- * with fewer tiles, where the transformed weights are used for too few products (8^3 at batch 2), and on the
- * dilation-4 stage, where the direct kernels skip half the taps as padding).  Else the direct kernels when they can run the pass (nn/direct.h: forward and
- * backward-weights at any stride, backward-data at stride 1), the kernel is larger than 1x1x1, every output extent
- * is at least MN_DIRECT_RULE_MIN_EXTENT, and no dilation exceeds MN_DIRECT_RULE_MAX_DILATION or every output extent
- * is at least MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they win or tie on every pass of layers 1-3 and the head,
- * on the stride-2 3x3x3 first convolution of layer2 (forward and backward-weights 1.3-2.1x faster than the GEMM
- * path at 112^3, 1 and 2 threads, batch 1 and 2), and on the dilation-4 stage at 14^3, and lose to the tap path at
- * dilation 4 on 8^3; the 1x1x1 shortcuts, strided or not, lose; outputs under 8^3 keep their earlier paths, so the
- * model tests' tiny volumes do not depend on these kernels' rounding).  Otherwise Winograd when the layer can
- * run it (see mn_conv3d_pass_algo), the dilation is 1 or 2 (the same in every dimension), the smallest output
- * extent is >= MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward:
+/* The default choice (MEDNET_CONV_ALGO unset or "rule"): a fixed function of the geometry, the pass, the thread count
+ * (mn_threads_count) and the CPU's instruction set, the same in every process that runs with as many threads on the
+ * same kind of CPU.  Winograd F(4x4x4, 3x3x3) for every pass of a stride-1 3x3x3 layer with dilation at most
+ * MN_WINO4_RULE_MAX_DILATION, both channel counts at least MN_WINO4_RULE_MIN_CHANNELS, every output extent at least
+ * MN_WINO4_RULE_MIN_EXTENT and at least MN_WINO4_RULE_MIN_TILES tiles of 4^3 outputs over the batch (measured against
+ * the direct kernels on every pass, 1 and 2 threads, batch 1 and 2: 10-31% faster on MedicalNet's 64-channel layers at
+ * 16^3 and 28^3, 128 channels at 14^3 and the dilation-2 stage at 14^3; slower with fewer tiles, where the transformed
+ * weights are used for too few products (8^3 at batch 2), and on the dilation-4 stage, where the direct kernels skip
+ * half the taps as padding).  Else the direct kernels when they can run the pass (nn/direct.h: forward and
+ * backward-weights at any stride, backward-data at stride 1), the kernel is larger than 1x1x1, every output extent is
+ * at least MN_DIRECT_RULE_MIN_EXTENT, and no dilation exceeds MN_DIRECT_RULE_MAX_DILATION or every output extent is at
+ * least MN_DIRECT_RULE_DILATED_MIN_EXTENT (measured: they win or tie on every pass of layers 1-3 and the head, on the
+ * stride-2 3x3x3 first convolution of layer2 (forward and backward-weights 1.3-2.1x faster than the GEMM path at 112^3,
+ * 1 and 2 threads, batch 1 and 2), and on the dilation-4 stage at 14^3, and lose to the tap path at dilation 4 on 8^3;
+ * the 1x1x1 shortcuts, strided or not, lose; outputs under 8^3 keep their earlier paths, so the model tests' tiny
+ * volumes do not depend on these kernels' rounding).  Otherwise Winograd when the layer can run it (see
+ * mn_conv3d_pass_algo), the dilation is 1 or 2 (the same in every dimension), the smallest output extent is >=
+ * MN_WINO_RULE_MIN_EXTENT and both channel counts are >= MN_WINO_RULE_MIN_CHANNELS (forward:
  * MN_WINO_RULE_MIN_CHANNELS_FWD); the GEMM path otherwise (and for a bad pass).  With 2 or more threads the backward
- * passes of an undilated layer whose smallest output extent is >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT take the GEMM
- * path.  Thresholds from per-layer measurements over the 3x3x3 shapes of resnet10/18/50 with the conv_seg head at
- * 64^3 and 112^3 on 1 and 2 threads (bench_conv3d --sweep): Winograd wins on the 64- and 128-channel layers at 8^3
- * and up and on the dilation-2 stage (layer3) on every pass, on the head's 32->32 only forward, and loses on the
- * dilation-4 stage; on 2 threads the GEMM path ties or wins on layer1's backward passes at 28^3. */
+ * passes of an undilated layer whose smallest output extent is >= MN_WINO_RULE_MT_GEMM_BWD_EXTENT take the GEMM path.
+ * Thresholds from per-layer measurements over the 3x3x3 shapes of resnet10/18/50 with the conv_seg head at 64^3 and
+ * 112^3 on 1 and 2 threads (bench_conv3d --sweep): Winograd wins on the 64- and 128-channel layers at 8^3 and up and on
+ * the dilation-2 stage (layer3) on every pass, on the head's 32->32 only forward, and loses on the dilation-4 stage; on
+ * 2 threads the GEMM path ties or wins on layer1's backward passes at 28^3. */
 #define MN_WINO4_RULE_MAX_DILATION 2
 #define MN_WINO4_RULE_MIN_CHANNELS 64
 #define MN_WINO4_RULE_MIN_EXTENT 8

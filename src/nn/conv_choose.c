@@ -68,7 +68,8 @@ mn_err mn_conv3d_choose_algo(mn_conv3d *l, const mn_shape *in, float *ws, size_t
     for (int i = 0; i < MN_CONV_NPASS; i++) l->algo[i] = MN_CONV_ALGO_GEMM;
     const int force = mn_wino_env_force();
     MN_CHECK(force != MN_CONV_ENV_BAD, MN_ERR_ARG,
-             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd, winograd4, direct or auto",
+             "MEDNET_CONV_ALGO='%s': expected rule (the default when unset), gemm, winograd, winograd4, direct or "
+             "auto",
              getenv("MEDNET_CONV_ALGO"));
     if (force == MN_CONV_ALGO_GEMM) return MN_OK;
     const int can_w = mn_wino_eligible(l, in), can_w4 = mn_wino4_eligible(l, in);

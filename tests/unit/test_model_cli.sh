@@ -40,7 +40,8 @@ table)
   for t in 1 2; do
     must plan$t.log "$mednet" model --depth 18 --input 1x112x112x112 --threads $t
     grep -q "MEDNET_CONV_ALGO=rule, the default, $t thread(s)" plan$t.log || fail "--threads $t: plan header"
-    for l in 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3' 'layer2.0.conv2 +2 like it: 128->128 k3 s1 d1 @1x14^3' \
+    for l in 'layer1.0.conv1 +3 like it: 64->64 k3 s1 d1 @1x28^3' \
+             'layer2.0.conv2 +2 like it: 128->128 k3 s1 d1 @1x14^3' \
              'layer3.0.conv2 +2 like it: 256->256 k3 s1 d2 @1x14^3'; do
       grep -qF "$l: winograd4/winograd4/winograd4" plan$t.log || fail "--threads $t: $l not on Winograd F(4,3)"
     done
