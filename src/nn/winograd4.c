@@ -6,9 +6,10 @@
  * the 216 products of a block of tiles into 216 GEMMs  M_xi (tiles x K) = V_xi (tiles x C) * U_xi (C x K).  That is
  * 216 multiply-adds per 64 outputs where the direct kernels do 27 per output: 8x fewer on full tiles.
  *
- * Where it pays: the dilated stages of MedicalNet at 112^3 input (dilation 2 and 4 on 14^3 outputs).  A dilation-d
- * convolution is d^3 interleaved undilated ones on its sub-grids; per dimension the tiles are listed residue by
- * residue (outputs q + d*m), four sub-grid outputs a tile, and a tile with first output ob reads the inputs
+ * Where it pays (the rule, conv3d.h): MedicalNet's layer1 (16^3 and 28^3), layer2 at 14^3 and the dilation-2 stage
+ * at 14^3, 10-31% faster than the direct kernels; not the dilation-4 stage.  A dilation-d convolution is d^3
+ * interleaved undilated ones on its sub-grids; per dimension the tiles are listed residue by residue (outputs
+ * q + d*m), four sub-grid outputs a tile, and a tile with first output ob reads the inputs
  * ob - p + d*j, j = 0..5, zero outside the volume.  14 outputs at dilation 4 are sub-grids of 4, 4, 3 and 3: one
  * tile each, 64 tiles a sample, 216 products per 43 outputs on average, where the direct kernels execute the
  * in-volume taps only (about 14 per output).  At dilation 2 the sub-grids are 7 wide: 64 tiles a sample again.
@@ -16,15 +17,15 @@
  * Accuracy: the transforms have entries up to 8 (A^T) and 16/15 (G), so the rounding error grows: on a float32
  * tile with 256 input channels the largest error over the largest output is about 1e-5, against 1e-6 for
  * F(2x2x2, 3x3x3) and 1.5e-7 for the direct sum (points 0, +-1, +-2 gave 3e-5; 0, +-1, +-1/2 gave 2.6e-5).
- * That is why the rule takes this path only on the large dilated layers where it is measured faster, never on the
- * small volumes of the model parity tests.
+ * That is why the rule takes this path only on the large layers where it is measured faster, never on the small
+ * volumes of the model parity tests.
  *
  * Blocking: the transformed weights are 8x the weights (216 MiB for 512 x 512 channels), so they are built per
  * block of output channels (U [kb][216][C], channel-major: see w4_wt) and used at once.  A block of tiles keeps its
  * transformed input V [216][C][tb]; M [216][kb][tb] is the GEMM output of one channel block, and dU [216][kb][C] that
  * of backward-weights (V, M and dU channel-major, GEMM operands with a column stride of a whole block, ran the
- * GEMMs slower: 5-60% per pass).  tb and kb are the largest (kb halving
- * first, to 128, then tb to 64, then kb) whose V, M and U fit MN_WINO4_BUDGET floats, the same for any thread count.
+ * GEMMs up to 60% slower).  tb and kb are the largest (kb halving first, to 128, then tb to 64, then kb) whose V,
+ * M and U fit MN_WINO4_BUDGET floats, the same for any thread count.
  *   forward          per tile block: V once; per channel block: U, 216 GEMMs, A^T into y (plus bias)
  *   backward-data    per tile block: per channel block: dM = (A x A x A) dy, U, dV += dM_xi U_xi^T (blocks in order);
  *                    then dx += the adjoint of B^T, scattered into the overlapping tiles one channel per thread
