@@ -428,15 +428,18 @@ static void w4_dw(const w4plan *pl, const float *dU, size_t upl, int k0, int kn,
 
 typedef struct w4ws {
     float *V, *M, *U;
-    size_t vpl, mpl, upl;
+    size_t vpl, mpl, upl, ux; /* planes of V, M and dU; row stride of U (ux_of) */
 } w4ws;
 
-static mn_err ws_split(const w4plan *pl, float *ws, w4ws *s, const char *what)
+/* The plan of l on `in` and the split of ws into V, M and U, shared by the three passes. */
+static mn_err w4_setup(const mn_conv3d *l, const mn_shape *in, float *ws, const char *what, w4plan *pl, w4ws *s)
 {
+    MN_CHECK(plan_init(pl, l, in), MN_ERR_ARG, "conv3d %d->%d: not a Winograd F(4,3) layer", l->cin, l->cout);
     MN_CHECK(ws != NULL, MN_ERR_ARG, "conv3d %d->%d %s (Winograd F(4,3)): NULL workspace", pl->C, pl->K, what);
     s->vpl = pstride((size_t)pl->C * pl->tb);
     s->mpl = pstride((size_t)pl->kb * pl->tb);
     s->upl = pstride((size_t)pl->kb * pl->C);
+    s->ux = ux_of(pl->C);
     s->V = ws;
     s->M = s->V + W4_XI * s->vpl;
     s->U = s->M + W4_XI * s->mpl;
@@ -448,18 +451,16 @@ mn_err mn_wino4_forward(const mn_conv3d *l, const mn_shape *in, const mn_shape *
 {
     (void)out;
     w4plan pl;
-    MN_CHECK(plan_init(&pl, l, in), MN_ERR_ARG, "conv3d %d->%d: not a Winograd F(4,3) layer", l->cin, l->cout);
     w4ws s = {0};
-    MN_CALL(ws_split(&pl, ws, &s, "forward"));
-    const size_t ux = ux_of(pl.C);
+    MN_CALL(w4_setup(l, in, ws, "forward", &pl, &s));
     for (int t0 = 0; t0 < pl.T; t0 += pl.tb) {
         const int nb = pl.T - t0 < pl.tb ? pl.T - t0 : pl.tb;
         w4_in(&pl, x, t0, nb, s.V, s.vpl);
         for (int k0 = 0; k0 < pl.K; k0 += pl.kb) {
             const int kn = pl.K - k0 < pl.kb ? pl.K - k0 : pl.kb;
             w4_wt(&pl, l->w, k0, kn, s.U);
-            MN_CALL(mn_gemm_batch(W4_XI, nb, kn, pl.C, s.V, 1, nb, s.vpl, s.U, 1, W4_XI * (ptrdiff_t)ux, ux, 0.0f, s.M,
-                                  1, nb, s.mpl));
+            MN_CALL(mn_gemm_batch(W4_XI, nb, kn, pl.C, s.V, 1, nb, s.vpl, s.U, 1, W4_XI * (ptrdiff_t)s.ux, s.ux, 0.0f,
+                                  s.M, 1, nb, s.mpl));
             w4_out(&pl, s.M, s.mpl, t0, nb, k0, kn, l->b, y);
         }
     }
@@ -471,10 +472,8 @@ mn_err mn_wino4_backward_data(const mn_conv3d *l, const mn_shape *in, const mn_s
 {
     (void)out;
     w4plan pl;
-    MN_CHECK(plan_init(&pl, l, in), MN_ERR_ARG, "conv3d %d->%d: not a Winograd F(4,3) layer", l->cin, l->cout);
     w4ws s = {0};
-    MN_CALL(ws_split(&pl, ws, &s, "backward-data"));
-    const size_t ux = ux_of(pl.C);
+    MN_CALL(w4_setup(l, in, ws, "backward-data", &pl, &s));
     for (int t0 = 0; t0 < pl.T; t0 += pl.tb) {
         const int nb = pl.T - t0 < pl.tb ? pl.T - t0 : pl.tb;
         for (int k0 = 0; k0 < pl.K; k0 += pl.kb) {
@@ -482,7 +481,7 @@ mn_err mn_wino4_backward_data(const mn_conv3d *l, const mn_shape *in, const mn_s
             w4_dyt(&pl, dy, t0, nb, k0, kn, s.M, s.mpl);
             w4_wt(&pl, l->w, k0, kn, s.U);
             /* dV_xi (nb x C) (+)= dM_xi (nb x kn) * U_xi^T (kn x C), the channel blocks in order. */
-            MN_CALL(mn_gemm_batch(W4_XI, nb, pl.C, kn, s.M, 1, nb, s.mpl, s.U, W4_XI * (ptrdiff_t)ux, 1, ux,
+            MN_CALL(mn_gemm_batch(W4_XI, nb, pl.C, kn, s.M, 1, nb, s.mpl, s.U, W4_XI * (ptrdiff_t)s.ux, 1, s.ux,
                                   k0 ? 1.0f : 0.0f, s.V, 1, nb, s.vpl));
         }
         w4_in_adj(&pl, s.V, s.vpl, t0, nb, dx);
@@ -495,9 +494,8 @@ mn_err mn_wino4_backward_weights(const mn_conv3d *l, const mn_shape *in, const m
 {
     (void)out;
     w4plan pl;
-    MN_CHECK(plan_init(&pl, l, in), MN_ERR_ARG, "conv3d %d->%d: not a Winograd F(4,3) layer", l->cin, l->cout);
     w4ws s = {0};
-    MN_CALL(ws_split(&pl, ws, &s, "backward-weights"));
+    MN_CALL(w4_setup(l, in, ws, "backward-weights", &pl, &s));
     const int one_block = pl.tb >= pl.T;
     if (one_block) w4_in(&pl, x, 0, pl.T, s.V, s.vpl);
     for (int k0 = 0; k0 < pl.K; k0 += pl.kb) {
