@@ -23,8 +23,9 @@
  * --resnet50 times MedicalNet ResNet-50 at input 1x112^3, batch 1, instead (its distinct convolutions, g_shapes50,
  * the 1x1x1 ones included), with the same validation, tables and PyTorch comparison.
  *
- * Usage: bench_conv3d [--sweep] [--resnet50] [THREADS] [REPS] (--sweep: only the table of the GEMM path, Winograd
- * F(2,3) and F(4,3) and the direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see sweep();
+ * Usage: bench_conv3d [--sweep | --gemm] [--resnet50] [THREADS] [REPS] (--sweep: only the table of the GEMM path,
+ * Winograd F(2,3) and F(4,3) and the direct kernels over the 3x3x3 shapes of resnet10/18/50 at 64^3 and 112^3, see
+ * sweep(); --gemm: only the sgemm operand-orientation table, see gemm_orientation();
  * THREADS default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else 2; REPS default 7).  MN_TORCH_SCRIPT overrides the path
  * of torch_conv3d.py; MN_BENCH_NO_TORCH=1 skips PyTorch.
  */
@@ -40,6 +41,7 @@
 #include "mednet/conv3d.h"
 #include "mednet/mem.h"
 #include "mednet/threads.h"
+#include "nn/gemm.h"
 #include "nn/vol2col.h"
 
 typedef struct shape_spec {
@@ -482,6 +484,54 @@ static char fastest(const double best[NALGO][3], int p)
     return g_algo_letter[f];
 }
 
+/* --gemm: the products whose operand along C's contiguous dimension is stored contiguous along k (every
+ * backward-weights product of NCDHW tensors; the tap path's forward), three ways, fastest of reps calls each:
+ * BLIS on that layout (its reference packing copies the operand element by element), BLIS on the same operand stored
+ * the other way (the reference: what BLIS packs fast), and mn_gemm on the first layout (which transposes the operand
+ * itself, nn/gemm.c).  C is row-major, so the operand is B (k x n, column-major); A is row- or column-major as in
+ * the model. */
+static int gemm_orientation(int reps)
+{
+    static const struct { const char *name; int m, n, k, a_rows; } prods[] = {
+        {"pointwise bwd-w 256->64 @16^3", 64, 256, 4096, 1},   {"pointwise bwd-w 64->256 @16^3", 256, 64, 4096, 1},
+        {"pointwise bwd-w 64->64 @16^3", 64, 64, 4096, 1},     {"pointwise bwd-w 512->2048 @8^3", 2048, 512, 512, 1},
+        {"pointwise bwd-w 2048->512 @8^3", 512, 2048, 512, 1}, {"taps fwd 512->512 d4, 64-voxel box", 128, 512, 512, 0},
+        {"taps fwd 512->512 d4, whole box", 1024, 512, 512, 0}};
+    printf("\nsgemm with B (the operand along C's rows) k-contiguous, fastest of %d calls, ms: BLIS as stored / "
+           "BLIS with B n-contiguous (reference) / mn_gemm as stored\n", reps);
+    printf("%-36s %-16s | %9s %9s %9s | %s\n", "product", "m x n x k", "BLIS", "BLIS ref", "mn_gemm", "mn_gemm / ref");
+    for (size_t i = 0; i < sizeof prods / sizeof prods[0]; i++) {
+        const int m = prods[i].m, n = prods[i].n, k = prods[i].k;
+        float *a = falloc((size_t)m * k, "A"), *b = falloc((size_t)k * n, "B"), *c = falloc((size_t)m * n, "C");
+        fill(a, (size_t)m * k, 7, 1.0f);
+        fill(b, (size_t)k * n, 8, 1.0f);
+        const inc_t rsa = prods[i].a_rows ? k : 1, csa = prods[i].a_rows ? 1 : m;
+        float one = 1.0f, zero = 0.0f;
+        double best[3] = {1e30, 1e30, 1e30};
+        for (int r = 0; r <= reps; r++)
+            for (int v = 0; v < 3; v++) {
+                const double t0 = now();
+                /* B as stored (column-major, k-contiguous), or the reference: B row-major (n-contiguous). */
+                const inc_t rsb = v == 1 ? n : 1, csb = v == 1 ? 1 : k;
+                if (v < 2)
+                    bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a, rsa, csa, b, rsb, csb, &zero, c, n,
+                              1);
+                else if (mn_gemm(m, n, k, 1.0f, a, rsa, csa, b, 1, k, 0.0f, c, n, 1) != MN_OK)
+                    return 1;
+                const double t = now() - t0;
+                if (r && t < best[v]) best[v] = t; /* call 0 warms up */
+            }
+        char dims[32];
+        snprintf(dims, sizeof dims, "%dx%dx%d", m, n, k);
+        printf("%-36s %-16s | %9.3f %9.3f %9.3f | %.2f\n", prods[i].name, dims, best[0] * 1e3, best[1] * 1e3,
+               best[2] * 1e3, best[2] / best[1]);
+        mn_free(&a);
+        mn_free(&b);
+        mn_free(&c);
+    }
+    return 0;
+}
+
 /* --sweep: GEMM path against Winograd F(2,3) and F(4,3) and the direct kernels for every stride-1 3x3x3 convolution
  * shape of MedicalNet resnet10/18/50 (basic and bottleneck blocks give the same 3x3x3 shapes) and the conv_seg head, at
  * input 1x64^3 batch 2 and 1x112^3 batch 1 and 2; alternating, fastest of reps calls, wall and CPU
@@ -529,6 +579,11 @@ int main(int argc, char **argv)
         argv++;
         argc--;
     }
+    const int do_gemm = argc > 1 && !strcmp(argv[1], "--gemm");
+    if (do_gemm) {
+        argv++;
+        argc--;
+    }
     if (argc > 1 && !strcmp(argv[1], "--resnet50")) {
         g_net = g_shapes50;
         g_nshapes = (int)(sizeof g_shapes50 / sizeof g_shapes50[0]);
@@ -551,6 +606,7 @@ int main(int argc, char **argv)
     printf("CPU: %s\nBLIS kernels: %s (%s)\nmednet convolution kernels: %s\n", cpu, mn_blis_arch(),
            mn_blis_arch_reason(), mn_simd_kernels());
 
+    if (do_gemm) return gemm_orientation(reps);
     if (do_sweep) {
         double l[3] = {0};
         FILE *la = fopen("/proc/loadavg", "r");

@@ -41,8 +41,10 @@
  * per thread at a time, instead of threading each product inside BLIS. */
 #define MN_GEMM_BATCH_SPLIT_MACS ((double)(1 << 30))
 
-/* Rows of k transposed per block (see the note above): a block of the widest operand (2048 channels) is 4 MiB. */
+/* Rows of k transposed per block (see the note above), and the largest block in floats (8 MiB): a block of the
+ * widest operand of the ResNets (2048 channels) is 4 MiB. */
 #define MN_GEMM_KC 512
+#define MN_GEMM_SCRATCH ((size_t)2 << 20)
 
 /* Per-thread scratch for the transposed blocks; grows to the largest block seen and is then reused, so the
  * steady-state step allocates nothing. */
@@ -122,9 +124,13 @@ static void gemm_run(int serial, int m, int n, int k, float alpha, const float *
     const int c_rows = csc == 1 && rsc != 1, c_cols = rsc == 1 && csc != 1;
     const int fix_b = c_rows && rsb == 1 && csb != 1 && n > 1 && k > 1;
     const int fix_a = c_cols && csa == 1 && rsa != 1 && m > 1 && k > 1;
-    /* The scratch row stride is padded off a multiple of 4 KiB (n = 1024 rows would share one L1 set). */
-    const int w = fix_b ? n : m, kc = k < MN_GEMM_KC ? k : MN_GEMM_KC, ldt = w + 16;
-    float *t = fix_a || fix_b ? scratch_floats((size_t)kc * ldt) : NULL;
+    /* The scratch row stride is padded off a multiple of 4 KiB (n = 1024 rows would share one L1 set).  The block
+     * is at most MN_GEMM_SCRATCH floats: k blocks shrink for wider operands, down to 64 rows (below, the product runs
+     * as given). */
+    const int w = fix_b ? n : m, ldt = w + 16;
+    int kc = k < MN_GEMM_KC ? k : MN_GEMM_KC;
+    while (kc > 64 && (size_t)kc * ldt > MN_GEMM_SCRATCH) kc /= 2;
+    float *t = (fix_a || fix_b) && (size_t)kc * ldt <= MN_GEMM_SCRATCH ? scratch_floats((size_t)kc * ldt) : NULL;
     if (!t) {
         blis_call(serial, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
         return;

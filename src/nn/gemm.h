@@ -1,9 +1,9 @@
 /* gemm.h (private): a thin, checked wrapper over BLIS's typed sgemm with explicit row and column strides.
  *
  * Every matrix is given by a pointer plus a row stride and a column stride (in floats), so a transposed operand is
- * just swapped strides: no trans flags.  The one copy made is of an operand that BLIS would pack element by element
- * (k-contiguous along C's contiguous dimension, gemm.c), into a per-thread scratch of at most 512 x (width + 16)
- * floats that lives until the thread ends.  BLIS threads the product itself with the count set by mn_threads_init.
+ * just swapped strides: no trans flags.  The one copy made is of an operand that BLIS would pack element by
+ * element (k-contiguous along C's contiguous dimension, gemm.c), into a per-thread scratch of at most 8 MiB that
+ * lives until the thread ends.  BLIS threads the product itself with the count set by mn_threads_init.
  */
 #ifndef MN_NN_GEMM_H
 #define MN_NN_GEMM_H
