@@ -88,7 +88,7 @@ static long minor_faults(void)
 
 /* One configuration in this process; prints "RESULT step_s gflops peak_mib loss0 step_cpu_s", and with `breakdown`
  * "PLAN line" lines (the convolution plan), one "BREAKDOWN kind seconds_per_step" line per kind and
- * "FAULTS minor_faults_per_step" before it. */
+ * "FAULTS mean fewest most" (minor page faults per timed step) before it. */
 static int run_one(int depth, const int sz[3], int batch, int steps, const char *dir, int breakdown)
 {
     mn_head_spec head = {0, 2};
@@ -132,12 +132,13 @@ static int run_one(int depth, const int sz[3], int batch, int steps, const char 
     if (mn_optim_create(&oc, np, &opt) != MN_OK) return 1;
     double *t = calloc((size_t)steps + 1, sizeof *t), *tc = calloc((size_t)steps + 1, sizeof *tc), loss0 = 0;
     if (!t || !tc) return 1;
-    long faults0 = 0;
+    long faults0 = 0, fmin = -1, fmax = 0;
     for (int k = 0; k <= steps; k++) {
         if (k == 1) { /* after the warm-up step: the steady state */
             mn_prof_enable(breakdown);
             faults0 = minor_faults();
         }
+        const long fk = minor_faults();
         double t0 = now(), c0 = cpu_now(), loss = 0;
         if (mn_model_forward(m, x, &hb, 1) || mn_model_loss(m, 0, lab, 1.0f, &loss) || mn_model_zero_grad(m) ||
             mn_model_backward(m))
@@ -147,14 +148,19 @@ static int run_one(int depth, const int sz[3], int batch, int steps, const char 
         mn_prof_pop();
         t[k] = now() - t0;
         tc[k] = cpu_now() - c0;
+        if (k >= 1) {
+            const long df = minor_faults() - fk;
+            if (fmin < 0 || df < fmin) fmin = df;
+            if (df > fmax) fmax = df;
+        }
         if (k == 0) loss0 = loss;
     }
-    long faults = minor_faults() - faults0;
+    const long faults = minor_faults() - faults0;
     if (breakdown) {
         char plan[8192];
         mn_model_conv_plan(m, plan, sizeof plan);
         for (char *line = strtok(plan, "\n"); line; line = strtok(NULL, "\n")) printf("PLAN %s\n", line);
-        printf("FAULTS %.1f\n", (double)faults / steps);
+        printf("FAULTS %.1f %ld %ld\n", (double)faults / steps, fmin, fmax);
         for (int k = 0; k < MN_PROF_NKINDS; k++)
             printf("BREAKDOWN %s|%.6f\n", mn_prof_name((mn_prof_kind)k), mn_prof_seconds((mn_prof_kind)k) / steps);
     }
@@ -199,7 +205,7 @@ static int run_child(const char *cmd, double v[5], char *extra, size_t extra_len
 static void print_breakdown(const char *extra, double step)
 {
     const char *p = extra;
-    double faults = -1, sum = 0;
+    double faults = -1, fmin = -1, fmax = -1, sum = 0;
     for (const char *q = extra; q && *q;) { /* the plan first */
         const char *nl = strchr(q, '\n');
         const int n = nl ? (int)(nl - q) : (int)strlen(q);
@@ -214,8 +220,8 @@ static void print_breakdown(const char *extra, double step)
         snprintf(line, sizeof line, "%.*s", (int)(n < 255 ? n : 255), p);
         double sec;
         char *bar = strchr(line, '|');
-        if (!strncmp(line, "FAULTS ", 7))
-            faults = atof(line + 7);
+        if (!strncmp(line, "FAULTS ", 7) && sscanf(line + 7, "%lf %lf %lf", &faults, &fmin, &fmax) < 1)
+            faults = -1;
         else if (!strncmp(line, "BREAKDOWN ", 10) && bar && (sec = atof(bar + 1)) > 0) {
             *bar = 0;
             printf(" %s %.3f s (%.0f%%),", line + 10, sec, 100.0 * sec / step);
@@ -223,7 +229,9 @@ static void print_breakdown(const char *extra, double step)
         }
         p = nl ? nl + 1 : NULL;
     }
-    printf(" sum %.3f s; minor page faults per step: %.0f\n", sum, faults);
+    /* A timed step can still fault in BLIS pool blocks or GEMM scratch that an OpenMP thread meets for the first
+     * time (which thread takes which batched product varies), once; the minimum is the steady state. */
+    printf(" sum %.3f s; minor page faults per step: %.0f (fewest %.0f, most %.0f)\n", sum, faults, fmin, fmax);
 }
 
 /* "S" (a cube) or "DxHxW" into sz; 0 on success. */
